@@ -1,0 +1,1 @@
+//! mproc-channel (under construction).

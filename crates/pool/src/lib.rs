@@ -1,0 +1,1 @@
+//! mproc-pool (under construction).

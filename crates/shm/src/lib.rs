@@ -1,0 +1,1 @@
+//! mproc-shm (under construction).

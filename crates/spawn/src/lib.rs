@@ -1,0 +1,1 @@
+//! mproc-spawn (under construction).

@@ -1,0 +1,1 @@
+//! mproc-sync (under construction).

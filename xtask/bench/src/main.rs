@@ -1,0 +1,34 @@
+//! `mproc-bench`: runs every workload for mproc, the raw OS floor and Rust peers, and
+//! prints one JSON record per line. `cargo xtask bench` runs it beside CPython's script
+//! (`xtask/bench/python/`) and prints the ratios.
+//!
+//! Usage: `mproc-bench [--quick] [--filter SUBSTRING]`.
+#![allow(unreachable_pub, missing_docs)]
+
+#[allow(dead_code)] // used as workload areas are added
+mod harness;
+
+use harness::{Opts, Record};
+
+fn main() {
+    let mut opts = Opts {
+        quick: false,
+        filter: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--filter" => opts.filter = args.next(),
+            other => {
+                eprintln!("mproc-bench: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let areas: &[(&str, fn(&Opts, &mut dyn FnMut(Record)))] = &[];
+    for (area, run) in areas {
+        eprintln!("mproc-bench: {area}");
+        run(&opts, &mut |r: Record| println!("{}", r.to_json()));
+    }
+}
