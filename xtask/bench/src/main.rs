@@ -10,6 +10,9 @@ mod harness;
 
 use harness::{Opts, Record};
 
+/// One area's entry point: runs its workloads, handing each record to `emit`.
+type Area = fn(&Opts, &mut dyn FnMut(Record));
+
 fn main() {
     let mut opts = Opts {
         quick: false,
@@ -26,7 +29,8 @@ fn main() {
             }
         }
     }
-    let areas: &[(&str, fn(&Opts, &mut dyn FnMut(Record)))] = &[];
+    // Each area module adds itself here: ("spawn", spawn::run), ...
+    let areas: &[(&str, Area)] = &[];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
