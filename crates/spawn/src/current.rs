@@ -1,0 +1,222 @@
+//! Who this process is: `current_process()`, `parent_process()`, `active_children()`.
+use crate::StartMethod;
+use crate::sys::ForkLocal;
+use mproc_core::Pidfd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What a child learns about itself at start (travels in the bootstrap message).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone)]
+pub(crate) struct ChildInfo {
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) parent_pid: i32,
+    pub(crate) parent_name: String,
+    pub(crate) method: u8,
+}
+
+#[derive(Debug, Clone)]
+struct SelfInfo {
+    name: String,
+    daemon: bool,
+    identity: Vec<u32>,
+    parent: Option<(i32, String)>,
+    method: Option<StartMethod>,
+}
+
+fn main_info() -> RwLock<SelfInfo> {
+    RwLock::new(SelfInfo {
+        name: "MainProcess".into(),
+        daemon: false,
+        identity: Vec::new(),
+        parent: None,
+        method: None,
+    })
+}
+
+static SELF: ForkLocal<RwLock<SelfInfo>> = ForkLocal::new(main_info);
+/// Python's `_process_counter`: numbers the children this process creates.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Called in a new child before the target runs.
+pub(crate) fn become_child(info: &ChildInfo) {
+    SELF.reset();
+    COUNTER.store(0, Ordering::Relaxed);
+    REGISTRY.reset();
+    let mut me = SELF.get().write().unwrap_or_else(|e| e.into_inner());
+    *me = SelfInfo {
+        name: info.name.clone(),
+        daemon: info.daemon,
+        identity: info.identity.clone(),
+        parent: Some((info.parent_pid, info.parent_name.clone())),
+        method: StartMethod::from_code(info.method),
+    };
+}
+
+/// The identity and default name of the next child: Python's `Process-1`, `Process-1:2`.
+pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut id = SELF
+        .get()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .identity
+        .clone();
+    id.push(n);
+    let name = format!(
+        "Process-{}",
+        id.iter().map(u32::to_string).collect::<Vec<_>>().join(":")
+    );
+    (id, name)
+}
+
+/// This process's name (for a child's `parent_name`).
+pub(crate) fn own_name() -> String {
+    SELF.get()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .name
+        .clone()
+}
+
+/// The process this code runs in: Python's `multiprocessing.current_process()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentProcess {
+    name: String,
+    pid: i32,
+    daemon: bool,
+    identity: Vec<u32>,
+    method: Option<StartMethod>,
+}
+
+impl CurrentProcess {
+    /// `MainProcess` in the process the program started as; `Process-1`, `Process-1:2`
+    /// (or the name given with [`Process::name`](crate::Process::name)) in children.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The OS process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+    /// Whether this process was started as a daemon.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+    /// Python's `_identity`: the child numbers along the path from the main process
+    /// (empty in the main process).
+    pub fn identity(&self) -> &[u32] {
+        &self.identity
+    }
+    /// The start method this process was started with (`None` in the main process).
+    pub fn start_method(&self) -> Option<StartMethod> {
+        self.method
+    }
+}
+
+/// The process this code runs in (Python's `multiprocessing.current_process()`).
+///
+/// ```
+/// let me = mproc_spawn::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id() as i32);
+/// ```
+pub fn current_process() -> CurrentProcess {
+    let me = SELF.get().read().unwrap_or_else(|e| e.into_inner()).clone();
+    CurrentProcess {
+        name: me.name,
+        pid: rustix::process::getpid().as_raw_nonzero().get(),
+        daemon: me.daemon,
+        identity: me.identity,
+        method: me.method,
+    }
+}
+
+/// The process that started this one (Python's `multiprocessing.parent_process()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentProcess {
+    name: String,
+    pid: i32,
+}
+
+impl ParentProcess {
+    /// The parent's name (`MainProcess`, `Process-1` …).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The pid of the process that called `start`. Under the fork server this is the
+    /// logical parent, not the server (which is what `getppid()` returns).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+    /// Whether the parent is still running. (A child normally dies with its parent,
+    /// so this is mostly true while the child runs.)
+    pub fn is_alive(&self) -> bool {
+        mproc_core::process_alive(self.pid)
+    }
+}
+
+/// The process that started this one, `None` in the main process
+/// (Python's `multiprocessing.parent_process()`).
+pub fn parent_process() -> Option<ParentProcess> {
+    let me = SELF.get().read().unwrap_or_else(|e| e.into_inner());
+    me.parent.as_ref().map(|(pid, name)| ParentProcess {
+        name: name.clone(),
+        pid: *pid,
+    })
+}
+
+/// A child this process started and has not joined yet (see [`active_children`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSummary {
+    /// Its pid.
+    pub pid: i32,
+    /// Its name.
+    pub name: String,
+    /// Whether it was started as a daemon.
+    pub daemon: bool,
+}
+
+struct Entry {
+    id: u64,
+    summary: ChildSummary,
+    pidfd: Arc<Pidfd>,
+}
+
+static REGISTRY: ForkLocal<Mutex<Vec<Entry>>> = ForkLocal::new(|| Mutex::new(Vec::new()));
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Records a started child; returns the key for [`unregister`].
+pub(crate) fn register(summary: ChildSummary, pidfd: Arc<Pidfd>) -> u64 {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    REGISTRY
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Entry { id, summary, pidfd });
+    id
+}
+
+/// Forgets a child (joined, reaped or dropped).
+pub(crate) fn unregister(id: u64) {
+    REGISTRY
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|e| e.id != id);
+}
+
+/// The children of this process that are still running (Python's
+/// `multiprocessing.active_children()`). Children that have exited but were not joined
+/// yet are left out.
+pub fn active_children() -> Vec<ChildSummary> {
+    REGISTRY
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| e.pidfd.is_alive())
+        .map(|e| e.summary.clone())
+        .collect()
+}

@@ -1,0 +1,322 @@
+//! The few operations of this crate that need `unsafe`.
+//!
+//! # Safety
+//!
+//! Invariants shared by the functions below:
+//! - [`fork`] is called only by this crate's start path, whose child branch runs the
+//!   child routine of [`crate::child`] and ends with [`exit_now`]; it never returns into
+//!   the caller's stack frames beyond that routine.
+//! - Code addresses ([`call_trampoline`]) are either taken in this very process, or come
+//!   from a bootstrap message that [`crate::bootstrap`] validated (nonce, checksum,
+//!   layout check, both addresses inside this executable's code mapping).
+//! - Raw fds adopted by [`adopt_fd`] are handed to this process by the bootstrap
+//!   protocol (inherited on purpose, with their numbers in the bootstrap message).
+use crate::child::Outcome;
+use mproc_core::Message;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// The generic entry every target is reached through: decodes `A` from the argument
+/// bytes and fds, calls the `fn(A) -> R` at `target`, and encodes the outcome.
+pub(crate) type Trampoline = unsafe fn(usize, &[u8], Vec<OwnedFd>) -> Outcome;
+
+/// Monomorphised entry for a `fn(A) -> R` target.
+///
+/// # Safety
+///
+/// `target` must be the address of a `fn(A) -> R` of exactly these `A` and `R`.
+unsafe fn trampoline<A: Message, R: Message>(
+    target: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Outcome {
+    // SAFETY: the caller guarantees `target` is a `fn(A) -> R`; fn pointers and usize
+    // have the same size.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(target) };
+    crate::child::run_target(f, args, fds)
+}
+
+/// The address of `trampoline::<A, R>`.
+pub(crate) fn trampoline_addr<A: Message, R: Message>() -> usize {
+    trampoline::<A, R> as Trampoline as usize
+}
+
+/// The address of a target fn.
+pub(crate) fn fn_addr<A, R>(f: fn(A) -> R) -> usize {
+    f as usize
+}
+
+/// The fixed point code offsets are measured from. `#[inline(never)]` and a body of its
+/// own, so it is one distinct function at one address.
+#[inline(never)]
+pub(crate) fn anchor() -> usize {
+    std::hint::black_box(0x6d70_726f)
+}
+
+/// A second fixed function: its offset from [`anchor`] is the same in every process
+/// running this executable, so a child checks it to confirm the layout.
+#[inline(never)]
+pub(crate) fn layout_probe() -> usize {
+    std::hint::black_box(0x7370_776e) ^ 1
+}
+
+/// Address of [`anchor`].
+pub(crate) fn anchor_addr() -> usize {
+    anchor as fn() -> usize as usize
+}
+
+/// Address of [`layout_probe`].
+pub(crate) fn layout_probe_addr() -> usize {
+    layout_probe as fn() -> usize as usize
+}
+
+/// A trampoline and target taken from a bootstrap message and checked: the only way to
+/// jump to code addresses that came from outside this process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ValidatedEntry {
+    tramp: usize,
+    target: usize,
+}
+
+impl ValidatedEntry {
+    /// Checks the layout probe and that both code addresses lie in this executable's
+    /// code mapping. (The message itself was checked by the caller: checksum, nonce,
+    /// validated archive.)
+    pub(crate) fn check(boot: &crate::wire::Boot) -> Result<Self, String> {
+        let anchor = anchor_addr();
+        let layout = layout_probe_addr().wrapping_sub(anchor) as i64;
+        if layout != boot.layout {
+            return Err("layout check failed (not the parent's executable?)".into());
+        }
+        let tramp = anchor.wrapping_add(boot.trampoline as usize);
+        let target = anchor.wrapping_add(boot.target as usize);
+        let code = code_ranges();
+        for (what, addr) in [("trampoline", tramp), ("target", target)] {
+            if !code.iter().any(|&(lo, hi)| lo <= addr && addr < hi) {
+                return Err(format!(
+                    "{what} offset points outside this executable's code"
+                ));
+            }
+        }
+        Ok(ValidatedEntry { tramp, target })
+    }
+
+    /// Runs the target through its trampoline.
+    pub(crate) fn run(self, args: &[u8], fds: Vec<OwnedFd>) -> Outcome {
+        // SAFETY: both addresses lie in this executable's code (checked), at the offsets
+        // the parent computed from a `trampoline::<A, R>` and a `fn(A) -> R` of the same
+        // executable (same layout probe), in a message the parent wrote (checksum,
+        // nonce, validated archive): see the module invariants.
+        let t = unsafe { std::mem::transmute::<usize, Trampoline>(self.tramp) };
+        // SAFETY: as above; `target` is the `fn(A) -> R` the trampoline expects.
+        unsafe { t(self.target, args, fds) }
+    }
+}
+
+/// Executable mappings of this program's own file, from `/proc/self/maps` (cached).
+fn code_ranges() -> &'static [(usize, usize)] {
+    static RANGES: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
+    RANGES.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata("/proc/self/exe").map(|m| m.ino()) else {
+            return Vec::new();
+        };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return Vec::new();
+        };
+        maps.lines()
+            .filter_map(|line| {
+                let mut f = line.split_ascii_whitespace();
+                let range = f.next()?;
+                let perms = f.next()?;
+                let _off = f.next()?;
+                let _dev = f.next()?;
+                let inode: u64 = f.next()?.parse().ok()?;
+                if inode != ino || !perms.contains('x') {
+                    return None;
+                }
+                let (lo, hi) = range.split_once('-')?;
+                Some((
+                    usize::from_str_radix(lo, 16).ok()?,
+                    usize::from_str_radix(hi, 16).ok()?,
+                ))
+            })
+            .collect()
+    })
+}
+
+/// What [`fork`] returned in this process.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// This is the new child.
+    Child,
+    /// This is the parent; the child's pid.
+    Parent(i32),
+}
+
+/// `fork()` through glibc (so its atfork handlers, malloc's included, run).
+///
+/// Callers in this crate run only the child routine in the child and end it with
+/// [`exit_now`] (module invariant).
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork is always safe to call; what the child may do afterwards is the
+    // module invariant above (it runs our child routine and `_exit`s).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// `_exit(code)`: ends the process without running atexit handlers or destructors.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal disposition to its default and unblocks every signal, as a
+/// freshly executed Rust program has them (SIGPIPE ignored, as Rust's runtime sets it).
+/// Used in fork children, which inherit the parent's handlers and mask.
+pub(crate) fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let disp = if sig == libc::SIGPIPE {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        // SAFETY: installing SIG_DFL/SIG_IGN runs no code; invalid numbers (glibc's
+        // reserved real-time signals) fail with EINVAL, which is ignored.
+        unsafe {
+            libc::signal(sig, disp);
+        }
+    }
+    // SAFETY: an empty set initialised by sigemptyset; sigprocmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Ignores SIGPIPE (what Rust's runtime does before `main`; the spawn bootstrap runs
+/// before it).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN runs no code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Removes an environment variable. Only called from the bootstrap constructor, which
+/// runs before `main`, while the process has one thread.
+pub(crate) fn remove_env_before_main(key: &str) {
+    // SAFETY: called before main, single-threaded: nothing reads the environment
+    // concurrently.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Adopts a raw fd that the bootstrap protocol passed to this process, if it is open.
+/// It is made close-on-exec again, so the user's own children do not inherit it.
+pub(crate) fn adopt_fd(raw: RawFd) -> Option<OwnedFd> {
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a borrow for the duration of the fcntl call only; fcntl on a closed fd
+    // fails with EBADF, which is how an fd that is not open is detected.
+    let b = unsafe { BorrowedFd::borrow_raw(raw) };
+    rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC).ok()?;
+    // SAFETY: the fd is open and was passed to this process for it to own (module
+    // invariant); nothing else in the process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Arranges for the re-executed child to inherit exactly `fds` (their close-on-exec
+/// flag is cleared in the child only, between fork and exec) and to receive SIGKILL
+/// when the thread that spawns it ends.
+pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
+    let pre = move || -> io::Result<()> {
+        for &fd in &fds {
+            // SAFETY: the fds are open in the parent for the whole spawn call (it owns
+            // them), hence in the forked child; borrowed only for this call.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(b, rustix::io::FdFlags::empty())?;
+        }
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        Ok(())
+    };
+    // SAFETY: the closure makes only async-signal-safe raw syscalls (fcntl, prctl)
+    // and does not allocate (the Vec was built before the fork).
+    unsafe {
+        cmd.pre_exec(pre);
+    }
+}
+
+/// A process-global value that a fork child can discard: the value lives in a leaked
+/// box behind an atomic pointer, so a child can start afresh with [`ForkLocal::reset`]
+/// even if another thread of the parent held a lock inside it at fork time.
+pub(crate) struct ForkLocal<T> {
+    ptr: AtomicPtr<T>,
+    init: fn() -> T,
+    // Shares `&T` between threads: Sync only when T is.
+    _marker: std::marker::PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for ForkLocal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForkLocal")
+    }
+}
+
+impl<T> ForkLocal<T> {
+    /// A value built by `init` on first use.
+    pub(crate) const fn new(init: fn() -> T) -> Self {
+        ForkLocal {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            init,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// The value, built on first use.
+    pub(crate) fn get(&self) -> &T {
+        let p = self.ptr.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: non-null pointers stored here come from Box::into_raw and are
+            // never freed (a reset leaks them), so they stay valid for 'static.
+            return unsafe { &*p };
+        }
+        let fresh = Box::into_raw(Box::new((self.init)()));
+        match self.ptr.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: `fresh` was just leaked from a Box and is now published.
+            Ok(_) => unsafe { &*fresh },
+            Err(cur) => {
+                // SAFETY: `fresh` was never published; we own it.
+                drop(unsafe { Box::from_raw(fresh) });
+                // SAFETY: as above, `cur` is a leaked, never-freed Box.
+                unsafe { &*cur }
+            }
+        }
+    }
+
+    /// Forgets the current value (leaking it: references handed out stay valid). Used
+    /// in a fork child, where the parent's value must not be used.
+    pub(crate) fn reset(&self) {
+        self.ptr.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}

@@ -1,0 +1,216 @@
+//! What travels between a parent and its child: the bootstrap message (spawn and
+//! forkserver) and the outcome frame (every start method).
+use crate::child::Outcome;
+use crate::current::ChildInfo;
+use mproc_core::codec::{self, CodecError, FrameHeader, HEADER_LEN};
+use mproc_core::rkyv::util::AlignedVec;
+use mproc_core::scm;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// The bootstrap message a re-executed child (or a fork server's child) reads before
+/// running anything.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+pub(crate) struct Boot {
+    /// Must equal the nonce in the marker environment variable (spawn) or the server's
+    /// session nonce (forkserver): ties the message to this very start.
+    pub(crate) nonce: u64,
+    /// The logical parent (the process that called `start`).
+    pub(crate) parent_pid: i32,
+    /// `layout_probe - anchor` in the parent: the child checks its own.
+    pub(crate) layout: i64,
+    /// Offset of the monomorphised trampoline from the anchor.
+    pub(crate) trampoline: i64,
+    /// Offset of the target fn from the anchor.
+    pub(crate) target: i64,
+    /// Name, daemon flag and identity of the child.
+    pub(crate) info: ChildInfo,
+    /// The encoded arguments.
+    pub(crate) args: Vec<u8>,
+    /// Spawn: the raw numbers of the inherited argument fds, in codec order.
+    /// Forkserver: empty (the fds arrive with `SCM_RIGHTS`).
+    pub(crate) fds: Vec<i32>,
+}
+
+/// Magic of a bootstrap frame.
+pub(crate) const BOOT_MAGIC: [u8; 8] = *b"MPROCBT1";
+/// Bootstrap frame header: magic, payload length (u64 LE), checksum (u64 LE).
+pub(crate) const BOOT_HEADER: usize = 24;
+/// Largest bootstrap payload accepted (arguments included).
+pub(crate) const BOOT_MAX: u64 = 1 << 32;
+
+/// FNV-1a over `bytes`, seeded with `nonce`: detects corruption and a message that
+/// belongs to another start.
+pub(crate) fn checksum(nonce: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ nonce;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The bootstrap frame: header + rkyv payload.
+pub(crate) fn encode_boot(boot: &Boot) -> Result<Vec<u8>, CodecError> {
+    let enc = codec::encode(boot)?;
+    let mut out = Vec::with_capacity(BOOT_HEADER + enc.bytes.len());
+    out.extend_from_slice(&BOOT_MAGIC);
+    out.extend_from_slice(&(enc.bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&checksum(boot.nonce, &enc.bytes).to_le_bytes());
+    out.extend_from_slice(&enc.bytes);
+    Ok(out)
+}
+
+/// Parses a bootstrap header; returns (payload length, checksum).
+pub(crate) fn parse_boot_header(h: &[u8; BOOT_HEADER]) -> Result<(u64, u64), String> {
+    if h[..8] != BOOT_MAGIC {
+        return Err("bad magic (not an mproc bootstrap message)".into());
+    }
+    let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if len == 0 || len > BOOT_MAX {
+        return Err(format!("impossible payload length {len}"));
+    }
+    Ok((len, sum))
+}
+
+/// Checks and decodes a bootstrap payload.
+pub(crate) fn decode_boot(nonce: u64, sum: u64, payload: &[u8]) -> Result<Boot, String> {
+    if checksum(nonce, payload) != sum {
+        return Err("checksum mismatch (corrupt or foreign data)".into());
+    }
+    let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    let boot: Boot = codec::decode(&aligned, Vec::new()).map_err(|e| e.to_string())?;
+    if boot.nonce != nonce {
+        return Err("nonce mismatch (message belongs to another start)".into());
+    }
+    Ok(boot)
+}
+
+/// Outcome tags on the result channel.
+const TAG_VALUE: u8 = 0;
+const TAG_PANIC: u8 = 1;
+const TAG_FAILED: u8 = 2;
+/// Payload prefix before the data (keeps the data 16-byte aligned in the receiver).
+const PREFIX: usize = 16;
+
+/// Writes the outcome frame on the (blocking) result socket.
+pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: Outcome) -> io::Result<()> {
+    let (tag, data, fds): (u8, Vec<u8>, Vec<OwnedFd>) = match outcome {
+        Outcome::Value(enc) => (TAG_VALUE, enc.bytes.to_vec(), enc.fds),
+        Outcome::Panicked(m) => (TAG_PANIC, m.into_bytes(), Vec::new()),
+        Outcome::Failed(m) => (TAG_FAILED, m.into_bytes(), Vec::new()),
+    };
+    let head = FrameHeader {
+        nfds: fds.len() as u32,
+        len: (PREFIX + data.len()) as u64,
+    };
+    let mut frame = Vec::with_capacity(HEADER_LEN + PREFIX + data.len());
+    frame.extend_from_slice(&head.to_bytes());
+    frame.push(tag);
+    frame.extend_from_slice(&[0u8; PREFIX - 1]);
+    frame.extend_from_slice(&data);
+    let mut sent = scm::send_with_fds(sock, &[IoSlice::new(&frame)], &scm::borrow_all(&fds))?;
+    while sent < frame.len() {
+        match rustix::io::write(sock, &frame[sent..]) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// What the parent received from its child.
+#[derive(Debug)]
+pub(crate) enum Received<'a> {
+    /// The encoded result and its fds.
+    Value(&'a [u8], Vec<OwnedFd>),
+    /// The panic message.
+    Panicked(String),
+    /// Why the child could not run or report the target.
+    Failed(String),
+}
+
+/// The parent's end of the result channel (non-blocking), with what arrived so far.
+#[derive(Debug)]
+pub(crate) struct ResultReader {
+    sock: OwnedFd,
+    buf: AlignedVec<16>,
+    fds: Vec<OwnedFd>,
+    eof: bool,
+}
+
+impl ResultReader {
+    /// Wraps the parent's end; makes it non-blocking.
+    pub(crate) fn new(sock: OwnedFd) -> io::Result<Self> {
+        rustix::io::ioctl_fionbio(&sock, true)?;
+        Ok(ResultReader {
+            sock,
+            buf: AlignedVec::new(),
+            fds: Vec::new(),
+            eof: false,
+        })
+    }
+
+    /// The socket, for polling.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// The announced frame length, once the header arrived (None if absent or corrupt).
+    fn frame_len(&self) -> Option<usize> {
+        let h: &[u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        let head = FrameHeader::parse(h, BOOT_MAX).ok()?;
+        Some(HEADER_LEN + head.len as usize)
+    }
+
+    /// Whether nothing more is worth reading (complete frame, end of stream, or a
+    /// corrupt header).
+    pub(crate) fn done(&self) -> bool {
+        if self.eof {
+            return true;
+        }
+        if self.buf.len() < HEADER_LEN {
+            return false;
+        }
+        match self.frame_len() {
+            Some(n) => self.buf.len() >= n,
+            None => true,
+        }
+    }
+
+    /// Reads whatever is available without blocking.
+    pub(crate) fn pump(&mut self) -> io::Result<()> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !self.done() {
+            match scm::recv_with_fds(self.sock.as_fd(), &mut chunk, codec::MAX_FDS as usize) {
+                Ok((0, _)) => self.eof = true,
+                Ok((n, fds)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.fds.extend(fds);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome, if a complete frame arrived.
+    pub(crate) fn take(&mut self) -> Option<Received<'_>> {
+        let n = self.frame_len()?;
+        if self.buf.len() < n || n < HEADER_LEN + PREFIX {
+            return None;
+        }
+        let tag = self.buf[HEADER_LEN];
+        let data = &self.buf[HEADER_LEN + PREFIX..n];
+        Some(match tag {
+            TAG_VALUE => Received::Value(data, std::mem::take(&mut self.fds)),
+            TAG_PANIC => Received::Panicked(String::from_utf8_lossy(data).into_owned()),
+            TAG_FAILED => Received::Failed(String::from_utf8_lossy(data).into_owned()),
+            t => Received::Failed(format!("corrupt result frame (tag {t})")),
+        })
+    }
+}
