@@ -1,0 +1,456 @@
+//! The raw locks: `#[repr(C)]` words in shared memory, and the [`RawLock`] trait the
+//! typed wrappers ([`Lock`](crate::Lock), [`RLock`](crate::RLock),
+//! [`Mutex`](crate::Mutex), [`Condition`](crate::Condition)) are generic over.
+//!
+//! The lock word holds the owner's pid and a "waiters" bit (`pid | WAITERS`, 0 when
+//! free). An uncontended lock is one compare-and-swap and an unlock one swap: no system
+//! call. A contended waiter spins briefly, then sleeps on the futex with a bounded
+//! timeout (10 ms, doubling to 100 ms); each time it wakes without the lock it checks
+//! that the owner still lives (through a pidfd). A dead owner's lock is taken over and
+//! reported as [`Acquired::OwnerDied`]; so a holder that dies is noticed within about
+//! 100–200 ms.
+//!
+//! **Pid reuse.** The owner is known by its pid only. If the owner dies and, before a
+//! waiter checks, the kernel gives its pid to a new process, the waiter sees a live
+//! process and keeps waiting until that process exits too: a delay, never two owners.
+//! All processes sharing a lock must live in the same pid namespace.
+use crate::sys::{SharedState, current_pid, current_tid};
+use mproc_core::futex::{self, SpinBudget, WaitOutcome};
+use mproc_core::{Deadline, process_alive};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const WAITERS: u32 = 1 << 31;
+const PID_MASK: u32 = (1 << 30) - 1;
+const FIRST_CHECK: Duration = Duration::from_millis(10);
+const LAST_CHECK: Duration = Duration::from_millis(100);
+
+/// How a lock was acquired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Acquired {
+    /// The lock was free, or released by its holder.
+    Clean,
+    /// The previous holder (process `pid`) died while holding the lock; the caller now
+    /// holds it and should repair whatever the lock protects.
+    OwnerDied {
+        /// The pid of the process that died holding the lock.
+        pid: u32,
+    },
+}
+
+/// A process-shared raw lock: the `lock_api::RawMutex` shape, for locks that live in
+/// shared memory.
+///
+/// # Safety
+///
+/// An implementation must provide mutual exclusion between every thread of every
+/// process that uses the same state: after `lock`/`try_lock_until` returned `Some`,
+/// no other caller's `lock`/`try_lock_until` returns `Some` until `unlock` (or
+/// `release_save`) is called — except that a recursive implementation may grant the
+/// lock again to the thread that holds it, in which case it must not be used to hand
+/// out `&mut` access. A holder that died may have its lock taken over, reported as
+/// [`Acquired::OwnerDied`].
+#[allow(unsafe_code)]
+pub unsafe trait RawLock {
+    /// Acquires the lock, waiting until `deadline`. `None` means the deadline passed.
+    fn lock_until(&self, deadline: Deadline) -> Option<Acquired>;
+
+    /// Acquires the lock, waiting as long as it takes.
+    fn lock(&self) -> Acquired {
+        loop {
+            if let Some(a) = self.lock_until(Deadline::never()) {
+                return a;
+            }
+        }
+    }
+
+    /// Acquires the lock if that needs no waiting (a lock held by a dead process is
+    /// taken over).
+    fn try_lock(&self) -> Option<Acquired> {
+        self.lock_until(Deadline::now())
+    }
+
+    /// Releases the lock once.
+    ///
+    /// # Safety
+    ///
+    /// The lock must be held: by the calling thread for a recursive lock, by anyone
+    /// for a plain one (whoever released it must not use the guard it had any more).
+    unsafe fn unlock(&self);
+
+    /// Whether the lock is held by anyone.
+    fn is_locked(&self) -> bool;
+
+    /// Whether the calling thread holds the lock, as far as the lock can tell: for a
+    /// lock that records only the owning process, whether this process holds it.
+    fn is_owned_by_current(&self) -> bool;
+
+    /// Releases the lock completely (all recursion levels) and returns what
+    /// [`RawLock::lock_restore`] needs to take it back (Python's `_release_save`).
+    ///
+    /// # Safety
+    ///
+    /// The calling thread must hold the lock.
+    unsafe fn release_save(&self) -> u32;
+
+    /// Takes the lock back after [`RawLock::release_save`] (Python's `_acquire_restore`).
+    fn lock_restore(&self, saved: u32) -> Acquired;
+}
+
+/// Whether the owner recorded in a lock word is gone (or the word holds no valid pid).
+fn owner_dead(pid: u32) -> bool {
+    pid == 0 || !process_alive(pid as i32)
+}
+
+/// The contended path shared by the pid-word locks: spin, then sleep with bounded
+/// timeouts, checking the owner's liveness after each one. Returns once `word` holds
+/// `me | WAITERS` (or `me`) on our behalf.
+#[cold]
+fn lock_word_slow(
+    word: &AtomicU32,
+    spin: &SpinBudget,
+    me: u32,
+    deadline: Deadline,
+) -> Option<Acquired> {
+    let blocking = deadline.remaining().is_none_or(|d| !d.is_zero());
+    if blocking
+        && spin.spin(|| {
+            word.load(Ordering::Relaxed) == 0
+                && word
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+        })
+    {
+        return Some(Acquired::Clean);
+    }
+    let mut check = FIRST_CHECK;
+    let mut last_owner = 0;
+    loop {
+        let mut cur = word.load(Ordering::Relaxed);
+        if cur == 0 {
+            // Take it with WAITERS set: others may still sleep on the word.
+            match word.compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Some(Acquired::Clean),
+                Err(_) => continue,
+            }
+        }
+        let owner = cur & PID_MASK;
+        if owner != last_owner {
+            last_owner = owner;
+            check = FIRST_CHECK;
+        }
+        if !blocking || deadline.is_expired() {
+            // One last look: a lock whose holder is gone is taken over even by a try.
+            if owner != me && owner_dead(owner) {
+                if word
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Some(Acquired::OwnerDied { pid: owner });
+                }
+                continue;
+            }
+            return None;
+        }
+        if cur & WAITERS == 0 {
+            if word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            cur |= WAITERS;
+        }
+        let slice = deadline.min(Deadline::after(check));
+        if futex::wait(word, cur, slice) == WaitOutcome::TimedOut && !deadline.is_expired() {
+            if owner != me && owner_dead(owner) {
+                if word
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Some(Acquired::OwnerDied { pid: owner });
+                }
+            } else {
+                check = (check * 2).min(LAST_CHECK);
+            }
+        }
+    }
+}
+
+#[inline]
+fn unlock_word(word: &AtomicU32) -> u32 {
+    let prev = word.swap(0, Ordering::Release);
+    if prev & WAITERS != 0 {
+        futex::wake(word, 1);
+    }
+    prev
+}
+
+/// The raw lock behind [`Lock`](crate::Lock) and [`Mutex`](crate::Mutex): one futex
+/// word (`owner pid | WAITERS`) and a spin budget. All-zero is the unlocked state.
+///
+/// ```
+/// use mproc_sync::{RawMutex, RawLock, Acquired, SharedState};
+/// let region = mproc_core::Region::new(4096).unwrap();
+/// let raw = RawMutex::in_region(&region, 64).unwrap(); // zeroed memory: unlocked
+/// assert_eq!(raw.lock(), Acquired::Clean);
+/// assert!(raw.try_lock().is_none());
+/// // SAFETY: locked just above.
+/// unsafe { raw.unlock() };
+/// ```
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RawMutex {
+    word: AtomicU32,
+    spin: SpinBudget,
+}
+
+// SAFETY: #[repr(C)], two atomics (SpinBudget is a transparent AtomicU32); zero = unlocked.
+#[allow(unsafe_code)]
+unsafe impl SharedState for RawMutex {}
+
+impl RawMutex {
+    /// An unlocked lock (for memory you initialise yourself; shared memory that is
+    /// zero-filled already holds one).
+    pub const fn new() -> Self {
+        RawMutex {
+            word: AtomicU32::new(0),
+            spin: SpinBudget::new(),
+        }
+    }
+
+    /// The pid of the process holding the lock, if any.
+    pub fn owner(&self) -> Option<u32> {
+        let pid = self.word.load(Ordering::Relaxed) & PID_MASK;
+        (pid != 0).then_some(pid)
+    }
+
+    /// Releases the lock whoever holds it (Python's `Lock.release` semantics).
+    /// Returns `false` if it was not locked.
+    pub fn release_any(&self) -> bool {
+        unlock_word(&self.word) != 0
+    }
+
+    /// The futex word (for benchmarks and diagnostics).
+    #[doc(hidden)]
+    pub fn word(&self) -> &AtomicU32 {
+        &self.word
+    }
+}
+
+// SAFETY: the word is taken by compare-and-swap from 0 (or from a dead owner's value,
+// by one CAS so only one taker wins) and given back by a swap to 0: mutual exclusion.
+#[allow(unsafe_code)]
+unsafe impl RawLock for RawMutex {
+    #[inline]
+    fn lock_until(&self, deadline: Deadline) -> Option<Acquired> {
+        let me = current_pid();
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Acquired::Clean);
+        }
+        lock_word_slow(&self.word, &self.spin, me, deadline)
+    }
+
+    #[inline]
+    fn lock(&self) -> Acquired {
+        let me = current_pid();
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Acquired::Clean;
+        }
+        loop {
+            if let Some(a) = lock_word_slow(&self.word, &self.spin, me, Deadline::never()) {
+                return a;
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn unlock(&self) {
+        unlock_word(&self.word);
+    }
+
+    fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_owned_by_current(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & PID_MASK == current_pid()
+    }
+
+    unsafe fn release_save(&self) -> u32 {
+        unlock_word(&self.word);
+        1
+    }
+
+    fn lock_restore(&self, _saved: u32) -> Acquired {
+        self.lock()
+    }
+}
+
+/// The raw lock behind [`RLock`](crate::RLock): the pid word of [`RawMutex`] plus the
+/// owning thread's id and a recursion count. All-zero is the unlocked state.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RawRLock {
+    word: AtomicU32,
+    spin: SpinBudget,
+    tid: AtomicU32,
+    count: AtomicU32,
+}
+
+// SAFETY: #[repr(C)], atomics only; zero = unlocked.
+#[allow(unsafe_code)]
+unsafe impl SharedState for RawRLock {}
+
+/// Why an [`RLock`](crate::RLock) could not be released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RLockReleaseError {
+    /// The calling thread does not hold the lock (Python: "cannot release un-acquired lock").
+    NotOwner,
+}
+
+impl std::fmt::Display for RLockReleaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot release an RLock the calling thread does not hold")
+    }
+}
+
+impl std::error::Error for RLockReleaseError {}
+
+impl RawRLock {
+    /// An unlocked recursive lock.
+    pub const fn new() -> Self {
+        RawRLock {
+            word: AtomicU32::new(0),
+            spin: SpinBudget::new(),
+            tid: AtomicU32::new(0),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    #[inline]
+    fn owned_by(&self, pid: u32, tid: u32) -> bool {
+        // Only the owning thread ever writes its own tid here, and it clears it before
+        // releasing, so seeing our own (pid, tid) means we hold the lock.
+        self.word.load(Ordering::Relaxed) & PID_MASK == pid
+            && self.tid.load(Ordering::Relaxed) == tid
+    }
+
+    /// How many times the calling thread holds the lock (0 if it does not).
+    pub fn recursion_count(&self) -> u32 {
+        if self.owned_by(current_pid(), current_tid()) {
+            self.count.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// The (pid, tid) holding the lock, if any.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        let pid = self.word.load(Ordering::Relaxed) & PID_MASK;
+        (pid != 0).then(|| (pid, self.tid.load(Ordering::Relaxed)))
+    }
+
+    /// Releases one level, checking that the calling thread holds the lock.
+    pub fn release_checked(&self) -> Result<(), RLockReleaseError> {
+        if !self.owned_by(current_pid(), current_tid()) {
+            return Err(RLockReleaseError::NotOwner);
+        }
+        self.unlock_one();
+        Ok(())
+    }
+
+    fn unlock_one(&self) {
+        let c = self.count.load(Ordering::Relaxed);
+        if c > 1 {
+            self.count.store(c - 1, Ordering::Relaxed);
+            return;
+        }
+        self.count.store(0, Ordering::Relaxed);
+        self.tid.store(0, Ordering::Relaxed);
+        unlock_word(&self.word);
+    }
+
+    fn take(&self, tid: u32, count: u32, how: Option<Acquired>) -> Option<Acquired> {
+        if how.is_some() {
+            self.tid.store(tid, Ordering::Relaxed);
+            self.count.store(count, Ordering::Relaxed);
+        }
+        how
+    }
+}
+
+// SAFETY: the pid word gives mutual exclusion between threads/processes as in
+// `RawMutex`; re-entry is granted only to the (pid, tid) that holds it.
+#[allow(unsafe_code)]
+unsafe impl RawLock for RawRLock {
+    fn lock_until(&self, deadline: Deadline) -> Option<Acquired> {
+        let me = current_pid();
+        let tid = current_tid();
+        if self.owned_by(me, tid) {
+            let c = self.count.load(Ordering::Relaxed);
+            // Like std's ReentrantLock: overflowing the count is a bug, not an input.
+            let c = c
+                .checked_add(1)
+                .expect("RLock acquired recursively more than u32::MAX times");
+            self.count.store(c, Ordering::Relaxed);
+            return Some(Acquired::Clean);
+        }
+        let how = if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(Acquired::Clean)
+        } else {
+            lock_word_slow(&self.word, &self.spin, me, deadline)
+        };
+        self.take(tid, 1, how)
+    }
+
+    unsafe fn unlock(&self) {
+        self.unlock_one();
+    }
+
+    fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_owned_by_current(&self) -> bool {
+        self.owned_by(current_pid(), current_tid())
+    }
+
+    unsafe fn release_save(&self) -> u32 {
+        let c = self.count.swap(0, Ordering::Relaxed);
+        self.tid.store(0, Ordering::Relaxed);
+        unlock_word(&self.word);
+        c.max(1)
+    }
+
+    fn lock_restore(&self, saved: u32) -> Acquired {
+        let me = current_pid();
+        let tid = current_tid();
+        let how = loop {
+            if self
+                .word
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                break Acquired::Clean;
+            }
+            if let Some(a) = lock_word_slow(&self.word, &self.spin, me, Deadline::never()) {
+                break a;
+            }
+        };
+        self.take(tid, saved.max(1), Some(how));
+        how
+    }
+}
