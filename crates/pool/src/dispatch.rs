@@ -1,0 +1,760 @@
+//! The dispatcher: one thread per pool that owns the workers. It feeds each worker
+//! chunks over the worker's own socket, collects results, watches every worker's pidfd,
+//! enforces time limits, replaces dead or retired workers, and is the only thread that
+//! ever blocks on a worker, so that no user call can hang on one.
+use crate::error::TaskError;
+use crate::func::FnRef;
+use crate::job::{Payload, Raw, Sink};
+use crate::wire::{self, Cursor, FrameBuf, InBuf, OutQueue};
+use crate::worker::{self, InitArgs, PROGRESS_LEN, Progress, WorkerArgs};
+use mproc_core::{Handle, Region};
+use mproc_spawn::{Process, StartMethod};
+use rkyv::util::AlignedVec;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+/// The `map_with` state, encoded once and sent once to each worker that needs it.
+#[derive(Debug)]
+pub(crate) struct StateBlob {
+    pub(crate) id: u64,
+    pub(crate) payload: Payload,
+}
+
+/// One item waiting to run.
+#[derive(Debug)]
+pub(crate) struct Item {
+    /// Its index in its job (or stream).
+    pub(crate) index: usize,
+    pub(crate) payload: Payload,
+    /// How often it was re-queued because its worker died before it started.
+    pub(crate) retries: u8,
+}
+
+/// A unit of work handed to one worker at a time.
+pub(crate) struct Chunk {
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) func: FnRef,
+    pub(crate) state: Option<Arc<StateBlob>>,
+    pub(crate) items: Vec<Item>,
+}
+
+impl Chunk {
+    fn fail(self, e: &TaskError) {
+        for it in self.items {
+            self.sink.complete(it.index, Raw::Err(e.clone()));
+        }
+    }
+}
+
+/// What user threads and the dispatcher share.
+pub(crate) struct Shared {
+    q: Mutex<Queue>,
+    wake: OwnedFd,
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) chunks: VecDeque<Chunk>,
+    pub(crate) closed: bool,
+    pub(crate) terminate: bool,
+    pub(crate) broken: Option<String>,
+    pub(crate) pids: Vec<i32>,
+    pub(crate) finished: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new() -> io::Result<Self> {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Shared {
+            q: Mutex::new(Queue::default()),
+            wake,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn wake(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Queues chunks, or fails them if the pool no longer takes work.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) {
+        let mut q = self.lock();
+        let refuse = if let Some(r) = &q.broken {
+            Some(TaskError::Broken { reason: r.clone() })
+        } else if q.terminate || q.finished {
+            Some(TaskError::Terminated)
+        } else if q.closed {
+            Some(TaskError::Closed)
+        } else {
+            None
+        };
+        match refuse {
+            Some(e) => {
+                drop(q);
+                for c in chunks {
+                    c.fail(&e);
+                }
+            }
+            None => {
+                q.chunks.extend(chunks);
+                drop(q);
+                self.wake();
+            }
+        }
+    }
+}
+
+/// How workers are made.
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) init: Option<(FnRef, Payload)>,
+    pub(crate) max_tasks: u64,
+    pub(crate) start_method: Option<StartMethod>,
+    pub(crate) time_limit: Option<Duration>,
+}
+
+struct Held {
+    sink: Arc<dyn Sink>,
+    func: FnRef,
+    state: Option<Arc<StateBlob>>,
+    items: Vec<Option<Item>>,
+    left: usize,
+}
+
+struct Worker {
+    proc: Process<()>,
+    pid: i32,
+    sock: OwnedFd,
+    progress: Region,
+    inbuf: InBuf,
+    out: OutQueue,
+    pending: FrameBuf,
+    held: HashMap<u64, Held>,
+    held_items: usize,
+    sent_items: u64,
+    states: HashSet<u64>,
+    exiting: bool,
+    eof: bool,
+    killed_for: Option<Duration>,
+}
+
+fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (parent, child) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    let progress = Region::new(PROGRESS_LEN).map_err(|e| format!("progress region: {e}"))?;
+    let init = cfg.init.as_ref().map(|(f, p)| InitArgs {
+        tramp: f.tramp,
+        func: f.func,
+        bytes: p.bytes.to_vec(),
+        fds: p.dup_fds().into_iter().map(Handle).collect(),
+    });
+    let args = WorkerArgs {
+        sock: Handle(child),
+        progress: progress
+            .try_clone()
+            .map_err(|e| format!("progress region: {e}"))?,
+        init,
+        max_tasks: cfg.max_tasks,
+    };
+    let mut proc = Process::new(worker::worker_main, args).daemon(true);
+    if let Some(m) = cfg.start_method {
+        proc = proc.start_method(m);
+    }
+    proc.start().map_err(|e| e.to_string())?;
+    let pid = proc.pid().unwrap_or(0);
+    rustix::fs::fcntl_setfl(&parent, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| format!("socket: {e}"))?;
+    Ok(Worker {
+        proc,
+        pid,
+        sock: parent,
+        progress,
+        inbuf: InBuf::new(),
+        out: OutQueue::default(),
+        pending: FrameBuf::new(),
+        held: HashMap::new(),
+        held_items: 0,
+        sent_items: 0,
+        states: HashSet::new(),
+        exiting: false,
+        eof: false,
+        killed_for: None,
+    })
+}
+
+/// Builds the initial workers; then runs the loop until the pool ends.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    cfg: Config,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut d = Dispatcher {
+        shared,
+        workers: Vec::new(),
+        queue: VecDeque::new(),
+        ewma_us: None,
+        states: HashMap::new(),
+        next_chunk: 1,
+        exit_sent: false,
+        cfg,
+    };
+    for _ in 0..d.cfg.processes {
+        match spawn_worker(&d.cfg) {
+            Ok(w) => d.workers.push(Some(w)),
+            Err(e) => {
+                d.terminate_all(&TaskError::Broken { reason: e.clone() });
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    d.publish_pids();
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    d.main_loop();
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    cfg: Config,
+    workers: Vec<Option<Worker>>,
+    queue: VecDeque<Chunk>,
+    ewma_us: Option<f64>,
+    states: HashMap<u64, (Weak<StateBlob>, Vec<usize>)>,
+    next_chunk: u64,
+    exit_sent: bool,
+}
+
+impl Dispatcher {
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().flatten().map(|w| w.pid).collect();
+        self.shared.lock().pids = pids;
+    }
+
+    fn main_loop(&mut self) {
+        loop {
+            let (terminate, closed, broken) = {
+                let mut q = self.shared.lock();
+                self.queue.append(&mut q.chunks);
+                (q.terminate, q.closed, q.broken.clone())
+            };
+            if terminate {
+                self.terminate_all(&TaskError::Terminated);
+                return;
+            }
+            if let Some(reason) = broken {
+                let e = TaskError::Broken { reason };
+                for c in self.queue.drain(..) {
+                    c.fail(&e);
+                }
+            }
+            self.drop_dead_states();
+            self.dispatch();
+            let idle =
+                self.queue.is_empty() && self.workers.iter().flatten().all(|w| w.held.is_empty());
+            if closed && idle && !self.exit_sent {
+                self.exit_sent = true;
+                for w in self.workers.iter_mut().flatten() {
+                    w.pending.begin(wire::K_EXIT, 0, 0);
+                    w.pending.end();
+                    w.exiting = true;
+                }
+            }
+            self.flush_all();
+            if self.exit_sent && self.workers.iter().all(Option::is_none) {
+                self.shared.lock().finished = true;
+                return;
+            }
+            let timeout = self.check_time_limits();
+            self.wait_events(timeout);
+        }
+    }
+
+    /// Hands queued chunks to workers that want more, least loaded first.
+    fn dispatch(&mut self) {
+        let long_tasks = self.ewma_us.is_none_or(|e| e >= 1000.0);
+        loop {
+            if self.queue.is_empty() {
+                return;
+            }
+            let mut best: Option<usize> = None;
+            for (i, w) in self.workers.iter().enumerate() {
+                let Some(w) = w else { continue };
+                if w.exiting || w.eof || w.killed_for.is_some() {
+                    continue;
+                }
+                if self.cfg.max_tasks != 0 && w.sent_items >= self.cfg.max_tasks {
+                    continue;
+                }
+                let wants = if w.held.is_empty() {
+                    true
+                } else if long_tasks {
+                    false
+                } else {
+                    let est = self.ewma_us.unwrap_or(1000.0) * w.held_items as f64;
+                    w.held.len() < 256 && est < 2000.0
+                };
+                if wants
+                    && best.is_none_or(|b| {
+                        self.workers[b]
+                            .as_ref()
+                            .map_or(usize::MAX, |bw| bw.held_items)
+                            > w.held_items
+                    })
+                {
+                    best = Some(i);
+                }
+            }
+            let Some(i) = best else { return };
+            let Some(mut chunk) = self.queue.pop_front() else {
+                return;
+            };
+            if !chunk.sink.start() {
+                // Cancelled before it started: drop silently (the sink already reported).
+                continue;
+            }
+            let w = self.workers[i].as_mut().expect("chosen worker exists");
+            if self.cfg.max_tasks != 0 {
+                let room = (self.cfg.max_tasks - w.sent_items) as usize;
+                if chunk.items.len() > room {
+                    let rest = chunk.items.split_off(room);
+                    self.queue.push_front(Chunk {
+                        sink: chunk.sink.clone(),
+                        func: chunk.func,
+                        state: chunk.state.clone(),
+                        items: rest,
+                    });
+                }
+            }
+            let id = self.next_chunk;
+            self.next_chunk += 1;
+            if let Some(st) = &chunk.state {
+                self.states
+                    .entry(st.id)
+                    .or_insert_with(|| (Arc::downgrade(st), Vec::new()))
+                    .1
+                    .push(i);
+            }
+            send_chunk(w, id, chunk);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let mut dead = Vec::new();
+        for (i, slot) in self.workers.iter_mut().enumerate() {
+            let Some(w) = slot else { continue };
+            if !w.pending.is_empty() {
+                w.out.push(std::mem::take(&mut w.pending));
+            }
+            if !w.out.is_empty() && !w.eof && w.out.flush(w.sock.as_fd()).is_err() {
+                // The worker is gone (EPIPE/ECONNRESET): its pidfd reports the death.
+                w.eof = true;
+                w.out = OutQueue::default();
+                if w.proc.sentinel().is_none() {
+                    dead.push(i);
+                }
+            }
+        }
+        for i in dead {
+            self.handle_death(i);
+        }
+    }
+
+    fn drop_dead_states(&mut self) {
+        if self.states.is_empty() {
+            return;
+        }
+        let gone: Vec<u64> = self
+            .states
+            .iter()
+            .filter(|(_, (w, _))| w.strong_count() == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            let (_, holders) = self.states.remove(&id).expect("listed");
+            for i in holders {
+                if let Some(w) = self.workers.get_mut(i).and_then(Option::as_mut)
+                    && w.states.remove(&id)
+                {
+                    w.pending.begin(wire::K_DROP_STATE, 0, id);
+                    w.pending.end();
+                }
+            }
+        }
+    }
+
+    /// Kills workers past the time limit; returns how long to sleep at most.
+    fn check_time_limits(&mut self) -> Option<Duration> {
+        let limit = self.cfg.time_limit?;
+        let now = worker::now_ns();
+        let mut next: Option<Duration> = None;
+        let limit_ns = limit.as_nanos() as u64;
+        for w in self.workers.iter_mut().flatten() {
+            if w.held.is_empty() || w.killed_for.is_some() {
+                continue;
+            }
+            let Some(p) = Progress::new(&w.progress) else {
+                continue;
+            };
+            let wait = match p.running() {
+                Some(r) => {
+                    let deadline = r.start_ns.saturating_add(limit_ns);
+                    if now >= deadline {
+                        w.killed_for = Some(limit);
+                        kill(w);
+                        continue;
+                    }
+                    Duration::from_nanos(deadline - now)
+                }
+                None => Duration::from_millis(5),
+            };
+            next = Some(next.map_or(wait, |n| n.min(wait)));
+        }
+        next
+    }
+
+    fn wait_events(&mut self, timeout: Option<Duration>) {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + 2 * self.workers.len());
+        let mut who: Vec<(usize, bool)> = Vec::new();
+        fds.push(PollFd::new(&self.shared.wake, PollFlags::IN));
+        for (i, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if !w.eof {
+                let mut fl = PollFlags::IN;
+                if !w.out.is_empty() {
+                    fl |= PollFlags::OUT;
+                }
+                fds.push(PollFd::new(&w.sock, fl));
+                who.push((i, false));
+            }
+            if let Some(p) = w.proc.sentinel() {
+                fds.push(PollFd::from_borrowed_fd(p, PollFlags::IN));
+                who.push((i, true));
+            }
+        }
+        let ts = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let ready: Vec<(usize, bool, PollFlags)> = fds[1..]
+            .iter()
+            .zip(&who)
+            .filter(|(f, _)| !f.revents().is_empty())
+            .map(|(f, &(i, pidfd))| (i, pidfd, f.revents()))
+            .collect();
+        let woke = !fds[0].revents().is_empty();
+        drop(fds);
+        if woke {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&self.shared.wake, &mut b);
+        }
+        let mut deaths = Vec::new();
+        for (i, is_pidfd, _) in ready {
+            if is_pidfd {
+                deaths.push(i);
+            } else {
+                self.read_worker(i);
+                if let Some(w) = &self.workers[i]
+                    && w.eof
+                    && w.proc.sentinel().is_none()
+                {
+                    deaths.push(i);
+                }
+            }
+        }
+        deaths.sort_unstable();
+        deaths.dedup();
+        for i in deaths {
+            self.handle_death(i);
+        }
+    }
+
+    /// Reads everything the worker sent and delivers it.
+    fn read_worker(&mut self, i: usize) {
+        loop {
+            let Some(w) = self.workers[i].as_mut() else {
+                return;
+            };
+            if w.eof {
+                return;
+            }
+            match w.inbuf.fill(w.sock.as_fd()) {
+                Ok(0) => w.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => w.eof = true,
+            }
+            if self.process_frames(i).is_err()
+                && let Some(w) = self.workers[i].as_mut()
+            {
+                // A corrupt stream: stop trusting this worker.
+                w.eof = true;
+                kill(w);
+            }
+        }
+    }
+
+    fn process_frames(&mut self, i: usize) -> io::Result<()> {
+        let mut deliveries: Vec<(Arc<dyn Sink>, usize, Raw)> = Vec::new();
+        let mut broken = None;
+        {
+            let Some(w) = self.workers[i].as_mut() else {
+                return Ok(());
+            };
+            while let Some(mut frame) = w.inbuf.next_frame()? {
+                let body = w.inbuf.body(&frame);
+                let mut c = Cursor::new(body);
+                let kind = c.u32()?;
+                let count = c.u32()?;
+                let _ = c.u64()?;
+                for _ in 0..count {
+                    let chunk = c.u64()?;
+                    let pos = c.u32()? as usize;
+                    let status = c.u32()?;
+                    let len = c.u64()? as usize;
+                    let elapsed_us = c.u32()?;
+                    let nfds = c.u32()? as usize;
+                    let payload = c.payload(len)?;
+                    let fds: Vec<OwnedFd> = frame.fds.drain(..nfds.min(frame.fds.len())).collect();
+                    if kind == wire::K_INIT_FAILED {
+                        broken = Some(format!(
+                            "a worker's initializer failed: {}",
+                            String::from_utf8_lossy(payload)
+                        ));
+                        continue;
+                    }
+                    let raw = match status {
+                        wire::ST_OK => {
+                            let mut bytes = AlignedVec::with_capacity(payload.len());
+                            bytes.extend_from_slice(payload);
+                            Raw::Ok(Payload { bytes, fds })
+                        }
+                        wire::ST_PANIC => Raw::Err(TaskError::Panicked {
+                            message: String::from_utf8_lossy(payload).into_owned(),
+                        }),
+                        _ => Raw::Err(TaskError::Codec {
+                            message: String::from_utf8_lossy(payload).into_owned(),
+                        }),
+                    };
+                    let x = elapsed_us as f64;
+                    self.ewma_us = Some(self.ewma_us.map_or(x, |e| 0.8 * e + 0.2 * x));
+                    if let Some(h) = w.held.get_mut(&chunk)
+                        && let Some(item) = h.items.get_mut(pos).and_then(Option::take)
+                    {
+                        h.left -= 1;
+                        w.held_items -= 1;
+                        deliveries.push((h.sink.clone(), item.index, raw));
+                        if h.left == 0 {
+                            w.held.remove(&chunk);
+                        }
+                    }
+                }
+                w.inbuf.consume(&frame);
+            }
+        }
+        if let Some(reason) = broken {
+            let mut q = self.shared.lock();
+            if q.broken.is_none() {
+                q.broken = Some(reason);
+            }
+        }
+        for (sink, index, raw) in deliveries {
+            sink.complete(index, raw);
+        }
+        Ok(())
+    }
+
+    /// A worker exited: deliver what it sent, fail the item it was running, re-queue
+    /// the items it never started, and replace it.
+    fn handle_death(&mut self, i: usize) {
+        self.read_worker(i);
+        let Some(mut w) = self.workers[i].take() else {
+            return;
+        };
+        let running = Progress::new(&w.progress).and_then(|p| p.running());
+        let (signal, exitcode) = reap(&mut w);
+        let lost = match w.killed_for {
+            Some(limit) => TaskError::TimedOut { pid: w.pid, limit },
+            None => TaskError::WorkerLost {
+                pid: w.pid,
+                signal,
+                exitcode,
+            },
+        };
+        let mut requeue = Vec::new();
+        let mut fails = Vec::new();
+        let mut ids: Vec<u64> = w.held.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let h = w.held.remove(&id).expect("listed");
+            let mut again = Vec::new();
+            for (pos, it) in h.items.into_iter().enumerate() {
+                let Some(mut it) = it else { continue };
+                let culprit = running.is_some_and(|r| r.chunk == id && r.pos as usize == pos);
+                if culprit || it.retries >= 2 {
+                    fails.push((h.sink.clone(), it.index, lost.clone()));
+                } else {
+                    it.retries += 1;
+                    again.push(it);
+                }
+            }
+            if !again.is_empty() {
+                requeue.push(Chunk {
+                    sink: h.sink,
+                    func: h.func,
+                    state: h.state,
+                    items: again,
+                });
+            }
+        }
+        for c in requeue.into_iter().rev() {
+            self.queue.push_front(c);
+        }
+        for (s, idx, e) in fails {
+            s.complete(idx, Raw::Err(e));
+        }
+        let (closed, broken) = {
+            let q = self.shared.lock();
+            (q.closed || q.terminate, q.broken.is_some())
+        };
+        let needed = !broken && (!closed || !self.queue.is_empty()) && !self.exit_sent;
+        if needed {
+            match spawn_worker(&self.cfg) {
+                Ok(nw) => self.workers[i] = Some(nw),
+                Err(e) => {
+                    let mut q = self.shared.lock();
+                    if q.broken.is_none() {
+                        q.broken = Some(format!("a replacement worker could not be started: {e}"));
+                    }
+                }
+            }
+        }
+        if broken || self.workers.iter().all(Option::is_none) {
+            // Nothing can run the queue any more.
+            let reason = self.shared.lock().broken.clone();
+            if let Some(reason) = reason {
+                let e = TaskError::Broken { reason };
+                for c in self.queue.drain(..) {
+                    c.fail(&e);
+                }
+                if self.workers.iter().all(Option::is_none) {
+                    self.exit_sent = true;
+                }
+            }
+        }
+        self.publish_pids();
+    }
+
+    /// Kills every worker, fails everything, reaps.
+    fn terminate_all(&mut self, e: &TaskError) {
+        for w in self.workers.iter_mut().flatten() {
+            kill(w);
+        }
+        let mut fails = Vec::new();
+        for slot in self.workers.iter_mut() {
+            if let Some(mut w) = slot.take() {
+                for (_, h) in w.held.drain() {
+                    for it in h.items.into_iter().flatten() {
+                        fails.push((h.sink.clone(), it.index));
+                    }
+                }
+                let _ = reap(&mut w);
+            }
+        }
+        let queued: Vec<Chunk> = {
+            let mut q = self.shared.lock();
+            q.finished = true;
+            q.pids.clear();
+            q.chunks.drain(..).collect()
+        };
+        for (s, i) in fails {
+            s.complete(i, Raw::Err(e.clone()));
+        }
+        for c in self.queue.drain(..).chain(queued) {
+            c.fail(e);
+        }
+    }
+}
+
+fn kill(w: &mut Worker) {
+    let _ = w.proc.kill();
+}
+
+/// Waits for an exited (or killed) worker and returns (signal, exit code).
+fn reap(w: &mut Worker) -> (Option<i32>, Option<i32>) {
+    let _ = w.proc.join_timeout(Duration::from_secs(5));
+    let code = w.proc.exitcode();
+    let signal = code.filter(|c| *c < 0).map(|c| -c);
+    (signal, code)
+}
+
+fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk) {
+    let fb = &mut w.pending;
+    if let Some(st) = &chunk.state
+        && w.states.insert(st.id)
+    {
+        fb.begin(wire::K_STATE, 1, st.id);
+        let fds = st.payload.dup_fds();
+        fb.put_u32(0);
+        fb.put_u32(fds.len() as u32);
+        fb.put_u64(st.payload.bytes.len() as u64);
+        fb.put_payload(&st.payload.bytes);
+        fb.put_fds(fds);
+        fb.end();
+    }
+    fb.begin(wire::K_RUN, chunk.items.len() as u32, id);
+    fb.put_u64(chunk.func.tramp);
+    fb.put_u64(chunk.func.func);
+    fb.put_u64(chunk.state.as_ref().map_or(0, |s| s.id));
+    fb.put_u64(0);
+    for (pos, it) in chunk.items.iter().enumerate() {
+        let fds = it.payload.dup_fds();
+        fb.put_u32(pos as u32);
+        fb.put_u32(fds.len() as u32);
+        fb.put_u64(it.payload.bytes.len() as u64);
+        fb.put_payload(&it.payload.bytes);
+        fb.put_fds(fds);
+    }
+    fb.end();
+    let n = chunk.items.len();
+    w.sent_items += n as u64;
+    w.held_items += n;
+    w.held.insert(
+        id,
+        Held {
+            sink: chunk.sink,
+            func: chunk.func,
+            state: chunk.state,
+            items: chunk.items.into_iter().map(Some).collect(),
+            left: n,
+        },
+    );
+}

@@ -1,0 +1,308 @@
+//! [`Executor`]: Python's `concurrent.futures.ProcessPoolExecutor`, over a [`Pool`].
+use crate::error::{GetError, PoolError, TaskError};
+use crate::job::Job;
+use crate::pool::{Pool, PoolBuilder};
+use crate::result::{AsyncResult, IMap};
+use mproc_core::{Deadline, Decode, Message};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+/// A pending call submitted to an [`Executor`] (Python's `concurrent.futures.Future`).
+///
+/// It implements `std::future::Future` (await it from any async runtime) and has the
+/// blocking [`Future::result`].
+pub struct Future<R> {
+    inner: AsyncResult<R>,
+}
+
+impl<R> std::fmt::Debug for Future<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Future")
+            .field("done", &self.inner.job.is_finished())
+            .finish()
+    }
+}
+
+impl<R> Clone for Future<R> {
+    fn clone(&self) -> Self {
+        Future {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Decode> Future<R> {
+    /// Waits for the value (`None`: no limit); [`GetError::Timeout`] if `timeout` passes
+    /// first (Python: `result(timeout)`).
+    pub fn result(&self, timeout: Option<Duration>) -> Result<R, GetError> {
+        match timeout {
+            None => self.inner.get().map_err(GetError::Failed),
+            Some(t) => self.inner.get_timeout(t),
+        }
+    }
+
+    /// The error the call failed with, `None` if it succeeded (Python: `exception()`).
+    pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<TaskError>, GetError> {
+        match self.result(timeout) {
+            Ok(_) => Ok(None),
+            Err(GetError::Failed(e)) => Ok(Some(e)),
+            Err(GetError::Timeout) => Err(GetError::Timeout),
+        }
+    }
+
+    /// Whether the call finished (or was cancelled).
+    pub fn done(&self) -> bool {
+        self.inner.ready()
+    }
+
+    /// Whether a worker is running it now.
+    pub fn running(&self) -> bool {
+        self.inner.running()
+    }
+
+    /// Cancels the call if it has not started; whether it is cancelled.
+    pub fn cancel(&self) -> bool {
+        self.inner.cancel()
+    }
+
+    /// Whether it was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+
+    fn job(&self) -> &Arc<Job> {
+        &self.inner.job
+    }
+}
+
+impl<R: Decode> std::future::Future for Future<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+/// Python's `concurrent.futures.ProcessPoolExecutor`.
+///
+/// Dropping it is `shutdown(wait=True)`, as leaving its `with` block is.
+pub struct Executor {
+    pool: Option<Pool>,
+    submitted: Mutex<Vec<Weak<Job>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// `ProcessPoolExecutor(max_workers)`.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(max_workers: usize) -> Result<Self, PoolError> {
+        Self::from_builder(Pool::builder().processes(max_workers))
+    }
+
+    /// An executor with the options of a [`PoolBuilder`] (initializer,
+    /// `max_tasks_per_child` = [`PoolBuilder::maxtasksperchild`], start method, time limit).
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn from_builder(b: PoolBuilder) -> Result<Self, PoolError> {
+        Ok(Executor {
+            pool: Some(b.build()?),
+            submitted: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool.as_ref().expect("the pool lives until drop")
+    }
+
+    /// Schedules `f(args)`; after [`Executor::shutdown`] the future fails with
+    /// [`TaskError::Closed`]; after a worker's initializer failed, with
+    /// [`TaskError::Broken`].
+    pub fn submit<A: Message, R: Message>(&self, f: fn(A) -> R, args: A) -> Future<R> {
+        let inner = self.pool().apply_async(f, args);
+        let mut list = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.upgrade().is_some_and(|j| !j.is_finished()));
+        list.push(Arc::downgrade(&inner.job));
+        Future { inner }
+    }
+
+    /// Results of `f` over `items`, in order, computed ahead lazily (Python:
+    /// `Executor.map`, with `chunksize`).
+    pub fn map<I, A, R>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
+        self.pool().imap_chunked(f, items, chunksize)
+    }
+
+    /// Python's `shutdown(wait, cancel_futures)`: no more submissions; with
+    /// `cancel_futures`, calls that have not started are cancelled; with `wait`, returns
+    /// once every running call has finished and the workers have exited.
+    pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        if cancel_futures {
+            let list =
+                std::mem::take(&mut *self.submitted.lock().unwrap_or_else(|e| e.into_inner()));
+            for j in list.iter().filter_map(Weak::upgrade) {
+                j.cancel();
+            }
+        }
+        self.pool().close();
+        if wait {
+            self.pool().join();
+        }
+    }
+
+    /// The pids of the current workers.
+    pub fn pids(&self) -> Vec<i32> {
+        self.pool().pids()
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(p) = self.pool.take() {
+            p.join();
+        }
+    }
+}
+
+/// When [`wait`] returns (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
+/// `ALL_COMPLETED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnWhen {
+    /// As soon as any future finishes.
+    FirstCompleted,
+    /// As soon as any future fails, or when all have finished.
+    FirstException,
+    /// When all have finished.
+    AllCompleted,
+}
+
+/// Wakes a blocked thread (used to wait on many futures at once).
+struct Notify {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake for Notify {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        *self.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Notify {
+    fn new() -> Arc<Self> {
+        Arc::new(Notify {
+            flag: Mutex::new(false),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Sleeps until woken or `deadline`; `false` on timeout.
+    fn sleep(&self, deadline: Deadline) -> bool {
+        let mut g = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        while !*g {
+            match deadline.remaining() {
+                None => g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(left) if left.is_zero() => return false,
+                Some(left) => {
+                    g = self
+                        .cv
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            }
+        }
+        *g = false;
+        true
+    }
+}
+
+/// Waits on `futures` (Python: `concurrent.futures.wait`); returns the indices of
+/// those done and those not done when the condition held or `timeout` passed.
+pub fn wait<R: Decode>(
+    futures: &[Future<R>],
+    timeout: Option<Duration>,
+    return_when: ReturnWhen,
+) -> (Vec<usize>, Vec<usize>) {
+    let deadline = Deadline::from_timeout(timeout);
+    let notify = Notify::new();
+    let waker = Waker::from(notify.clone());
+    loop {
+        let mut done = Vec::new();
+        let mut not_done = Vec::new();
+        let mut failed = false;
+        for (i, f) in futures.iter().enumerate() {
+            if f.job().is_finished() || f.job().register(&waker) {
+                failed |= f.job().lock().first_err.is_some();
+                done.push(i);
+            } else {
+                not_done.push(i);
+            }
+        }
+        let met = match return_when {
+            ReturnWhen::AllCompleted => not_done.is_empty(),
+            ReturnWhen::FirstCompleted => !done.is_empty() || futures.is_empty(),
+            ReturnWhen::FirstException => failed || not_done.is_empty(),
+        };
+        if met || !notify.sleep(deadline) {
+            return (done, not_done);
+        }
+    }
+}
+
+/// Yields the indices of `futures` as they finish (Python:
+/// `concurrent.futures.as_completed`). With a `timeout`, iteration ends with
+/// `Err(GetError::Timeout)` if some are still pending when it passes.
+pub fn as_completed<R: Decode>(
+    futures: &[Future<R>],
+    timeout: Option<Duration>,
+) -> impl Iterator<Item = Result<usize, GetError>> + '_ {
+    let deadline = Deadline::from_timeout(timeout);
+    let notify = Notify::new();
+    let waker = Waker::from(notify.clone());
+    let mut pending: Vec<usize> = (0..futures.len()).collect();
+    let mut ready: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut timed_out = false;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(i) = ready.pop_front() {
+                return Some(Ok(i));
+            }
+            if pending.is_empty() || timed_out {
+                return None;
+            }
+            pending.retain(|&i| {
+                let j = futures[i].job();
+                if j.is_finished() || j.register(&waker) {
+                    ready.push_back(i);
+                    false
+                } else {
+                    true
+                }
+            });
+            if ready.is_empty() && !notify.sleep(deadline) {
+                timed_out = true;
+                return Some(Err(GetError::Timeout));
+            }
+        }
+    })
+}

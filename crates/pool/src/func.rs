@@ -1,0 +1,108 @@
+//! Task functions: a plain `fn` is sent to a worker as two offsets from an anchor in the
+//! binary (the function itself and a typed trampoline that decodes its arguments and
+//! encodes its result), the same way mproc-spawn identifies process targets.
+use crate::sys;
+use mproc_core::{Decode, Encode, codec::Encoded};
+use rkyv::util::AlignedVec;
+use std::any::Any;
+use std::os::fd::OwnedFd;
+
+/// What a trampoline works on in the worker.
+pub(crate) struct CallCtx<'a> {
+    /// Address of the user function in this process.
+    pub(crate) func: usize,
+    /// The encoded arguments (16-byte aligned).
+    pub(crate) input: &'a [u8],
+    /// The fds of handles inside the arguments.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The shared state of a `map_with` call, if any.
+    pub(crate) state: Option<&'a mut StateSlot>,
+    /// The encoded result, set by the trampoline.
+    pub(crate) out: Option<Encoded>,
+}
+
+/// The `map_with` state as it sits in a worker: its bytes until first use, then the
+/// decoded value for every later call.
+pub(crate) struct StateSlot {
+    bytes: AlignedVec,
+    fds: Vec<OwnedFd>,
+    decoded: Option<Box<dyn Any + Send>>,
+}
+
+impl StateSlot {
+    pub(crate) fn new(bytes: AlignedVec, fds: Vec<OwnedFd>) -> Self {
+        StateSlot {
+            bytes,
+            fds,
+            decoded: None,
+        }
+    }
+
+    pub(crate) fn get<S: Decode + Send + 'static>(&mut self) -> Result<&S, String> {
+        if self.decoded.is_none() {
+            let s: S = mproc_core::codec::decode(&self.bytes, std::mem::take(&mut self.fds))
+                .map_err(|e| format!("shared state could not be decoded: {e}"))?;
+            self.decoded = Some(Box::new(s));
+            self.bytes = AlignedVec::new();
+        }
+        self.decoded
+            .as_ref()
+            .and_then(|b| b.downcast_ref::<S>())
+            .ok_or_else(|| "shared state has another type than the function expects".into())
+    }
+}
+
+/// A function as it travels to a worker: the trampoline's offset and the function's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FnRef {
+    pub(crate) tramp: u64,
+    pub(crate) func: u64,
+}
+
+fn off(tramp: sys::Trampoline, func: usize) -> FnRef {
+    FnRef {
+        tramp: sys::offset_of(tramp as usize),
+        func: sys::offset_of(func),
+    }
+}
+
+impl FnRef {
+    pub(crate) fn plain<A: Decode, R: Encode>(f: fn(A) -> R) -> Self {
+        off(sys::tramp_plain::<A, R>, f as usize)
+    }
+
+    pub(crate) fn star2<A, B, R>(f: fn(A, B) -> R) -> Self
+    where
+        (A, B): Decode,
+        R: Encode,
+    {
+        off(sys::tramp_star2::<A, B, R>, f as usize)
+    }
+
+    pub(crate) fn star3<A, B, C, R>(f: fn(A, B, C) -> R) -> Self
+    where
+        (A, B, C): Decode,
+        R: Encode,
+    {
+        off(sys::tramp_star3::<A, B, C, R>, f as usize)
+    }
+
+    pub(crate) fn with_state<S, A, R>(f: fn(&S, A) -> R) -> Self
+    where
+        S: Decode + Send + 'static,
+        A: Decode,
+        R: Encode,
+    {
+        off(sys::tramp_with::<S, A, R>, f as usize)
+    }
+
+    pub(crate) fn init<I: Decode>(f: fn(I)) -> Self {
+        off(sys::tramp_init::<I>, f as usize)
+    }
+
+    /// Runs the function on `ctx` in this process (the worker side).
+    pub(crate) fn call(&self, ctx: &mut CallCtx<'_>) -> Result<(), String> {
+        ctx.func = sys::addr_of(self.func);
+        sys::call_trampoline(self.tramp, ctx)
+    }
+}

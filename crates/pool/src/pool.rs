@@ -1,0 +1,560 @@
+//! [`Pool`]: Python's `multiprocessing.Pool`, built with [`PoolBuilder`].
+use crate::dispatch::{self, Chunk, Config, Item, Shared, StateBlob};
+use crate::error::{MapError, PoolError, TaskError};
+use crate::func::FnRef;
+use crate::job::{Job, Payload, Raw, Sink};
+use crate::result::{AsyncResult, IMap, MapResult, collect_each, collect_map};
+use mproc_core::{Encode, Message};
+use mproc_spawn::StartMethod;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Python's default chunk size for `map`: `divmod(len, 4 * processes)`, plus one if
+/// there is a remainder (at least 1).
+pub fn default_chunksize(len: usize, processes: usize) -> usize {
+    let d = 4 * processes.max(1);
+    let (q, r) = (len / d, len % d);
+    (if r > 0 { q + 1 } else { q }).max(1)
+}
+
+/// Options of a [`Pool`] (Python: `Pool(processes, initializer, initargs,
+/// maxtasksperchild, context)`), plus a per-task time limit.
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<(FnRef, Payload), TaskError>>,
+    max_tasks: u64,
+    start_method: Option<StartMethod>,
+    time_limit: Option<Duration>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("max_tasks", &self.max_tasks)
+            .field("start_method", &self.start_method)
+            .field("time_limit", &self.time_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of CPUs, `os.cpu_count()`).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// `initializer(initargs)` runs once in every worker before its first task
+    /// (handles such as locks may be among the arguments). If it panics, the pool is
+    /// broken: pending and later tasks fail with [`TaskError::Broken`].
+    pub fn initializer<I: Message>(mut self, f: fn(I), args: I) -> Self {
+        self.init = Some(Payload::encode(&args).map(|p| (FnRef::init(f), p)));
+        self
+    }
+
+    /// Python's `maxtasksperchild`: a worker exits after this many tasks (items) and a
+    /// fresh one takes its place. `0` means never.
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.max_tasks = n;
+        self
+    }
+
+    /// The start method of the workers (default: mproc-spawn's default).
+    pub fn start_method(mut self, m: StartMethod) -> Self {
+        self.start_method = Some(m);
+        self
+    }
+
+    /// A hard time limit per task (billiard's `time_limit`): a task still running after
+    /// `limit` has its worker killed and replaced, and fails with
+    /// [`TaskError::TimedOut`].
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidArgument`] for zero processes or initializer arguments that
+    /// do not encode; [`PoolError::Spawn`] if a worker cannot be started.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let processes = self
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if processes == 0 {
+            return Err(PoolError::InvalidArgument("processes must be at least 1"));
+        }
+        let init = match self.init {
+            None => None,
+            Some(Ok(i)) => Some(i),
+            Some(Err(_)) => {
+                return Err(PoolError::InvalidArgument(
+                    "initializer arguments could not be encoded",
+                ));
+            }
+        };
+        let cfg = Config {
+            processes,
+            init,
+            max_tasks: self.max_tasks,
+            start_method: self.start_method,
+            time_limit: self.time_limit,
+        };
+        let shared = Arc::new(Shared::new()?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = shared.clone();
+        // Workers are started from this long-lived thread: a child's parent-death
+        // signal follows the thread that started it.
+        let thread = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || dispatch::run(s2, cfg, tx))?;
+        match rx.recv() {
+            Ok(Ok(())) => Ok(Pool {
+                shared,
+                processes,
+                thread: Mutex::new(Some(thread)),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(PoolError::Spawn(e))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(PoolError::Spawn(
+                    "the pool thread ended during start-up".into(),
+                ))
+            }
+        }
+    }
+}
+
+static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// Task functions are plain `fn`s (no captures) whose argument and result types are
+/// rkyv messages ([`Message`]). Every method takes `&self`; a `Pool` can be shared
+/// between threads.
+///
+/// Dropping a pool terminates it, as leaving Python's `with Pool() as p:` block does:
+/// workers are killed and unfinished tasks fail with [`TaskError::Terminated`]. To let
+/// submitted work finish first, call [`Pool::close`] and [`Pool::join`].
+///
+/// ```no_run
+/// use mproc_pool::Pool;
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = Pool::new(4).unwrap();
+/// assert_eq!(pool.map(square, 0..6u64).unwrap(), vec![0, 1, 4, 9, 16, 25]);
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    processes: usize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default options.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for the other options.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            max_tasks: 0,
+            start_method: None,
+            time_limit: None,
+        }
+    }
+
+    /// The number of workers.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the current workers (they change as workers are replaced).
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.lock().pids.clone()
+    }
+
+    fn submit_items<A: Encode>(
+        &self,
+        sink: Arc<dyn Sink>,
+        func: FnRef,
+        state: Option<Arc<StateBlob>>,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) {
+        let mut chunks = Vec::new();
+        let mut cur = Vec::with_capacity(chunksize);
+        for (index, a) in items.into_iter().enumerate() {
+            match Payload::encode(&a) {
+                Ok(payload) => cur.push(Item {
+                    index,
+                    payload,
+                    retries: 0,
+                }),
+                Err(e) => sink.complete(index, Raw::Err(e)),
+            }
+            if cur.len() == chunksize {
+                chunks.push(Chunk {
+                    sink: sink.clone(),
+                    func,
+                    state: state.clone(),
+                    items: std::mem::replace(&mut cur, Vec::with_capacity(chunksize)),
+                });
+            }
+        }
+        if !cur.is_empty() {
+            chunks.push(Chunk {
+                sink,
+                func,
+                state,
+                items: cur,
+            });
+        }
+        self.shared.submit(chunks);
+    }
+
+    fn map_job<A: Encode>(
+        &self,
+        func: FnRef,
+        state: Option<Arc<StateBlob>>,
+        items: Vec<A>,
+        chunksize: Option<usize>,
+        fail_fast: bool,
+        hook: Option<crate::job::DoneHook>,
+    ) -> Arc<Job> {
+        let n = items.len();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(n, self.processes));
+        let job = Arc::new(Job::new(n, fail_fast));
+        if let Some(h) = hook {
+            job.on_done(h);
+        }
+        self.submit_items(job.clone(), func, state, items, chunksize.max(1));
+        job
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result (Python: `apply`).
+    pub fn apply<A: Message, R: Message>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError> {
+        self.apply_async(f, args).get()
+    }
+
+    /// Submits `f(args)` (Python: `apply_async`).
+    pub fn apply_async<A: Message, R: Message>(&self, f: fn(A) -> R, args: A) -> AsyncResult<R> {
+        let job = self.map_job::<A>(FnRef::plain(f), None, vec![args], Some(1), true, None);
+        AsyncResult::new(job)
+    }
+
+    /// Submits `f(args)` with Python's `callback` and `error_callback`: one of them runs
+    /// in the parent, on the pool's thread, when the task finishes (before `get()`
+    /// returns). Keep them short: they hold up the delivery of other results.
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callback: impl FnOnce(R) + Send + 'static,
+        error_callback: impl FnOnce(TaskError) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        A: Message,
+        R: Message,
+    {
+        let hook = Box::new(move |job: &Job| {
+            let r = {
+                let g = job.lock();
+                match g.outcomes.first().and_then(Option::as_ref) {
+                    Some(Raw::Ok(p)) => p.decode::<R>(),
+                    Some(Raw::Err(e)) => Err(e.clone()),
+                    None => Err(TaskError::Terminated),
+                }
+            };
+            match r {
+                Ok(v) => callback(v),
+                Err(e) => error_callback(e),
+            }
+        });
+        let job = self.map_job::<A>(FnRef::plain(f), None, vec![args], Some(1), true, Some(hook));
+        AsyncResult::new(job)
+    }
+
+    /// Applies `f` to every item, in parallel, and returns the results in input order
+    /// (Python: `map`). The first failure to arrive is returned at once, with its index.
+    pub fn map<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, MapError> {
+        self.map_async_chunked(f, items, None).get()
+    }
+
+    /// [`Pool::map`] with an explicit `chunksize` (items handed to a worker at a time).
+    pub fn map_chunked<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, MapError> {
+        self.map_async_chunked(f, items, Some(chunksize)).get()
+    }
+
+    /// Every item's own outcome, in input order: a failed item does not hide the others.
+    pub fn map_results<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Vec<Result<R, TaskError>> {
+        let items: Vec<A> = items.into_iter().collect();
+        let job = self.map_job::<A>(FnRef::plain(f), None, items, None, false, None);
+        job.wait(mproc_core::Deadline::never());
+        collect_each(&job)
+    }
+
+    /// Submits a map (Python: `map_async`).
+    pub fn map_async<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> MapResult<R> {
+        self.map_async_chunked(f, items, None)
+    }
+
+    /// Submits a map with an explicit chunk size (`None`: Python's default rule).
+    pub fn map_async_chunked<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> MapResult<R> {
+        let items: Vec<A> = items.into_iter().collect();
+        MapResult::new(self.map_job::<A>(FnRef::plain(f), None, items, chunksize, true, None))
+    }
+
+    /// Submits a map with Python's `callback` (all results, in order) and
+    /// `error_callback` (the first failure); see [`Pool::apply_async_with`].
+    pub fn map_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        callback: impl FnOnce(Vec<R>) + Send + 'static,
+        error_callback: impl FnOnce(MapError) + Send + 'static,
+    ) -> MapResult<R>
+    where
+        A: Message,
+        R: Message,
+    {
+        let hook = Box::new(move |job: &Job| match collect_map::<R>(job) {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        let items: Vec<A> = items.into_iter().collect();
+        MapResult::new(self.map_job::<A>(FnRef::plain(f), None, items, None, true, Some(hook)))
+    }
+
+    /// Python's `map(functools.partial(f, state), items)`: `f(&state, item)` for every
+    /// item. `state` is encoded once, sent once to each worker that needs it and decoded
+    /// there once, however many items follow.
+    pub fn map_with<S, A, R>(
+        &self,
+        state: S,
+        f: fn(&S, A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, MapError>
+    where
+        S: Message + Send + 'static,
+        A: Message,
+        R: Message,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let payload = match Payload::encode(&state) {
+            Ok(p) => p,
+            Err(error) => return Err(MapError { index: 0, error }),
+        };
+        let blob = Arc::new(StateBlob {
+            id: NEXT_STATE.fetch_add(1, Ordering::Relaxed),
+            payload,
+        });
+        let job = self.map_job::<A>(FnRef::with_state(f), Some(blob), items, None, true, None);
+        job.wait(mproc_core::Deadline::never());
+        collect_map(&job)
+    }
+
+    /// Python's `starmap` for two-argument functions: `f(a, b)` for every `(a, b)`.
+    /// (For more arguments see [`Pool::starmap3`], or take a tuple in a plain `map`.)
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>, MapError>
+    where
+        (A, B): Message,
+        R: Message,
+    {
+        self.starmap_async(f, items).get()
+    }
+
+    /// [`Pool::starmap`], submitted without waiting (Python: `starmap_async`).
+    pub fn starmap_async<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> MapResult<R>
+    where
+        (A, B): Message,
+        R: Message,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        MapResult::new(self.map_job::<(A, B)>(FnRef::star2(f), None, items, None, true, None))
+    }
+
+    /// [`Pool::starmap`] with an explicit chunk size.
+    pub fn starmap_chunked<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, MapError>
+    where
+        (A, B): Message,
+        R: Message,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        let job = self.map_job::<(A, B)>(FnRef::star2(f), None, items, Some(chunksize), true, None);
+        job.wait(mproc_core::Deadline::never());
+        collect_map(&job)
+    }
+
+    /// `starmap` for three-argument functions.
+    pub fn starmap3<A, B, C, R>(
+        &self,
+        f: fn(A, B, C) -> R,
+        items: impl IntoIterator<Item = (A, B, C)>,
+    ) -> Result<Vec<R>, MapError>
+    where
+        (A, B, C): Message,
+        R: Message,
+    {
+        let items: Vec<(A, B, C)> = items.into_iter().collect();
+        let job = self.map_job::<(A, B, C)>(FnRef::star3(f), None, items, None, true, None);
+        job.wait(mproc_core::Deadline::never());
+        collect_map(&job)
+    }
+
+    /// Lazily maps `f` over `items`, yielding results in input order (Python: `imap`,
+    /// chunksize 1). See [`IMap`] for the bounded window over the input.
+    pub fn imap<I, A, R>(&self, f: fn(A) -> R, items: I) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
+        self.imap_chunked(f, items, 1)
+    }
+
+    /// [`Pool::imap`] with an explicit chunk size.
+    pub fn imap_chunked<I, A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
+        IMap::new(
+            self.shared.clone(),
+            self.processes,
+            items.into_iter(),
+            FnRef::plain(f),
+            chunksize,
+            true,
+        )
+    }
+
+    /// As [`Pool::imap`], yielding results as they finish (Python: `imap_unordered`).
+    pub fn imap_unordered<I, A, R>(&self, f: fn(A) -> R, items: I) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
+        self.imap_unordered_chunked(f, items, 1)
+    }
+
+    /// [`Pool::imap_unordered`] with an explicit chunk size.
+    pub fn imap_unordered_chunked<I, A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
+        IMap::new(
+            self.shared.clone(),
+            self.processes,
+            items.into_iter(),
+            FnRef::plain(f),
+            chunksize,
+            false,
+        )
+    }
+
+    /// No more tasks will be submitted; workers exit once the queued ones are done
+    /// (Python: `close`). Later submissions fail with [`TaskError::Closed`].
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake();
+    }
+
+    /// Kills the workers at once; unfinished tasks fail with [`TaskError::Terminated`].
+    /// Returns promptly however much work is pending (Python: `terminate`).
+    pub fn terminate(&self) {
+        self.shared.lock().terminate = true;
+        self.shared.wake();
+        self.join_thread();
+    }
+
+    /// Waits for the workers to finish the queued work and exit (Python: `join`).
+    /// Implies [`Pool::close`] (where Python raises if `close` was not called).
+    pub fn join(&self) {
+        self.close();
+        self.join_thread();
+    }
+
+    fn join_thread(&self) {
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -1,0 +1,352 @@
+//! Typed handles on submitted work: [`AsyncResult`] (one call), [`MapResult`] (a map),
+//! [`IMap`] (a stream of results). They decode results on demand in the caller's thread.
+use crate::dispatch::{Chunk, Item, Shared};
+use crate::error::{GetError, MapError, TaskError};
+use crate::func::FnRef;
+use crate::job::{Job, Payload, Raw, Stream};
+use mproc_core::{Deadline, Decode, Encode};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+fn decode_raw<R: Decode>(raw: &Raw) -> Result<R, TaskError> {
+    match raw {
+        Raw::Ok(p) => p.decode::<R>(),
+        Raw::Err(e) => Err(e.clone()),
+    }
+}
+
+/// The result of [`Pool::apply_async`](crate::Pool::apply_async) (Python's
+/// `AsyncResult`). It is also a `std::future::Future`, usable from any async runtime.
+pub struct AsyncResult<R> {
+    pub(crate) job: Arc<Job>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.job.is_finished())
+            .finish()
+    }
+}
+
+impl<R> Clone for AsyncResult<R> {
+    fn clone(&self) -> Self {
+        AsyncResult {
+            job: self.job.clone(),
+            _r: PhantomData,
+        }
+    }
+}
+
+impl<R: Decode> AsyncResult<R> {
+    pub(crate) fn new(job: Arc<Job>) -> Self {
+        AsyncResult {
+            job,
+            _r: PhantomData,
+        }
+    }
+
+    fn take(&self) -> Result<R, TaskError> {
+        let g = self.job.lock();
+        match g.outcomes.first().and_then(Option::as_ref) {
+            Some(raw) => decode_raw(raw),
+            None => Err(TaskError::Terminated),
+        }
+    }
+
+    /// Waits for the result (Python: `get()`). The value can be fetched again.
+    pub fn get(&self) -> Result<R, TaskError> {
+        self.job.wait(Deadline::never());
+        self.take()
+    }
+
+    /// Waits at most `timeout` (Python: `get(timeout)`); [`GetError::Timeout`] if the
+    /// task has not finished by then (it goes on).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, GetError> {
+        if !self.job.wait(Deadline::after(timeout)) {
+            return Err(GetError::Timeout);
+        }
+        self.take().map_err(GetError::Failed)
+    }
+
+    /// Waits until the task has finished.
+    pub fn wait(&self) {
+        self.job.wait(Deadline::never());
+    }
+
+    /// Waits at most `timeout`; whether the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait(Deadline::after(timeout))
+    }
+
+    /// Whether the task has finished (Python: `ready()`).
+    pub fn ready(&self) -> bool {
+        self.job.is_finished()
+    }
+
+    /// Whether it finished without error; `None` while it has not finished (where
+    /// Python raises `ValueError`).
+    pub fn successful(&self) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        Some(self.job.lock().first_err.is_none())
+    }
+
+    /// Cancels the task if it has not been handed to a worker yet; then it fails with
+    /// [`TaskError::Cancelled`]. Returns whether it is cancelled.
+    pub fn cancel(&self) -> bool {
+        self.job.cancel()
+    }
+
+    /// Whether the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.job.is_cancelled()
+    }
+
+    /// Whether a worker is running it now.
+    pub fn running(&self) -> bool {
+        self.job.is_running()
+    }
+}
+
+impl<R: Decode> std::future::Future for AsyncResult<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.job.is_finished() || self.job.register(cx.waker()) {
+            Poll::Ready(self.take())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The result of [`Pool::map_async`](crate::Pool::map_async) (Python's `MapResult`).
+pub struct MapResult<R> {
+    pub(crate) job: Arc<Job>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for MapResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapResult")
+            .field("len", &self.job.len())
+            .field("ready", &self.job.is_finished())
+            .finish()
+    }
+}
+
+pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
+    let g = job.lock();
+    if let Some(index) = g.first_err {
+        let error = match g.outcomes[index].as_ref() {
+            Some(Raw::Err(e)) => e.clone(),
+            _ => TaskError::Terminated,
+        };
+        return Err(MapError { index, error });
+    }
+    let mut out = Vec::with_capacity(g.outcomes.len());
+    for (index, o) in g.outcomes.iter().enumerate() {
+        let r = match o {
+            Some(raw) => decode_raw(raw),
+            None => Err(TaskError::Terminated),
+        };
+        out.push(r.map_err(|error| MapError { index, error })?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn collect_each<R: Decode>(job: &Job) -> Vec<Result<R, TaskError>> {
+    let g = job.lock();
+    g.outcomes
+        .iter()
+        .map(|o| match o {
+            Some(raw) => decode_raw(raw),
+            None => Err(TaskError::Terminated),
+        })
+        .collect()
+}
+
+impl<R: Decode> MapResult<R> {
+    pub(crate) fn new(job: Arc<Job>) -> Self {
+        MapResult {
+            job,
+            _r: PhantomData,
+        }
+    }
+
+    /// Waits for every result, in input order; the first failure to arrive fails the
+    /// whole call at once, as in Python.
+    pub fn get(&self) -> Result<Vec<R>, MapError> {
+        self.job.wait(Deadline::never());
+        collect_map(&self.job)
+    }
+
+    /// As [`MapResult::get`], waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, GetError<MapError>> {
+        if !self.job.wait(Deadline::after(timeout)) {
+            return Err(GetError::Timeout);
+        }
+        collect_map(&self.job).map_err(GetError::Failed)
+    }
+
+    /// Waits until finished.
+    pub fn wait(&self) {
+        self.job.wait(Deadline::never());
+    }
+
+    /// Waits at most `timeout`; whether finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait(Deadline::after(timeout))
+    }
+
+    /// Whether finished (Python: `ready()`).
+    pub fn ready(&self) -> bool {
+        self.job.is_finished()
+    }
+
+    /// Whether finished without error; `None` while not finished.
+    pub fn successful(&self) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        Some(self.job.lock().first_err.is_none())
+    }
+}
+
+/// Streams results of [`Pool::imap`](crate::Pool::imap) and
+/// [`Pool::imap_unordered`](crate::Pool::imap_unordered).
+///
+/// Input is pulled lazily, in the thread that iterates, only as far as a bounded window
+/// ahead of the results consumed: an endless input is fine, and memory stays bounded.
+/// Dropping it early cancels the items not yet started.
+pub struct IMap<I, R> {
+    shared: Arc<Shared>,
+    input: I,
+    input_done: bool,
+    func: FnRef,
+    chunksize: usize,
+    window: usize,
+    stream: Arc<Stream>,
+    ordered: bool,
+    submitted: usize,
+    yielded: usize,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<I, R> std::fmt::Debug for IMap<I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("ordered", &self.ordered)
+            .field("submitted", &self.submitted)
+            .field("yielded", &self.yielded)
+            .finish()
+    }
+}
+
+impl<I, R> IMap<I, R>
+where
+    I: Iterator,
+    I::Item: Encode,
+    R: Decode,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        processes: usize,
+        input: I,
+        func: FnRef,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Self {
+        let chunksize = chunksize.max(1);
+        IMap {
+            shared,
+            input,
+            input_done: false,
+            func,
+            chunksize,
+            window: (4 * processes * chunksize).max(256),
+            stream: Arc::new(Stream::new(ordered)),
+            ordered,
+            submitted: 0,
+            yielded: 0,
+            _r: PhantomData,
+        }
+    }
+
+    fn feed(&mut self) {
+        let mut chunks = Vec::new();
+        while !self.input_done && self.submitted - self.yielded < self.window {
+            let mut items = Vec::with_capacity(self.chunksize);
+            while items.len() < self.chunksize {
+                let Some(a) = self.input.next() else {
+                    self.input_done = true;
+                    break;
+                };
+                let index = self.submitted;
+                self.submitted += 1;
+                match Payload::encode(&a) {
+                    Ok(payload) => items.push(Item {
+                        index,
+                        payload,
+                        retries: 0,
+                    }),
+                    Err(e) => crate::job::Sink::complete(&*self.stream, index, Raw::Err(e)),
+                }
+            }
+            if !items.is_empty() {
+                chunks.push(Chunk {
+                    sink: self.stream.clone(),
+                    func: self.func,
+                    state: None,
+                    items,
+                });
+            }
+        }
+        if !chunks.is_empty() {
+            self.shared.submit(chunks);
+        }
+    }
+}
+
+impl<I, R> Iterator for IMap<I, R>
+where
+    I: Iterator,
+    I::Item: Encode,
+    R: Decode,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.feed();
+        let stream = self.stream.clone();
+        let mut g = stream.lock();
+        loop {
+            let raw = if self.ordered {
+                g.ordered.remove(&self.yielded)
+            } else {
+                g.unordered.pop_front().map(|(_, r)| r)
+            };
+            if let Some(raw) = raw {
+                drop(g);
+                self.yielded += 1;
+                return Some(decode_raw(&raw));
+            }
+            if self.input_done && self.yielded == self.submitted {
+                return None;
+            }
+            g = stream.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl<I, R> Drop for IMap<I, R> {
+    fn drop(&mut self) {
+        self.stream.cancel();
+    }
+}

@@ -1,0 +1,193 @@
+//! The one place where this crate needs `unsafe`: turning a function's offset (relative
+//! to an anchor in the same binary) back into a callable function pointer.
+//!
+//! # Safety
+//!
+//! Parent and worker run the same executable image; a function's address minus the
+//! anchor's address is the same in both, whatever ASLR did (the whole image moves
+//! together). The parent only ever sends offsets it computed from real `fn` pointers of
+//! the exact type the matching trampoline expects (see `func.rs`), over a socket private
+//! to the pool; the worker additionally checks that the address lies inside an executable
+//! mapping of its own image before calling it.
+use crate::func::CallCtx;
+use std::sync::OnceLock;
+
+/// The fixed point offsets are measured from. Not inlined, with a body the optimiser
+/// cannot fold into another function (identical-code folding would make it ambiguous).
+#[inline(never)]
+pub(crate) fn anchor() -> u64 {
+    std::hint::black_box(0x6d70_726f_6370_6f6fu64).rotate_left(7)
+}
+
+fn anchor_addr() -> usize {
+    anchor as fn() -> u64 as usize
+}
+
+/// The offset of `addr` (a function address) from the anchor.
+pub(crate) fn offset_of(addr: usize) -> u64 {
+    addr.wrapping_sub(anchor_addr()) as u64
+}
+
+/// The address an offset stands for in this process.
+pub(crate) fn addr_of(offset: u64) -> usize {
+    anchor_addr().wrapping_add(offset as usize)
+}
+
+/// Executable ranges of the mapping that holds the anchor (the program image).
+fn exec_ranges() -> &'static [(usize, usize)] {
+    static RANGES: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
+    RANGES.get_or_init(|| {
+        let a = anchor_addr();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let rows: Vec<(usize, usize, bool, &str)> = maps
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let range = it.next()?;
+                let perms = it.next()?;
+                let path = it.nth(3).unwrap_or("");
+                let (lo, hi) = range.split_once('-')?;
+                let lo = usize::from_str_radix(lo, 16).ok()?;
+                let hi = usize::from_str_radix(hi, 16).ok()?;
+                Some((lo, hi, perms.contains('x'), path))
+            })
+            .collect();
+        let image = rows
+            .iter()
+            .find(|r| r.0 <= a && a < r.1)
+            .map(|r| r.3)
+            .unwrap_or("");
+        rows.iter()
+            .filter(|r| r.2 && r.3 == image)
+            .map(|r| (r.0, r.1))
+            .collect()
+    })
+}
+
+/// Whether `addr` lies in the executable part of the program image.
+pub(crate) fn is_code(addr: usize) -> bool {
+    let ranges = exec_ranges();
+    // If the maps could not be read, fall back to trusting the private channel.
+    ranges.is_empty() || ranges.iter().any(|&(lo, hi)| lo <= addr && addr < hi)
+}
+
+/// A trampoline: decodes the arguments in `ctx`, calls the user function, encodes the
+/// result. All trampolines share this signature whatever their type parameters.
+pub(crate) type Trampoline = fn(&mut CallCtx<'_>) -> Result<(), String>;
+
+/// Calls the trampoline at `tramp_offset` on `ctx` (whose `func` is the paired
+/// function's address).
+///
+/// Offsets reach this call only from `func::FnRef`, whose constructors pair a typed
+/// trampoline with a function of exactly the type it expects, in the parent (same
+/// executable), over the pool's private socket; both addresses are checked to lie in
+/// this program's code before the call.
+pub(crate) fn call_trampoline(tramp_offset: u64, ctx: &mut CallCtx<'_>) -> Result<(), String> {
+    let addr = addr_of(tramp_offset);
+    if !is_code(addr) || !is_code(ctx.func) {
+        return Err("task function offset does not point into this program's code".into());
+    }
+    // SAFETY: the offset names a `Trampoline` of this image (see above: it was computed
+    // by `offset_of` from one, in a process running this executable, and checked to lie
+    // in its code); fn pointers have the size and representation of `usize`.
+    let f: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(addr) };
+    f(ctx)
+}
+
+/// Turns a function address back into a typed function pointer.
+///
+/// # Safety
+///
+/// `addr` must be the address of a function of type `F` (a `fn` pointer type) in this
+/// process.
+pub(crate) unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
+    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+    // SAFETY: the caller guarantees `addr` is a function of type `F`; `F` is a fn pointer
+    // of the same size as `usize` (asserted above in debug builds).
+    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+}
+
+/// Takes the fds out of `ctx` (each decode consumes them).
+fn take_fds(ctx: &mut CallCtx<'_>) -> Vec<std::os::fd::OwnedFd> {
+    std::mem::take(&mut ctx.fds)
+}
+
+fn encode_into<R: mproc_core::Encode>(ctx: &mut CallCtx<'_>, r: &R) -> Result<(), String> {
+    let enc =
+        mproc_core::codec::encode(r).map_err(|e| format!("result could not be encoded: {e}"))?;
+    ctx.out = Some(enc);
+    Ok(())
+}
+
+fn decode_args<A: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result<A, String> {
+    let fds = take_fds(ctx);
+    mproc_core::codec::decode::<A>(ctx.input, fds)
+        .map_err(|e| format!("arguments could not be decoded: {e}"))
+}
+
+/// Trampoline for `fn(A) -> R`.
+pub(crate) fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
+    ctx: &mut CallCtx<'_>,
+) -> Result<(), String> {
+    // SAFETY: `FnRef::plain::<A, R>` pairs this trampoline only with a `fn(A) -> R`.
+    let f: fn(A) -> R = unsafe { fn_from_addr(ctx.func) };
+    let a = decode_args::<A>(ctx)?;
+    let r = f(a);
+    encode_into(ctx, &r)
+}
+
+/// Trampoline for `fn(A, B) -> R` over `(A, B)` arguments.
+pub(crate) fn tramp_star2<A, B, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+where
+    (A, B): mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    // SAFETY: `FnRef::star2::<A, B, R>` pairs this trampoline only with a `fn(A, B) -> R`.
+    let f: fn(A, B) -> R = unsafe { fn_from_addr(ctx.func) };
+    let (a, b) = decode_args::<(A, B)>(ctx)?;
+    let r = f(a, b);
+    encode_into(ctx, &r)
+}
+
+/// Trampoline for `fn(A, B, C) -> R` over `(A, B, C)` arguments.
+pub(crate) fn tramp_star3<A, B, C, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+where
+    (A, B, C): mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    // SAFETY: `FnRef::star3::<A, B, C, R>` pairs this trampoline only with a
+    // `fn(A, B, C) -> R`.
+    let f: fn(A, B, C) -> R = unsafe { fn_from_addr(ctx.func) };
+    let (a, b, c) = decode_args::<(A, B, C)>(ctx)?;
+    let r = f(a, b, c);
+    encode_into(ctx, &r)
+}
+
+/// Trampoline for `fn(&S, A) -> R`, the state decoded once per worker and cached.
+pub(crate) fn tramp_with<S, A, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+where
+    S: mproc_core::Decode + Send + 'static,
+    A: mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    // SAFETY: `FnRef::with_state::<S, A, R>` pairs this trampoline only with a
+    // `fn(&S, A) -> R`.
+    let f: fn(&S, A) -> R = unsafe { fn_from_addr(ctx.func) };
+    let a = decode_args::<A>(ctx)?;
+    let slot = ctx
+        .state
+        .as_deref_mut()
+        .ok_or("the shared state for this call did not arrive")?;
+    let s: &S = slot.get::<S>()?;
+    let r = f(s, a);
+    encode_into(ctx, &r)
+}
+
+/// Trampoline for an initializer `fn(I)`.
+pub(crate) fn tramp_init<I: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result<(), String> {
+    // SAFETY: `FnRef::init::<I>` pairs this trampoline only with a `fn(I)`.
+    let f: fn(I) = unsafe { fn_from_addr(ctx.func) };
+    let a = decode_args::<I>(ctx)?;
+    f(a);
+    Ok(())
+}

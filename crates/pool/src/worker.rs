@@ -1,0 +1,323 @@
+//! The worker process: runs the initializer once, then the chunks its parent sends,
+//! reporting every item's outcome. It publishes which item it is running in a small
+//! shared region, so that the parent knows exactly which task a dead or overdue worker
+//! was running.
+use crate::func::{CallCtx, FnRef, StateSlot};
+use crate::wire::{self, Cursor, FrameBuf, InBuf};
+use mproc_core::{Handle, Region};
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a worker process is started with.
+#[derive(Archive, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    pub(crate) sock: Handle<OwnedFd>,
+    pub(crate) progress: Region,
+    /// The initializer: trampoline and function offsets, encoded arguments.
+    pub(crate) init: Option<InitArgs>,
+    /// Items after which the worker retires (0: never).
+    pub(crate) max_tasks: u64,
+}
+
+/// An initializer and its encoded arguments.
+#[derive(Archive, Serialize, Deserialize)]
+pub(crate) struct InitArgs {
+    pub(crate) tramp: u64,
+    pub(crate) func: u64,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<Handle<OwnedFd>>,
+}
+
+impl std::fmt::Debug for WorkerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerArgs").finish_non_exhaustive()
+    }
+}
+
+/// The shared progress record of one worker (a seqlock: `seq` is odd while an item runs).
+pub(crate) struct Progress<'a> {
+    seq: &'a AtomicU64,
+    chunk: &'a AtomicU64,
+    pos: &'a AtomicU64,
+    start_ns: &'a AtomicU64,
+}
+
+/// What a worker was doing, read from its progress record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub(crate) chunk: u64,
+    pub(crate) pos: u32,
+    pub(crate) start_ns: u64,
+}
+
+pub(crate) const PROGRESS_LEN: usize = 64;
+
+impl<'a> Progress<'a> {
+    pub(crate) fn new(r: &'a Region) -> Option<Self> {
+        Some(Progress {
+            seq: r.atomic_u64(0)?,
+            chunk: r.atomic_u64(8)?,
+            pos: r.atomic_u64(16)?,
+            start_ns: r.atomic_u64(24)?,
+        })
+    }
+
+    fn begin(&self, chunk: u64, pos: u32) {
+        self.chunk.store(chunk, Ordering::Relaxed);
+        self.pos.store(pos as u64, Ordering::Relaxed);
+        self.start_ns.store(now_ns(), Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// The item running now, if any.
+    pub(crate) fn running(&self) -> Option<Running> {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1.is_multiple_of(2) {
+                return None;
+            }
+            let r = Running {
+                chunk: self.chunk.load(Ordering::Relaxed),
+                pos: self.pos.load(Ordering::Relaxed) as u32,
+                start_ns: self.start_ns.load(Ordering::Relaxed),
+            };
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the same clock in every process).
+pub(crate) fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Results waiting to be sent, as one open `RESULTS` frame.
+struct Outbox {
+    frame: FrameBuf,
+    count: u32,
+    first: Option<Instant>,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            frame: FrameBuf::new(),
+            count: 0,
+            first: None,
+        }
+    }
+
+    fn record(&mut self, chunk: u64, pos: u32, status: u32, payload: &[u8], elapsed: Duration) {
+        self.record_fds(chunk, pos, status, payload, Vec::new(), elapsed)
+    }
+
+    fn record_fds(
+        &mut self,
+        chunk: u64,
+        pos: u32,
+        status: u32,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        elapsed: Duration,
+    ) {
+        if self.count == 0 {
+            self.frame.begin(wire::K_RESULTS, 0, 0);
+            self.first = Some(Instant::now());
+        }
+        self.count += 1;
+        let f = &mut self.frame;
+        f.put_u64(chunk);
+        f.put_u32(pos);
+        f.put_u32(status);
+        f.put_u64(payload.len() as u64);
+        f.put_u32(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+        f.put_u32(fds.len() as u32);
+        f.put_payload(payload);
+        f.put_fds(fds);
+    }
+
+    fn should_flush(&self) -> bool {
+        self.count > 0
+            && (self.frame.len() >= 256 * 1024
+                || self
+                    .first
+                    .is_some_and(|t| t.elapsed() >= Duration::from_micros(500)))
+    }
+
+    fn flush(&mut self, sock: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        self.frame.end();
+        self.frame.set_count(self.count);
+        let f = std::mem::take(&mut self.frame);
+        self.count = 0;
+        self.first = None;
+        wire::write_all(sock, f)
+    }
+}
+
+/// The worker process's entry point.
+pub(crate) fn worker_main(args: WorkerArgs) {
+    // The panic message travels to the parent; do not also print it here.
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = run(args);
+}
+
+fn run(args: WorkerArgs) -> io::Result<()> {
+    let Handle(sock) = args.sock;
+    let sock = sock.as_fd();
+    let progress = Progress::new(&args.progress)
+        .ok_or_else(|| io::Error::other("progress region too small"))?;
+    let mut out = Outbox::new();
+    if let Some(init) = args.init {
+        let f = FnRef {
+            tramp: init.tramp,
+            func: init.func,
+        };
+        let mut bytes = AlignedVec::<16>::new();
+        bytes.extend_from_slice(&init.bytes);
+        let mut ctx = CallCtx {
+            func: 0,
+            input: &bytes,
+            fds: init.fds.into_iter().map(|h| h.0).collect(),
+            state: None,
+            out: None,
+        };
+        let r = catch_unwind(AssertUnwindSafe(|| f.call(&mut ctx)));
+        let failure = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some((wire::ST_ERROR, e)),
+            Err(p) => Some((wire::ST_PANIC, panic_text(&*p))),
+        };
+        if let Some((status, text)) = failure {
+            let mut fb = FrameBuf::new();
+            fb.begin(wire::K_INIT_FAILED, 1, 0);
+            fb.put_u64(0);
+            fb.put_u32(0);
+            fb.put_u32(status);
+            fb.put_u64(text.len() as u64);
+            fb.put_u32(0);
+            fb.put_u32(0);
+            fb.put_payload(text.as_bytes());
+            fb.end();
+            return wire::write_all(sock, fb);
+        }
+    }
+    let mut inbuf = InBuf::new();
+    let mut states: HashMap<u64, StateSlot> = HashMap::new();
+    let mut done: u64 = 0;
+    loop {
+        while let Some(mut frame) = inbuf.next_frame()? {
+            let body = inbuf.body(&frame);
+            let mut c = Cursor::new(body);
+            let kind = c.u32()?;
+            let count = c.u32()?;
+            let arg = c.u64()?;
+            match kind {
+                wire::K_RUN => {
+                    let f = FnRef {
+                        tramp: c.u64()?,
+                        func: c.u64()?,
+                    };
+                    let state_id = c.u64()?;
+                    let _ = c.u64()?;
+                    for _ in 0..count {
+                        let pos = c.u32()?;
+                        let nfds = c.u32()? as usize;
+                        let len = c.u64()? as usize;
+                        let input = c.payload(len)?;
+                        let fds: Vec<OwnedFd> =
+                            frame.fds.drain(..nfds.min(frame.fds.len())).collect();
+                        let mut ctx = CallCtx {
+                            func: 0,
+                            input,
+                            fds,
+                            state: if state_id == 0 {
+                                None
+                            } else {
+                                states.get_mut(&state_id)
+                            },
+                            out: None,
+                        };
+                        let t0 = Instant::now();
+                        progress.begin(arg, pos);
+                        let r = catch_unwind(AssertUnwindSafe(|| f.call(&mut ctx)));
+                        progress.end();
+                        let el = t0.elapsed();
+                        match r {
+                            Ok(Ok(())) => {
+                                let enc = ctx.out.take().expect("a trampoline sets its output");
+                                out.record_fds(arg, pos, wire::ST_OK, &enc.bytes, enc.fds, el);
+                            }
+                            Ok(Err(e)) => out.record(arg, pos, wire::ST_ERROR, e.as_bytes(), el),
+                            Err(p) => {
+                                out.record(arg, pos, wire::ST_PANIC, panic_text(&*p).as_bytes(), el)
+                            }
+                        }
+                        done += 1;
+                        if el >= Duration::from_millis(1) || out.should_flush() {
+                            out.flush(sock)?;
+                        }
+                    }
+                }
+                wire::K_STATE => {
+                    let _pos = c.u32()?;
+                    let nfds = c.u32()? as usize;
+                    let len = c.u64()? as usize;
+                    let mut bytes = AlignedVec::<16>::new();
+                    bytes.extend_from_slice(c.payload(len)?);
+                    let fds = frame.fds.drain(..nfds.min(frame.fds.len())).collect();
+                    states.insert(arg, StateSlot::new(bytes, fds));
+                }
+                wire::K_DROP_STATE => {
+                    states.remove(&arg);
+                }
+                wire::K_EXIT => {
+                    out.flush(sock)?;
+                    return Ok(());
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unknown pool frame",
+                    ));
+                }
+            }
+            inbuf.consume(&frame);
+            if args.max_tasks != 0 && done >= args.max_tasks {
+                out.flush(sock)?;
+                return Ok(());
+            }
+        }
+        out.flush(sock)?;
+        if inbuf.fill(sock)? == 0 {
+            out.flush(sock)?;
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Pool basics, ported from CPython's `_TestPool` (Lib/test/_test_multiprocessing.py):
+//! map order, chunksize variants, apply/apply_async, starmap, imap, callbacks.
+use mproc_pool::{Pool, TaskError};
+use std::time::Duration;
+
+fn sqr(x: u64) -> u64 {
+    x * x
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    a * b
+}
+
+fn boom(x: u64) -> u64 {
+    if x == 3 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+#[test]
+fn apply_and_map_in_order() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
+    let want: Vec<u64> = (0..100).map(|x| x * x).collect();
+    assert_eq!(pool.map(sqr, 0..100u64).unwrap(), want);
+    for cs in [1, 2, 3, 7, 1000] {
+        assert_eq!(
+            pool.map_chunked(sqr, 0..100u64, cs).unwrap(),
+            want,
+            "chunksize {cs}"
+        );
+    }
+    assert_eq!(pool.map(sqr, Vec::<u64>::new()).unwrap(), Vec::<u64>::new());
+}
+
+#[test]
+fn starmap_pairs() {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.starmap(mul, (1..10u64).zip(10..19u64)).unwrap();
+    assert_eq!(r, vec![10, 22, 36, 52, 70, 90, 112, 136, 162]);
+}
+
+#[test]
+fn panic_fails_alone() {
+    let pool = Pool::new(2).unwrap();
+    let e = pool.map(boom, 0..6u64).unwrap_err();
+    assert_eq!(e.index, 3);
+    assert_eq!(
+        e.error,
+        TaskError::Panicked {
+            message: "boom at 3".into()
+        }
+    );
+    let all = pool.map_results(boom, 0..6u64);
+    assert_eq!(all.len(), 6);
+    for (i, r) in all.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(r, Err(TaskError::Panicked { .. })));
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &(i as u64));
+        }
+    }
+    // The pool goes on.
+    assert_eq!(pool.apply(sqr, 3).unwrap(), 9);
+}
+
+#[test]
+fn imap_ordered_and_unordered() {
+    let pool = Pool::new(2).unwrap();
+    let r: Vec<u64> = pool.imap(sqr, 0..50u64).map(Result::unwrap).collect();
+    assert_eq!(r, (0..50).map(|x| x * x).collect::<Vec<_>>());
+    let mut u: Vec<u64> = pool
+        .imap_unordered_chunked(sqr, 0..50u64, 5)
+        .map(Result::unwrap)
+        .collect();
+    u.sort_unstable();
+    assert_eq!(u, (0..50).map(|x| x * x).collect::<Vec<_>>());
+    // An endless input is consumed only as far as needed.
+    let first: Vec<u64> = pool
+        .imap(sqr, 0u64..)
+        .take(10)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..10).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn async_results() {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.apply_async(sqr, 9);
+    assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 81);
+    assert!(r.ready());
+    assert_eq!(r.successful(), Some(true));
+    let m = pool.map_async(sqr, 0..10u64);
+    m.wait();
+    assert!(m.ready());
+    assert_eq!(m.get().unwrap()[9], 81);
+}
