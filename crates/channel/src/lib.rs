@@ -4,3 +4,8 @@
 
 // Connections, pipes, wait() and Listener/Client: the connection work owns these.
 // Queues: the queue work owns these.
+mod queue;
+pub use queue::{
+    CorruptMessage, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, GetError, JoinableQueue, MessageRef,
+    PutError, Queue, QueueBuilder, QueueCreateError, SimpleQueue, TaskDoneError,
+};

@@ -1,0 +1,831 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue`: many producers and many consumers across
+//! processes, over a ring in shared memory.
+//!
+//! Python's `multiprocessing.Queue` pickles each object and pushes it through a pipe
+//! with a feeder thread. Here a message is an rkyv archive written straight into a
+//! slot of a ring that lives in shared memory (a memfd); a consumer claims the slot
+//! with a compare-and-swap and can read the archive where it lies ([`Queue::get_ref`])
+//! or deserialise it ([`Queue::get`]). Waiting is a futex in the same memory, after a
+//! short adaptive spin.
+//!
+//! ```
+//! use mproc_channel::Queue;
+//! let q: Queue<(u32, Option<u8>, String)> = Queue::new().unwrap();
+//! q.put((42, None, "hello".into())).unwrap();
+//! let msg = q.get_ref().unwrap();       // in place: no copy, no allocation
+//! assert_eq!(msg.0, 42);
+//! assert_eq!(msg.2, "hello");
+//! drop(msg);                            // frees the slot
+//! q.put((7, Some(1), "again".into())).unwrap();
+//! assert_eq!(q.get().unwrap(), (7, Some(1), "again".to_string()));
+//! assert!(q.try_get().is_err());        // Empty
+//! ```
+//!
+//! # Capacity ("unbounded" queues)
+//!
+//! A ring has a fixed number of slots. [`Queue::new`] (Python's `Queue()`, unbounded)
+//! gets [`DEFAULT_CAPACITY`] slots: that many messages can wait before a producer
+//! blocks in `put` (or `try_put` returns `Full`). Pages of the ring are only touched as
+//! they are used. Choose a bound with [`Queue::with_maxsize`] (Python's
+//! `Queue(maxsize)`): then `maxsize` is exact.
+//!
+//! Messages are never lost when their producer exits: they already sit in shared
+//! memory (or, for large messages and handles, in flight in the queue's socket), which
+//! lives as long as any process holds the queue.
+//!
+//! # Large messages and handles
+//!
+//! A message whose archive is larger than a slot ([`DEFAULT_SLOT_SIZE`] bytes unless
+//! [`QueueBuilder::slot_size`] says otherwise) is written into a memfd of its own,
+//! sealed against writes, and that fd is handed to the consumer, who maps it read-only:
+//! one copy in, none out. Handles inside messages (fds, regions, other queues) travel
+//! the same way. The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
+//! the queue keeps open (see the `side` module for the protocol that keeps it in step
+//! with the ring); unlike `/proc/PID/fd` or `pidfd_getfd` it needs no ptrace rights and
+//! does not need the producer to stay alive.
+//!
+//! # Failure
+//!
+//! A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
+//! the middle of `put`) does not wedge the queue: a waiter that finds the slot in its
+//! way for more than 50 ms checks whether the holder is alive and takes the slot back.
+//! A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
+//! usable. (A reused pid delays the recovery until that process exits.)
+mod error;
+mod ring;
+mod side;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use error::{CorruptMessage, GetError, PutError, QueueCreateError, TaskDoneError};
+
+use mproc_core::codec::{self, CodecError, Decode, Encode};
+use mproc_core::futex::{self, SpinBudget};
+use mproc_core::transfer::{Exporter, Importer};
+use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
+use ring::{Blocked, ReadClaim, Ring, kind};
+use rkyv::util::AlignedVec;
+use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use sys::{Checked, Held, SealedMap};
+
+/// Slots of a queue created without a `maxsize` (Python's unbounded default).
+pub const DEFAULT_CAPACITY: usize = 32_768;
+/// Payload bytes per slot unless [`QueueBuilder::slot_size`] says otherwise; larger
+/// messages travel in a region of their own.
+pub const DEFAULT_SLOT_SIZE: usize = 224;
+
+/// The process-local state of one queue handle (shared by its clones).
+#[derive(Debug)]
+struct Inner {
+    ring: Ring,
+    side: Side,
+    get_spin: SpinBudget,
+    put_spin: SpinBudget,
+}
+
+enum PutFail {
+    Full,
+    Closed,
+    Io(std::io::Error),
+}
+
+impl<T> From<(PutFail, T)> for PutError<T> {
+    fn from((f, v): (PutFail, T)) -> Self {
+        match f {
+            PutFail::Full => PutError::Full(v),
+            PutFail::Closed => PutError::Closed(v),
+            PutFail::Io(e) => PutError::Io(e),
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: Cell<Option<AlignedVec>> = const { Cell::new(None) };
+}
+
+/// Serialises `value` and hands the bytes and the fds of its handles to `f`. Messages
+/// without handles reuse a per-thread buffer (no allocation).
+fn with_encoded<T: Encode, R>(
+    value: &T,
+    f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+) -> Result<R, CodecError> {
+    let mut buf = SCRATCH.take().unwrap_or_default();
+    buf.clear();
+    match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, buf) {
+        Ok(buf) => {
+            let r = f(&buf, Vec::new());
+            if buf.capacity() <= 1 << 20 {
+                SCRATCH.set(Some(buf));
+            }
+            Ok(r)
+        }
+        // Handles need the fd table that only `codec::encode` provides.
+        Err(_) => {
+            let enc = codec::encode(value)?;
+            Ok(f(&enc.bytes, enc.fds))
+        }
+    }
+}
+
+/// A received message and the fds that came with it.
+struct Taken<'a> {
+    held: Held<'a>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Inner {
+    fn create(capacity: u64, slot_size: usize) -> Result<Inner, QueueCreateError> {
+        let ring = Ring::create(capacity, slot_size).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                QueueCreateError::InvalidOptions("capacity or slot size out of range")
+            } else {
+                QueueCreateError::Io(e)
+            }
+        })?;
+        Ok(Inner::from_parts(
+            ring,
+            Side::new().map_err(QueueCreateError::Io)?,
+        ))
+    }
+
+    fn from_parts(ring: Ring, side: Side) -> Inner {
+        Inner {
+            ring,
+            side,
+            get_spin: SpinBudget::new(),
+            put_spin: SpinBudget::new(),
+        }
+    }
+
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.ring.region().export(out)?;
+        out.put_fd(self.side.tx())?;
+        out.put_fd(self.side.rx())
+    }
+
+    fn import(input: &mut Importer<'_>) -> Result<Inner, TransferError> {
+        let region = Region::import(input)?;
+        let tx = input.take_fd()?;
+        let rx = input.take_fd()?;
+        let ring = Ring::open(region).map_err(TransferError::Malformed)?;
+        Ok(Inner::from_parts(ring, Side::from_fds(tx, rx)))
+    }
+
+    fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<u64, PutFail> {
+        loop {
+            if let Ok(p) = self.ring.try_claim_write(pid) {
+                return Ok(p);
+            }
+            if self.ring.is_closed() {
+                return Err(PutFail::Closed);
+            }
+            if deadline.is_expired() {
+                return Err(PutFail::Full);
+            }
+            let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
+            self.ring.wait_writable(&self.put_spin, slice);
+            if slice.is_expired() && !self.ring.writable() {
+                self.ring.reclaim_for_writer();
+            }
+        }
+    }
+
+    fn put_encoded(
+        &self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        deadline: Deadline,
+    ) -> Result<(), PutFail> {
+        let ring = &self.ring;
+        if ring.is_closed() {
+            return Err(PutFail::Closed);
+        }
+        let pid = sys::my_pid();
+        let len = bytes.len();
+        if fds.is_empty() && len <= ring.slot_size() {
+            let pos = self.claim_write(pid, deadline)?;
+            ring.region()
+                .write_bytes(ring.payload_off(pos), bytes)
+                .expect("a slot's payload is inside the region");
+            ring.publish(pos, kind::INLINE, len as u64);
+            return Ok(());
+        }
+        // The slow path: fds travel on the side socket, in ring order.
+        let large = len > ring.slot_size();
+        let memfd = if large {
+            Some(side::sealed_memfd(bytes).map_err(PutFail::Io)?)
+        } else {
+            None
+        };
+        let all: Vec<BorrowedFd<'_>> = memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
+        let lock = PidLock::new(ring.a32(ring::H_PROD_LOCK));
+        if !lock.lock(pid, deadline) {
+            return Err(PutFail::Full);
+        }
+        let r = self.claim_write(pid, deadline).and_then(|pos| {
+            if !large {
+                ring.region()
+                    .write_bytes(ring.payload_off(pos), bytes)
+                    .expect("a slot's payload is inside the region");
+            }
+            match self.side.send(pos, &all, deadline) {
+                Ok(()) => {
+                    let k = kind::FDS | if large { kind::LARGE } else { kind::INLINE };
+                    ring.publish(pos, k, len as u64);
+                    Ok(())
+                }
+                Err(e) => {
+                    ring.publish(pos, kind::SKIP, 0);
+                    Err(match e {
+                        SendFdsError::TimedOut => PutFail::Full,
+                        SendFdsError::Io(e) => PutFail::Io(e),
+                    })
+                }
+            }
+        });
+        lock.unlock();
+        r
+    }
+
+    fn claim_read(
+        &self,
+        pid: u32,
+        deadline: Deadline,
+    ) -> Result<(ReadClaim<'_>, Vec<OwnedFd>), GetError> {
+        loop {
+            match self.ring.try_claim_read(pid, false) {
+                Ok(c) => return Ok((c, Vec::new())),
+                Err(Blocked::NeedsLock) => {
+                    let lock = PidLock::new(self.ring.a32(ring::H_CONS_LOCK));
+                    if !lock.lock(pid, deadline) {
+                        return Err(GetError::Empty);
+                    }
+                    let r = match self.ring.try_claim_read(pid, true) {
+                        Ok(c) if c.kind() & kind::FDS != 0 => match self.side.recv_for(c.pos()) {
+                            Ok(fds) => Ok(Some((c, fds))),
+                            // Dropping the claim releases the slot: the message is lost.
+                            Err(e) => Err(GetError::Corrupt(CorruptMessage::Fds(e))),
+                        },
+                        Ok(c) => Ok(Some((c, Vec::new()))),
+                        Err(_) => Ok(None),
+                    };
+                    lock.unlock();
+                    match r? {
+                        Some(x) => return Ok(x),
+                        None => continue,
+                    }
+                }
+                Err(Blocked::Wait) => {}
+            }
+            if self.ring.is_closed() && !self.ring.readable() {
+                return Err(GetError::Closed);
+            }
+            if deadline.is_expired() {
+                return Err(GetError::Empty);
+            }
+            let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
+            self.ring.wait_readable(&self.get_spin, slice);
+            if slice.is_expired() && !self.ring.readable() {
+                self.ring.reclaim_for_reader();
+            }
+        }
+    }
+
+    /// Takes the next message: its bytes (still in the slot, or in its own mapping)
+    /// and its fds.
+    fn take(&self, deadline: Deadline) -> Result<Taken<'_>, GetError> {
+        let pid = sys::my_pid();
+        loop {
+            let (claim, mut fds) = self.claim_read(pid, deadline)?;
+            let k = claim.kind();
+            let len = claim.len();
+            let bad = |m| Err(GetError::Corrupt(CorruptMessage::BadSlot(m)));
+            let held = match k {
+                kind::SKIP => continue,
+                kind::INLINE => Held::slot(claim, len),
+                k if k == kind::FDS | kind::INLINE => Held::slot(claim, len),
+                k if k == kind::FDS | kind::LARGE => {
+                    drop(claim); // the archive is in its own region: free the slot now
+                    if fds.is_empty() {
+                        return bad("large message without its region");
+                    }
+                    let memfd = fds.remove(0);
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    let map = SealedMap::new(&memfd, len)
+                        .map_err(|e| GetError::Corrupt(CorruptMessage::Fds(e)))?;
+                    Ok(Held::large(map, len).expect("mapping has the announced length"))
+                }
+                _ => return bad("unknown slot kind"),
+            };
+            return match held {
+                Ok(held) => Ok(Taken { held, fds }),
+                Err(_claim) => bad("message length beyond the slot"),
+            };
+        }
+    }
+
+    fn get<T: Decode>(&self, deadline: Deadline) -> Result<T, GetError> {
+        let t = self.take(deadline)?;
+        codec::decode::<T>(t.held.bytes(), t.fds)
+            .map_err(|e| GetError::Corrupt(CorruptMessage::Invalid(e)))
+    }
+
+    fn get_ref<T: Decode>(&self, deadline: Deadline) -> Result<MessageRef<'_, T>, GetError> {
+        let t = self.take(deadline)?;
+        match Checked::<T>::new(t.held) {
+            Ok(checked) => Ok(MessageRef {
+                checked,
+                fds: t.fds,
+            }),
+            Err((_held, e)) => Err(GetError::Corrupt(CorruptMessage::Invalid(e))),
+        }
+    }
+
+    fn unfinished(&self) -> &std::sync::atomic::AtomicU32 {
+        self.ring.a32(ring::H_UNFINISHED)
+    }
+}
+
+/// A message received in place: the archived value where it lies in the queue's
+/// shared memory, validated (bytecheck) once. Dereferences to `T::Archived`. The slot
+/// is freed for producers when this guard drops.
+///
+/// Handles inside the message can be looked at but not rebuilt in place; use
+/// [`MessageRef::deserialize`] (or [`Queue::get`]) for those.
+pub struct MessageRef<'q, T: Decode> {
+    checked: Checked<'q, T>,
+    fds: Vec<OwnedFd>,
+}
+
+impl<T: Decode> MessageRef<'_, T> {
+    /// Deserialises the message (rebuilding its handles with the fds that came with
+    /// it) and frees the slot.
+    pub fn deserialize(self) -> Result<T, CorruptMessage> {
+        codec::decode::<T>(self.checked.bytes(), self.fds).map_err(CorruptMessage::Invalid)
+    }
+
+    /// The archive's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.checked.bytes()
+    }
+}
+
+impl<T: Decode> Deref for MessageRef<'_, T> {
+    type Target = T::Archived;
+    fn deref(&self) -> &T::Archived {
+        self.checked.get()
+    }
+}
+
+impl<T: Decode> fmt::Debug for MessageRef<'_, T>
+where
+    T::Archived: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MessageRef")
+            .field(self.checked.get())
+            .finish()
+    }
+}
+
+/// Options for a new queue of `T`:
+/// `let q: Queue<u64> = Queue::builder().maxsize(100).slot_size(1024).build()?`.
+pub struct QueueBuilder<T> {
+    maxsize: usize,
+    slot_size: usize,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("slot_size", &self.slot_size)
+            .finish()
+    }
+}
+
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder { ..*self }
+    }
+}
+
+impl<T> Default for QueueBuilder<T> {
+    fn default() -> Self {
+        QueueBuilder {
+            maxsize: 0,
+            slot_size: DEFAULT_SLOT_SIZE,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> QueueBuilder<T> {
+    /// Most messages the queue holds; 0 (the default, as in Python) means
+    /// [`DEFAULT_CAPACITY`].
+    pub fn maxsize(mut self, maxsize: usize) -> Self {
+        self.maxsize = maxsize;
+        self
+    }
+
+    /// Bytes of archive a slot holds (rounded up to a multiple of 16). Larger messages
+    /// travel in a region of their own (about 20 µs more each).
+    pub fn slot_size(mut self, bytes: usize) -> Self {
+        self.slot_size = bytes.max(16).div_ceil(16) * 16;
+        self
+    }
+
+    fn inner(&self) -> Result<Inner, QueueCreateError> {
+        let cap = if self.maxsize == 0 {
+            DEFAULT_CAPACITY
+        } else {
+            self.maxsize
+        };
+        let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+        if cap > ring::MAX_CAPACITY {
+            return Err(QueueCreateError::InvalidOptions("maxsize above 2^30"));
+        }
+        Inner::create(cap, self.slot_size)
+    }
+
+    /// Creates a [`Queue`].
+    pub fn build(&self) -> Result<Queue<T>, QueueCreateError> {
+        Ok(Queue::from_inner(self.inner()?))
+    }
+
+    /// Creates a [`SimpleQueue`].
+    pub fn build_simple(&self) -> Result<SimpleQueue<T>, QueueCreateError> {
+        Ok(SimpleQueue(self.build()?))
+    }
+
+    /// Creates a [`JoinableQueue`].
+    pub fn build_joinable(&self) -> Result<JoinableQueue<T>, QueueCreateError> {
+        Ok(JoinableQueue(self.build()?))
+    }
+}
+
+/// A multi-producer, multi-consumer FIFO queue shared between processes: Python's
+/// `multiprocessing.Queue`.
+///
+/// Clone it to use it from several threads; pass it (or a clone) in a child's
+/// arguments or in a message to use it from other processes. FIFO order holds per
+/// producer. See the [module docs](self) for capacity, large messages and failure.
+pub struct Queue<T> {
+    inner: Arc<Inner>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            inner: self.inner.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("maxsize", &self.inner.ring.capacity())
+            .field("qsize", &self.inner.ring.len())
+            .field("closed", &self.inner.ring.is_closed())
+            .finish()
+    }
+}
+
+impl<T> Queue<T> {
+    fn from_inner(inner: Inner) -> Self {
+        Queue {
+            inner: Arc::new(inner),
+            _t: PhantomData,
+        }
+    }
+
+    /// Options for a new queue (`maxsize`, `slot_size`).
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder::default()
+    }
+
+    /// A queue with [`DEFAULT_CAPACITY`] slots: Python's `Queue()`.
+    pub fn new() -> Result<Self, QueueCreateError> {
+        QueueBuilder::default().build()
+    }
+
+    /// A queue holding at most `maxsize` messages (0: [`DEFAULT_CAPACITY`]): Python's
+    /// `Queue(maxsize)`.
+    pub fn with_maxsize(maxsize: usize) -> Result<Self, QueueCreateError> {
+        QueueBuilder::default().maxsize(maxsize).build()
+    }
+
+    /// Approximate number of messages waiting (others may be putting or getting at
+    /// the same moment): Python's `qsize()`.
+    pub fn qsize(&self) -> usize {
+        self.inner.ring.len() as usize
+    }
+
+    /// Whether the queue looks empty (approximate, as in Python).
+    pub fn is_empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue looks full (approximate, as in Python).
+    pub fn is_full(&self) -> bool {
+        self.inner.ring.len() >= self.inner.ring.capacity()
+    }
+
+    /// The most messages the queue holds.
+    pub fn maxsize(&self) -> usize {
+        self.inner.ring.capacity() as usize
+    }
+
+    /// Payload bytes per slot; larger messages travel in a region of their own.
+    pub fn slot_size(&self) -> usize {
+        self.inner.ring.slot_size()
+    }
+
+    /// Closes the queue for every process: further puts fail with `Closed`; gets
+    /// return the messages still queued, then `Closed` instead of blocking. (Python's
+    /// `close()` only concerns the calling process; this one wakes every waiter.)
+    pub fn close(&self) {
+        self.inner.ring.close();
+    }
+
+    /// Whether [`Queue::close`] was called (by any process).
+    pub fn is_closed(&self) -> bool {
+        self.inner.ring.is_closed()
+    }
+}
+
+impl<T: Message> Queue<T> {
+    fn put_deadline(&self, value: T, deadline: Deadline) -> Result<(), PutError<T>> {
+        match with_encoded(&value, |bytes, fds| {
+            self.inner.put_encoded(bytes, fds, deadline)
+        }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err((f, value).into()),
+            Err(e) => Err(PutError::Encode(e)),
+        }
+    }
+
+    /// Puts `value`, waiting while the queue is full: Python's `put(obj)`.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_deadline(value, Deadline::never())
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room (then `Full`): Python's
+    /// `put(obj, timeout=t)`.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_deadline(value, Deadline::after(timeout))
+    }
+
+    /// Puts `value` if there is room now (else `Full`): Python's `put_nowait(obj)`.
+    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_deadline(value, Deadline::now())
+    }
+
+    /// Takes the next message, waiting for one: Python's `get()`.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.inner.get(Deadline::never())
+    }
+
+    /// Takes the next message, waiting at most `timeout` (then `Empty`): Python's
+    /// `get(timeout=t)`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.inner.get(Deadline::after(timeout))
+    }
+
+    /// Takes the next message if one is ready (else `Empty`): Python's `get_nowait()`.
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.inner.get(Deadline::now())
+    }
+
+    /// Takes the next message in place: a guard over the validated archive in its
+    /// slot, no copy and no deserialisation. The slot is freed when the guard drops.
+    pub fn get_ref(&self) -> Result<MessageRef<'_, T>, GetError> {
+        self.inner.get_ref(Deadline::never())
+    }
+
+    /// [`Queue::get_ref`], waiting at most `timeout`.
+    pub fn get_ref_timeout(&self, timeout: Duration) -> Result<MessageRef<'_, T>, GetError> {
+        self.inner.get_ref(Deadline::after(timeout))
+    }
+
+    /// [`Queue::get_ref`] if a message is ready now (else `Empty`).
+    pub fn try_get_ref(&self) -> Result<MessageRef<'_, T>, GetError> {
+        self.inner.get_ref(Deadline::now())
+    }
+}
+
+impl<T> Transfer for Queue<T> {
+    const KIND: &'static str = "mproc_channel::Queue";
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.inner.export(out)
+    }
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        Inner::import(input).map(Queue::from_inner)
+    }
+}
+
+mproc_core::impl_handle_archive!([T,] Queue<T>);
+
+/// Python's `multiprocessing.SimpleQueue`: `put`, `get`, `is_empty`, `close`, and
+/// nothing else. The same ring as [`Queue`], with [`DEFAULT_CAPACITY`] slots.
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.0).finish()
+    }
+}
+
+impl<T> SimpleQueue<T> {
+    /// A new simple queue.
+    pub fn new() -> Result<Self, QueueCreateError> {
+        Queue::new().map(SimpleQueue)
+    }
+
+    /// Whether the queue looks empty (approximate).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Closes the queue (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+impl<T: Message> SimpleQueue<T> {
+    /// Puts `value` (waits only if [`DEFAULT_CAPACITY`] messages are waiting).
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put(value)
+    }
+
+    /// Takes the next message, waiting for one.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// Takes the next message in place (see [`Queue::get_ref`]).
+    pub fn get_ref(&self) -> Result<MessageRef<'_, T>, GetError> {
+        self.0.get_ref()
+    }
+}
+
+impl<T> Transfer for SimpleQueue<T> {
+    const KIND: &'static str = "mproc_channel::SimpleQueue";
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.0.inner.export(out)
+    }
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        Inner::import(input).map(|i| SimpleQueue(Queue::from_inner(i)))
+    }
+}
+
+mproc_core::impl_handle_archive!([T,] SimpleQueue<T>);
+
+/// Python's `multiprocessing.JoinableQueue`: a [`Queue`] that counts unfinished tasks.
+/// Every `put` adds one; [`JoinableQueue::task_done`] removes one;
+/// [`JoinableQueue::join`] waits until none are left.
+///
+/// It dereferences to its [`Queue`] for everything else (`get`, `get_ref`, `qsize`,
+/// `close` …); its own `put`, `put_timeout` and `try_put` count the task.
+pub struct JoinableQueue<T>(Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue")
+            .field("queue", &self.0)
+            .field("unfinished", &self.unfinished_tasks())
+            .finish()
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// A joinable queue with [`DEFAULT_CAPACITY`] slots.
+    pub fn new() -> Result<Self, QueueCreateError> {
+        Queue::new().map(JoinableQueue)
+    }
+
+    /// A joinable queue holding at most `maxsize` messages (0: the default).
+    pub fn with_maxsize(maxsize: usize) -> Result<Self, QueueCreateError> {
+        Queue::with_maxsize(maxsize).map(JoinableQueue)
+    }
+
+    /// Marks one task taken from the queue as done: Python's `task_done()`. Fails
+    /// when called more times than items were put.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let word = self.0.inner.unfinished();
+        let mut n = word.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return Err(TaskDoneError);
+            }
+            match word.compare_exchange_weak(n, n - 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        if n == 1 {
+            futex::wake_all(word);
+        }
+        Ok(())
+    }
+
+    /// Waits until every item put has been marked done: Python's `join()`.
+    pub fn join(&self) {
+        futex::wait_until(self.0.inner.unfinished(), None, Deadline::never(), |v| {
+            v == 0
+        });
+    }
+
+    /// [`JoinableQueue::join`] with a timeout; `true` if every task was done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        futex::wait_until(
+            self.0.inner.unfinished(),
+            None,
+            Deadline::after(timeout),
+            |v| v == 0,
+        )
+    }
+
+    /// Tasks put but not yet marked done.
+    pub fn unfinished_tasks(&self) -> usize {
+        self.0.inner.unfinished().load(Ordering::Relaxed) as usize
+    }
+
+    fn undo_count(&self) {
+        let word = self.0.inner.unfinished();
+        if word.fetch_sub(1, Ordering::AcqRel) == 1 {
+            futex::wake_all(word);
+        }
+    }
+}
+
+impl<T: Message> JoinableQueue<T> {
+    fn counted(&self, r: Result<(), PutError<T>>) -> Result<(), PutError<T>> {
+        if r.is_err() {
+            self.undo_count();
+        }
+        r
+    }
+
+    /// Puts `value` and counts one more unfinished task.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.put(value))
+    }
+
+    /// [`JoinableQueue::put`], waiting at most `timeout` for room.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.put_timeout(value, timeout))
+    }
+
+    /// [`JoinableQueue::put`] if there is room now.
+    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.try_put(value))
+    }
+}
+
+impl<T> Transfer for JoinableQueue<T> {
+    const KIND: &'static str = "mproc_channel::JoinableQueue";
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.0.inner.export(out)
+    }
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        Inner::import(input).map(|i| JoinableQueue(Queue::from_inner(i)))
+    }
+}
+
+mproc_core::impl_handle_archive!([T,] JoinableQueue<T>);

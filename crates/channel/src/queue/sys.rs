@@ -1,0 +1,206 @@
+//! The queue's unsafe code, kept in one place.
+//!
+//! # Safety
+//!
+//! The ring protocol (see `ring.rs`) gives a slot's payload to exactly one process at a
+//! time: the producer that claimed it (until it publishes) or the consumer that claimed
+//! it (until it releases). While a consumer holds a slot, no process following the
+//! protocol writes its bytes, so a shared `&[u8]` over them is sound for that span.
+//! Large messages live in a memfd sealed against writes (`F_SEAL_WRITE`) before it is
+//! handed over, so a read-only mapping of it can never change under the reader.
+use super::ring::ReadClaim;
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static PID: AtomicU32 = AtomicU32::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's pid, cached (glibc's `getpid` is a real system call) and forgotten
+/// in a fork child by a `pthread_atfork` handler.
+#[inline]
+pub(crate) fn my_pid() -> u32 {
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    ATFORK.call_once(|| {
+        // SAFETY: `forget_pid` is an `extern "C" fn()` that only stores to an atomic,
+        // which is async-signal-safe and valid in a fork child.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+/// The bytes of a message this process holds: in a ring slot it has claimed for
+/// reading (released when this drops), or in a sealed large-message mapping it owns.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
+    ptr: *const u8,
+    len: usize,
+    _claim: Option<ReadClaim<'a>>,
+    _map: Option<SealedMap>,
+}
+
+impl<'a> Held<'a> {
+    /// The first `len` payload bytes of a claimed slot; gives the claim back if `len`
+    /// exceeds the slot.
+    pub(crate) fn slot(claim: ReadClaim<'a>, len: u64) -> Result<Held<'a>, ReadClaim<'a>> {
+        let ring = claim.ring();
+        let Ok(len) = usize::try_from(len) else {
+            return Err(claim);
+        };
+        let off = claim.payload_off();
+        if len > ring.slot_size() || off + ring.slot_size() > ring.region().len() {
+            return Err(claim);
+        }
+        Ok(Held {
+            ptr: ring.region().as_ptr().wrapping_add(off),
+            len,
+            _claim: Some(claim),
+            _map: None,
+        })
+    }
+
+    /// The first `len` bytes of a sealed large-message mapping; `None` if it is shorter.
+    pub(crate) fn large(map: SealedMap, len: usize) -> Option<Held<'a>> {
+        if len > map.bytes().len() {
+            return None;
+        }
+        Some(Held {
+            ptr: map.bytes().as_ptr(),
+            len,
+            _claim: None,
+            _map: Some(map),
+        })
+    }
+
+    /// The message bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is in bounds of a live mapping (checked at
+        // construction; the ring's region outlives 'a, the sealed map is owned by
+        // `self` and a mapping does not move when its owner moves), and nobody writes
+        // it while `self` lives: `self` owns the read claim on the slot (released only
+        // when `self` drops), or the memfd is sealed against writes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Held bytes that passed bytecheck validation as an archived `T`.
+#[derive(Debug)]
+pub(crate) struct Checked<'a, T> {
+    held: Held<'a>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: mproc_core::Decode> Checked<'a, T> {
+    /// Validates the bytes; gives them back with the error if they are not a valid `T`.
+    pub(crate) fn new(held: Held<'a>) -> Result<Self, (Held<'a>, mproc_core::codec::CodecError)> {
+        match mproc_core::codec::access::<T>(held.bytes()) {
+            Ok(_) => Ok(Checked {
+                held,
+                _t: PhantomData,
+            }),
+            Err(e) => Err((held, e)),
+        }
+    }
+
+    /// Skips validation.
+    ///
+    /// # Safety
+    ///
+    /// The bytes must be a valid archived `T` (as written by a producer of this queue
+    /// for this `T`); invalid bytes cause undefined behaviour when read.
+    pub(crate) unsafe fn new_unchecked(held: Held<'a>) -> Self {
+        Checked {
+            held,
+            _t: PhantomData,
+        }
+    }
+
+    /// The archived value.
+    pub(crate) fn get(&self) -> &T::Archived {
+        // SAFETY: validated for `T` in `new` (or promised by `new_unchecked`'s caller),
+        // and the bytes cannot change while `self.held` lives.
+        unsafe { rkyv::access_unchecked::<T::Archived>(self.held.bytes()) }
+    }
+}
+
+/// A read-only mapping of a write-sealed memfd (a large message).
+#[derive(Debug)]
+pub(crate) struct SealedMap {
+    map: memmap2::Mmap,
+}
+
+impl SealedMap {
+    /// Maps `fd` read-only after checking that it is sealed against writes, shrinking
+    /// and growing and holds at least `len` bytes.
+    pub(crate) fn new(fd: &impl AsFd, len: usize) -> std::io::Result<Self> {
+        use rustix::fs::{SealFlags, fcntl_get_seals, fstat};
+        let need = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW;
+        let seals = fcntl_get_seals(fd)?;
+        if !seals.contains(need) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "large message region is not sealed against writes",
+            ));
+        }
+        let size = fstat(fd)?.st_size;
+        if size < 0 || (size as u64) < len as u64 || len == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "large message region is smaller than announced",
+            ));
+        }
+        // SAFETY: the memfd is sealed against writes, shrinking and growing (checked
+        // above), so the mapped bytes can neither change nor disappear while mapped.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&fd.as_fd())? };
+        Ok(SealedMap { map })
+    }
+
+    /// The mapped bytes (page-aligned start).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl<T: mproc_core::Decode> Checked<'_, T> {
+    /// The archive's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.held.bytes()
+    }
+}
+
+impl<T: mproc_core::Decode> super::Queue<T> {
+    /// [`Queue::get_ref`](super::Queue::get_ref) without validating the archive: for
+    /// peers you trust, when validation costs too much (validating text costs about
+    /// 26 µs per MiB; plain bytes are free to validate anyway). Slot headers are still
+    /// checked.
+    ///
+    /// # Safety
+    ///
+    /// Every process that puts into this queue must put valid archives of `T` (that
+    /// is, use this crate's `put` with the same `T`), and no process may write the
+    /// queue's memory by other means. Reading an invalid archive is undefined
+    /// behaviour.
+    pub unsafe fn get_ref_unchecked(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<super::MessageRef<'_, T>, super::GetError> {
+        let t = self
+            .inner
+            .take(mproc_core::Deadline::from_timeout(timeout))?;
+        Ok(super::MessageRef {
+            // SAFETY: the caller guarantees the bytes are a valid archived `T`.
+            checked: unsafe { Checked::new_unchecked(t.held) },
+            fds: t.fds,
+        })
+    }
+}
