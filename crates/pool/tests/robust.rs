@@ -1,0 +1,287 @@
+//! What CPython's Pool gets wrong, done right: worker deaths (python/cpython#96062),
+//! time limits, terminate with pending work, huge panic messages, maxtasksperchild,
+//! initializers. Ported in spirit from `_TestPool` / `_TestPoolWorkerLifetime` in
+//! Lib/test/_test_multiprocessing.py.
+use mproc_pool::{GetError, Pool, TaskError};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+fn sqr(x: u64) -> u64 {
+    x * x
+}
+
+fn pid_of(_: u64) -> i32 {
+    std::thread::sleep(Duration::from_millis(5));
+    std::process::id() as i32
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn self_kill_at_7(x: u64) -> u64 {
+    if x == 7 {
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    x * 2
+}
+
+fn abort_at_2(x: u64) -> u64 {
+    if x == 2 {
+        std::process::abort();
+    }
+    x
+}
+
+fn huge_panic(n: u64) -> u64 {
+    panic!("{}", "x".repeat(n as usize));
+}
+
+static INIT_RUNS: AtomicU32 = AtomicU32::new(0);
+static INIT_VALUE: AtomicU32 = AtomicU32::new(0);
+
+fn init(v: u32) {
+    INIT_RUNS.fetch_add(1, Ordering::SeqCst);
+    INIT_VALUE.store(v, Ordering::SeqCst);
+}
+
+fn init_report(_: u64) -> (i32, u32, u32) {
+    std::thread::sleep(Duration::from_millis(2));
+    (
+        std::process::id() as i32,
+        INIT_RUNS.load(Ordering::SeqCst),
+        INIT_VALUE.load(Ordering::SeqCst),
+    )
+}
+
+fn bad_init(_: u32) {
+    panic!("initializer refuses");
+}
+
+fn len_of(v: Vec<u8>) -> u64 {
+    v.len() as u64
+}
+
+#[test]
+fn worker_killed_mid_task_fails_only_its_task() {
+    let pool = Pool::new(2).unwrap();
+    let before = pool.pids();
+    let out = pool.map_results(self_kill_at_7, 0..20u64);
+    for (i, r) in out.iter().enumerate() {
+        if i == 7 {
+            match r {
+                Err(TaskError::WorkerLost { pid, signal, .. }) => {
+                    assert!(before.contains(pid), "lost pid {pid} not among {before:?}");
+                    assert_eq!(*signal, Some(9));
+                }
+                other => panic!("item 7: {other:?}"),
+            }
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &(i as u64 * 2), "item {i}");
+        }
+    }
+    // Replaced, and the pool goes on.
+    assert_eq!(pool.map(sqr, 0..10u64).unwrap()[9], 81);
+    let after = pool.pids();
+    assert_eq!(after.len(), 2);
+    assert_ne!(before, after);
+}
+
+#[test]
+fn abort_reports_sigabrt_and_map_fails_with_index() {
+    let pool = Pool::new(2).unwrap();
+    let e = pool.map_chunked(abort_at_2, 0..5u64, 1).unwrap_err();
+    assert_eq!(e.index, 2);
+    assert!(
+        matches!(
+            e.error,
+            TaskError::WorkerLost {
+                signal: Some(6),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(pool.apply(sqr, 4).unwrap(), 16);
+}
+
+#[test]
+fn one_mib_panic_message_arrives_intact() {
+    let pool = Pool::new(1).unwrap();
+    match pool.apply(huge_panic, 1 << 20) {
+        Err(TaskError::Panicked { message }) => {
+            assert_eq!(message.len(), 1 << 20);
+            assert!(message.bytes().all(|b| b == b'x'));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn maxtasksperchild_replaces_workers() {
+    let pool = Pool::builder()
+        .processes(2)
+        .maxtasksperchild(2)
+        .build()
+        .unwrap();
+    let first = pool.pids();
+    let pids = pool.map_chunked(pid_of, 0..12u64, 1).unwrap();
+    let distinct: HashSet<i32> = pids.iter().copied().collect();
+    assert!(
+        distinct.len() >= 6,
+        "{} distinct pids: {pids:?}",
+        distinct.len()
+    );
+    // Give the last replacements a moment to be published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.pids().iter().any(|p| first.contains(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pool.pids().iter().all(|p| !first.contains(p)));
+}
+
+#[test]
+fn initializer_runs_once_per_worker_with_its_args() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(init, 42)
+        .build()
+        .unwrap();
+    let out = pool.map_chunked(init_report, 0..20u64, 1).unwrap();
+    for (_, runs, value) in &out {
+        assert_eq!(*runs, 1);
+        assert_eq!(*value, 42);
+    }
+    let pids: HashSet<i32> = out.iter().map(|r| r.0).collect();
+    assert!(!pids.is_empty() && pids.len() <= 2);
+}
+
+#[test]
+fn failing_initializer_breaks_the_pool() {
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(bad_init, 0)
+        .build()
+        .unwrap();
+    match pool
+        .apply_async(sqr, 2)
+        .get_timeout(Duration::from_secs(30))
+    {
+        Err(GetError::Failed(TaskError::Broken { reason })) => {
+            assert!(reason.contains("initializer refuses"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn terminate_with_10000_pending_returns_promptly() {
+    let pool = Pool::new(2).unwrap();
+    let rs: Vec<_> = (0..10_000)
+        .map(|_| pool.apply_async(sleep_ms, 10_000))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    pool.terminate();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    for r in &rs {
+        assert_eq!(
+            r.get_timeout(Duration::from_secs(1)),
+            Err(GetError::Failed(TaskError::Terminated))
+        );
+    }
+    assert_eq!(pool.apply(sqr, 1), Err(TaskError::Terminated));
+}
+
+#[test]
+fn get_timeout_returns_on_time() {
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(sleep_ms, 3000);
+    let t = Instant::now();
+    assert_eq!(
+        r.get_timeout(Duration::from_millis(200)),
+        Err(GetError::Timeout)
+    );
+    let el = t.elapsed();
+    assert!(
+        el >= Duration::from_millis(200) && el < Duration::from_secs(2),
+        "{el:?}"
+    );
+    assert!(!r.ready());
+    assert!(!r.wait_timeout(Duration::from_millis(10)));
+}
+
+#[test]
+fn time_limit_kills_and_replaces_the_worker() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let out = pool.map_results(sleep_ms, [10u64, 20_000, 30, 40]);
+    assert_eq!(out[0], Ok(10));
+    assert!(
+        matches!(out[1], Err(TaskError::TimedOut { limit, .. }) if limit == Duration::from_millis(500)),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(out[2], Ok(30));
+    assert_eq!(out[3], Ok(40));
+    assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
+}
+
+#[test]
+fn queued_task_can_be_cancelled() {
+    let pool = Pool::new(1).unwrap();
+    let long = pool.apply_async(sleep_ms, 300);
+    let queued = pool.apply_async(sqr, 3);
+    assert!(queued.cancel());
+    assert!(queued.cancelled());
+    assert_eq!(queued.get(), Err(TaskError::Cancelled));
+    assert_eq!(long.get().unwrap(), 300);
+    assert!(!long.cancel());
+}
+
+#[test]
+fn worker_dies_while_parent_sends_4_mib() {
+    let pool = Pool::new(1).unwrap();
+    let big: Vec<Vec<u8>> = (0..8).map(|_| vec![7u8; 4 << 20]).collect();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| pool.map_results(len_of, big));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(30));
+            for pid in pool.pids() {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        let out = h.join().unwrap();
+        assert_eq!(out.len(), 8);
+        for r in out {
+            match r {
+                Ok(n) => assert_eq!(n, 4 << 20),
+                Err(TaskError::WorkerLost { .. }) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    });
+    assert_eq!(pool.apply(len_of, vec![1u8; 4 << 20]).unwrap(), 4 << 20);
+}
+
+#[test]
+fn close_and_join_finish_the_queue() {
+    let pool = Pool::new(2).unwrap();
+    let rs: Vec<_> = (0..20u64).map(|i| pool.apply_async(sqr, i)).collect();
+    pool.close();
+    assert_eq!(pool.apply(sqr, 1), Err(TaskError::Closed));
+    pool.join();
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.get().unwrap(), (i * i) as u64);
+    }
+    assert!(pool.pids().is_empty());
+}
