@@ -1,24 +1,493 @@
-//! The fork server (not yet implemented: ForkServer starts fall back to Spawn).
+//! The fork server: a clean, single-threaded copy of this program that forks children
+//! on request.
+//!
+//! - Started on first use by re-executing `/proc/self/exe` with the marker variable
+//!   [`SERVER_ENV`](crate::bootstrap::SERVER_ENV) = `v1:<nonce>:<parent pid>:<socket
+//!   fd>:<layout>:<preload offsets>`. The bootstrap constructor turns the copy into the
+//!   server before `main` runs, so it is single-threaded and holds no lock even when
+//!   the parent is multi-threaded. It runs the preload functions
+//!   ([`set_forkserver_preload`]) once, then serves.
+//! - A request is one frame on a Unix stream socket: a bootstrap message (as for spawn)
+//!   plus, with `SCM_RIGHTS`, the write end of a status pipe, the child's end of the
+//!   result socket, and the argument fds. The server forks; the child checks the message
+//!   exactly as a spawned child does, runs the target and reports on the result socket
+//!   itself. The server answers with the child's pid and a pidfd opened right after the
+//!   fork (race-free: only the server reaps its children, by pid).
+//! - The parent cannot `waitpid` a grandchild, so the server reaps each child when its
+//!   pidfd becomes readable and writes the exit code (Python's convention, `i32` LE) on
+//!   that child's status pipe. The parent polls the status pipe; the pidfd serves for
+//!   signals and as the sentinel.
+//! - The server receives SIGKILL when its parent dies (PDEATHSIG, armed from a thread
+//!   that lives as long as the parent) and exits when the parent closes the socket; its
+//!   children receive SIGKILL when it dies.
+use crate::bootstrap::{self, SERVER_ENV};
+use crate::child::{self, BOOTSTRAP_EXIT};
 use crate::current::ChildInfo;
-use crate::process::{Prepared, Started};
-use mproc_core::Pidfd;
-use std::io;
-use std::os::fd::BorrowedFd;
+use crate::pidfd::ChildFd as Pidfd;
+use crate::process::{Prepared, Started, pair, send_all};
+use crate::sys::{self, ForkLocal};
+use crate::wire::{self, ResultReader};
+use mproc_core::codec::{FrameHeader, HEADER_LEN, MAX_FDS};
+use mproc_core::scm;
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::io::Errno;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
-/// Starts a child through the fork server.
+/// The parent's connection to its server.
+#[derive(Debug)]
+struct Server {
+    sock: OwnedFd,
+    nonce: u64,
+    pidfd: Pidfd,
+}
+
+static SERVER: ForkLocal<Mutex<Option<Server>>> = ForkLocal::new(|| Mutex::new(None));
+/// The raw fd of the server socket, so that a fork child can close its copy without
+/// touching the (possibly locked) mutex.
+static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
+static PRELOAD: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Sets the functions the fork server runs once when it starts, before forking any
+/// child (Python's `set_forkserver_preload`, which names modules to import). Use it to
+/// build expensive read-only state once; every child then starts with a copy.
+///
+/// Takes effect for a server started afterwards: call it before the first ForkServer
+/// start (or after [`stop_forkserver`]). A preload function that panics is reported on
+/// stderr and skipped. It must not start threads (the server must stay
+/// single-threaded to fork safely).
+pub fn set_forkserver_preload(fns: &[fn()]) {
+    *PRELOAD.lock().unwrap_or_else(|e| e.into_inner()) = fns.to_vec();
+}
+
+/// Stops this process's fork server, if one runs. Children it started keep running and
+/// are still reaped and reported (the old server exits after the last of them); the
+/// next ForkServer start starts a new server.
+pub fn stop_forkserver() {
+    let old = SERVER
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(s) = old {
+        SERVER_FD.store(-1, Ordering::Release);
+        drop(s.sock);
+    }
+}
+
+/// In a fork child: the parent's server connection must not be used (the server would
+/// take the child's requests for the parent's). Closes the inherited socket.
+pub(crate) fn reset_after_fork() {
+    let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
+    SERVER.reset();
+    if fd >= 0 {
+        drop(sys::adopt_fd(fd));
+    }
+}
+
+/// Starts a child through the fork server (starting the server if needed).
 pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
-    crate::process::start_spawn(prepared, info)
+    let Prepared::Target {
+        tramp, target, enc, ..
+    } = prepared
+    else {
+        return Err(io::Error::other(
+            "a closure cannot be sent to the fork server",
+        ));
+    };
+    let mut guard = SERVER.get().lock().unwrap_or_else(|e| e.into_inner());
+    // One retry with a fresh server if the current one died.
+    for attempt in 0..2 {
+        if guard.as_ref().is_none_or(|s| !s.pidfd.is_alive()) {
+            *guard = Some(launch()?);
+        }
+        let server = guard.as_ref().expect("just set");
+        SERVER_FD.store(server.sock.as_raw_fd(), Ordering::Release);
+        let boot = bootstrap::make_boot(
+            server.nonce,
+            tramp,
+            target,
+            info.clone(),
+            enc.bytes.to_vec(),
+            Vec::new(),
+        );
+        let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
+        let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (res_mine, res_theirs) = pair()?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![status_w.as_fd(), res_theirs.as_fd()];
+        fds.extend(enc.fds.iter().map(AsFd::as_fd));
+        match request(server.sock.as_fd(), &frame, &fds) {
+            Ok((pid, pidfd)) => {
+                return Ok(Started {
+                    pid,
+                    pidfd,
+                    reader: ResultReader::new(res_mine)?,
+                    status: Some(status_r),
+                });
+            }
+            Err(e) if attempt == 0 => {
+                // The server is gone (or confused): forget it and start another.
+                let _ = e;
+                *guard = None;
+                SERVER_FD.store(-1, Ordering::Release);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the fork server failed twice"))
 }
 
-/// Reads the exit code the server reported.
-pub(crate) fn read_status(_fd: BorrowedFd<'_>, _pidfd: &Pidfd) -> io::Result<i32> {
-    Err(io::Error::other("no fork server"))
+/// Sends one request and reads the reply: (pid, pidfd).
+fn request(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(i32, Pidfd)> {
+    let head = FrameHeader {
+        nfds: fds.len() as u32,
+        len: frame.len() as u64,
+    };
+    let hb = head.to_bytes();
+    let sent = scm::send_with_fds(sock, &[IoSlice::new(&hb), IoSlice::new(frame)], fds)?;
+    let total = hb.len() + frame.len();
+    if sent < total {
+        let mut all = Vec::with_capacity(total);
+        all.extend_from_slice(&hb);
+        all.extend_from_slice(frame);
+        send_all(sock, &all[sent..])?;
+    }
+    // Reply: i32 pid (LE) or -errno, padded to 8 bytes, with the pidfd.
+    let mut reply = [0u8; 8];
+    let mut got = 0;
+    let mut rfds = Vec::new();
+    while got < reply.len() {
+        let (n, f) = scm::recv_with_fds(sock, &mut reply[got..], 1)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the fork server closed the connection",
+            ));
+        }
+        got += n;
+        rfds.extend(f);
+    }
+    let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(-pid));
+    }
+    let fd = rfds
+        .pop()
+        .ok_or_else(|| io::Error::other("the fork server sent no pidfd"))?;
+    Ok((pid, Pidfd::from_owned(fd, pid)))
 }
 
-/// Entry of the server process.
-pub(crate) fn server_main(_spec: &str) -> ! {
-    crate::sys::exit_now(1)
+/// Starts a server. Runs on a long-lived thread (the caller is inside
+/// `launcher::run_long_lived`), so the server's PDEATHSIG does not fire early.
+fn launch() -> io::Result<Server> {
+    let (mine, theirs) = pair()?;
+    let nonce = bootstrap::nonce();
+    let parent = rustix::process::getpid().as_raw_nonzero().get();
+    let anchor = sys::anchor_addr();
+    let layout = sys::layout_probe_addr().wrapping_sub(anchor) as i64;
+    let preload: Vec<String> = PRELOAD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|f| (*f as usize).wrapping_sub(anchor) as i64)
+        .map(|o| o.to_string())
+        .collect();
+    let spec = format!(
+        "v1:{nonce:x}:{parent}:{}:{layout}:{}",
+        theirs.as_raw_fd(),
+        preload.join(",")
+    );
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(SERVER_ENV, spec);
+    sys::prepare_exec(&mut cmd, vec![theirs.as_raw_fd()]);
+    let child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    drop(child);
+    drop(theirs);
+    let pidfd = Pidfd::open(pid)?;
+    Ok(Server {
+        sock: mine,
+        nonce,
+        pidfd,
+    })
 }
 
-/// In a fork child: forget the parent's server.
-pub(crate) fn reset_after_fork() {}
+/// Reads the exit code the server wrote on a child's status pipe (readable). If the
+/// server vanished without reporting, the child died with it (PDEATHSIG): `-9`.
+pub(crate) fn read_status(fd: BorrowedFd<'_>, pidfd: &Pidfd) -> io::Result<i32> {
+    let mut b = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match rustix::io::read(fd, &mut b[got..]) {
+            Ok(0) => {
+                let _ = pidfd.wait_exit(Some(Duration::from_secs(5)));
+                return Ok(-libc::SIGKILL);
+            }
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(i32::from_le_bytes(b))
+}
+
+// ---------------------------------------------------------------------------------
+// The server side.
+
+/// A child the server forked and has not reaped yet.
+struct Kid {
+    pid: i32,
+    pidfd: OwnedFd,
+    status: OwnedFd,
+}
+
+fn server_fail(msg: &str) -> ! {
+    eprintln!("mproc: fork server: {msg}");
+    sys::exit_now(BOOTSTRAP_EXIT)
+}
+
+/// Entry of the server process (from the bootstrap constructor, before `main`).
+pub(crate) fn server_main(spec: &str) -> ! {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let mut it = spec.split(':');
+    let parsed = (|| {
+        if it.next()? != "v1" {
+            return None;
+        }
+        let nonce = u64::from_str_radix(it.next()?, 16).ok()?;
+        let parent: i32 = it.next()?.parse().ok()?;
+        let fd: i32 = it.next()?.parse().ok()?;
+        let layout: i64 = it.next()?.parse().ok()?;
+        let preload = it.next()?;
+        let preload: Option<Vec<i64>> = preload
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect();
+        Some((nonce, parent, fd, layout, preload?))
+    })();
+    let Some((nonce, parent, fd, layout, preload)) = parsed else {
+        server_fail(&format!("malformed {SERVER_ENV} value"))
+    };
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        sys::exit_now(1);
+    }
+    let Some(sock) = sys::adopt_fd(fd) else {
+        server_fail("the socket fd is not open")
+    };
+    sys::ignore_sigpipe();
+    for off in preload {
+        match sys::ValidatedFn::check(layout, off) {
+            Ok(f) => {
+                if std::panic::catch_unwind(|| f.run()).is_err() {
+                    eprintln!("mproc: fork server: a preload function panicked");
+                }
+            }
+            Err(why) => server_fail(&why),
+        }
+    }
+    serve(sock, nonce)
+}
+
+fn serve(sock: OwnedFd, nonce: u64) -> ! {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let mut kids: Vec<Kid> = Vec::new();
+    // After the parent closed the connection, keep reaping until the last child ended.
+    let mut closing = false;
+    loop {
+        if closing && kids.is_empty() {
+            sys::exit_now(0);
+        }
+        let (sock_ready, ready_kids) = {
+            let mut fds = Vec::with_capacity(1 + kids.len());
+            let first = usize::from(!closing);
+            if !closing {
+                fds.push(PollFd::new(&sock, PollFlags::IN));
+            }
+            for k in &kids {
+                fds.push(PollFd::new(&k.pidfd, PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(_) => sys::exit_now(1),
+            }
+            let ready: Vec<usize> = (0..kids.len())
+                .filter(|&i| !fds[i + first].revents().is_empty())
+                .collect();
+            (!closing && !fds[0].revents().is_empty(), ready)
+        };
+        // Reap in reverse so indices stay valid.
+        for &i in ready_kids.iter().rev() {
+            if let Some(code) = reap(kids[i].pid) {
+                let k = kids.swap_remove(i);
+                let _ = rustix::io::write(&k.status, &code.to_le_bytes());
+            }
+        }
+        if sock_ready {
+            match read_request(&sock) {
+                Ok(Some((payload, fds))) => match handle(&sock, &mut kids, payload, fds) {
+                    Ok(None) => {}
+                    Ok(Some(job)) => {
+                        // In the new child. It must not hold the server's socket (close-
+                        // on-exec, but fork keeps it) nor its siblings' fds.
+                        drop(sock);
+                        drop(kids);
+                        child_of_server(job, nonce, me)
+                    }
+                    Err(_) => closing = true,
+                },
+                // The parent closed the connection (or it broke): serve no more.
+                Ok(None) | Err(_) => closing = true,
+            }
+        }
+    }
+}
+
+/// Reaps a child whose pidfd is readable; its exit code in Python's convention.
+fn reap(pid: i32) -> Option<i32> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG) {
+        Ok(Some((_, st))) => Some(match st.terminating_signal() {
+            Some(sig) => -sig,
+            None => st.exit_status().unwrap_or(255),
+        }),
+        Ok(None) => None,
+        Err(_) => Some(255),
+    }
+}
+
+/// Reads one request frame: payload and fds. `None` at end of stream.
+fn read_request(sock: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = Vec::new();
+    let mut fds = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut need = HEADER_LEN;
+    let mut header_done = false;
+    while buf.len() < need {
+        let want = (need - buf.len()).min(chunk.len());
+        let (n, f) = scm::recv_with_fds(sock.as_fd(), &mut chunk[..want], MAX_FDS as usize)?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        fds.extend(f);
+        if !header_done && buf.len() >= HEADER_LEN {
+            let h: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("16 bytes");
+            let head = FrameHeader::parse(&h, wire::BOOT_MAX + wire::BOOT_HEADER as u64)
+                .map_err(io::Error::other)?;
+            need = HEADER_LEN + head.len as usize;
+            header_done = true;
+        }
+    }
+    Ok(Some((buf.split_off(HEADER_LEN), fds)))
+}
+
+/// What a child of the server runs.
+struct Job {
+    payload: Vec<u8>,
+    arg_fds: Vec<OwnedFd>,
+    result: OwnedFd,
+}
+
+/// Forks the child for one request and replies with its pid and pidfd (or -errno).
+/// Returns `Some(job)` in the new child.
+fn handle(
+    sock: &OwnedFd,
+    kids: &mut Vec<Kid>,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+) -> io::Result<Option<Job>> {
+    let mut fds = fds.into_iter();
+    let (Some(status), Some(result)) = (fds.next(), fds.next()) else {
+        reply_err(sock, libc::EINVAL)?;
+        return Ok(None);
+    };
+    let arg_fds: Vec<OwnedFd> = fds.collect();
+    match sys::fork() {
+        Err(e) => {
+            reply_err(sock, e.raw_os_error().unwrap_or(libc::EAGAIN))?;
+            Ok(None)
+        }
+        Ok(sys::Forked::Child) => {
+            drop(status);
+            Ok(Some(Job {
+                payload,
+                arg_fds,
+                result,
+            }))
+        }
+        Ok(sys::Forked::Parent(pid)) => {
+            drop(result);
+            drop(arg_fds);
+            let pidfd = match rustix::process::Pid::from_raw(pid)
+                .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+            {
+                Some(Ok(fd)) => fd,
+                _ => {
+                    // Cannot track it: kill and reap it, report the failure.
+                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                        let _ = rustix::process::waitpid(
+                            Some(p),
+                            rustix::process::WaitOptions::empty(),
+                        );
+                    }
+                    reply_err(sock, libc::EMFILE)?;
+                    return Ok(None);
+                }
+            };
+            let mut reply = [0u8; 8];
+            reply[..4].copy_from_slice(&pid.to_le_bytes());
+            scm::send_with_fds(sock.as_fd(), &[IoSlice::new(&reply)], &[pidfd.as_fd()])?;
+            kids.push(Kid { pid, pidfd, status });
+            Ok(None)
+        }
+    }
+}
+
+fn reply_err(sock: &OwnedFd, errno: i32) -> io::Result<()> {
+    let mut reply = [0u8; 8];
+    reply[..4].copy_from_slice(&(-errno).to_le_bytes());
+    send_all(sock.as_fd(), &reply)
+}
+
+/// In the server's child: check the request like a spawned child checks its bootstrap,
+/// then run it.
+fn child_of_server(job: Job, nonce: u64, server: i32) -> ! {
+    let Job {
+        payload,
+        arg_fds,
+        result,
+    } = job;
+    let head: Option<[u8; wire::BOOT_HEADER]> = payload
+        .get(..wire::BOOT_HEADER)
+        .and_then(|h| h.try_into().ok());
+    let Some(head) = head else {
+        child::refuse(Some(&result), "short request")
+    };
+    let boot = match wire::parse_boot_header(&head)
+        .and_then(|(_, sum)| wire::decode_boot(nonce, sum, &payload[wire::BOOT_HEADER..]))
+    {
+        Ok(b) => b,
+        Err(why) => child::refuse(Some(&result), &why),
+    };
+    let entry = match sys::ValidatedEntry::check(&boot) {
+        Ok(e) => e,
+        Err(why) => child::refuse(Some(&result), &why),
+    };
+    child::prepare(&boot.info, server);
+    let outcome = entry.run(&boot.args, arg_fds);
+    child::finish(&result, outcome)
+}

@@ -32,6 +32,7 @@ mod error;
 mod forkserver;
 mod launcher;
 mod method;
+mod pidfd;
 mod process;
 #[allow(unsafe_code)]
 mod sys;
@@ -41,6 +42,7 @@ pub use current::{
     ChildSummary, CurrentProcess, ParentProcess, active_children, current_process, parent_process,
 };
 pub use error::ProcessError;
+pub use forkserver::{set_forkserver_preload, stop_forkserver};
 pub use method::{
     START_METHOD_ENV, StartMethod, UnknownStartMethod, get_start_method, set_start_method,
 };

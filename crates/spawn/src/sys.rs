@@ -116,6 +116,38 @@ impl ValidatedEntry {
     }
 }
 
+/// A preload function (`fn()`) given by its offset from the anchor, checked like a
+/// [`ValidatedEntry`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ValidatedFn(usize);
+
+impl ValidatedFn {
+    /// Checks the layout probe and that the address lies in this executable's code.
+    pub(crate) fn check(layout: i64, offset: i64) -> Result<Self, String> {
+        let anchor = anchor_addr();
+        if layout_probe_addr().wrapping_sub(anchor) as i64 != layout {
+            return Err("layout check failed (not the parent's executable?)".into());
+        }
+        let addr = anchor.wrapping_add(offset as usize);
+        if !code_ranges()
+            .iter()
+            .any(|&(lo, hi)| lo <= addr && addr < hi)
+        {
+            return Err("preload offset points outside this executable's code".into());
+        }
+        Ok(ValidatedFn(addr))
+    }
+
+    /// Calls it.
+    pub(crate) fn run(self) {
+        // SAFETY: the address lies in this executable's code, at the offset the parent
+        // computed from a `fn()` of the same executable (same layout probe); it came on
+        // an inherited fd's companion variable that only the parent sets.
+        let f = unsafe { std::mem::transmute::<usize, fn()>(self.0) };
+        f()
+    }
+}
+
 /// Executable mappings of this program's own file, from `/proc/self/maps` (cached).
 fn code_ranges() -> &'static [(usize, usize)] {
     static RANGES: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
