@@ -16,7 +16,13 @@ fn main() {
     println!("chunksize 1: {one:?}");
     for cs in [2, 3] {
         let other = pool.map_chunked(square, 0..24u64, cs).expect("map");
-        println!("chunksize {cs}: {}", if other == one { "same" } else { "DIFFERENT" });
+        println!(
+            "chunksize {cs}: {}",
+            if other == one { "same" } else { "DIFFERENT" }
+        );
     }
-    println!("default chunksize for 24 items on 2 workers: {}", default_chunksize(24, 2));
+    println!(
+        "default chunksize for 24 items on 2 workers: {}",
+        default_chunksize(24, 2)
+    );
 }

@@ -8,6 +8,8 @@ fn factorial(n: u64) -> u64 {
 
 fn main() {
     let pool = Pool::new(4).expect("start the pool");
-    let out = pool.map(factorial, [5u64, 8, 10, 15, 3, 6, 4]).expect("map");
+    let out = pool
+        .map(factorial, [5u64, 8, 10, 15, 3, 6, 4])
+        .expect("map");
     println!("{out:?}");
 }

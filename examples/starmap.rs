@@ -9,6 +9,8 @@ fn mul(x: u64, y: u64) -> u64 {
 
 fn main() {
     let pool = Pool::new(2).expect("start the pool");
-    let out = pool.starmap(mul, (1..10u64).zip(10..19u64)).expect("starmap");
+    let out = pool
+        .starmap(mul, (1..10u64).zip(10..19u64))
+        .expect("starmap");
     println!("{out:?}");
 }

@@ -14,7 +14,10 @@ fn main() {
     let r = pool.apply_async(slow, 5);
     let t = Instant::now();
     match r.get_timeout(Duration::from_secs(2)) {
-        Err(e) => println!("timeout error after {:.1} s: {e}", t.elapsed().as_secs_f64()),
+        Err(e) => println!(
+            "timeout error after {:.1} s: {e}",
+            t.elapsed().as_secs_f64()
+        ),
         Ok(v) => println!("unexpected result {v}"),
     }
 }

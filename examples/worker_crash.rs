@@ -17,7 +17,11 @@ fn square_or_die(x: u64) -> u64 {
 
 fn main() {
     let pool = Pool::new(2).expect("start the pool");
-    for (i, r) in pool.map_results(square_or_die, 0..8u64).into_iter().enumerate() {
+    for (i, r) in pool
+        .map_results(square_or_die, 0..8u64)
+        .into_iter()
+        .enumerate()
+    {
         match r {
             Ok(v) => println!("item {i}: ok {v}"),
             Err(TaskError::WorkerLost { pid, signal, .. }) => {
@@ -27,5 +31,8 @@ fn main() {
             Err(e) => println!("item {i}: {e}"),
         }
     }
-    println!("the pool goes on: {}", pool.apply(square_or_die, 12).expect("apply"));
+    println!(
+        "the pool goes on: {}",
+        pool.apply(square_or_die, 12).expect("apply")
+    );
 }
