@@ -97,10 +97,12 @@ impl Shared {
         let mut q = self.lock();
         let refuse = if let Some(r) = &q.broken {
             Some(TaskError::Broken { reason: r.clone() })
-        } else if q.terminate || q.finished {
+        } else if q.terminate {
             Some(TaskError::Terminated)
         } else if q.closed {
             Some(TaskError::Closed)
+        } else if q.finished {
+            Some(TaskError::Terminated)
         } else {
             None
         };

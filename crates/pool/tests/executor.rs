@@ -1,0 +1,163 @@
+//! `concurrent.futures.ProcessPoolExecutor` behaviours (ported in spirit from
+//! Lib/test/test_concurrent_futures), callbacks, `map_with`, and results awaited as
+//! `std::future::Future`s.
+use mproc_pool::{Executor, GetError, Pool, ReturnWhen, TaskError, as_completed, wait};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+fn sqr(x: u64) -> u64 {
+    x * x
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn fail(_: u64) -> u64 {
+    panic!("failed on purpose");
+}
+
+fn scaled(k: &Vec<u64>, x: u64) -> u64 {
+    k.iter().sum::<u64>() * x
+}
+
+/// A minimal `block_on`: parks the thread until woken.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn submit_result_and_await() {
+    let ex = Executor::new(2).unwrap();
+    let f = ex.submit(sqr, 12);
+    assert_eq!(f.result(Some(Duration::from_secs(30))).unwrap(), 144);
+    assert!(f.done());
+    let g = ex.submit(sleep_ms, 50);
+    assert_eq!(block_on(g.clone()).unwrap(), 50);
+    let h = ex.submit(fail, 0);
+    assert!(matches!(
+        h.exception(None),
+        Ok(Some(TaskError::Panicked { .. }))
+    ));
+    let r: Vec<u64> = ex.map(sqr, 0..10u64, 3).map(Result::unwrap).collect();
+    assert_eq!(r[9], 81);
+}
+
+#[test]
+fn as_completed_and_wait() {
+    let ex = Executor::new(2).unwrap();
+    let fs: Vec<_> = [400u64, 10]
+        .iter()
+        .map(|&ms| ex.submit(sleep_ms, ms))
+        .collect();
+    let order: Vec<usize> = as_completed(&fs, Some(Duration::from_secs(30)))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(order, vec![1, 0]);
+
+    let fs: Vec<_> = [1000u64, 10]
+        .iter()
+        .map(|&ms| ex.submit(sleep_ms, ms))
+        .collect();
+    let (done, not_done) = wait(
+        &fs,
+        Some(Duration::from_secs(30)),
+        ReturnWhen::FirstCompleted,
+    );
+    assert_eq!(done, vec![1]);
+    assert_eq!(not_done, vec![0]);
+    let (done, not_done) = wait(
+        &fs,
+        Some(Duration::from_millis(50)),
+        ReturnWhen::AllCompleted,
+    );
+    assert_eq!((done, not_done), (vec![1], vec![0]));
+    let (done, _) = wait(&fs, None, ReturnWhen::AllCompleted);
+    assert_eq!(done, vec![0, 1]);
+
+    let fs = vec![ex.submit(sleep_ms, 1000)];
+    let t = Instant::now();
+    let mut it = as_completed(&fs, Some(Duration::from_millis(100)));
+    assert_eq!(it.next(), Some(Err(GetError::Timeout)));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn shutdown_cancels_pending_futures() {
+    let ex = Executor::new(1).unwrap();
+    let running = ex.submit(sleep_ms, 300);
+    std::thread::sleep(Duration::from_millis(100));
+    let queued: Vec<_> = (0..5).map(|i| ex.submit(sqr, i)).collect();
+    ex.shutdown(true, true);
+    assert_eq!(running.result(None).unwrap(), 300);
+    for q in &queued {
+        assert!(q.cancelled());
+        assert_eq!(q.result(None), Err(GetError::Failed(TaskError::Cancelled)));
+    }
+    assert_eq!(
+        ex.submit(sqr, 1).result(None),
+        Err(GetError::Failed(TaskError::Closed))
+    );
+}
+
+#[test]
+fn callbacks_run_in_the_parent_before_get_returns() {
+    let pool = Pool::new(2).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    let r = pool.apply_async_with(
+        sqr,
+        6,
+        move |v| {
+            s1.lock()
+                .unwrap()
+                .push(format!("ok {v} in {}", std::process::id()))
+        },
+        move |e| s2.lock().unwrap().push(format!("err {e}")),
+    );
+    assert_eq!(r.get().unwrap(), 36);
+    let (s3, s4) = (seen.clone(), seen.clone());
+    let m = pool.map_async_with(
+        fail,
+        0..3u64,
+        move |v| s3.lock().unwrap().push(format!("ok {v:?}")),
+        move |e| s4.lock().unwrap().push(format!("map err at {}", e.error)),
+    );
+    assert!(m.get().is_err());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], format!("ok 36 in {}", std::process::id()));
+    assert!(seen[1].starts_with("map err at task panicked: failed on purpose"));
+}
+
+#[test]
+fn map_with_shared_state() {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.map_with(vec![1u64, 2, 3], scaled, 0..10u64).unwrap();
+    assert_eq!(r, (0..10).map(|x| 6 * x).collect::<Vec<_>>());
+    // A second call with other state is not confused with the first.
+    let r = pool.map_with(vec![10u64], scaled, 0..3u64).unwrap();
+    assert_eq!(r, vec![0, 10, 20]);
+}
+
+#[test]
+fn async_result_is_a_future() {
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(sleep_ms, 30);
+    assert_eq!(block_on(r).unwrap(), 30);
+}
