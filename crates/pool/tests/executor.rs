@@ -19,6 +19,8 @@ fn fail(_: u64) -> u64 {
     panic!("failed on purpose");
 }
 
+// `map_with` hands the state as `&S`, and `S` here is `Vec<u64>`.
+#[allow(clippy::ptr_arg)]
 fn scaled(k: &Vec<u64>, x: u64) -> u64 {
     k.iter().sum::<u64>() * x
 }
