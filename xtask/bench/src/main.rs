@@ -7,6 +7,7 @@
 
 #[allow(dead_code)] // used as workload areas are added
 mod harness;
+mod queue;
 
 use harness::{Opts, Record};
 
@@ -30,7 +31,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[];
+    let areas: &[(&str, Area)] = &[("queue", queue::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));

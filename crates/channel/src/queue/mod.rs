@@ -568,13 +568,34 @@ impl<T> Queue<T> {
 
 impl<T: Message> Queue<T> {
     fn put_deadline(&self, value: T, deadline: Deadline) -> Result<(), PutError<T>> {
-        match with_encoded(&value, |bytes, fds| {
+        self.put_ref_deadline(&value, deadline)
+            .map_err(|e| match e {
+                PutError::Full(()) => PutError::Full(value),
+                PutError::Closed(()) => PutError::Closed(value),
+                PutError::Encode(e) => PutError::Encode(e),
+                PutError::Io(e) => PutError::Io(e),
+            })
+    }
+
+    fn put_ref_deadline(&self, value: &T, deadline: Deadline) -> Result<(), PutError<()>> {
+        match with_encoded(value, |bytes, fds| {
             self.inner.put_encoded(bytes, fds, deadline)
         }) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) => Err((f, value).into()),
+            Ok(Err(f)) => Err((f, ()).into()),
             Err(e) => Err(PutError::Encode(e)),
         }
+    }
+
+    /// Puts a copy of `*value` (it is serialised, so the caller keeps it), waiting
+    /// while the queue is full.
+    pub fn put_ref(&self, value: &T) -> Result<(), PutError<()>> {
+        self.put_ref_deadline(value, Deadline::never())
+    }
+
+    /// [`Queue::put_ref`], waiting at most `timeout` for room (then `Full`).
+    pub fn put_ref_timeout(&self, value: &T, timeout: Duration) -> Result<(), PutError<()>> {
+        self.put_ref_deadline(value, Deadline::after(timeout))
     }
 
     /// Puts `value`, waiting while the queue is full: Python's `put(obj)`.

@@ -1,0 +1,332 @@
+//! Queue workloads: mproc's shared-memory ring beside the raw floor (bare atomics,
+//! futexes and memcpy over a shared mapping) and ipc-channel, each between this process
+//! and one forked child.
+//!
+//! - `queue.pingpong`: a u64 there and back, µs per round trip.
+//! - `queue.small_throughput`: one producer process, one consumer, u64 messages, msgs/s.
+//! - `queue.bw_1mib`: 1 MiB `Vec<u8>` messages, GB/s. mproc: slots sized for them (the
+//!   consumer takes each in place, checks its length and two bytes, frees the slot);
+//!   "mproc-region": default slots, so each message travels in a sealed memfd of its
+//!   own; raw: memcpy of 1 MiB blocks into a shared 8 MiB ring, one process.
+//! - `queue.get_ref_1kib` / `queue.get_ref_1mib`: the in-place receive alone (claim,
+//!   validate, release), µs per message.
+use crate::harness::{Opts, Record, rate, time_per_op};
+use mproc::channel::Queue;
+use mproc_core::Region;
+use mproc_core::futex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+/// A forked child, killed and reaped on drop.
+struct Child(libc::pid_t);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Runs `f` in a forked child (this bench is single-threaded, so fork is safe).
+fn fork(f: impl FnOnce()) -> Child {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: single-threaded parent; the child runs `f` and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // SAFETY: leave the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    Child(pid)
+}
+
+const STOP: u64 = u64::MAX;
+
+pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    if opts.wants("queue.pingpong") {
+        pingpong(opts, emit);
+    }
+    if opts.wants("queue.small_throughput") {
+        throughput(opts, emit);
+    }
+    if opts.wants("queue.bw_1mib") {
+        bandwidth(opts, emit);
+    }
+    if opts.wants("queue.get_ref") {
+        in_place(opts, emit);
+    }
+}
+
+fn pingpong(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let samples = opts.pick(15, 5);
+    let iters = opts.pick(50_000, 10_000);
+    let w = "queue.pingpong";
+    {
+        let ping: Queue<u64> = Queue::with_maxsize(16).unwrap();
+        let pong: Queue<u64> = Queue::with_maxsize(16).unwrap();
+        let _child = fork(|| {
+            while let Ok(v) = ping.get() {
+                if v == STOP || pong.put(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let s = time_per_op(samples, iters, 1e-6, |n| {
+            for i in 0..n {
+                ping.put(i).unwrap();
+                pong.get().unwrap();
+            }
+        });
+        let _ = ping.put(STOP);
+        emit(Record::from_samples(w, "mproc", "µs", &s));
+    }
+    {
+        // Raw: one shared word, spin up to 200 times, then sleep on the futex.
+        let r = Region::new(4096).unwrap();
+        let word = r.atomic_u32(0).unwrap();
+        fn await_value(word: &AtomicU32, want: u32) {
+            for _ in 0..200 {
+                if word.load(Ordering::Acquire) == want {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            loop {
+                let v = word.load(Ordering::Acquire);
+                if v == want {
+                    return;
+                }
+                futex::wait(word, v, mproc_core::Deadline::never());
+            }
+        }
+        let _child = fork(|| {
+            loop {
+                await_value(word, 1);
+                word.store(2, Ordering::Release);
+                futex::wake(word, 1);
+            }
+        });
+        let s = time_per_op(samples, iters, 1e-6, |n| {
+            for _ in 0..n {
+                word.store(1, Ordering::Release);
+                futex::wake(word, 1);
+                await_value(word, 2);
+            }
+        });
+        emit(Record::from_samples(w, "raw", "µs", &s));
+    }
+    {
+        let (ping_tx, ping_rx) = ipc_channel::ipc::channel::<u64>().unwrap();
+        let (pong_tx, pong_rx) = ipc_channel::ipc::channel::<u64>().unwrap();
+        let _child = fork(|| {
+            while let Ok(v) = ping_rx.recv() {
+                if v == STOP || pong_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let iters = iters / 10;
+        let s = time_per_op(samples, iters, 1e-6, |n| {
+            for i in 0..n {
+                ping_tx.send(i).unwrap();
+                pong_rx.recv().unwrap();
+            }
+        });
+        let _ = ping_tx.send(STOP);
+        emit(Record::from_samples(w, "ipc-channel", "µs", &s));
+    }
+}
+
+fn throughput(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let samples = opts.pick(10, 5);
+    let ops = opts.pick(2_000_000, 400_000);
+    let w = "queue.small_throughput";
+    {
+        let go: Queue<u64> = Queue::new().unwrap();
+        let data: Queue<u64> = Queue::new().unwrap();
+        let _child = fork(|| {
+            while let Ok(n) = go.get() {
+                if n == STOP {
+                    break;
+                }
+                for i in 0..n {
+                    data.put(i).unwrap();
+                }
+            }
+        });
+        let s = rate(samples, ops, |n| {
+            go.put(n).unwrap();
+            for _ in 0..n {
+                data.get().unwrap();
+            }
+        });
+        let _ = go.put(STOP);
+        emit(Record::from_samples(w, "mproc", "msg/s", &s));
+    }
+    {
+        // Raw: a single-producer single-consumer ring of u64 in shared memory, bare
+        // atomics, spinning (yielding) when full or empty.
+        const CAP: u64 = 4096;
+        let r = Region::new(((CAP as usize) + 32) * 8).unwrap();
+        let head = r.atomic_u64(0).unwrap(); // next to write
+        let tail = r.atomic_u64(64).unwrap(); // next to read
+        let order = r.atomic_u64(128).unwrap(); // messages requested
+        let slot = |i: u64| r.atomic_u64(256 + ((i % CAP) as usize) * 8).unwrap();
+        let _child = fork(|| {
+            let mut done = 0u64;
+            loop {
+                let want = order.load(Ordering::Acquire);
+                if want == STOP {
+                    break;
+                }
+                if done == want {
+                    std::thread::yield_now();
+                    continue;
+                }
+                while head.load(Ordering::Relaxed) - tail.load(Ordering::Acquire) == CAP {
+                    std::hint::spin_loop();
+                }
+                let h = head.load(Ordering::Relaxed);
+                slot(h).store(done, Ordering::Relaxed);
+                head.store(h + 1, Ordering::Release);
+                done += 1;
+            }
+        });
+        let mut requested = 0u64;
+        let s = rate(samples, ops, |n| {
+            requested += n;
+            order.store(requested, Ordering::Release);
+            for _ in 0..n {
+                let t = tail.load(Ordering::Relaxed);
+                while head.load(Ordering::Acquire) == t {
+                    std::hint::spin_loop();
+                }
+                std::hint::black_box(slot(t).load(Ordering::Relaxed));
+                tail.store(t + 1, Ordering::Release);
+            }
+        });
+        order.store(STOP, Ordering::Release);
+        emit(Record::from_samples(w, "raw", "msg/s", &s));
+    }
+    {
+        let (go_tx, go_rx) = ipc_channel::ipc::channel::<u64>().unwrap();
+        let (tx, rx) = ipc_channel::ipc::channel::<u64>().unwrap();
+        let _child = fork(|| {
+            while let Ok(n) = go_rx.recv() {
+                if n == STOP {
+                    break;
+                }
+                for i in 0..n {
+                    tx.send(i).unwrap();
+                }
+            }
+        });
+        let s = rate(samples, ops / 10, |n| {
+            go_tx.send(n).unwrap();
+            for _ in 0..n {
+                rx.recv().unwrap();
+            }
+        });
+        let _ = go_tx.send(STOP);
+        emit(Record::from_samples(w, "ipc-channel", "msg/s", &s));
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// GB/s of `n` 1 MiB messages through `q` from a forked producer.
+fn queue_bw(q: &Queue<Vec<u8>>, samples: usize, msgs: u64) -> Vec<f64> {
+    let go: Queue<u64> = Queue::new().unwrap();
+    let _child = fork(|| {
+        let buf: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+        while let Ok(n) = go.get() {
+            if n == STOP {
+                break;
+            }
+            for _ in 0..n {
+                q.put_ref(&buf).unwrap();
+            }
+        }
+    });
+    let s = rate(samples, msgs, |n| {
+        go.put(n).unwrap();
+        for _ in 0..n {
+            let m = q.get_ref().unwrap();
+            assert_eq!(m.len(), MIB);
+            std::hint::black_box((m[0], m[MIB - 1]));
+        }
+    });
+    let _ = go.put(STOP);
+    s.iter().map(|r| r * MIB as f64 / 1e9).collect()
+}
+
+fn bandwidth(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let samples = opts.pick(10, 5);
+    let msgs = opts.pick(1000, 200);
+    let w = "queue.bw_1mib";
+    let q: Queue<Vec<u8>> = Queue::builder()
+        .maxsize(4)
+        .slot_size(MIB + 64)
+        .build()
+        .unwrap();
+    emit(Record::from_samples(
+        w,
+        "mproc",
+        "GB/s",
+        &queue_bw(&q, samples, msgs),
+    ));
+    let q: Queue<Vec<u8>> = Queue::with_maxsize(16).unwrap();
+    emit(Record::from_samples(
+        w,
+        "mproc-region",
+        "GB/s",
+        &queue_bw(&q, samples, msgs / 4),
+    ));
+    // Raw: memcpy of 1 MiB blocks into a shared 8 MiB ring (pages already faulted in).
+    let dst = Region::new(8 * MIB).unwrap();
+    let src: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    for i in 0..8 {
+        dst.write_bytes(i * MIB, &src).unwrap();
+    }
+    let mut k = 0usize;
+    let s = rate(samples, msgs, |n| {
+        for _ in 0..n {
+            dst.write_bytes((k % 8) * MIB, &src).unwrap();
+            k += 1;
+        }
+    });
+    let s: Vec<f64> = s.iter().map(|r| r * MIB as f64 / 1e9).collect();
+    emit(Record::from_samples(w, "raw", "GB/s", &s));
+}
+
+fn in_place(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let samples = opts.pick(10, 5);
+    let msgs = opts.pick(2000, 400);
+    let q: Queue<Vec<u8>> = Queue::builder()
+        .maxsize(2)
+        .slot_size(MIB + 64)
+        .build()
+        .unwrap();
+    for (w, size) in [("queue.get_ref_1kib", 1024), ("queue.get_ref_1mib", MIB)] {
+        let msg = vec![7u8; size];
+        let mut s = Vec::new();
+        for _ in 0..samples {
+            let mut total = 0.0;
+            for _ in 0..msgs {
+                q.put_ref(&msg).unwrap();
+                let t = Instant::now();
+                let m = q.get_ref().unwrap();
+                std::hint::black_box(m.len());
+                drop(m);
+                total += t.elapsed().as_secs_f64();
+            }
+            s.push(total / msgs as f64 * 1e6);
+        }
+        emit(Record::from_samples(w, "mproc", "µs", &s));
+    }
+}
