@@ -7,6 +7,7 @@
 
 #[allow(dead_code)] // used as workload areas are added
 mod harness;
+mod pool;
 mod queue;
 
 use harness::{Opts, Record};

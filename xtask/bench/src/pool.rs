@@ -1,0 +1,123 @@
+//! Area `pool`: the process pool, mproc beside CPython (in the Python script) and rayon
+//! (in-process threads: the ceiling a process pool can approach on CPU-bound work).
+//!
+//! - `pool.map_trivial_c1` / `_cdefault` / `_c1000` (items/s): Pool(2) map of x*x over
+//!   100,000 integers with chunksize 1, Python's default rule, and 1000;
+//! - `pool.apply_async_rtt` (µs per submit + get of a trivial task, one at a time);
+//! - `pool.cpu_bound_speedup` (×): Pool(2) map over 40 tasks of ~20 ms, sequential time
+//!   divided by pool time; `rayon` on the same work beside it;
+//! - `pool.cpu_bound_speedup_executor` (×): the same through the executor (CPython:
+//!   `ProcessPoolExecutor`).
+use crate::harness::{Opts, Record, rate, time_per_op};
+use mproc::pool::{Executor, Pool};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Instant;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// A CPU-bound loop of `iters` rounds of xorshift.
+fn burn(iters: u64) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ iters;
+    for _ in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = black_box(x);
+    }
+    x
+}
+
+/// Rounds of `burn` that take about `ms` milliseconds here.
+fn calibrate(ms: f64) -> u64 {
+    let mut n = 100_000u64;
+    loop {
+        let t = Instant::now();
+        black_box(burn(n));
+        let el = t.elapsed().as_secs_f64() * 1e3;
+        if el > 20.0 {
+            return (n as f64 * ms / el) as u64;
+        }
+        n *= 2;
+    }
+}
+
+pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let pool = match Pool::new(2) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pool bench: {e}");
+            return;
+        }
+    };
+    let samples = opts.pick(5, 3);
+    let n: u64 = 100_000;
+    for (name, cs) in [
+        ("pool.map_trivial_c1", Some(1)),
+        ("pool.map_trivial_cdefault", None),
+        ("pool.map_trivial_c1000", Some(1000)),
+    ] {
+        if !opts.wants(name) {
+            continue;
+        }
+        let s = rate(samples, n, |k| {
+            let r = pool
+                .map_async_chunked(square, 0..k, cs)
+                .get()
+                .expect("map");
+            black_box(r);
+        });
+        emit(Record::from_samples(name, "mproc", "items/s", &s));
+    }
+    if opts.wants("pool.apply_async_rtt") {
+        let iters = opts.pick(5000, 1000);
+        let s = time_per_op(samples, iters, 1e-6, |k| {
+            for i in 0..k {
+                black_box(pool.apply_async(square, i).get().expect("apply"));
+            }
+        });
+        emit(Record::from_samples("pool.apply_async_rtt", "mproc", "us", &s));
+    }
+    if opts.wants("pool.cpu_bound_speedup") {
+        let iters = calibrate(20.0);
+        let tasks: Vec<u64> = vec![iters; 40];
+        let rounds = opts.pick(3, 2);
+        let mut seq = Vec::new();
+        let mut par = Vec::new();
+        let mut ray = Vec::new();
+        let mut exe = Vec::new();
+        let ex = Executor::new(2).expect("executor");
+        let rp = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("rayon");
+        for _ in 0..rounds {
+            let t = Instant::now();
+            black_box(tasks.iter().map(|&i| burn(i)).collect::<Vec<_>>());
+            let s = t.elapsed().as_secs_f64();
+            seq.push(s);
+            let t = Instant::now();
+            black_box(pool.map_chunked(burn, tasks.clone(), 1).expect("map"));
+            par.push(s / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            black_box(rp.install(|| tasks.par_iter().map(|&i| burn(i)).collect::<Vec<_>>()));
+            ray.push(s / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let fs: Vec<_> = tasks.iter().map(|&i| ex.submit(burn, i)).collect();
+            for f in fs {
+                black_box(f.result(None).expect("submit"));
+            }
+            exe.push(s / t.elapsed().as_secs_f64());
+        }
+        emit(Record::from_samples("pool.cpu_bound_speedup", "mproc", "x", &par));
+        emit(Record::from_samples("pool.cpu_bound_speedup", "rayon", "x", &ray));
+        emit(Record::from_samples(
+            "pool.cpu_bound_speedup_executor",
+            "mproc",
+            "x",
+            &exe,
+        ));
+    }
+}
