@@ -32,7 +32,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("queue", queue::run)];
+    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
