@@ -1,0 +1,214 @@
+//! Queues between processes started by `mproc_spawn::Process` with the default start
+//! method (`cargo xtask test-all` runs this file under fork, spawn and forkserver).
+//! Ports of CPython's `test_multiprocessing` Queue cases: an empty `get(timeout)` waits
+//! at least the timeout, FIFO per producer, nothing lost or duplicated under
+//! contention, large messages, a dead consumer, corrupt slots, JoinableQueue.
+use mproc_channel::{GetError, JoinableQueue, Queue};
+use mproc_core::{Region, codec};
+use mproc_spawn::Process;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn start<A: mproc_core::Message + Send + 'static, R: mproc_core::Message + 'static>(
+    f: fn(A) -> R,
+    args: A,
+) -> Process<R> {
+    let mut p = Process::new(f, args);
+    p.start().expect("start child");
+    p
+}
+
+fn child_get_timeout(q: Queue<u64>) -> (bool, u64) {
+    let t = Instant::now();
+    let empty = matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(GetError::Empty)
+    );
+    (empty, t.elapsed().as_micros() as u64)
+}
+
+#[test]
+fn get_timeout_on_empty_in_a_child() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let (empty, us) = start(child_get_timeout, q).join().unwrap();
+    assert!(empty);
+    assert!(us >= 100_000, "returned after {us} µs");
+}
+
+fn child_put_tuple(q: Queue<(u32, Option<u8>, String)>) {
+    q.put((42, None, "hello".into())).unwrap();
+}
+
+#[test]
+fn child_puts_and_exits_nothing_lost() {
+    let q = Queue::new().unwrap();
+    start(child_put_tuple, q.clone()).join().unwrap();
+    assert_eq!(
+        q.get_timeout(Duration::from_secs(30)).unwrap(),
+        (42, None, "hello".to_string())
+    );
+}
+
+fn producer((q, id, n): (Queue<(u32, u32)>, u32, u32)) {
+    for i in 0..n {
+        q.put((id, i)).unwrap();
+    }
+}
+
+/// Takes messages until the queue is closed; fails on a FIFO violation per producer.
+fn consumer(q: Queue<(u32, u32)>) -> Result<Vec<(u32, u32)>, String> {
+    let mut got = Vec::new();
+    let mut last: Vec<Option<u32>> = vec![None; 16];
+    loop {
+        match q.get() {
+            Ok((p, i)) => {
+                let prev = &mut last[p as usize];
+                if prev.is_some_and(|prev| i <= prev) {
+                    return Err(format!("producer {p}: {i} after {prev:?}"));
+                }
+                *prev = Some(i);
+                got.push((p, i));
+            }
+            Err(GetError::Closed) => return Ok(got),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[test]
+fn four_producers_two_consumers_lose_and_duplicate_nothing() {
+    let (producers, per) = (4u32, 50_000u32);
+    let q: Queue<(u32, u32)> = Queue::with_maxsize(4096).unwrap();
+    let consumers: Vec<_> = (0..2).map(|_| start(consumer, q.clone())).collect();
+    let prods: Vec<_> = (0..producers)
+        .map(|id| start(producer, (q.clone(), id, per)))
+        .collect();
+    for mut p in prods {
+        p.join().unwrap();
+    }
+    q.close();
+    let mut all = Vec::new();
+    for mut c in consumers {
+        all.extend(c.join().unwrap().unwrap());
+    }
+    assert_eq!(all.len(), (producers * per) as usize, "lost messages");
+    let set: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(set.len(), all.len(), "duplicated messages");
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i ^ (i >> 11)) as u8).collect()
+}
+
+fn child_put_big(q: Queue<Vec<u8>>) {
+    q.put(pattern(16 << 20)).unwrap();
+}
+
+fn child_get_big(q: Queue<Vec<u8>>) -> bool {
+    let m = q.get_ref_timeout(Duration::from_secs(60)).unwrap();
+    m.as_slice() == pattern(16 << 20).as_slice()
+}
+
+#[test]
+fn sixteen_mib_message_both_ways() {
+    let q: Queue<Vec<u8>> = Queue::new().unwrap();
+    start(child_put_big, q.clone()).join().unwrap();
+    assert!(q.get_timeout(Duration::from_secs(60)).unwrap() == pattern(16 << 20));
+    let mut c = start(child_get_big, q.clone());
+    q.put(pattern(16 << 20)).unwrap();
+    assert!(c.join().unwrap());
+}
+
+fn child_read_region(q: Queue<(String, Region)>) -> u32 {
+    let (_, r) = q.get_timeout(Duration::from_secs(30)).unwrap();
+    r.atomic_u32(0).unwrap().load(Ordering::Relaxed)
+}
+
+#[test]
+fn handle_reaches_a_running_child() {
+    let q: Queue<(String, Region)> = Queue::new().unwrap();
+    let mut c = start(child_read_region, q.clone());
+    std::thread::sleep(Duration::from_millis(20)); // let the child start waiting
+    let r = Region::new(4096).unwrap();
+    r.atomic_u32(0).unwrap().store(1234, Ordering::Relaxed);
+    q.put(("r".into(), r)).unwrap();
+    assert_eq!(c.join().unwrap(), 1234);
+}
+
+fn child_hold_slot((q, ready): (Queue<u64>, Queue<u32>)) {
+    let _guard = q.get_ref().unwrap();
+    ready.put(1).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn consumer_killed_while_holding_a_slot_does_not_wedge_the_queue() {
+    let q: Queue<u64> = Queue::with_maxsize(2).unwrap();
+    let ready: Queue<u32> = Queue::new().unwrap();
+    q.put(1).unwrap();
+    let mut holder = start(child_hold_slot, (q.clone(), ready.clone()));
+    ready.get_timeout(Duration::from_secs(60)).unwrap();
+    holder.kill().unwrap();
+    assert!(holder.join().is_err()); // killed
+    q.put(2).unwrap();
+    let t = Instant::now();
+    q.put_timeout(3, Duration::from_secs(20)).unwrap(); // needs the dead child's slot
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(q.get().unwrap(), 2);
+    assert_eq!(q.get().unwrap(), 3);
+}
+
+fn child_get_string(q: Queue<String>) -> Result<String, String> {
+    q.get_timeout(Duration::from_secs(30))
+        .map_err(|e| format!("{e}"))
+}
+
+#[test]
+fn corrupt_slot_gives_an_error_in_the_consumer_and_the_queue_goes_on() {
+    let q: Queue<String> = Queue::new().unwrap();
+    // The text (out of line, so first in the archive) of the first slot's message.
+    q.put("a message long enough to be out of line".into())
+        .unwrap();
+    let enc = codec::encode(&q).unwrap();
+    let raw = Region::from_fd(enc.fds.into_iter().next().unwrap()).unwrap();
+    raw.write_bytes(384 + 32, &[0xff, 0xfe, 0xfd]).unwrap();
+    let err = start(child_get_string, q.clone())
+        .join()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("corrupt"), "{err}");
+    q.put("fine".into()).unwrap();
+    assert_eq!(
+        start(child_get_string, q.clone()).join().unwrap().unwrap(),
+        "fine"
+    );
+}
+
+fn worker(q: JoinableQueue<u32>) -> u32 {
+    let mut sum = 0;
+    loop {
+        match q.get() {
+            Ok(v) => {
+                sum += v;
+                q.task_done().unwrap();
+            }
+            Err(_) => return sum,
+        }
+    }
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done_in_children() {
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    let workers: Vec<_> = (0..2).map(|_| start(worker, q.clone())).collect();
+    for i in 1..=100 {
+        q.put(i).unwrap();
+    }
+    q.join();
+    assert_eq!(q.unfinished_tasks(), 0);
+    q.close();
+    let total: u32 = workers.into_iter().map(|mut w| w.join().unwrap()).sum();
+    assert_eq!(total, 5050);
+    assert!(q.task_done().is_err());
+}
