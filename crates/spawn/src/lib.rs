@@ -18,7 +18,10 @@
 //!   `exitcode` (Python's convention), `terminate`, `kill`, `sentinel`.
 //! - [`StartMethod`]: fork, spawn, forkserver; [`get_start_method`] /
 //!   [`set_start_method`] and the `MPROC_START_METHOD` environment variable.
-//! - [`current_process`], [`parent_process`], [`active_children`].
+//! - [`Context`] / [`get_context`]: a start method chosen once for many processes.
+//! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`],
+//!   [`usable_cpu_count`].
+//! - [`set_forkserver_preload`], [`stop_forkserver`].
 //!
 //! Spawned children re-execute the program; a constructor in this crate runs before
 //! `main` and turns the copy into the child, so no `if __name__ == "__main__"` guard
@@ -27,6 +30,8 @@
 
 mod bootstrap;
 mod child;
+mod context;
+mod cpu;
 mod current;
 mod error;
 mod forkserver;
@@ -36,8 +41,12 @@ mod pidfd;
 mod process;
 #[allow(unsafe_code)]
 mod sys;
+#[doc(hidden)]
+pub mod testing;
 mod wire;
 
+pub use context::{Context, get_context};
+pub use cpu::{cpu_count, usable_cpu_count};
 pub use current::{
     ChildSummary, CurrentProcess, ParentProcess, active_children, current_process, parent_process,
 };

@@ -18,6 +18,12 @@ pub enum StartMethod {
     /// program (and every `cargo test` binary) has other threads that hold no lock the
     /// child needs, and refusing would make fork unusable there. Prefer `ForkServer`
     /// or `Spawn` in multi-threaded programs.
+    ///
+    /// Fds: a `fn` target's child closes every fd except stdio, the result channel and
+    /// the fds of handles passed in its arguments, as under the other methods (so a
+    /// pipe's reader sees end-of-file once the writers it knows of are gone). A
+    /// [`fork_closure`](crate::Process::fork_closure) child keeps every fd, since its
+    /// captures may use any of them.
     Fork,
     /// Re-execute this program (`/proc/self/exe`); the child runs the target before
     /// `main` and never reaches it. Slowest, shares nothing by accident.

@@ -569,7 +569,9 @@ fn warn_if_threads() {
     }
     let n = other_threads();
     if n > 0 && !WARNED_THREADS.swap(true, Ordering::Relaxed) {
-        eprintln!(
+        // Straight to fd 2: `eprintln!` would be swallowed by a test harness's capture.
+        let _ = writeln!(
+            std::io::stderr(),
             "mproc: warning: fork start method used while {n} other thread(s) run; a lock \
              one of them holds stays locked in the child. Prefer forkserver or spawn \
              (warned once per process)."
@@ -594,7 +596,14 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
             sys::reset_signals();
             child::prepare(&info, parent);
             let outcome = match prepared {
-                Prepared::Target { enc, local, .. } => local(&enc.bytes, enc.fds),
+                Prepared::Target { enc, local, .. } => {
+                    // Only what is passed is inherited, as under spawn and forkserver.
+                    let mut keep: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    keep.push(theirs.as_raw_fd());
+                    sys::close_fds_except(&keep);
+                    local(&enc.bytes, enc.fds)
+                }
+                // A closure may use any fd it captured: everything stays open.
                 Prepared::Closure(c) => c(),
             };
             child::finish(&theirs, outcome)

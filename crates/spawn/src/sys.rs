@@ -348,6 +348,46 @@ impl<T> ForkLocal<T> {
     }
 }
 
+/// Closes every fd except stdin, stdout, stderr and `keep` (used in a fork child, which
+/// otherwise inherits every fd of its parent, close-on-exec or not).
+pub(crate) fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter_map(|&f| u32::try_from(f).ok()).collect();
+    keep.extend([0, 1, 2]);
+    keep.sort_unstable();
+    keep.dedup();
+    let mut lo: u32 = 0;
+    for &k in keep.iter().chain(std::iter::once(&u32::MAX)) {
+        if k > lo {
+            let hi = if k == u32::MAX { u32::MAX } else { k - 1 };
+            // SAFETY: close_range takes plain integers; closing fds this process owns
+            // is what the fork child wants (nothing else runs in it that uses them).
+            let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+            if r != 0 {
+                close_slowly(lo, hi);
+            }
+        }
+        lo = k.saturating_add(1);
+    }
+}
+
+/// `close_range` is missing (kernel < 5.9): close what `/proc/self/fd` lists.
+fn close_slowly(lo: u32, hi: u32) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&f| f >= lo && f <= hi)
+        .collect();
+    for fd in fds {
+        // SAFETY: see close_fds_except; the directory's own fd may be in the list and
+        // is already closed, which close reports as EBADF and is ignored.
+        unsafe {
+            libc::close(fd as i32);
+        }
+    }
+}
+
 /// Whether the calling thread is the process's main thread.
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
