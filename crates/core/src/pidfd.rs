@@ -31,6 +31,12 @@ impl Pidfd {
         Ok(Pidfd { fd, pid })
     }
 
+    /// Wraps a pidfd opened elsewhere (e.g. by a fork server and received over a socket)
+    /// for the process `pid`.
+    pub fn from_owned(fd: OwnedFd, pid: i32) -> Self {
+        Pidfd { fd, pid }
+    }
+
     /// The pid this handle was opened for.
     pub fn pid(&self) -> i32 {
         self.pid
