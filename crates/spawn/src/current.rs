@@ -1,7 +1,7 @@
 //! Who this process is: `current_process()`, `parent_process()`, `active_children()`.
 use crate::StartMethod;
-use crate::pidfd::ChildFd as Pidfd;
 use crate::sys::ForkLocal;
+use mproc_core::Pidfd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 

@@ -23,10 +23,10 @@
 use crate::bootstrap::{self, SERVER_ENV};
 use crate::child::{self, BOOTSTRAP_EXIT};
 use crate::current::ChildInfo;
-use crate::pidfd::ChildFd as Pidfd;
 use crate::process::{Prepared, Started, pair, send_all};
 use crate::sys::{self, ForkLocal};
 use crate::wire::{self, ResultReader};
+use mproc_core::Pidfd;
 use mproc_core::codec::{FrameHeader, HEADER_LEN, MAX_FDS};
 use mproc_core::scm;
 use rustix::event::{PollFd, PollFlags, poll};

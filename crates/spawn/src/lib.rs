@@ -37,7 +37,6 @@ mod error;
 mod forkserver;
 mod launcher;
 mod method;
-mod pidfd;
 mod process;
 #[allow(unsafe_code)]
 mod sys;

@@ -1,9 +1,9 @@
 //! `Process`: start a target in another process, wait for it, get its result.
 use crate::child::{self, Outcome};
 use crate::current::{self, ChildInfo, ChildSummary};
-use crate::pidfd::ChildFd as Pidfd;
 use crate::wire::{self, Received, ResultReader};
 use crate::{ProcessError, StartMethod, bootstrap, launcher, sys};
+use mproc_core::Pidfd;
 use mproc_core::codec::{self, CodecError, Encoded};
 use mproc_core::{Deadline, Message};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
