@@ -6,8 +6,9 @@
 //! the others. `reset` advances the round by two, so that waiters of the round it
 //! interrupts can tell it from a normal release and report [`BrokenBarrier`].
 use crate::error::CreateError;
+use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState, exe_identity, fn_from_offset, fn_to_offset};
-use mproc_core::futex::{self, SpinBudget};
+use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, Region, Transfer};
 use std::fmt;
@@ -50,7 +51,7 @@ pub struct RawBarrier {
     word: AtomicU32,
     sleepers: AtomicU32,
     parties: AtomicU32,
-    spin: SpinBudget,
+    spin: Spinner,
 }
 
 // SAFETY: #[repr(C)], atomics only. Zero is a barrier of 0 parties, which every wait
@@ -158,8 +159,11 @@ impl RawBarrier {
             return false;
         }
         self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let t = std::time::Instant::now();
         futex::wait(&self.word, w, deadline);
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.spin
+            .after_sleep(t.elapsed(), self.word.load(Ordering::Acquire) != w);
         true
     }
 

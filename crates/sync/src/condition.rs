@@ -10,9 +10,10 @@
 //! meantime, takes its token and reports `true`).
 use crate::error::CreateError;
 use crate::raw::{Acquired, RawLock};
+use crate::spin::Spinner;
 use crate::sys::{LockGuard, Shared, SharedState, release_save};
 use crate::{LockResult, OwnerDied, RLock};
-use mproc_core::futex::{self, SpinBudget};
+use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;
@@ -37,7 +38,7 @@ pub struct RawCondition {
     sleepers: AtomicU32,
     /// Low half: registered waiters not yet notified; high half: tokens not yet taken.
     counts: AtomicU64,
-    spin: SpinBudget,
+    spin: Spinner,
     _pad: AtomicU32,
 }
 
@@ -104,8 +105,11 @@ impl RawCondition {
                 }
             }
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let t = std::time::Instant::now();
             futex::wait(&self.seq, s, deadline);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.spin
+                .after_sleep(t.elapsed(), self.seq.load(Ordering::Acquire) != s);
         }
     }
 

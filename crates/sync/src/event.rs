@@ -1,7 +1,8 @@
 //! [`Event`]: Python's `multiprocessing.Event`.
 use crate::error::CreateError;
+use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState};
-use mproc_core::futex::{self, SpinBudget};
+use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;
@@ -16,7 +17,7 @@ use std::time::Duration;
 pub struct RawEvent {
     flag: AtomicU32,
     sleepers: AtomicU32,
-    spin: SpinBudget,
+    spin: Spinner,
 }
 
 // SAFETY: #[repr(C)], atomics only; zero = clear, no sleepers.
@@ -63,8 +64,10 @@ impl RawEvent {
                 return false;
             }
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let t = std::time::Instant::now();
             futex::wait(&self.flag, 0, deadline);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.spin.after_sleep(t.elapsed(), self.is_set());
         }
     }
 }
@@ -112,16 +115,19 @@ impl Event {
     }
 
     /// Sets the flag and wakes every waiter. Python: `set()`.
+    #[inline]
     pub fn set(&self) {
         self.state.get().set()
     }
 
     /// Clears the flag. Python: `clear()`.
+    #[inline]
     pub fn clear(&self) {
         self.state.get().clear()
     }
 
     /// Whether the flag is set. Python: `is_set()`.
+    #[inline]
     pub fn is_set(&self) -> bool {
         self.state.get().is_set()
     }

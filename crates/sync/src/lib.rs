@@ -63,6 +63,7 @@ mod lock;
 mod mutex;
 mod raw;
 mod semaphore;
+mod spin;
 #[allow(unsafe_code)]
 mod sys;
 

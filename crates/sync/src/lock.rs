@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Turns a raw acquisition into the `acquire`-style result.
+#[inline]
 fn acquired_bool(a: Option<Acquired>) -> Result<bool, OwnerDied<()>> {
     match a {
         None => Ok(false),
@@ -16,6 +17,7 @@ fn acquired_bool(a: Option<Acquired>) -> Result<bool, OwnerDied<()>> {
     }
 }
 
+#[inline]
 fn guard_result<'a, R: RawLock>(raw: &'a R, a: Acquired) -> LockResult<LockGuard<'a, R>> {
     match a {
         Acquired::Clean => Ok(LockGuard::new(raw)),
@@ -67,6 +69,7 @@ macro_rules! lock_common {
             pub const STATE_SIZE: usize = size_of::<$raw>();
 
             /// The raw lock (for generic code over [`RawLock`]).
+            #[inline]
             pub fn raw(&self) -> &$raw {
                 self.state.get()
             }
@@ -75,6 +78,7 @@ macro_rules! lock_common {
             ///
             /// # Errors
             /// [`OwnerDied`]: the lock **was acquired**, from a holder that died holding it.
+            #[inline]
             pub fn acquire(&self) -> Result<(), OwnerDied<()>> {
                 match self.raw().lock() {
                     Acquired::Clean => Ok(()),
@@ -86,6 +90,7 @@ macro_rules! lock_common {
             ///
             /// # Errors
             /// [`OwnerDied`]: the lock **was acquired**, from a holder that died holding it.
+            #[inline]
             pub fn try_acquire(&self) -> Result<bool, OwnerDied<()>> {
                 acquired_bool(self.raw().try_lock())
             }
@@ -104,6 +109,7 @@ macro_rules! lock_common {
             ///
             /// # Errors
             /// [`OwnerDied`] carrying the guard: acquired from a holder that died.
+            #[inline]
             pub fn lock(&self) -> LockResult<LockGuard<'_, $raw>> {
                 let raw = self.raw();
                 guard_result(raw, raw.lock())
@@ -128,6 +134,7 @@ macro_rules! lock_common {
             }
 
             /// Whether the lock is held by anyone. Python: `locked()`.
+            #[inline]
             pub fn locked(&self) -> bool {
                 self.raw().is_locked()
             }
@@ -204,6 +211,7 @@ impl Lock {
     ///
     /// # Errors
     /// [`ReleaseError::NotLocked`] if the lock was not held.
+    #[inline]
     pub fn release(&self) -> Result<(), ReleaseError> {
         if self.raw().release_any() {
             Ok(())
@@ -238,6 +246,7 @@ impl RLock {
     ///
     /// # Errors
     /// [`RLockReleaseError::NotOwner`] if the calling thread does not hold the lock.
+    #[inline]
     pub fn release(&self) -> Result<(), RLockReleaseError> {
         self.raw().release_checked()
     }

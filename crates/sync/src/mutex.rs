@@ -83,6 +83,7 @@ impl<T: Pod> Mutex<T> {
         value_offset::<T>(0).unwrap_or(0) + size_of::<T>()
     }
 
+    #[inline]
     fn guard(&self, a: Acquired) -> LockResult<MutexGuard<'_, T>> {
         let g = MutexGuard::new(self.raw.get(), &self.slot);
         match a {
@@ -102,6 +103,7 @@ impl<T: Pod> Mutex<T> {
     ///
     /// # Errors
     /// [`OwnerDied`] carrying the guard: the previous holder died holding the lock.
+    #[inline]
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
         self.guard(self.raw.get().lock())
     }

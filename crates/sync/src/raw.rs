@@ -14,8 +14,9 @@
 //! waiter checks, the kernel gives its pid to a new process, the waiter sees a live
 //! process and keeps waiting until that process exits too: a delay, never two owners.
 //! All processes sharing a lock must live in the same pid namespace.
+use crate::spin::Spinner;
 use crate::sys::{SharedState, current_pid, current_tid};
-use mproc_core::futex::{self, SpinBudget, WaitOutcome};
+use mproc_core::futex::{self, WaitOutcome};
 use mproc_core::{Deadline, process_alive};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -108,7 +109,7 @@ fn owner_dead(pid: u32) -> bool {
 #[cold]
 fn lock_word_slow(
     word: &AtomicU32,
-    spin: &SpinBudget,
+    spin: &Spinner,
     me: u32,
     deadline: Deadline,
 ) -> Option<Acquired> {
@@ -162,7 +163,10 @@ fn lock_word_slow(
             cur |= WAITERS;
         }
         let slice = deadline.min(Deadline::after(check));
-        if futex::wait(word, cur, slice) == WaitOutcome::TimedOut && !deadline.is_expired() {
+        let t = std::time::Instant::now();
+        let outcome = futex::wait(word, cur, slice);
+        spin.after_sleep(t.elapsed(), word.load(Ordering::Relaxed) == 0);
+        if outcome == WaitOutcome::TimedOut && !deadline.is_expired() {
             if owner != me && owner_dead(owner) {
                 if word
                     .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
@@ -202,10 +206,10 @@ fn unlock_word(word: &AtomicU32) -> u32 {
 #[derive(Debug, Default)]
 pub struct RawMutex {
     word: AtomicU32,
-    spin: SpinBudget,
+    spin: Spinner,
 }
 
-// SAFETY: #[repr(C)], two atomics (SpinBudget is a transparent AtomicU32); zero = unlocked.
+// SAFETY: #[repr(C)], two atomics (the spinner is a transparent AtomicU32); zero = unlocked.
 #[allow(unsafe_code)]
 unsafe impl SharedState for RawMutex {}
 
@@ -215,7 +219,7 @@ impl RawMutex {
     pub const fn new() -> Self {
         RawMutex {
             word: AtomicU32::new(0),
-            spin: SpinBudget::new(),
+            spin: Spinner::new(),
         }
     }
 
@@ -301,7 +305,7 @@ unsafe impl RawLock for RawMutex {
 #[derive(Debug, Default)]
 pub struct RawRLock {
     word: AtomicU32,
-    spin: SpinBudget,
+    spin: Spinner,
     tid: AtomicU32,
     count: AtomicU32,
 }
@@ -330,7 +334,7 @@ impl RawRLock {
     pub const fn new() -> Self {
         RawRLock {
             word: AtomicU32::new(0),
-            spin: SpinBudget::new(),
+            spin: Spinner::new(),
             tid: AtomicU32::new(0),
             count: AtomicU32::new(0),
         }

@@ -1,8 +1,9 @@
 //! [`Semaphore`] and [`BoundedSemaphore`]: Python's `multiprocessing.Semaphore` and
 //! `BoundedSemaphore`.
 use crate::error::CreateError;
+use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState};
-use mproc_core::futex::{self, SpinBudget};
+use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;
@@ -18,7 +19,7 @@ pub struct RawSemaphore {
     value: AtomicU32,
     sleepers: AtomicU32,
     bound: AtomicU32,
-    spin: SpinBudget,
+    spin: Spinner,
 }
 
 // SAFETY: #[repr(C)], atomics only; zero = value 0, unbounded.
@@ -69,8 +70,11 @@ impl RawSemaphore {
                 return false;
             }
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let t = std::time::Instant::now();
             futex::wait(&self.value, 0, deadline);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.spin
+                .after_sleep(t.elapsed(), self.value.load(Ordering::Relaxed) > 0);
         }
     }
 

@@ -377,6 +377,7 @@ pub struct LockGuard<'a, R: crate::RawLock + ?Sized> {
 
 impl<'a, R: crate::RawLock + ?Sized> LockGuard<'a, R> {
     /// A guard for a lock the caller has just acquired.
+    #[inline]
     pub(crate) fn new(raw: &'a R) -> Self {
         LockGuard {
             raw,
@@ -391,6 +392,7 @@ impl<'a, R: crate::RawLock + ?Sized> LockGuard<'a, R> {
 }
 
 impl<R: crate::RawLock + ?Sized> Drop for LockGuard<'_, R> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its acquisition is held (it is created right
         // after a successful lock and never cloned), so the lock is held here.
@@ -414,6 +416,7 @@ pub struct MutexGuard<'a, T: bytemuck::Pod> {
 
 impl<'a, T: bytemuck::Pod> MutexGuard<'a, T> {
     /// A guard for a mutex the caller has just locked.
+    #[inline]
     pub(crate) fn new(raw: &'a crate::RawMutex, slot: &'a PodSlot<T>) -> Self {
         MutexGuard {
             raw,
@@ -425,6 +428,7 @@ impl<'a, T: bytemuck::Pod> MutexGuard<'a, T> {
 
 impl<T: bytemuck::Pod> std::ops::Deref for MutexGuard<'_, T> {
     type Target = T;
+    #[inline]
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the non-recursive lock for its whole life and borrows
         // the mutex (which holds the region); every process reaches the slot only under
@@ -434,6 +438,7 @@ impl<T: bytemuck::Pod> std::ops::Deref for MutexGuard<'_, T> {
 }
 
 impl<T: bytemuck::Pod> std::ops::DerefMut for MutexGuard<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes this the only reference.
         unsafe { self.slot.get_mut() }
@@ -441,6 +446,7 @@ impl<T: bytemuck::Pod> std::ops::DerefMut for MutexGuard<'_, T> {
 }
 
 impl<T: bytemuck::Pod> Drop for MutexGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: the guard holds the lock (created right after a successful lock).
         unsafe { crate::RawLock::unlock(self.raw) }
