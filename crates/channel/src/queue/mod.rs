@@ -54,18 +54,20 @@
 mod error;
 mod ring;
 mod side;
+mod spin;
 #[allow(unsafe_code)]
 mod sys;
 
 pub use error::{CorruptMessage, GetError, PutError, QueueCreateError, TaskDoneError};
 
 use mproc_core::codec::{self, CodecError, Decode, Encode};
-use mproc_core::futex::{self, SpinBudget};
+use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
 use ring::{Blocked, ReadClaim, Ring, kind};
 use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
+use spin::Spin;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -87,8 +89,8 @@ pub const DEFAULT_SLOT_SIZE: usize = 224;
 struct Inner {
     ring: Ring,
     side: Side,
-    get_spin: SpinBudget,
-    put_spin: SpinBudget,
+    get_spin: Spin,
+    put_spin: Spin,
 }
 
 enum PutFail {
@@ -160,8 +162,8 @@ impl Inner {
         Inner {
             ring,
             side,
-            get_spin: SpinBudget::new(),
-            put_spin: SpinBudget::new(),
+            get_spin: Spin::new(),
+            put_spin: Spin::new(),
         }
     }
 

@@ -25,7 +25,8 @@
 //! Waiting: two futex words, "not empty" and "not full", each with a count of sleepers.
 //! A waker bumps the word and calls `FUTEX_WAKE` only when the count is non-zero, so
 //! the uncontended paths never enter the kernel.
-use mproc_core::futex::{self, SpinBudget};
+use super::spin::Spin;
+use mproc_core::futex;
 use mproc_core::{Deadline, Region};
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
@@ -418,7 +419,7 @@ impl Ring {
         &self,
         word: usize,
         waiters: usize,
-        budget: &SpinBudget,
+        budget: &Spin,
         deadline: Deadline,
         ready: impl Fn() -> bool,
     ) {
@@ -437,14 +438,14 @@ impl Ring {
     }
 
     /// Waits until a consumer may be able to make progress (or `deadline`).
-    pub(crate) fn wait_readable(&self, budget: &SpinBudget, deadline: Deadline) {
+    pub(crate) fn wait_readable(&self, budget: &Spin, deadline: Deadline) {
         self.wait(H_NOT_EMPTY, H_NOT_EMPTY_WAITERS, budget, deadline, || {
             self.readable()
         })
     }
 
     /// Waits until a producer may be able to make progress (or `deadline`).
-    pub(crate) fn wait_writable(&self, budget: &SpinBudget, deadline: Deadline) {
+    pub(crate) fn wait_writable(&self, budget: &Spin, deadline: Deadline) {
         self.wait(H_NOT_FULL, H_NOT_FULL_WAITERS, budget, deadline, || {
             self.writable()
         })
