@@ -9,6 +9,7 @@
 mod harness;
 mod pool;
 mod queue;
+mod sync;
 
 use harness::{Opts, Record};
 
@@ -32,7 +33,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run)];
+    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("sync", sync::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
