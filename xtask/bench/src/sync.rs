@@ -21,8 +21,7 @@ use std::time::Duration;
 /// Drepper's three-state mutex (0 free, 1 locked, 2 locked with waiters).
 #[inline]
 fn raw_lock(w: &AtomicU32) {
-    if w
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+    if w.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
         .is_ok()
     {
         return;
@@ -179,7 +178,10 @@ fn contended(imp: u32, n: u64) -> f64 {
             _ => return f64::NAN,
         }
     }
-    let total = region.atomic_u64(128).expect("layout").load(Ordering::SeqCst);
+    let total = region
+        .atomic_u64(128)
+        .expect("layout")
+        .load(Ordering::SeqCst);
     if total != 2 * n {
         eprintln!("sync bench: contended counter {total} != {}", 2 * n);
         return f64::NAN;
