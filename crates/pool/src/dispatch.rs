@@ -34,19 +34,41 @@ pub(crate) struct Item {
     pub(crate) retries: u8,
 }
 
-/// A unit of work handed to one worker at a time.
+/// A whole chunk encoded as one `Vec<A>`: items `base..base + n` of its job.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    pub(crate) base: usize,
+    pub(crate) n: usize,
+    pub(crate) payload: Payload,
+    /// Positions already settled (before a re-queue): not to run again. Sorted.
+    pub(crate) skip: Vec<u32>,
+    pub(crate) retries: u8,
+}
+
+/// A unit of work handed to one worker at a time: items encoded one by one, or packed.
 pub(crate) struct Chunk {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) func: FnRef,
     pub(crate) state: Option<Arc<StateBlob>>,
     pub(crate) items: Vec<Item>,
+    pub(crate) packed: Option<Packed>,
 }
 
 impl Chunk {
     fn fail(self, e: &TaskError) {
-        for it in self.items {
-            self.sink.complete(it.index, Raw::Err(e.clone()));
+        let mut v: Vec<(usize, Raw)> = self
+            .items
+            .into_iter()
+            .map(|it| (it.index, Raw::err(e.clone())))
+            .collect();
+        if let Some(p) = self.packed {
+            v.extend(
+                (0..p.n)
+                    .filter(|k| p.skip.binary_search(&(*k as u32)).is_err())
+                    .map(|k| (p.base + k, Raw::err(e.clone()))),
+            );
         }
+        self.sink.complete_many(v);
     }
 }
 
@@ -136,6 +158,8 @@ struct Held {
     func: FnRef,
     state: Option<Arc<StateBlob>>,
     items: Vec<Option<Item>>,
+    /// A packed chunk and which of its positions are still open.
+    packed: Option<(Packed, Vec<bool>)>,
     left: usize,
 }
 
@@ -340,13 +364,14 @@ impl Dispatcher {
             let w = self.workers[i].as_mut().expect("chosen worker exists");
             if self.cfg.max_tasks != 0 {
                 let room = (self.cfg.max_tasks - w.sent_items) as usize;
-                if chunk.items.len() > room {
+                if chunk.packed.is_none() && chunk.items.len() > room {
                     let rest = chunk.items.split_off(room);
                     self.queue.push_front(Chunk {
                         sink: chunk.sink.clone(),
                         func: chunk.func,
                         state: chunk.state.clone(),
                         items: rest,
+                        packed: None,
                     });
                 }
             }
@@ -359,7 +384,7 @@ impl Dispatcher {
                     .1
                     .push(i);
             }
-            send_chunk(w, id, chunk);
+            send_chunk(w, id, chunk, self.cfg.time_limit.is_some());
         }
     }
 
@@ -526,6 +551,7 @@ impl Dispatcher {
 
     fn process_frames(&mut self, i: usize) -> io::Result<()> {
         let mut deliveries: Vec<(Arc<dyn Sink>, usize, Raw)> = Vec::new();
+        let mut packs: Vec<PackDelivery> = Vec::new();
         let mut broken = None;
         {
             let Some(w) = self.workers[i].as_mut() else {
@@ -553,30 +579,77 @@ impl Dispatcher {
                         ));
                         continue;
                     }
-                    let raw = match status {
-                        wire::ST_OK => {
-                            let mut bytes = AlignedVec::with_capacity(payload.len());
-                            bytes.extend_from_slice(payload);
-                            Raw::Ok(Payload { bytes, fds })
-                        }
-                        wire::ST_PANIC => Raw::Err(TaskError::Panicked {
-                            message: String::from_utf8_lossy(payload).into_owned(),
-                        }),
-                        _ => Raw::Err(TaskError::Codec {
-                            message: String::from_utf8_lossy(payload).into_owned(),
-                        }),
-                    };
+                    let text = || String::from_utf8_lossy(payload).into_owned();
                     let x = elapsed_us as f64;
                     self.ewma_us = Some(self.ewma_us.map_or(x, |e| 0.8 * e + 0.2 * x));
-                    if let Some(h) = w.held.get_mut(&chunk)
-                        && let Some(item) = h.items.get_mut(pos).and_then(Option::take)
-                    {
-                        h.left -= 1;
-                        w.held_items -= 1;
-                        deliveries.push((h.sink.clone(), item.index, raw));
-                        if h.left == 0 {
-                            w.held.remove(&chunk);
+                    let Some(h) = w.held.get_mut(&chunk) else {
+                        continue;
+                    };
+                    let before = h.left;
+                    match (&mut h.packed, status) {
+                        (Some((p, open)), wire::ST_PACKED) => {
+                            let mut bytes = AlignedVec::with_capacity(payload.len());
+                            bytes.extend_from_slice(payload);
+                            let all = Arc::new(Payload { bytes, fds });
+                            let mut positions = Vec::with_capacity(h.left);
+                            for (pos, o) in open.iter_mut().enumerate() {
+                                if *o {
+                                    *o = false;
+                                    positions.push(pos as u32);
+                                    h.left -= 1;
+                                }
+                            }
+                            packs.push((h.sink.clone(), p.base, positions, all));
                         }
+                        (Some((p, open)), wire::ST_PACKED_ERR) => {
+                            let e = TaskError::Codec { message: text() };
+                            for (pos, o) in open.iter_mut().enumerate() {
+                                if *o {
+                                    *o = false;
+                                    deliveries.push((
+                                        h.sink.clone(),
+                                        p.base + pos,
+                                        Raw::err(e.clone()),
+                                    ));
+                                    h.left -= 1;
+                                }
+                            }
+                        }
+                        (Some((p, open)), _) => {
+                            if let Some(o) = open.get_mut(pos)
+                                && *o
+                            {
+                                *o = false;
+                                h.left -= 1;
+                                let e = if status == wire::ST_PANIC {
+                                    TaskError::Panicked { message: text() }
+                                } else {
+                                    TaskError::Codec { message: text() }
+                                };
+                                deliveries.push((h.sink.clone(), p.base + pos, Raw::err(e)));
+                            }
+                        }
+                        (None, _) => {
+                            if let Some(item) = h.items.get_mut(pos).and_then(Option::take) {
+                                h.left -= 1;
+                                let raw = match status {
+                                    wire::ST_OK => {
+                                        let mut bytes = AlignedVec::with_capacity(payload.len());
+                                        bytes.extend_from_slice(payload);
+                                        Raw::ok(Payload { bytes, fds })
+                                    }
+                                    wire::ST_PANIC => {
+                                        Raw::err(TaskError::Panicked { message: text() })
+                                    }
+                                    _ => Raw::err(TaskError::Codec { message: text() }),
+                                };
+                                deliveries.push((h.sink.clone(), item.index, raw));
+                            }
+                        }
+                    }
+                    w.held_items -= before - h.left;
+                    if h.left == 0 {
+                        w.held.remove(&chunk);
                     }
                 }
                 w.inbuf.consume(&frame);
@@ -588,8 +661,10 @@ impl Dispatcher {
                 q.broken = Some(reason);
             }
         }
-        for (sink, index, raw) in deliveries {
-            sink.complete(index, raw);
+        // Failures first: a fail-fast job then reports the failure, not a partial list.
+        deliver(deliveries);
+        for (sink, base, positions, all) in packs {
+            sink.complete_packed(base, positions, all);
         }
         Ok(())
     }
@@ -617,6 +692,37 @@ impl Dispatcher {
         ids.sort_unstable();
         for id in ids {
             let h = w.held.remove(&id).expect("listed");
+            if let Some((mut p, open)) = h.packed {
+                let mut any = false;
+                for (pos, o) in open.iter().enumerate() {
+                    if !*o {
+                        continue;
+                    }
+                    let culprit = running.is_some_and(|r| r.chunk == id && r.pos as usize == pos);
+                    if culprit || p.retries >= 2 {
+                        fails.push((h.sink.clone(), p.base + pos, lost.clone()));
+                    } else {
+                        any = true;
+                    }
+                }
+                if any {
+                    p.skip = (0..p.n as u32)
+                        .filter(|&k| {
+                            !open[k as usize]
+                                || running.is_some_and(|r| r.chunk == id && r.pos == k)
+                        })
+                        .collect();
+                    p.retries += 1;
+                    requeue.push(Chunk {
+                        sink: h.sink,
+                        func: h.func,
+                        state: h.state,
+                        items: Vec::new(),
+                        packed: Some(p),
+                    });
+                }
+                continue;
+            }
             let mut again = Vec::new();
             for (pos, it) in h.items.into_iter().enumerate() {
                 let Some(mut it) = it else { continue };
@@ -634,15 +740,19 @@ impl Dispatcher {
                     func: h.func,
                     state: h.state,
                     items: again,
+                    packed: None,
                 });
             }
         }
         for c in requeue.into_iter().rev() {
             self.queue.push_front(c);
         }
-        for (s, idx, e) in fails {
-            s.complete(idx, Raw::Err(e));
-        }
+        deliver(
+            fails
+                .into_iter()
+                .map(|(s, i, e)| (s, i, Raw::err(e)))
+                .collect(),
+        );
         let (closed, broken) = {
             let q = self.shared.lock();
             (q.closed || q.terminate, q.broken.is_some())
@@ -687,6 +797,13 @@ impl Dispatcher {
                     for it in h.items.into_iter().flatten() {
                         fails.push((h.sink.clone(), it.index));
                     }
+                    if let Some((p, open)) = h.packed {
+                        for (k, o) in open.iter().enumerate() {
+                            if *o {
+                                fails.push((h.sink.clone(), p.base + k));
+                            }
+                        }
+                    }
                 }
                 let _ = reap(&mut w);
             }
@@ -697,9 +814,12 @@ impl Dispatcher {
             q.pids.clear();
             q.chunks.drain(..).collect()
         };
-        for (s, i) in fails {
-            s.complete(i, Raw::Err(e.clone()));
-        }
+        deliver(
+            fails
+                .into_iter()
+                .map(|(s, i)| (s, i, Raw::err(e.clone())))
+                .collect(),
+        );
         for c in self.queue.drain(..).chain(queued) {
             c.fail(e);
         }
@@ -718,7 +838,67 @@ fn reap(w: &mut Worker) -> (Option<i32>, Option<i32>) {
     (signal, code)
 }
 
-fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk) {
+/// A packed chunk's successes on their way to the sink: base, positions, results.
+type PackDelivery = (Arc<dyn Sink>, usize, Vec<u32>, Arc<Payload>);
+
+/// Hands outcomes to their sinks, several at a time per sink.
+fn deliver(v: Vec<(Arc<dyn Sink>, usize, Raw)>) {
+    let mut batch: Vec<(usize, Raw)> = Vec::new();
+    let mut cur: Option<Arc<dyn Sink>> = None;
+    for (s, i, r) in v {
+        if cur.as_ref().is_some_and(|c| !Arc::ptr_eq(c, &s))
+            && let Some(c) = cur.take()
+        {
+            c.complete_many(std::mem::take(&mut batch));
+        }
+        cur = Some(s);
+        batch.push((i, r));
+    }
+    if let Some(c) = cur {
+        c.complete_many(batch);
+    }
+}
+
+fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
+    let timed_flag = if timed { wire::F_TIMED } else { 0 };
+    if let Some(p) = chunk.packed {
+        let fb = &mut w.pending;
+        fb.begin(wire::K_RUN, p.n as u32, id);
+        fb.put_u64(chunk.func.packed.unwrap_or(chunk.func.tramp));
+        fb.put_u64(chunk.func.func);
+        fb.put_u64(0);
+        fb.put_u64(wire::F_PACKED | timed_flag);
+        let fds = p.payload.dup_fds();
+        fb.put_u32(0);
+        fb.put_u32(fds.len() as u32);
+        fb.put_u64(p.payload.bytes.len() as u64);
+        fb.put_payload(&p.payload.bytes);
+        fb.put_fds(fds);
+        fb.put_u32(p.skip.len() as u32);
+        fb.put_u32(0);
+        fb.put_u64(0);
+        let skip: Vec<u8> = p.skip.iter().flat_map(|k| k.to_le_bytes()).collect();
+        fb.put_payload(&skip);
+        fb.end();
+        let open: Vec<bool> = (0..p.n as u32)
+            .map(|k| p.skip.binary_search(&k).is_err())
+            .collect();
+        let n = open.iter().filter(|o| **o).count();
+        w.sent_items += n as u64;
+        w.held_items += n;
+        w.held.insert(
+            id,
+            Held {
+                sink: chunk.sink,
+                func: chunk.func,
+                state: chunk.state,
+                items: Vec::new(),
+                packed: Some((p, open)),
+                left: n,
+            },
+        );
+        return;
+    }
     let fb = &mut w.pending;
     if let Some(st) = &chunk.state
         && w.states.insert(st.id)
@@ -736,7 +916,7 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk) {
     fb.put_u64(chunk.func.tramp);
     fb.put_u64(chunk.func.func);
     fb.put_u64(chunk.state.as_ref().map_or(0, |s| s.id));
-    fb.put_u64(0);
+    fb.put_u64(timed_flag);
     for (pos, it) in chunk.items.iter().enumerate() {
         let fds = it.payload.dup_fds();
         fb.put_u32(pos as u32);
@@ -756,6 +936,7 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk) {
             func: chunk.func,
             state: chunk.state,
             items: chunk.items.into_iter().map(Some).collect(),
+            packed: None,
             left: n,
         },
     );

@@ -21,6 +21,32 @@ pub(crate) struct CallCtx<'a> {
     pub(crate) out: Option<Encoded>,
 }
 
+/// What a packed trampoline works on: a whole chunk encoded as one `Vec<A>`.
+pub(crate) struct PackedCtx<'a> {
+    pub(crate) func: usize,
+    pub(crate) input: &'a [u8],
+    pub(crate) fds: Vec<OwnedFd>,
+    /// Positions not to run (already done before a re-queue), sorted.
+    pub(crate) skip: &'a [u32],
+    /// Called before each item runs, with its position.
+    pub(crate) on_item: &'a mut dyn FnMut(u32),
+    /// Items that panicked: position and message.
+    pub(crate) failures: Vec<(u32, String)>,
+    /// The encoded `Vec<R>` of the items that succeeded, in position order.
+    pub(crate) out: Option<Encoded>,
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_text(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
 /// The `map_with` state as it sits in a worker: its bytes until first use, then the
 /// decoded value for every later call.
 pub(crate) struct StateSlot {
@@ -57,18 +83,25 @@ impl StateSlot {
 pub(crate) struct FnRef {
     pub(crate) tramp: u64,
     pub(crate) func: u64,
+    /// The packed trampoline (a whole chunk as one `Vec<A>`), if there is one.
+    pub(crate) packed: Option<u64>,
 }
 
 fn off(tramp: sys::Trampoline, func: usize) -> FnRef {
     FnRef {
         tramp: sys::offset_of(tramp as usize),
         func: sys::offset_of(func),
+        packed: None,
     }
 }
 
 impl FnRef {
     pub(crate) fn plain<A: Decode, R: Encode>(f: fn(A) -> R) -> Self {
-        off(sys::tramp_plain::<A, R>, f as usize)
+        let mut r = off(sys::tramp_plain::<A, R>, f as usize);
+        r.packed = Some(sys::offset_of(
+            sys::tramp_packed::<A, R> as sys::PackedTrampoline as usize,
+        ));
+        r
     }
 
     pub(crate) fn star2<A, B, R>(f: fn(A, B) -> R) -> Self
@@ -98,6 +131,12 @@ impl FnRef {
 
     pub(crate) fn init<I: Decode>(f: fn(I)) -> Self {
         off(sys::tramp_init::<I>, f as usize)
+    }
+
+    /// Runs a packed chunk (the worker side); `tramp` is the packed trampoline.
+    pub(crate) fn call_packed(&self, ctx: &mut PackedCtx<'_>) -> Result<(), String> {
+        ctx.func = sys::addr_of(self.func);
+        sys::call_packed_trampoline(self.tramp, ctx)
     }
 
     /// Runs the function on `ctx` in this process (the worker side).

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 
 /// An encoded value: aligned bytes plus the fds of its handles.
@@ -44,17 +44,49 @@ impl Payload {
     }
 }
 
-/// One item's outcome as the dispatcher delivers it.
+/// One item's outcome as the dispatcher delivers it (small: a map holds one per item).
 #[derive(Debug)]
 pub(crate) enum Raw {
-    Ok(Payload),
-    Err(TaskError),
+    /// The item's own encoded result.
+    Ok(Box<Payload>),
+    /// Element `k` of a packed chunk's encoded `Vec<R>`.
+    Packed(Arc<Payload>, u32),
+    /// Element `k` of the job's pack number `p` (see [`JobInner::packs`]).
+    InPack(u32, u32),
+    Err(Box<TaskError>),
+}
+
+impl Raw {
+    pub(crate) fn ok(p: Payload) -> Self {
+        Raw::Ok(Box::new(p))
+    }
+
+    pub(crate) fn err(e: TaskError) -> Self {
+        Raw::Err(Box::new(e))
+    }
 }
 
 /// Receives outcomes; implemented by [`Job`] and [`Stream`].
 pub(crate) trait Sink: Send + Sync {
     /// Delivers item `index`'s outcome. Later deliveries for the same item are ignored.
     fn complete(&self, index: usize, outcome: Raw);
+    /// Delivers a packed chunk's successes: items `base + pos` for each `pos` in
+    /// `positions` are the elements of `all`'s `Vec<R>`, in order.
+    fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>) {
+        let v = positions
+            .into_iter()
+            .enumerate()
+            .map(|(k, pos)| (base + pos as usize, Raw::Packed(all.clone(), k as u32)))
+            .collect();
+        self.complete_many(v);
+    }
+
+    /// Delivers several outcomes at once.
+    fn complete_many(&self, outcomes: Vec<(usize, Raw)>) {
+        for (i, r) in outcomes {
+            self.complete(i, r);
+        }
+    }
     /// Marks the sink as started; `false` if it was cancelled (its items are dropped).
     fn start(&self) -> bool;
 }
@@ -71,6 +103,8 @@ pub(crate) struct JobInner {
     pub(crate) outcomes: Vec<Option<Raw>>,
     pub(crate) done: usize,
     pub(crate) first_err: Option<usize>,
+    /// Packed results, referred to by [`Raw::InPack`].
+    pub(crate) packs: Vec<Arc<Payload>>,
     waker: Option<Waker>,
     finishing: bool,
 }
@@ -108,6 +142,7 @@ impl Job {
                 outcomes: (0..n).map(|_| None).collect(),
                 done: 0,
                 first_err: None,
+                packs: Vec::new(),
                 waker: None,
                 finishing: false,
             }),
@@ -180,7 +215,7 @@ impl Job {
             .is_ok();
         if ok {
             for i in 0..self.n {
-                self.complete(i, Raw::Err(TaskError::Cancelled));
+                self.complete(i, Raw::err(TaskError::Cancelled));
             }
         }
         ok || self.state.load(Ordering::Acquire) == CANCELLED
@@ -196,23 +231,64 @@ impl Job {
 }
 
 impl Sink for Job {
+    fn start(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(PENDING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(s) => s == STARTED,
+        }
+    }
+
     fn complete(&self, index: usize, outcome: Raw) {
+        self.complete_many(vec![(index, outcome)]);
+    }
+
+    fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>) {
         let mut g = self.lock();
-        let Some(slot) = g.outcomes.get_mut(index) else {
-            return;
-        };
-        if slot.is_some() {
-            return;
+        let p = g.packs.len() as u32;
+        g.packs.push(all);
+        let mut finish = false;
+        for (k, pos) in positions.into_iter().enumerate() {
+            let Some(slot) = g.outcomes.get_mut(base + pos as usize) else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            *slot = Some(Raw::InPack(p, k as u32));
+            g.done += 1;
+            finish |= g.done == self.n;
         }
-        let failed = matches!(outcome, Raw::Err(_));
-        *slot = Some(outcome);
-        g.done += 1;
-        if failed && g.first_err.is_none() {
-            g.first_err = Some(index);
+        self.finish_if(g, finish);
+    }
+
+    fn complete_many(&self, outcomes: Vec<(usize, Raw)>) {
+        let mut g = self.lock();
+        let mut finish = false;
+        for (index, outcome) in outcomes {
+            let Some(slot) = g.outcomes.get_mut(index) else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            let failed = matches!(outcome, Raw::Err(_));
+            *slot = Some(outcome);
+            g.done += 1;
+            if failed && g.first_err.is_none() {
+                g.first_err = Some(index);
+            }
+            finish |= g.done == self.n || (failed && self.fail_fast);
         }
-        let finish =
-            !self.is_finished() && !g.finishing && (g.done == self.n || (failed && self.fail_fast));
-        if !finish {
+        self.finish_if(g, finish);
+    }
+}
+
+impl Job {
+    fn finish_if(&self, mut g: MutexGuard<'_, JobInner>, finish: bool) {
+        if !finish || self.is_finished() || g.finishing {
             return;
         }
         g.finishing = true;
@@ -232,16 +308,6 @@ impl Sink for Job {
         drop(g);
         if let Some(w) = waker {
             w.wake();
-        }
-    }
-
-    fn start(&self) -> bool {
-        match self
-            .state
-            .compare_exchange(PENDING, STARTED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(s) => s == STARTED,
         }
     }
 }

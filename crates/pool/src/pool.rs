@@ -1,5 +1,5 @@
 //! [`Pool`]: Python's `multiprocessing.Pool`, built with [`PoolBuilder`].
-use crate::dispatch::{self, Chunk, Config, Item, Shared, StateBlob};
+use crate::dispatch::{self, Chunk, Config, Item, Packed, Shared, StateBlob};
 use crate::error::{MapError, PoolError, TaskError};
 use crate::func::FnRef;
 use crate::job::{Job, Payload, Raw, Sink};
@@ -116,6 +116,7 @@ impl PoolBuilder {
             Ok(Ok(())) => Ok(Pool {
                 shared,
                 processes,
+                max_tasks: self.max_tasks,
                 thread: Mutex::new(Some(thread)),
             }),
             Ok(Err(e)) => {
@@ -153,6 +154,7 @@ static NEXT_STATE: AtomicU64 = AtomicU64::new(1);
 pub struct Pool {
     shared: Arc<Shared>,
     processes: usize,
+    max_tasks: u64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -203,33 +205,61 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: usize,
     ) {
+        // Chunks of several items travel as one `Vec<A>` message each way (one encode,
+        // one decode per chunk); not with maxtasksperchild, which may split a chunk.
+        let pack = chunksize > 1 && func.packed.is_some() && state.is_none() && self.max_tasks == 0;
         let mut chunks = Vec::new();
-        let mut cur = Vec::with_capacity(chunksize);
-        for (index, a) in items.into_iter().enumerate() {
-            match Payload::encode(&a) {
-                Ok(payload) => cur.push(Item {
-                    index,
-                    payload,
-                    retries: 0,
-                }),
-                Err(e) => sink.complete(index, Raw::Err(e)),
+        let mut it = items.into_iter().enumerate().peekable();
+        while it.peek().is_some() {
+            if pack {
+                let mut base = None;
+                let mut vals: Vec<A> = Vec::with_capacity(chunksize);
+                for (index, a) in it.by_ref().take(chunksize) {
+                    base.get_or_insert(index);
+                    vals.push(a);
+                }
+                let base = base.unwrap_or(0);
+                let n = vals.len();
+                match Payload::encode(&vals) {
+                    Ok(payload) => chunks.push(Chunk {
+                        sink: sink.clone(),
+                        func,
+                        state: None,
+                        items: Vec::new(),
+                        packed: Some(Packed {
+                            base,
+                            n,
+                            payload,
+                            skip: Vec::new(),
+                            retries: 0,
+                        }),
+                    }),
+                    Err(e) => sink.complete_many(
+                        (base..base + n).map(|i| (i, Raw::err(e.clone()))).collect(),
+                    ),
+                }
+            } else {
+                let mut cur = Vec::with_capacity(chunksize);
+                for (index, a) in it.by_ref().take(chunksize) {
+                    match Payload::encode(&a) {
+                        Ok(payload) => cur.push(Item {
+                            index,
+                            payload,
+                            retries: 0,
+                        }),
+                        Err(e) => sink.complete(index, Raw::err(e)),
+                    }
+                }
+                if !cur.is_empty() {
+                    chunks.push(Chunk {
+                        sink: sink.clone(),
+                        func,
+                        state: state.clone(),
+                        items: cur,
+                        packed: None,
+                    });
+                }
             }
-            if cur.len() == chunksize {
-                chunks.push(Chunk {
-                    sink: sink.clone(),
-                    func,
-                    state: state.clone(),
-                    items: std::mem::replace(&mut cur, Vec::with_capacity(chunksize)),
-                });
-            }
-        }
-        if !cur.is_empty() {
-            chunks.push(Chunk {
-                sink,
-                func,
-                state,
-                items: cur,
-            });
         }
         self.shared.submit(chunks);
     }
@@ -282,8 +312,7 @@ impl Pool {
             let r = {
                 let g = job.lock();
                 match g.outcomes.first().and_then(Option::as_ref) {
-                    Some(Raw::Ok(p)) => p.decode::<R>(),
-                    Some(Raw::Err(e)) => Err(e.clone()),
+                    Some(raw) => crate::result::Unpack::<R>::new(&g.packs).take(raw),
                     None => Err(TaskError::Terminated),
                 }
             };

@@ -11,11 +11,49 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-fn decode_raw<R: Decode>(raw: &Raw) -> Result<R, TaskError> {
-    match raw {
-        Raw::Ok(p) => p.decode::<R>(),
-        Raw::Err(e) => Err(e.clone()),
+/// Decodes outcomes; a packed chunk's `Vec<R>` is decoded once for all its items.
+pub(crate) struct Unpack<'a, R> {
+    packs: &'a [Arc<Payload>],
+    last: Option<(*const Payload, Vec<Option<R>>)>,
+}
+
+impl<'a, R: Decode> Unpack<'a, R> {
+    pub(crate) fn new(packs: &'a [Arc<Payload>]) -> Self {
+        Unpack { packs, last: None }
     }
+
+    fn element(&mut self, arc: &Arc<Payload>, k: u32) -> Result<R, TaskError> {
+        let ptr = Arc::as_ptr(arc);
+        if self.last.as_ref().map(|l| l.0) != Some(ptr) {
+            let v: Vec<R> = arc.decode::<Vec<R>>()?;
+            self.last = Some((ptr, v.into_iter().map(Some).collect()));
+        }
+        self.last
+            .as_mut()
+            .and_then(|l| l.1.get_mut(k as usize))
+            .and_then(Option::take)
+            .ok_or_else(|| TaskError::Codec {
+                message: "a packed result is missing an element".into(),
+            })
+    }
+
+    pub(crate) fn take(&mut self, raw: &Raw) -> Result<R, TaskError> {
+        match raw {
+            Raw::Ok(p) => p.decode::<R>(),
+            Raw::Err(e) => Err((**e).clone()),
+            Raw::Packed(arc, k) => self.element(arc, *k),
+            Raw::InPack(p, k) => match self.packs.get(*p as usize) {
+                Some(arc) => self.element(&arc.clone(), *k),
+                None => Err(TaskError::Codec {
+                    message: "a packed result is missing".into(),
+                }),
+            },
+        }
+    }
+}
+
+fn decode_raw<R: Decode>(raw: &Raw) -> Result<R, TaskError> {
+    Unpack::new(&[]).take(raw)
 }
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) (Python's
@@ -145,15 +183,16 @@ pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
     let g = job.lock();
     if let Some(index) = g.first_err {
         let error = match g.outcomes[index].as_ref() {
-            Some(Raw::Err(e)) => e.clone(),
+            Some(Raw::Err(e)) => (**e).clone(),
             _ => TaskError::Terminated,
         };
         return Err(MapError { index, error });
     }
     let mut out = Vec::with_capacity(g.outcomes.len());
+    let mut un = Unpack::new(&g.packs);
     for (index, o) in g.outcomes.iter().enumerate() {
         let r = match o {
-            Some(raw) => decode_raw(raw),
+            Some(raw) => un.take(raw),
             None => Err(TaskError::Terminated),
         };
         out.push(r.map_err(|error| MapError { index, error })?);
@@ -163,10 +202,11 @@ pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
 
 pub(crate) fn collect_each<R: Decode>(job: &Job) -> Vec<Result<R, TaskError>> {
     let g = job.lock();
+    let mut un = Unpack::new(&g.packs);
     g.outcomes
         .iter()
         .map(|o| match o {
-            Some(raw) => decode_raw(raw),
+            Some(raw) => un.take(raw),
             None => Err(TaskError::Terminated),
         })
         .collect()
@@ -296,7 +336,7 @@ where
                         payload,
                         retries: 0,
                     }),
-                    Err(e) => crate::job::Sink::complete(&*self.stream, index, Raw::Err(e)),
+                    Err(e) => crate::job::Sink::complete(&*self.stream, index, Raw::err(e)),
                 }
             }
             if !items.is_empty() {
@@ -305,6 +345,7 @@ where
                     func: self.func,
                     state: None,
                     items,
+                    packed: None,
                 });
             }
         }

@@ -9,7 +9,7 @@
 //! the exact type the matching trampoline expects (see `func.rs`), over a socket private
 //! to the pool; the worker additionally checks that the address lies inside an executable
 //! mapping of its own image before calling it.
-use crate::func::CallCtx;
+use crate::func::{CallCtx, PackedCtx, panic_text};
 use std::sync::OnceLock;
 
 /// The fixed point offsets are measured from. Not inlined, with a body the optimiser
@@ -91,6 +91,24 @@ pub(crate) fn call_trampoline(tramp_offset: u64, ctx: &mut CallCtx<'_>) -> Resul
     // by `offset_of` from one, in a process running this executable, and checked to lie
     // in its code); fn pointers have the size and representation of `usize`.
     let f: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(addr) };
+    f(ctx)
+}
+
+/// A packed trampoline: runs a whole chunk encoded as one `Vec<A>`.
+pub(crate) type PackedTrampoline = fn(&mut PackedCtx<'_>) -> Result<(), String>;
+
+/// As [`call_trampoline`], for a packed trampoline (`func::FnRef::plain` pairs it).
+pub(crate) fn call_packed_trampoline(
+    tramp_offset: u64,
+    ctx: &mut PackedCtx<'_>,
+) -> Result<(), String> {
+    let addr = addr_of(tramp_offset);
+    if !is_code(addr) || !is_code(ctx.func) {
+        return Err("task function offset does not point into this program's code".into());
+    }
+    // SAFETY: as in `call_trampoline`: the offset names a `PackedTrampoline` of this
+    // image, paired with `ctx.func` by `FnRef::plain`, and checked to lie in its code.
+    let f: PackedTrampoline = unsafe { std::mem::transmute::<usize, PackedTrampoline>(addr) };
     f(ctx)
 }
 
@@ -189,5 +207,35 @@ pub(crate) fn tramp_init<I: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result
     let f: fn(I) = unsafe { fn_from_addr(ctx.func) };
     let a = decode_args::<I>(ctx)?;
     f(a);
+    Ok(())
+}
+
+/// Packed trampoline for `fn(A) -> R`: decodes the chunk's `Vec<A>` once, runs every
+/// item (a panic fails only its item), encodes the successes as one `Vec<R>`.
+pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
+    ctx: &mut PackedCtx<'_>,
+) -> Result<(), String> {
+    // SAFETY: `FnRef::plain::<A, R>` pairs this trampoline only with a `fn(A) -> R`.
+    let f: fn(A) -> R = unsafe { fn_from_addr(ctx.func) };
+    let fds = std::mem::take(&mut ctx.fds);
+    let items: Vec<A> = mproc_core::codec::decode(ctx.input, fds)
+        .map_err(|e| format!("arguments could not be decoded: {e}"))?;
+    let mut out: Vec<R> = Vec::with_capacity(items.len());
+    let mut skip = ctx.skip.iter().copied().peekable();
+    for (pos, a) in items.into_iter().enumerate() {
+        let pos = pos as u32;
+        if skip.peek() == Some(&pos) {
+            skip.next();
+            continue;
+        }
+        (ctx.on_item)(pos);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a))) {
+            Ok(r) => out.push(r),
+            Err(p) => ctx.failures.push((pos, panic_text(&*p))),
+        }
+    }
+    let enc = mproc_core::codec::encode(&out)
+        .map_err(|e| format!("results could not be encoded: {e}"))?;
+    ctx.out = Some(enc);
     Ok(())
 }

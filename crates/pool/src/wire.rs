@@ -12,7 +12,9 @@
 //!
 //! Parent → worker:
 //! - `RUN` (count = items, arg = chunk id), then `[tramp u64][func u64]`,
-//!   `[state id u64][0 u64]`, then per item `[pos u32][nfds u32][len u64]` + payload.
+//!   `[state id u64][flags u64]`, then per item `[pos u32][nfds u32][len u64]` +
+//!   payload; or, packed, one such record holding the whole chunk as a `Vec<A>`, then
+//!   `[nskip u32][0 u32][0 u64]` and `nskip` positions (u32) not to run.
 //! - `STATE` (arg = state id), one item record: the `map_with` state.
 //! - `DROP_STATE` (arg = state id).
 //! - `EXIT`: finish and exit.
@@ -20,7 +22,9 @@
 //! Worker → parent:
 //! - `RESULTS` (count = records), per record
 //!   `[chunk u64][pos u32][status u32][len u64][elapsed_us u32][nfds u32]` + payload
-//!   (`status` 0: the encoded result; 1: a panic message; 2: another error's text).
+//!   (`status` 0: the encoded result; 1: a panic message; 2: another error's text;
+//!   3: a packed chunk's `Vec<R>` of the items that did not fail, `pos` = `u32::MAX`;
+//!   4: a packed chunk that could not run, with the reason).
 //! - `INIT_FAILED`, one such record: the initializer failed; the worker exits.
 use mproc_core::codec::{FrameHeader, HEADER_LEN, MAX_FDS};
 use mproc_core::scm;
@@ -39,6 +43,15 @@ pub(crate) const K_INIT_FAILED: u32 = 2;
 pub(crate) const ST_OK: u32 = 0;
 pub(crate) const ST_PANIC: u32 = 1;
 pub(crate) const ST_ERROR: u32 = 2;
+/// A packed chunk's results: the `Vec<R>` of every item that did not fail.
+pub(crate) const ST_PACKED: u32 = 3;
+/// A packed chunk could not run at all (its arguments or results did not encode).
+pub(crate) const ST_PACKED_ERR: u32 = 4;
+
+/// `RUN` flags: the chunk is packed (one `Vec<A>` payload, then a skip list).
+pub(crate) const F_PACKED: u64 = 1;
+/// `RUN` flags: record each item's start time (a time limit is set).
+pub(crate) const F_TIMED: u64 = 2;
 
 const MAX_FRAME: u64 = 1 << 40;
 

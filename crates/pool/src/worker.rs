@@ -2,7 +2,7 @@
 //! reporting every item's outcome. It publishes which item it is running in a small
 //! shared region, so that the parent knows exactly which task a dead or overdue worker
 //! was running.
-use crate::func::{CallCtx, FnRef, StateSlot};
+use crate::func::{CallCtx, FnRef, PackedCtx, StateSlot, panic_text};
 use crate::wire::{self, Cursor, FrameBuf, InBuf};
 use mproc_core::{Handle, Region};
 use rkyv::util::AlignedVec;
@@ -68,11 +68,22 @@ impl<'a> Progress<'a> {
         })
     }
 
-    fn begin(&self, chunk: u64, pos: u32) {
+    fn begin(&self, chunk: u64, pos: u32, timed: bool) {
         self.chunk.store(chunk, Ordering::Relaxed);
         self.pos.store(pos as u64, Ordering::Relaxed);
-        self.start_ns.store(now_ns(), Ordering::Relaxed);
+        if timed {
+            self.start_ns.store(now_ns(), Ordering::Relaxed);
+        }
         self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Moves to the next item of a packed chunk (the seqlock stays odd: readers that
+    /// race with this see either item, both of which are this chunk's).
+    fn item(&self, pos: u32, timed: bool) {
+        if timed {
+            self.start_ns.store(now_ns(), Ordering::Relaxed);
+        }
+        self.pos.store(pos as u64, Ordering::Release);
     }
 
     fn end(&self) {
@@ -103,16 +114,6 @@ impl<'a> Progress<'a> {
 pub(crate) fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
 }
 
 /// Results waiting to be sent, as one open `RESULTS` frame.
@@ -198,6 +199,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
         let f = FnRef {
             tramp: init.tramp,
             func: init.func,
+            packed: None,
         };
         let mut bytes = AlignedVec::<16>::new();
         bytes.extend_from_slice(&init.bytes);
@@ -240,48 +242,123 @@ fn run(args: WorkerArgs) -> io::Result<()> {
             let arg = c.u64()?;
             match kind {
                 wire::K_RUN => {
-                    let f = FnRef {
-                        tramp: c.u64()?,
-                        func: c.u64()?,
-                    };
+                    let tramp = c.u64()?;
+                    let func = c.u64()?;
                     let state_id = c.u64()?;
-                    let _ = c.u64()?;
-                    for _ in 0..count {
-                        let pos = c.u32()?;
+                    let flags = c.u64()?;
+                    let f = FnRef {
+                        tramp,
+                        func,
+                        packed: None,
+                    };
+                    let timed = flags & wire::F_TIMED != 0;
+                    if flags & wire::F_PACKED != 0 {
+                        let _pos = c.u32()?;
                         let nfds = c.u32()? as usize;
                         let len = c.u64()? as usize;
                         let input = c.payload(len)?;
+                        let nskip = c.u32()? as usize;
+                        let _ = c.u32()?;
+                        let _ = c.u64()?;
+                        let raw = c.payload(nskip * 4)?;
+                        let skip: Vec<u32> = raw
+                            .chunks_exact(4)
+                            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                            .collect();
                         let fds: Vec<OwnedFd> =
                             frame.fds.drain(..nfds.min(frame.fds.len())).collect();
-                        let mut ctx = CallCtx {
+                        let t0 = Instant::now();
+                        progress.begin(arg, 0, timed);
+                        let mut ran = 0u64;
+                        let mut on_item = |pos: u32| {
+                            ran += 1;
+                            progress.item(pos, timed);
+                        };
+                        let mut ctx = PackedCtx {
                             func: 0,
                             input,
                             fds,
-                            state: if state_id == 0 {
-                                None
-                            } else {
-                                states.get_mut(&state_id)
-                            },
+                            skip: &skip,
+                            on_item: &mut on_item,
+                            failures: Vec::new(),
                             out: None,
                         };
-                        let t0 = Instant::now();
-                        progress.begin(arg, pos);
-                        let r = catch_unwind(AssertUnwindSafe(|| f.call(&mut ctx)));
+                        let r = catch_unwind(AssertUnwindSafe(|| f.call_packed(&mut ctx)));
                         progress.end();
-                        let el = t0.elapsed();
+                        let el = t0.elapsed() / (count.max(1));
+                        for (pos, msg) in std::mem::take(&mut ctx.failures) {
+                            out.record(arg, pos, wire::ST_PANIC, msg.as_bytes(), el);
+                        }
                         match r {
                             Ok(Ok(())) => {
                                 let enc = ctx.out.take().expect("a trampoline sets its output");
-                                out.record_fds(arg, pos, wire::ST_OK, &enc.bytes, enc.fds, el);
+                                out.record_fds(
+                                    arg,
+                                    u32::MAX,
+                                    wire::ST_PACKED,
+                                    &enc.bytes,
+                                    enc.fds,
+                                    el,
+                                );
                             }
-                            Ok(Err(e)) => out.record(arg, pos, wire::ST_ERROR, e.as_bytes(), el),
-                            Err(p) => {
-                                out.record(arg, pos, wire::ST_PANIC, panic_text(&*p).as_bytes(), el)
+                            Ok(Err(e)) => {
+                                out.record(arg, u32::MAX, wire::ST_PACKED_ERR, e.as_bytes(), el)
                             }
+                            Err(p) => out.record(
+                                arg,
+                                u32::MAX,
+                                wire::ST_PACKED_ERR,
+                                panic_text(&*p).as_bytes(),
+                                el,
+                            ),
                         }
-                        done += 1;
-                        if el >= Duration::from_millis(1) || out.should_flush() {
-                            out.flush(sock)?;
+                        drop(ctx);
+                        done += ran;
+                        out.flush(sock)?;
+                    } else {
+                        for _ in 0..count {
+                            let pos = c.u32()?;
+                            let nfds = c.u32()? as usize;
+                            let len = c.u64()? as usize;
+                            let input = c.payload(len)?;
+                            let fds: Vec<OwnedFd> =
+                                frame.fds.drain(..nfds.min(frame.fds.len())).collect();
+                            let mut ctx = CallCtx {
+                                func: 0,
+                                input,
+                                fds,
+                                state: if state_id == 0 {
+                                    None
+                                } else {
+                                    states.get_mut(&state_id)
+                                },
+                                out: None,
+                            };
+                            let t0 = Instant::now();
+                            progress.begin(arg, pos, timed);
+                            let r = catch_unwind(AssertUnwindSafe(|| f.call(&mut ctx)));
+                            progress.end();
+                            let el = t0.elapsed();
+                            match r {
+                                Ok(Ok(())) => {
+                                    let enc = ctx.out.take().expect("a trampoline sets its output");
+                                    out.record_fds(arg, pos, wire::ST_OK, &enc.bytes, enc.fds, el);
+                                }
+                                Ok(Err(e)) => {
+                                    out.record(arg, pos, wire::ST_ERROR, e.as_bytes(), el)
+                                }
+                                Err(p) => out.record(
+                                    arg,
+                                    pos,
+                                    wire::ST_PANIC,
+                                    panic_text(&*p).as_bytes(),
+                                    el,
+                                ),
+                            }
+                            done += 1;
+                            if el >= Duration::from_millis(1) || out.should_flush() {
+                                out.flush(sock)?;
+                            }
                         }
                     }
                 }

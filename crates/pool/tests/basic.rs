@@ -97,3 +97,19 @@ fn async_results() {
     assert!(m.ready());
     assert_eq!(m.get().unwrap()[9], 81);
 }
+
+#[test]
+fn panic_inside_a_chunk_fails_only_its_item() {
+    let pool = Pool::new(2).unwrap();
+    for cs in [2, 4, 6] {
+        let all = pool.map_results(boom, 0..12u64);
+        assert!(matches!(all[3], Err(TaskError::Panicked { .. })), "cs {cs}");
+        let e = pool.map_chunked(boom, 0..12u64, cs).unwrap_err();
+        assert_eq!(e.index, 3);
+        let r = pool
+            .map_async_chunked(sqr, 0..1000u64, Some(cs))
+            .get()
+            .unwrap();
+        assert_eq!(r, (0..1000).map(|x| x * x).collect::<Vec<_>>());
+    }
+}
