@@ -60,7 +60,7 @@ impl<T: Pod> Mutex<T> {
         Some((raw, slot))
     }
 
-    /// A mutex at `offset` of `region`: the lock ([`RawMutex`], 8 bytes) then the value,
+    /// A mutex at `offset` of `region`: the lock ([`RawMutex`], 4 bytes) then the value,
     /// aligned for `T`. Zeroed memory is an unlocked mutex holding an all-zero `T`.
     ///
     /// # Errors

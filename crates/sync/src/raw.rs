@@ -14,7 +14,6 @@
 //! waiter checks, the kernel gives its pid to a new process, the waiter sees a live
 //! process and keeps waiting until that process exits too: a delay, never two owners.
 //! All processes sharing a lock must live in the same pid namespace.
-use crate::spin::Spinner;
 use crate::sys::{SharedState, current_pid, current_tid};
 use mproc_core::futex::{self, WaitOutcome};
 use mproc_core::{Deadline, process_alive};
@@ -25,6 +24,8 @@ const WAITERS: u32 = 1 << 31;
 const PID_MASK: u32 = (1 << 30) - 1;
 const FIRST_CHECK: Duration = Duration::from_millis(10);
 const LAST_CHECK: Duration = Duration::from_millis(100);
+/// Iterations a contended acquirer spins (reading) before it sleeps.
+const LOCK_SPIN: u32 = 128;
 
 /// How a lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,22 +108,23 @@ fn owner_dead(pid: u32) -> bool {
 /// timeouts, checking the owner's liveness after each one. Returns once `word` holds
 /// `me | WAITERS` (or `me`) on our behalf.
 #[cold]
-fn lock_word_slow(
-    word: &AtomicU32,
-    spin: &Spinner,
-    me: u32,
-    deadline: Deadline,
-) -> Option<Acquired> {
+fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acquired> {
     let blocking = deadline.remaining().is_none_or(|d| !d.is_zero());
-    if blocking
-        && spin.spin(|| {
-            word.load(Ordering::Relaxed) == 0
+    if blocking {
+        // A short spin, reading only (a spinner that writes would steal the cache line
+        // from the holder on every iteration). Unlike events, a lock's hand-over does
+        // not wait for a partner to be scheduled: if the lock is not free after a few
+        // hundred nanoseconds, its holder is busy, and sleeping lets it run alone.
+        for _ in 0..LOCK_SPIN {
+            if word.load(Ordering::Relaxed) == 0
                 && word
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
-        })
-    {
-        return Some(Acquired::Clean);
+            {
+                return Some(Acquired::Clean);
+            }
+            std::hint::spin_loop();
+        }
     }
     let mut check = FIRST_CHECK;
     let mut last_owner = 0;
@@ -163,9 +165,7 @@ fn lock_word_slow(
             cur |= WAITERS;
         }
         let slice = deadline.min(Deadline::after(check));
-        let t = std::time::Instant::now();
         let outcome = futex::wait(word, cur, slice);
-        spin.after_sleep(t.elapsed(), word.load(Ordering::Relaxed) == 0);
         if outcome == WaitOutcome::TimedOut && !deadline.is_expired() {
             if owner != me && owner_dead(owner) {
                 if word
@@ -191,7 +191,7 @@ fn unlock_word(word: &AtomicU32) -> u32 {
 }
 
 /// The raw lock behind [`Lock`](crate::Lock) and [`Mutex`](crate::Mutex): one futex
-/// word (`owner pid | WAITERS`) and a spin budget. All-zero is the unlocked state.
+/// word (`owner pid | WAITERS`). All-zero is the unlocked state.
 ///
 /// ```
 /// use mproc_sync::{RawMutex, RawLock, Acquired, SharedState};
@@ -206,10 +206,9 @@ fn unlock_word(word: &AtomicU32) -> u32 {
 #[derive(Debug, Default)]
 pub struct RawMutex {
     word: AtomicU32,
-    spin: Spinner,
 }
 
-// SAFETY: #[repr(C)], two atomics (the spinner is a transparent AtomicU32); zero = unlocked.
+// SAFETY: #[repr(C)], one atomic; zero = unlocked.
 #[allow(unsafe_code)]
 unsafe impl SharedState for RawMutex {}
 
@@ -219,7 +218,6 @@ impl RawMutex {
     pub const fn new() -> Self {
         RawMutex {
             word: AtomicU32::new(0),
-            spin: Spinner::new(),
         }
     }
 
@@ -256,7 +254,7 @@ unsafe impl RawLock for RawMutex {
         {
             return Some(Acquired::Clean);
         }
-        lock_word_slow(&self.word, &self.spin, me, deadline)
+        lock_word_slow(&self.word, me, deadline)
     }
 
     #[inline]
@@ -270,7 +268,7 @@ unsafe impl RawLock for RawMutex {
             return Acquired::Clean;
         }
         loop {
-            if let Some(a) = lock_word_slow(&self.word, &self.spin, me, Deadline::never()) {
+            if let Some(a) = lock_word_slow(&self.word, me, Deadline::never()) {
                 return a;
             }
         }
@@ -305,7 +303,6 @@ unsafe impl RawLock for RawMutex {
 #[derive(Debug, Default)]
 pub struct RawRLock {
     word: AtomicU32,
-    spin: Spinner,
     tid: AtomicU32,
     count: AtomicU32,
 }
@@ -334,7 +331,6 @@ impl RawRLock {
     pub const fn new() -> Self {
         RawRLock {
             word: AtomicU32::new(0),
-            spin: Spinner::new(),
             tid: AtomicU32::new(0),
             count: AtomicU32::new(0),
         }
@@ -415,7 +411,7 @@ unsafe impl RawLock for RawRLock {
         {
             Some(Acquired::Clean)
         } else {
-            lock_word_slow(&self.word, &self.spin, me, deadline)
+            lock_word_slow(&self.word, me, deadline)
         };
         self.take(tid, 1, how)
     }
@@ -450,7 +446,7 @@ unsafe impl RawLock for RawRLock {
             {
                 break Acquired::Clean;
             }
-            if let Some(a) = lock_word_slow(&self.word, &self.spin, me, Deadline::never()) {
+            if let Some(a) = lock_word_slow(&self.word, me, Deadline::never()) {
                 break a;
             }
         };

@@ -32,10 +32,6 @@ const INITIAL_SPIN: u32 = 10_000;
 pub(crate) struct Spinner(AtomicU32);
 
 impl Spinner {
-    pub(crate) const fn new() -> Self {
-        Spinner(AtomicU32::new(0))
-    }
-
     fn budget(&self) -> u32 {
         match self.0.load(Ordering::Relaxed) {
             0 => INITIAL_SPIN,
