@@ -86,3 +86,35 @@ impl Spinner {
         self.0.store(new, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_grows_after_short_sleeps_and_shrinks_after_long_ones() {
+        let s = Spinner::default();
+        assert_eq!(s.budget(), INITIAL_SPIN);
+        for _ in 0..10 {
+            s.after_sleep(Duration::from_micros(5), true);
+        }
+        assert_eq!(s.budget(), MAX_SPIN);
+        for _ in 0..20 {
+            s.after_sleep(Duration::from_millis(5), true);
+        }
+        assert_eq!(s.budget(), MIN_SPIN);
+        // A short sleep that did not end in success teaches nothing.
+        s.after_sleep(Duration::from_micros(5), false);
+        assert_eq!(s.budget(), MIN_SPIN);
+    }
+
+    #[test]
+    fn spin_is_bounded_in_time() {
+        let s = Spinner::default();
+        let t = Instant::now();
+        assert!(!s.spin(|| false));
+        // The budget is at most 40 µs; allow for a descheduled thread.
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(s.spin(|| true));
+    }
+}
