@@ -86,6 +86,9 @@ pub(crate) struct Queue {
     pub(crate) broken: Option<String>,
     pub(crate) pids: Vec<i32>,
     pub(crate) finished: bool,
+    /// Ctrl-C: kill and reap the workers, then leave every task pending (the process is
+    /// about to end by SIGINT; nothing should wake and return in the meantime).
+    pub(crate) interrupted: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -281,11 +284,28 @@ impl Dispatcher {
 
     fn main_loop(&mut self) {
         loop {
-            let (terminate, closed, broken) = {
+            let (terminate, closed, broken, interrupted) = {
                 let mut q = self.shared.lock();
                 self.queue.append(&mut q.chunks);
-                (q.terminate, q.closed, q.broken.clone())
+                (q.terminate, q.closed, q.broken.clone(), q.interrupted)
             };
+            if interrupted {
+                for w in self.workers.iter_mut().flatten() {
+                    kill(w);
+                }
+                for w in self.workers.iter_mut().flatten() {
+                    let _ = reap(w);
+                }
+                let mut q = self.shared.lock();
+                q.pids.clear();
+                q.finished = true;
+                drop(q);
+                // Every task stays pending (dropping a chunk completes nothing): the
+                // process ends by SIGINT before any blocked call returns.
+                self.workers.clear();
+                self.queue.clear();
+                return;
+            }
             if terminate {
                 self.terminate_all(&TaskError::Terminated);
                 return;

@@ -37,6 +37,7 @@
 //! - `imap`/`imap_unordered` pull their input lazily, with bounded memory.
 #![deny(unsafe_code)]
 
+mod ctrl_c;
 mod dispatch;
 mod error;
 mod executor;

@@ -27,6 +27,7 @@ pub struct PoolBuilder {
     max_tasks: u64,
     start_method: Option<StartMethod>,
     time_limit: Option<Duration>,
+    ctrl_c: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -76,6 +77,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Ctrl-C (SIGINT) terminates this pool — workers killed and reaped — and then ends
+    /// the program as SIGINT's default action does (CPython's Pool hangs or leaks workers
+    /// here). Off by default: SIGINT then keeps its default action, which ends the
+    /// program at once, and the workers die with it (parent-death signal). Turn it on
+    /// when other code in the program handles SIGINT: it installs a process-wide
+    /// signal-hook action, which stays for the life of the process and always ends in
+    /// SIGINT's default action.
+    pub fn terminate_on_ctrl_c(mut self, on: bool) -> Self {
+        self.ctrl_c = on;
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -113,12 +126,19 @@ impl PoolBuilder {
             .name("mproc-pool".into())
             .spawn(move || dispatch::run(s2, cfg, tx))?;
         match rx.recv() {
-            Ok(Ok(())) => Ok(Pool {
-                shared,
-                processes,
-                max_tasks: self.max_tasks,
-                thread: Mutex::new(Some(thread)),
-            }),
+            Ok(Ok(())) => {
+                let pool = Pool {
+                    shared,
+                    processes,
+                    max_tasks: self.max_tasks,
+                    thread: Mutex::new(Some(thread)),
+                };
+                if self.ctrl_c {
+                    // On failure, dropping `pool` terminates its workers.
+                    crate::ctrl_c::enroll(&pool.shared)?;
+                }
+                Ok(pool)
+            }
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(PoolError::Spawn(e))
@@ -184,6 +204,7 @@ impl Pool {
             max_tasks: 0,
             start_method: None,
             time_limit: None,
+            ctrl_c: false,
         }
     }
 
