@@ -4,7 +4,7 @@
 //!
 //! The lock word holds the owner's pid and a "waiters" bit (`pid | WAITERS`, 0 when
 //! free). An uncontended lock is one compare-and-swap and an unlock one swap: no system
-//! call. A contended waiter spins briefly, then sleeps on the futex with a bounded
+//! call. A contended waiter re-checks once, then sleeps on the futex with a bounded
 //! timeout (10 ms, doubling to 100 ms); each time it wakes without the lock it checks
 //! that the owner still lives (through a pidfd). A dead owner's lock is taken over and
 //! reported as [`Acquired::OwnerDied`]; so a holder that dies is noticed within about
@@ -24,8 +24,6 @@ const WAITERS: u32 = 1 << 31;
 const PID_MASK: u32 = (1 << 30) - 1;
 const FIRST_CHECK: Duration = Duration::from_millis(10);
 const LAST_CHECK: Duration = Duration::from_millis(100);
-/// Iterations a contended acquirer spins (reading) before it sleeps.
-const LOCK_SPIN: u32 = 128;
 
 /// How a lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,28 +102,16 @@ fn owner_dead(pid: u32) -> bool {
     pid == 0 || !process_alive(pid as i32)
 }
 
-/// The contended path shared by the pid-word locks: spin, then sleep with bounded
+/// The contended path shared by the pid-word locks: sleep with bounded
 /// timeouts, checking the owner's liveness after each one. Returns once `word` holds
 /// `me | WAITERS` (or `me`) on our behalf.
 #[cold]
 fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acquired> {
     let blocking = deadline.remaining().is_none_or(|d| !d.is_zero());
-    if blocking {
-        // A short spin, reading only (a spinner that writes would steal the cache line
-        // from the holder on every iteration). Unlike events, a lock's hand-over does
-        // not wait for a partner to be scheduled: if the lock is not free after a few
-        // hundred nanoseconds, its holder is busy, and sleeping lets it run alone.
-        for _ in 0..LOCK_SPIN {
-            if word.load(Ordering::Relaxed) == 0
-                && word
-                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Some(Acquired::Clean);
-            }
-            std::hint::spin_loop();
-        }
-    }
+    // No spin here, unlike events: measured between two processes hammering one lock,
+    // a waiter that spins (even reading only) keeps pulling the cache line away from
+    // the holder and costs more throughput than its sleep. A lock's holder is running
+    // and will release soon; the waiter re-checks once, then sleeps.
     let mut check = FIRST_CHECK;
     let mut last_owner = 0;
     loop {
