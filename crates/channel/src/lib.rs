@@ -6,6 +6,6 @@
 // Queues: the queue work owns these.
 mod queue;
 pub use queue::{
-    CorruptMessage, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, GetError, JoinableQueue, MessageRef,
-    PutError, Queue, QueueBuilder, QueueCreateError, SimpleQueue, TaskDoneError,
+    CorruptMessage, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, GetError, InPlace, JoinableQueue,
+    MessageRef, PutError, Queue, QueueBuilder, QueueCreateError, SimpleQueue, TaskDoneError,
 };

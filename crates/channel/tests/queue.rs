@@ -447,3 +447,20 @@ fn consumer_killed_while_holding_a_slot_does_not_wedge() {
     assert_eq!(q.get().unwrap(), 2);
     assert_eq!(q.get().unwrap(), 3);
 }
+
+#[test]
+fn put_in_place_serialises_into_the_slot_or_falls_back() {
+    let q: Queue<Vec<u8>> = Queue::builder().slot_size(4096).build().unwrap();
+    q.put_in_place(&vec![5u8; 4000]).unwrap(); // fits
+    q.put_in_place(&vec![6u8; 100_000]).unwrap(); // does not: own region
+    q.put_in_place(&vec![7u8; 10]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![5u8; 4000]);
+    assert_eq!(q.get().unwrap(), vec![6u8; 100_000]);
+    assert_eq!(q.get_ref().unwrap().as_slice(), &[7u8; 10]);
+    // Handles need the fd table: falls back too.
+    let h: Queue<(u8, Region)> = Queue::new().unwrap();
+    h.put_in_place(&(1, Region::new(4096).unwrap())).unwrap();
+    let (one, r) = h.get().unwrap();
+    assert_eq!((one, r.len()), (1, 4096));
+    assert!(h.try_get().is_err());
+}

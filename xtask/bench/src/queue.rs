@@ -4,10 +4,11 @@
 //!
 //! - `queue.pingpong`: a u64 there and back, µs per round trip.
 //! - `queue.small_throughput`: one producer process, one consumer, u64 messages, msgs/s.
-//! - `queue.bw_1mib`: 1 MiB `Vec<u8>` messages, GB/s. mproc: slots sized for them (the
-//!   consumer takes each in place, checks its length and two bytes, frees the slot);
-//!   "mproc-region": default slots, so each message travels in a sealed memfd of its
-//!   own; raw: memcpy of 1 MiB blocks into a shared 8 MiB ring, one process.
+//! - `queue.bw_1mib`: 1 MiB `Vec<u8>` messages, GB/s. mproc: slots sized for them,
+//!   `put_in_place` (serialised straight into the slot) and `get_ref` (the consumer
+//!   checks the length and two bytes, then frees the slot); "mproc-region": default
+//!   slots and `put_ref`, so each message travels in a sealed memfd of its own; raw:
+//!   memcpy of 1 MiB blocks into a shared 8 MiB ring, one process.
 //! - `queue.get_ref_1kib` / `queue.get_ref_1mib`: the in-place receive alone (claim,
 //!   validate, release), µs per message.
 use crate::harness::{Opts, Record, rate, time_per_op};
@@ -240,7 +241,7 @@ fn throughput(opts: &Opts, emit: &mut dyn FnMut(Record)) {
 const MIB: usize = 1 << 20;
 
 /// GB/s of `n` 1 MiB messages through `q` from a forked producer.
-fn queue_bw(q: &Queue<Vec<u8>>, samples: usize, msgs: u64) -> Vec<f64> {
+fn queue_bw(q: &Queue<Vec<u8>>, in_place: bool, samples: usize, msgs: u64) -> Vec<f64> {
     let go: Queue<u64> = Queue::new().unwrap();
     let _child = fork(|| {
         let buf: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
@@ -249,7 +250,11 @@ fn queue_bw(q: &Queue<Vec<u8>>, samples: usize, msgs: u64) -> Vec<f64> {
                 break;
             }
             for _ in 0..n {
-                q.put_ref(&buf).unwrap();
+                if in_place {
+                    q.put_in_place(&buf).unwrap();
+                } else {
+                    q.put_ref(&buf).unwrap();
+                }
             }
         }
     });
@@ -278,14 +283,14 @@ fn bandwidth(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         w,
         "mproc",
         "GB/s",
-        &queue_bw(&q, samples, msgs),
+        &queue_bw(&q, true, samples, msgs),
     ));
     let q: Queue<Vec<u8>> = Queue::with_maxsize(16).unwrap();
     emit(Record::from_samples(
         w,
         "mproc-region",
         "GB/s",
-        &queue_bw(&q, samples, msgs / 4),
+        &queue_bw(&q, false, samples, msgs / 4),
     ));
     // Raw: memcpy of 1 MiB blocks into a shared 8 MiB ring (pages already faulted in).
     let dst = Region::new(8 * MIB).unwrap();

@@ -59,12 +59,13 @@ mod spin;
 mod sys;
 
 pub use error::{CorruptMessage, GetError, PutError, QueueCreateError, TaskDoneError};
+pub use sys::InPlace;
 
 use mproc_core::codec::{self, CodecError, Decode, Encode};
 use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
-use ring::{Blocked, ReadClaim, Ring, kind};
+use ring::{Blocked, ReadClaim, Ring, WriteClaim, kind};
 use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
 use spin::Spin;
@@ -109,6 +110,10 @@ impl<T> From<(PutFail, T)> for PutError<T> {
     }
 }
 
+/// Largest serialisation buffer a thread keeps between puts (a fresh one would cost a
+/// page fault per 4 KiB on every large message).
+const SCRATCH_KEEP: usize = 8 << 20;
+
 thread_local! {
     static SCRATCH: Cell<Option<AlignedVec>> = const { Cell::new(None) };
 }
@@ -124,7 +129,7 @@ fn with_encoded<T: Encode, R>(
     match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, buf) {
         Ok(buf) => {
             let r = f(&buf, Vec::new());
-            if buf.capacity() <= 1 << 20 {
+            if buf.capacity() <= SCRATCH_KEEP {
                 SCRATCH.set(Some(buf));
             }
             Ok(r)
@@ -181,7 +186,7 @@ impl Inner {
         Ok(Inner::from_parts(ring, Side::from_fds(tx, rx)))
     }
 
-    fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<u64, PutFail> {
+    fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<WriteClaim<'_>, PutFail> {
         loop {
             if let Ok(p) = self.ring.try_claim_write(pid) {
                 return Ok(p);
@@ -213,11 +218,9 @@ impl Inner {
         let pid = sys::my_pid();
         let len = bytes.len();
         if fds.is_empty() && len <= ring.slot_size() {
-            let pos = self.claim_write(pid, deadline)?;
-            ring.region()
-                .write_bytes(ring.payload_off(pos), bytes)
-                .expect("a slot's payload is inside the region");
-            ring.publish(pos, kind::INLINE, len as u64);
+            let claim = self.claim_write(pid, deadline)?;
+            claim.write(bytes);
+            claim.publish(kind::INLINE, len as u64);
             return Ok(());
         }
         // The slow path: fds travel on the side socket, in ring order.
@@ -232,25 +235,19 @@ impl Inner {
         if !lock.lock(pid, deadline) {
             return Err(PutFail::Full);
         }
-        let r = self.claim_write(pid, deadline).and_then(|pos| {
+        let r = self.claim_write(pid, deadline).and_then(|claim| {
             if !large {
-                ring.region()
-                    .write_bytes(ring.payload_off(pos), bytes)
-                    .expect("a slot's payload is inside the region");
+                claim.write(bytes);
             }
-            match self.side.send(pos, &all, deadline) {
+            match self.side.send(claim.pos(), &all, deadline) {
                 Ok(()) => {
                     let k = kind::FDS | if large { kind::LARGE } else { kind::INLINE };
-                    ring.publish(pos, k, len as u64);
+                    claim.publish(k, len as u64);
                     Ok(())
                 }
-                Err(e) => {
-                    ring.publish(pos, kind::SKIP, 0);
-                    Err(match e {
-                        SendFdsError::TimedOut => PutFail::Full,
-                        SendFdsError::Io(e) => PutFail::Io(e),
-                    })
-                }
+                // Dropping the claim publishes an empty slot that consumers skip.
+                Err(SendFdsError::TimedOut) => Err(PutFail::Full),
+                Err(SendFdsError::Io(e)) => Err(PutFail::Io(e)),
             }
         });
         lock.unlock();
@@ -614,6 +611,34 @@ impl<T: Message> Queue<T> {
     /// Puts `value` if there is room now (else `Full`): Python's `put_nowait(obj)`.
     pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_deadline(value, Deadline::now())
+    }
+
+    /// Puts a copy of `*value` serialised straight into its slot: one copy fewer
+    /// than [`Queue::put_ref`], which serialises into a buffer first, and worth it for
+    /// large messages in large slots ([`QueueBuilder::slot_size`]). A message that
+    /// does not fit its slot or carries handles costs an empty slot and then goes the
+    /// usual way.
+    pub fn put_in_place(&self, value: &T) -> Result<(), PutError<()>>
+    where
+        T: InPlace,
+    {
+        let inner = &self.inner;
+        if inner.ring.is_closed() {
+            return Err(PutError::Closed(()));
+        }
+        let mut claim = inner
+            .claim_write(sys::my_pid(), Deadline::never())
+            .map_err(|f| PutError::from((f, ())))?;
+        match sys::serialize_into_slot(&mut claim, value) {
+            Ok(len) => {
+                claim.publish(kind::INLINE, len as u64);
+                Ok(())
+            }
+            Err(_) => {
+                drop(claim); // published empty: consumers skip it
+                self.put_ref(value)
+            }
+        }
     }
 
     /// Takes the next message, waiting for one: Python's `get()`.

@@ -268,8 +268,8 @@ impl Ring {
         enq.saturating_sub(deq).min(self.cap)
     }
 
-    /// Claims the next free slot for writing; returns its position.
-    pub(crate) fn try_claim_write(&self, pid: u32) -> Result<u64, Blocked> {
+    /// Claims the next free slot for writing.
+    pub(crate) fn try_claim_write(&self, pid: u32) -> Result<WriteClaim<'_>, Blocked> {
         let enq = self.a64(H_ENQ);
         let mut p = enq.load(Ordering::Relaxed);
         loop {
@@ -283,7 +283,11 @@ impl Ring {
                     .is_ok()
                 {
                     let _ = enq.compare_exchange(p, p + 1, Ordering::Relaxed, Ordering::Relaxed);
-                    return Ok(p);
+                    return Ok(WriteClaim {
+                        ring: self,
+                        pos: p,
+                        done: false,
+                    });
                 }
             } else if d < 0 {
                 let now = enq.load(Ordering::Relaxed);
@@ -300,8 +304,7 @@ impl Ring {
         }
     }
 
-    /// Publishes the slot of `pos` (claimed by `try_claim_write`) and wakes a consumer.
-    pub(crate) fn publish(&self, pos: u64, kind: u32, len: u64) {
+    fn publish(&self, pos: u64, kind: u32, len: u64) {
         self.kind(pos).store(kind, Ordering::Relaxed);
         self.len_word(pos).store(len, Ordering::Relaxed);
         self.state(pos)
@@ -490,5 +493,55 @@ impl<'a> ReadClaim<'a> {
 impl Drop for ReadClaim<'_> {
     fn drop(&mut self) {
         self.ring.release(self.pos);
+    }
+}
+
+/// A slot this process has claimed for writing: proof that no process following the
+/// protocol reads or writes its payload until it is published. Dropping it unpublished
+/// publishes an empty `SKIP` slot, so consumers never wait for it.
+#[derive(Debug)]
+pub(crate) struct WriteClaim<'a> {
+    ring: &'a Ring,
+    pos: u64,
+    done: bool,
+}
+
+impl<'a> WriteClaim<'a> {
+    /// The ring position of the claimed slot.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The ring.
+    pub(crate) fn ring(&self) -> &'a Ring {
+        self.ring
+    }
+
+    /// Offset of the payload within the region.
+    pub(crate) fn payload_off(&self) -> usize {
+        self.ring.payload_off(self.pos)
+    }
+
+    /// Copies `bytes` (at most a slot's payload) into the slot.
+    pub(crate) fn write(&self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.ring.slot_size());
+        self.ring
+            .region()
+            .write_bytes(self.payload_off(), bytes)
+            .expect("a slot's payload is inside the region");
+    }
+
+    /// Publishes the slot with its kind and length and wakes a consumer.
+    pub(crate) fn publish(mut self, kind: u32, len: u64) {
+        self.done = true;
+        self.ring.publish(self.pos, kind, len);
+    }
+}
+
+impl Drop for WriteClaim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ring.publish(self.pos, kind::SKIP, 0);
+        }
     }
 }

@@ -8,8 +8,9 @@
 //! protocol writes its bytes, so a shared `&[u8]` over them is sound for that span.
 //! Large messages live in a memfd sealed against writes (`F_SEAL_WRITE`) before it is
 //! handed over, so a read-only mapping of it can never change under the reader.
-use super::ring::ReadClaim;
+use super::ring::{ReadClaim, WriteClaim};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -203,4 +204,52 @@ impl<T: mproc_core::Decode> super::Queue<T> {
             fds: t.fds,
         })
     }
+}
+
+/// What [`Queue::put_in_place`](super::Queue::put_in_place) can serialise: rkyv's
+/// serialiser over a fixed buffer (every derived or std type qualifies).
+pub trait InPlace:
+    for<'a, 'b> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::ser::writer::Buffer<'b>,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::BoxedError,
+        >,
+    >
+{
+}
+
+impl<T> InPlace for T where
+    T: for<'a, 'b> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::ser::writer::Buffer<'b>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::BoxedError,
+            >,
+        >
+{
+}
+
+/// Serialises `value` straight into the payload of the claimed slot; returns the
+/// archive's length. Fails (leaving garbage in the slot) if it does not fit or needs
+/// the fd table (handles).
+pub(crate) fn serialize_into_slot<T: InPlace>(
+    claim: &mut WriteClaim<'_>,
+    value: &T,
+) -> Result<usize, rkyv::rancor::BoxedError> {
+    let ring = claim.ring();
+    let off = claim.payload_off();
+    let cap = ring.slot_size();
+    assert!(off + cap <= ring.region().len(), "slot inside the region");
+    // SAFETY: in bounds (checked); the write claim gives this process the slot's
+    // payload exclusively until it is published (no other process following the
+    // protocol reads or writes it), and `&mut claim` keeps this process from making a
+    // second slice of it while this one lives.
+    let buf: &mut [MaybeUninit<u8>] =
+        unsafe { std::slice::from_raw_parts_mut(ring.region().as_ptr().add(off).cast(), cap) };
+    let out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(
+        value,
+        rkyv::ser::writer::Buffer::from(buf),
+    )?;
+    Ok(out.len())
 }
