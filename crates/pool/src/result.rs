@@ -190,12 +190,30 @@ pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
     }
     let mut out = Vec::with_capacity(g.outcomes.len());
     let mut un = Unpack::new(&g.packs);
-    for (index, o) in g.outcomes.iter().enumerate() {
-        let r = match o {
+    let mut index = 0;
+    while index < g.outcomes.len() {
+        // Fast path: a whole pack in a row is its decoded `Vec<R>` as it is.
+        if let Some(Raw::InPack(p, 0)) = g.outcomes[index]
+            && let Some(all) = g.packs.get(p as usize)
+        {
+            let v: Vec<R> = all.decode().map_err(|error| MapError { index, error })?;
+            let run = g.outcomes.get(index..index + v.len()).is_some_and(|s| {
+                s.iter().enumerate().all(
+                    |(k, o)| matches!(o, Some(Raw::InPack(q, j)) if *q == p && *j as usize == k),
+                )
+            });
+            if run {
+                index += v.len();
+                out.extend(v);
+                continue;
+            }
+        }
+        let r = match &g.outcomes[index] {
             Some(raw) => un.take(raw),
             None => Err(TaskError::Terminated),
         };
         out.push(r.map_err(|error| MapError { index, error })?);
+        index += 1;
     }
     Ok(out)
 }
