@@ -262,7 +262,16 @@ pub(crate) fn run(
     d.publish_pids();
     let _ = ready.send(Ok(()));
     drop(ready);
-    d.main_loop();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.main_loop()));
+    if let Err(p) = r {
+        // A bug here must not leave callers waiting for ever: fail everything.
+        let reason = format!(
+            "the pool's dispatcher failed: {}",
+            crate::func::panic_text(&*p)
+        );
+        d.shared.lock().broken = Some(reason.clone());
+        d.terminate_all(&TaskError::Broken { reason });
+    }
 }
 
 struct Dispatcher {
