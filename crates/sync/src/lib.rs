@@ -15,9 +15,11 @@
 //! Every primitive is a `#[repr(C)]` struct of atomics in shared memory; waiting is a
 //! shared futex on one of its words (never a private futex: that silently misses
 //! wake-ups from other processes — which is also why `parking_lot`, fine inside one
-//! process, is not used here). Uncontended operations never enter the kernel; waits
-//! spin briefly and adaptively before sleeping, and wakers skip the system call when
-//! nobody sleeps.
+//! process, is not used here). Uncontended operations never enter the kernel. Event,
+//! condition, semaphore and barrier waits spin briefly (bounded in time, adapting to
+//! how soon their partner answers) before sleeping, and wakers skip the system call
+//! when nobody sleeps; a contended lock's waiter sleeps at once, since spinning would
+//! slow the holder down.
 //!
 //! Each primitive comes in two forms:
 //! - **owned**: `Lock::new()` allocates a small region of its own (a sealed memfd,
