@@ -280,7 +280,7 @@ fn notify_two_of_five<L: ConditionLock + Send + 'static>(cond: Condition<L>) {
             thread::spawn(move || {
                 let _g = cond.lock().unwrap();
                 ready.fetch_add(1, Ordering::SeqCst);
-                if cond.wait_timeout(Duration::from_secs(3)).unwrap() {
+                if cond.wait_timeout(Duration::from_secs(60)).unwrap() {
                     woken.fetch_add(1, Ordering::SeqCst);
                 }
             })
@@ -293,7 +293,12 @@ fn notify_two_of_five<L: ConditionLock + Send + 'static>(cond: Condition<L>) {
         let _g = cond.lock().unwrap();
         assert_eq!(cond.notify(2).unwrap(), 2);
     }
-    thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    while woken.load(Ordering::SeqCst) < 2 && t0.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Give a wrongly woken third waiter time to show up.
+    thread::sleep(Duration::from_millis(300));
     assert_eq!(woken.load(Ordering::SeqCst), 2);
     {
         let _g = cond.lock().unwrap();
