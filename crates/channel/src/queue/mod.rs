@@ -118,17 +118,17 @@ thread_local! {
     static SCRATCH: Cell<Option<AlignedVec>> = const { Cell::new(None) };
 }
 
-/// Serialises `value` and hands the bytes and the fds of its handles to `f`. Messages
-/// without handles reuse a per-thread buffer (no allocation).
+/// Serialises `value` and hands the bytes, the fds of its handles and whether it holds
+/// handles to `f`. Messages without handles reuse a per-thread buffer (no allocation).
 fn with_encoded<T: Encode, R>(
     value: &T,
-    f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    f: impl FnOnce(&[u8], Vec<OwnedFd>, bool) -> R,
 ) -> Result<R, CodecError> {
     let mut buf = SCRATCH.take().unwrap_or_default();
     buf.clear();
     match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, buf) {
         Ok(buf) => {
-            let r = f(&buf, Vec::new());
+            let r = f(&buf, Vec::new(), false);
             if buf.capacity() <= SCRATCH_KEEP {
                 SCRATCH.set(Some(buf));
             }
@@ -137,7 +137,7 @@ fn with_encoded<T: Encode, R>(
         // Handles need the fd table that only `codec::encode` provides.
         Err(_) => {
             let enc = codec::encode(value)?;
-            Ok(f(&enc.bytes, enc.fds))
+            Ok(f(&enc.bytes, enc.fds, true))
         }
     }
 }
@@ -146,6 +146,7 @@ fn with_encoded<T: Encode, R>(
 struct Taken<'a> {
     held: Held<'a>,
     fds: Vec<OwnedFd>,
+    handles: bool,
 }
 
 impl Inner {
@@ -209,8 +210,10 @@ impl Inner {
         &self,
         bytes: &[u8],
         fds: Vec<OwnedFd>,
+        handles: bool,
         deadline: Deadline,
     ) -> Result<(), PutFail> {
+        let flag = if handles { kind::HANDLES } else { 0 };
         let ring = &self.ring;
         if ring.is_closed() {
             return Err(PutFail::Closed);
@@ -220,7 +223,7 @@ impl Inner {
         if fds.is_empty() && len <= ring.slot_size() {
             let claim = self.claim_write(pid, deadline)?;
             claim.write(bytes);
-            claim.publish(kind::INLINE, len as u64);
+            claim.publish(kind::INLINE | flag, len as u64);
             return Ok(());
         }
         // The slow path: fds travel on the side socket, in ring order.
@@ -242,7 +245,7 @@ impl Inner {
             match self.side.send(claim.pos(), &all, deadline) {
                 Ok(()) => {
                     let k = kind::FDS | if large { kind::LARGE } else { kind::INLINE };
-                    claim.publish(k, len as u64);
+                    claim.publish(k | flag, len as u64);
                     Ok(())
                 }
                 // Dropping the claim publishes an empty slot that consumers skip.
@@ -304,7 +307,8 @@ impl Inner {
         let pid = sys::my_pid();
         loop {
             let (claim, mut fds) = self.claim_read(pid, deadline)?;
-            let k = claim.kind();
+            let handles = claim.kind() & kind::HANDLES != 0;
+            let k = claim.kind() & !kind::HANDLES;
             let len = claim.len();
             let bad = |m| Err(GetError::Corrupt(CorruptMessage::BadSlot(m)));
             let held = match k {
@@ -325,7 +329,7 @@ impl Inner {
                 _ => return bad("unknown slot kind"),
             };
             return match held {
-                Ok(held) => Ok(Taken { held, fds }),
+                Ok(held) => Ok(Taken { held, fds, handles }),
                 Err(_claim) => bad("message length beyond the slot"),
             };
         }
@@ -333,8 +337,14 @@ impl Inner {
 
     fn get<T: Decode>(&self, deadline: Deadline) -> Result<T, GetError> {
         let t = self.take(deadline)?;
-        codec::decode::<T>(t.held.bytes(), t.fds)
-            .map_err(|e| GetError::Corrupt(CorruptMessage::Invalid(e)))
+        let r = if t.handles || !t.fds.is_empty() {
+            codec::decode::<T>(t.held.bytes(), t.fds)
+        } else {
+            // No handles: no fd table to set up.
+            rkyv::from_bytes::<T, rkyv::rancor::BoxedError>(t.held.bytes())
+                .map_err(|e| CodecError::msg(e.to_string()))
+        };
+        r.map_err(|e| GetError::Corrupt(CorruptMessage::Invalid(e)))
     }
 
     fn get_ref<T: Decode>(&self, deadline: Deadline) -> Result<MessageRef<'_, T>, GetError> {
@@ -577,8 +587,8 @@ impl<T: Message> Queue<T> {
     }
 
     fn put_ref_deadline(&self, value: &T, deadline: Deadline) -> Result<(), PutError<()>> {
-        match with_encoded(value, |bytes, fds| {
-            self.inner.put_encoded(bytes, fds, deadline)
+        match with_encoded(value, |bytes, fds, handles| {
+            self.inner.put_encoded(bytes, fds, handles, deadline)
         }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(f)) => Err((f, ()).into()),

@@ -26,6 +26,7 @@
 //! A waker bumps the word and calls `FUTEX_WAKE` only when the count is non-zero, so
 //! the uncontended paths never enter the kernel.
 use super::spin::Spin;
+use super::sys::Mapped;
 use mproc_core::futex;
 use mproc_core::{Deadline, Region};
 use std::io;
@@ -74,6 +75,8 @@ pub(crate) mod kind {
     pub(crate) const LARGE: u32 = 4;
     /// Nothing to deliver (a producer gave up after claiming): consumers skip it.
     pub(crate) const SKIP: u32 = 8;
+    /// A flag beside the others: the archive holds handles (rebuilt with the fd table).
+    pub(crate) const HANDLES: u32 = 16;
 }
 
 fn pack(seq: u32, holder: u32) -> u64 {
@@ -113,7 +116,7 @@ pub(crate) enum Blocked {
 /// One mapping of a ring.
 #[derive(Debug)]
 pub(crate) struct Ring {
-    region: Region,
+    map: Mapped,
     cap: u64,
     slot_size: usize,
     stride: usize,
@@ -141,7 +144,7 @@ impl Ring {
         let (stride, len) = region_len(cap, slot_size).ok_or_else(|| bad("queue too large"))?;
         let region = Region::named_memfd("mproc-queue", len)?;
         let ring = Ring {
-            region,
+            map: Mapped::new(region),
             cap,
             slot_size,
             stride,
@@ -186,7 +189,7 @@ impl Ring {
             return Err("queue region smaller than its geometry");
         }
         Ok(Ring {
-            region,
+            map: Mapped::new(region),
             cap,
             slot_size,
             stride,
@@ -195,7 +198,7 @@ impl Ring {
 
     /// The region behind the ring.
     pub(crate) fn region(&self) -> &Region {
-        &self.region
+        self.map.region()
     }
 
     /// Number of slots.
@@ -208,16 +211,14 @@ impl Ring {
         self.slot_size
     }
 
+    #[inline]
     pub(crate) fn a32(&self, off: usize) -> &AtomicU32 {
-        self.region
-            .atomic_u32(off)
-            .expect("header offsets are in bounds (checked at open)")
+        self.map.u32_at(off)
     }
 
+    #[inline]
     fn a64(&self, off: usize) -> &AtomicU64 {
-        self.region
-            .atomic_u64(off)
-            .expect("header offsets are in bounds (checked at open)")
+        self.map.u64_at(off)
     }
 
     fn slot_off(&self, pos: u64) -> usize {

@@ -253,3 +253,51 @@ pub(crate) fn serialize_into_slot<T: InPlace>(
     )?;
     Ok(out.len())
 }
+
+/// A region with its base address cached, so that the ring's hot paths reach their
+/// atomic words without a call (and without an `Option`) per access.
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    region: mproc_core::Region,
+    base: usize,
+    len: usize,
+}
+
+impl Mapped {
+    /// Takes ownership of the region.
+    pub(crate) fn new(region: mproc_core::Region) -> Mapped {
+        let base = region.as_ptr() as usize;
+        let len = region.len();
+        Mapped { region, base, len }
+    }
+
+    /// The region.
+    pub(crate) fn region(&self) -> &mproc_core::Region {
+        &self.region
+    }
+
+    /// The `AtomicU32` at `off`. Panics if out of bounds or misaligned (offsets are
+    /// computed from a geometry checked against the region when the ring was opened).
+    #[inline]
+    pub(crate) fn u32_at(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len,
+            "word outside the ring"
+        );
+        // SAFETY: in bounds and aligned (checked; the base is page-aligned), the
+        // mapping lives as long as `self` owns the region, and every access to these
+        // shared words goes through atomics.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr((self.base + off) as *mut u32) }
+    }
+
+    /// The `AtomicU64` at `off` (see [`Mapped::u32_at`]).
+    #[inline]
+    pub(crate) fn u64_at(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.len,
+            "word outside the ring"
+        );
+        // SAFETY: as in `u32_at`.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr((self.base + off) as *mut u64) }
+    }
+}
