@@ -35,6 +35,9 @@
 //! - A task that panics fails alone, carrying its panic message.
 //! - `terminate()` returns promptly whatever is pending; `get_timeout` returns on time.
 //! - `imap`/`imap_unordered` pull their input lazily, with bounded memory.
+//!
+//! Feature `progress`: `Pool::map_progress` and `IMap::progress`, progress bars
+//! (indicatif) as Python users have with tqdm.
 #![deny(unsafe_code)]
 
 mod ctrl_c;
@@ -44,6 +47,8 @@ mod executor;
 mod func;
 mod job;
 mod pool;
+#[cfg(feature = "progress")]
+mod progress;
 mod result;
 #[allow(unsafe_code)]
 mod sys;

@@ -113,3 +113,17 @@ fn panic_inside_a_chunk_fails_only_its_item() {
         assert_eq!(r, (0..1000).map(|x| x * x).collect::<Vec<_>>());
     }
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn progress_bars_do_not_change_results() {
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..300).map(|x| x * x).collect();
+    assert_eq!(pool.map_progress(sqr, 0..300u64).unwrap(), want);
+    let got: Vec<u64> = pool
+        .imap(sqr, 0..300u64)
+        .progress(Some(300))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, want);
+}
