@@ -495,3 +495,114 @@ fn abort_from_another_process_breaks_every_waiter() {
     b.reset();
     assert!(!b.broken());
 }
+
+// ---------------------------------------------------------------- pid cache, RLock death
+
+fn lock_and_report(lock: Lock) -> (u32, u32) {
+    lock.acquire().unwrap();
+    let owner = lock.raw().owner().unwrap_or(0);
+    lock.release().unwrap();
+    (owner, std::process::id())
+}
+
+#[test]
+fn a_child_records_its_own_pid_never_its_parents() {
+    // Fill this process's pid cache first: a forked child must not inherit it.
+    let warm = Lock::new().unwrap();
+    warm.acquire().unwrap();
+    assert_eq!(warm.raw().owner(), Some(std::process::id()));
+    warm.release().unwrap();
+    let lock = Lock::new().unwrap();
+    let mut p = start(lock_and_report, lock.clone());
+    let (owner, child) = join(&mut p);
+    assert_eq!(owner, child);
+    assert_ne!(child, std::process::id());
+}
+
+fn die_holding_rlock(args: (RLock, Event)) -> u32 {
+    let (r, held) = args;
+    r.acquire().unwrap();
+    r.acquire().unwrap();
+    held.set();
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+#[test]
+fn rlock_holder_killed_next_acquirer_gets_owner_died() {
+    let (r, held) = (RLock::new().unwrap(), Event::new().unwrap());
+    let mut p = start(die_holding_rlock, (r.clone(), held.clone()));
+    assert!(held.wait_timeout(Duration::from_secs(60)));
+    let pid = p.pid().unwrap() as u32;
+    let _ = p.join_timeout(Duration::from_secs(60));
+    match r.lock() {
+        Err(e) => {
+            assert_eq!(e.pid(), pid);
+            let _g = e.into_inner();
+            // The dead owner's recursion count is gone: we hold it once.
+            assert_eq!(r.recursion_count(), 1);
+        }
+        Ok(_) => panic!("the dead holder was not reported"),
+    }
+    assert!(!r.locked());
+}
+
+// ---------------------------------------------------------------- producer/consumer
+
+fn producer(args: (Condition<Lock>, Mutex<[u32; 2]>, u32)) -> u32 {
+    // [0] = items in the buffer (at most 4), [1] = items consumed in total.
+    let (cond, state, n) = args;
+    for _ in 0..n {
+        let _g = cond.lock().unwrap();
+        let ok = cond
+            .wait_for(
+                || state.lock().unwrap()[0] < 4,
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap();
+        assert!(ok, "producer starved: a wake-up was lost");
+        state.lock().unwrap()[0] += 1;
+        cond.notify(1).unwrap();
+    }
+    n
+}
+
+fn consumer(args: (Condition<Lock>, Mutex<[u32; 2]>, u32)) -> u32 {
+    let (cond, state, n) = args;
+    for _ in 0..n {
+        let _g = cond.lock().unwrap();
+        let ok = cond
+            .wait_for(
+                || state.lock().unwrap()[0] > 0,
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap();
+        assert!(ok, "consumer starved: a wake-up was lost");
+        let mut s = state.lock().unwrap();
+        s[0] -= 1;
+        s[1] += 1;
+        drop(s);
+        cond.notify(1).unwrap();
+    }
+    n
+}
+
+#[test]
+fn bounded_buffer_with_notify_one_loses_no_wakeup() {
+    // Two producers and two consumers share one condition and wake one another with
+    // notify(1): a lost or misdirected wake-up shows as a starved party (timeout).
+    let cond = Condition::with_lock(Lock::new().unwrap()).unwrap();
+    let state = Mutex::new([0u32; 2]).unwrap();
+    let n = 500;
+    let mut ps = vec![
+        start(producer, (cond.clone(), state.clone(), n)),
+        start(producer, (cond.clone(), state.clone(), n)),
+        start(consumer, (cond.clone(), state.clone(), n)),
+        start(consumer, (cond.clone(), state.clone(), n)),
+    ];
+    for p in &mut ps {
+        assert_eq!(join(p), n);
+    }
+    assert_eq!(*state.lock().unwrap(), [0, 2 * n]);
+}
