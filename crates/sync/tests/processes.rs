@@ -606,3 +606,43 @@ fn bounded_buffer_with_notify_one_loses_no_wakeup() {
     }
     assert_eq!(*state.lock().unwrap(), [0, 2 * n]);
 }
+
+fn take_cond_lock_and_die(args: (Condition, Event)) -> u32 {
+    let (cond, held) = args;
+    let g = cond.lock().unwrap();
+    held.set();
+    std::mem::forget(g);
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+#[test]
+fn condition_wait_reports_a_lock_holder_that_died_meanwhile() {
+    let (cond, held) = (Condition::new().unwrap(), Event::new().unwrap());
+    let g = cond.lock().unwrap();
+    let mut p = start(take_cond_lock_and_die, (cond.clone(), held.clone()));
+    // While we wait, the child takes the lock and dies holding it; when our wait times
+    // out, re-acquiring the lock finds the dead holder.
+    let t0 = Instant::now();
+    let r = loop {
+        match cond.wait_timeout(Duration::from_millis(200)) {
+            // The child has not taken the lock yet (slow start): wait again.
+            Ok(false) if !held.is_set() && t0.elapsed() < Duration::from_secs(60) => continue,
+            other => break other,
+        }
+    };
+    assert!(held.is_set());
+    let pid = p.pid().unwrap() as u32;
+    assert_eq!(
+        r,
+        Err(WaitError::OwnerDied {
+            pid,
+            notified: false
+        })
+    );
+    assert_eq!(cond.get_lock().recursion_count(), 1);
+    drop(g);
+    assert!(!cond.get_lock().locked());
+    let _ = p.join_timeout(Duration::from_secs(60));
+}
