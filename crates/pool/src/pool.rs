@@ -538,6 +538,7 @@ impl Pool {
             FnRef::plain(f),
             chunksize,
             true,
+            self.max_tasks == 0,
         )
     }
 
@@ -570,6 +571,7 @@ impl Pool {
             FnRef::plain(f),
             chunksize,
             false,
+            self.max_tasks == 0,
         )
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Decodes outcomes; a packed chunk's `Vec<R>` is decoded once for all its items.
 pub(crate) struct Unpack<'a, R> {
     packs: &'a [Arc<Payload>],
-    last: Option<(*const Payload, Vec<Option<R>>)>,
+    last: Option<(Arc<Payload>, Vec<Option<R>>)>,
 }
 
 impl<'a, R: Decode> Unpack<'a, R> {
@@ -23,10 +23,9 @@ impl<'a, R: Decode> Unpack<'a, R> {
     }
 
     fn element(&mut self, arc: &Arc<Payload>, k: u32) -> Result<R, TaskError> {
-        let ptr = Arc::as_ptr(arc);
-        if self.last.as_ref().map(|l| l.0) != Some(ptr) {
+        if !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(&l.0, arc)) {
             let v: Vec<R> = arc.decode::<Vec<R>>()?;
-            self.last = Some((ptr, v.into_iter().map(Some).collect()));
+            self.last = Some((arc.clone(), v.into_iter().map(Some).collect()));
         }
         self.last
             .as_mut()
@@ -292,9 +291,11 @@ pub struct IMap<I, R> {
     window: usize,
     stream: Arc<Stream>,
     ordered: bool,
+    pack: bool,
     submitted: usize,
     yielded: usize,
-    _r: PhantomData<fn() -> R>,
+    /// The last packed chunk's decoded results (its items arrive one after another).
+    unpack: Unpack<'static, R>,
 }
 
 impl<I, R> std::fmt::Debug for IMap<I, R> {
@@ -320,6 +321,7 @@ where
         func: FnRef,
         chunksize: usize,
         ordered: bool,
+        pack: bool,
     ) -> Self {
         let chunksize = chunksize.max(1);
         IMap {
@@ -331,15 +333,49 @@ where
             window: (4 * processes * chunksize).max(256),
             stream: Arc::new(Stream::new(ordered)),
             ordered,
+            pack,
             submitted: 0,
             yielded: 0,
-            _r: PhantomData,
+            unpack: Unpack::new(&[]),
         }
     }
 
     fn feed(&mut self) {
         let mut chunks = Vec::new();
         while !self.input_done && self.submitted - self.yielded < self.window {
+            if self.pack && self.chunksize > 1 && self.func.packed.is_some() {
+                // A chunk travels as one `Vec` message each way.
+                let base = self.submitted;
+                let vals: Vec<I::Item> = self.input.by_ref().take(self.chunksize).collect();
+                if vals.len() < self.chunksize {
+                    self.input_done = true;
+                }
+                if vals.is_empty() {
+                    break;
+                }
+                let n = vals.len();
+                self.submitted += n;
+                match Payload::encode(&vals) {
+                    Ok(payload) => chunks.push(Chunk {
+                        sink: self.stream.clone(),
+                        func: self.func,
+                        state: None,
+                        items: Vec::new(),
+                        packed: Some(crate::dispatch::Packed {
+                            base,
+                            n,
+                            payload,
+                            skip: Vec::new(),
+                            retries: 0,
+                        }),
+                    }),
+                    Err(e) => crate::job::Sink::complete_many(
+                        &*self.stream,
+                        (base..base + n).map(|i| (i, Raw::err(e.clone()))).collect(),
+                    ),
+                }
+                continue;
+            }
             let mut items = Vec::with_capacity(self.chunksize);
             while items.len() < self.chunksize {
                 let Some(a) = self.input.next() else {
@@ -394,7 +430,7 @@ where
             if let Some(raw) = raw {
                 drop(g);
                 self.yielded += 1;
-                return Some(decode_raw(&raw));
+                return Some(self.unpack.take(&raw));
             }
             if self.input_done && self.yielded == self.submitted {
                 return None;

@@ -127,3 +127,49 @@ fn progress_bars_do_not_change_results() {
         .collect();
     assert_eq!(got, want);
 }
+
+fn boom_at_5(x: u64) -> u64 {
+    if x == 5 {
+        panic!("five");
+    }
+    x
+}
+
+#[test]
+fn imap_chunked_streams_packed_chunks_and_keeps_failures_per_item() {
+    let pool = Pool::new(2).unwrap();
+    let r: Vec<Result<u64, TaskError>> = pool.imap_chunked(boom_at_5, 0..40u64, 7).collect();
+    for (i, x) in r.iter().enumerate() {
+        if i == 5 {
+            assert_eq!(
+                x,
+                &Err(TaskError::Panicked {
+                    message: "five".into()
+                })
+            );
+        } else {
+            assert_eq!(x, &Ok(i as u64));
+        }
+    }
+    let mut u: Vec<u64> = pool
+        .imap_unordered_chunked(sqr, 0..1000u64, 100)
+        .map(Result::unwrap)
+        .collect();
+    u.sort_unstable();
+    assert_eq!(u, (0..1000).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn imap_pulls_its_input_lazily() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PULLED: AtomicUsize = AtomicUsize::new(0);
+    let pool = Pool::new(2).unwrap();
+    let input = (0u64..).inspect(|_| {
+        PULLED.fetch_add(1, Ordering::Relaxed);
+    });
+    let first: Vec<u64> = pool.imap(sqr, input).take(10).map(Result::unwrap).collect();
+    assert_eq!(first.len(), 10);
+    // A bounded window ahead of what was consumed, not the whole (endless) input.
+    let pulled = PULLED.load(Ordering::Relaxed);
+    assert!(pulled < 1000, "pulled {pulled}");
+}
