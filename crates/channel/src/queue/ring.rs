@@ -436,7 +436,10 @@ impl Ring {
         let f = self.a32(word);
         let v = f.load(Ordering::SeqCst);
         if !ready() && !self.is_closed() {
-            futex::wait(f, v, deadline);
+            let t = std::time::Instant::now();
+            if futex::wait(f, v, deadline) != futex::WaitOutcome::TimedOut {
+                budget.slept(t.elapsed());
+            }
         }
         w.fetch_sub(1, Ordering::SeqCst);
     }

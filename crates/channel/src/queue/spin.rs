@@ -58,6 +58,19 @@ impl Spin {
         }
     }
 
+    /// Learns from a sleep that followed a failed spin: a short one (the partner
+    /// answered soon after the waiter gave up, typically because it was itself waking
+    /// from a sleep) means spinning a little longer would have avoided two sleeps, so
+    /// the budget grows to twice the sleep; a long one leaves the budget shrunk.
+    pub(crate) fn slept(&self, slept: Duration) {
+        if slept < MAX_SPIN {
+            let want = (slept.as_nanos() as u32).saturating_mul(2);
+            if want > self.budget_ns.load(Ordering::Relaxed) {
+                self.set(want);
+            }
+        }
+    }
+
     fn set(&self, ns: u32) {
         let ns = ns.clamp(MIN_SPIN.as_nanos() as u32, MAX_SPIN.as_nanos() as u32);
         self.budget_ns.store(ns, Ordering::Relaxed);
