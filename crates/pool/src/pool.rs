@@ -598,8 +598,17 @@ impl Pool {
     }
 
     fn join_thread(&self) {
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = t {
+        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        // A callback (which runs on the pool's thread) that drops or terminates the
+        // pool must not wait for its own thread: the dispatcher ends after it returns.
+        if slot
+            .as_ref()
+            .is_some_and(|t| t.thread().id() == std::thread::current().id())
+        {
+            return;
+        }
+        if let Some(t) = slot.take() {
+            drop(slot);
             let _ = t.join();
         }
     }

@@ -163,3 +163,16 @@ fn async_result_is_a_future() {
     let r = pool.apply_async(sleep_ms, 30);
     assert_eq!(block_on(r).unwrap(), 30);
 }
+
+#[test]
+fn a_callback_may_terminate_its_own_pool() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let p2 = pool.clone();
+    let r = pool.apply_async_with(sqr, 3, move |_| p2.terminate(), |_| {});
+    assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 9);
+    let later = pool.apply_async(sqr, 4);
+    assert_eq!(
+        later.get_timeout(Duration::from_secs(30)),
+        Err(GetError::Failed(TaskError::Terminated))
+    );
+}
