@@ -1,0 +1,437 @@
+//! `Value` and `Array`: typed shared memory guarded by a process-shared lock (Python's
+//! `multiprocessing.Value` / `Array`, which are locked by default).
+use crate::element::Element;
+use crate::error::{AllocError, IndexError};
+use crate::raw::{RawArray, RawValue};
+use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+
+/// A lock that can guard a [`Value`] or an [`Array`]: process-shared, and able to
+/// cross into other processes ([`Transfer`]).
+///
+/// The lock is pluggable: any process-shared lock can guard a value, as Python's
+/// `Value('d', 0.0, lock=RLock())` allows ([`Value::with_lock`]). The default is
+/// `mproc_sync::Lock`.
+pub trait ShmLock: Transfer {
+    /// Held while the lock is taken; releases it when dropped.
+    type Guard<'a>
+    where
+        Self: 'a;
+    /// Why taking the lock failed (for instance: its holder died while holding it).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// A new, unlocked lock.
+    fn create() -> io::Result<Self>;
+
+    /// Takes the lock, waiting as long as needed.
+    fn acquire(&self) -> Result<Self::Guard<'_>, Self::Error>;
+}
+
+/// One `T` in shared memory with a lock (Python's `Value`).
+///
+/// `lock()` returns a guard that reads the value once, lets you change it through
+/// `*guard`, and writes it back before the lock is released, so read-modify-write is
+/// atomic with respect to every process that also uses the lock:
+/// `*v.lock()? += 1.0`. [`get`](Self::get) and [`set`](Self::set) take the lock for
+/// one access (as Python's `.value` does). [`raw`](Self::raw) reaches the value without
+/// the lock (Python's `get_obj()`).
+///
+/// Crosses into child processes as an argument or inside a message ([`Transfer`]),
+/// with its lock.
+pub struct Value<T: Element, L: ShmLock> {
+    raw: RawValue<T>,
+    lock: L,
+}
+
+impl<T: Element + fmt::Debug, L: ShmLock> fmt::Debug for Value<T, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Unlocked read: Debug must not block.
+        f.debug_tuple("Value").field(&self.raw.get()).finish()
+    }
+}
+
+impl<T: Element, L: ShmLock> Value<T, L> {
+    /// A new value with a new lock of its own.
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the memory or the lock cannot be created.
+    pub fn new(value: T) -> Result<Self, AllocError> {
+        Ok(Value {
+            raw: RawValue::new(value)?,
+            lock: L::create()?,
+        })
+    }
+
+    /// A new value guarded by `lock` (which may guard other values too, as in Python's
+    /// `Value('i', 0, lock=shared_lock)`).
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the memory cannot be created.
+    pub fn with_lock(value: T, lock: L) -> Result<Self, AllocError> {
+        Ok(Value {
+            raw: RawValue::new(value)?,
+            lock,
+        })
+    }
+
+    /// Takes the lock and returns a guard through which the value can be read and
+    /// changed; the change is written back when the guard drops, before the lock is
+    /// released.
+    ///
+    /// # Errors
+    /// The lock's error (for `mproc_sync::Lock`: its previous holder died holding it).
+    #[inline]
+    pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, L::Error> {
+        let held = self.lock.acquire()?;
+        Ok(ValueGuard {
+            local: self.raw.get(),
+            dirty: false,
+            value: &self.raw,
+            _held: held,
+        })
+    }
+
+    /// Reads the value under the lock.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    pub fn get(&self) -> Result<T, L::Error> {
+        let _held = self.lock.acquire()?;
+        Ok(self.raw.get())
+    }
+
+    /// Stores `value` under the lock.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    pub fn set(&self, value: T) -> Result<(), L::Error> {
+        let _held = self.lock.acquire()?;
+        self.raw.set(value);
+        Ok(())
+    }
+
+    /// The lock (Python's `get_lock()`): hold it to make several steps atomic.
+    pub fn get_lock(&self) -> &L {
+        &self.lock
+    }
+
+    /// The value without its lock (Python's `get_obj()`): each access is a single copy,
+    /// but a read-modify-write through it is not atomic.
+    pub fn raw(&self) -> &RawValue<T> {
+        &self.raw
+    }
+}
+
+impl<T: Element, L: ShmLock> Transfer for Value<T, L> {
+    const KIND: &'static str = "mproc_shm::Value";
+
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.raw.export(out)?;
+        self.lock.export(out)
+    }
+
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        let raw = RawValue::import(input)?;
+        let lock = L::import(input)?;
+        Ok(Value { raw, lock })
+    }
+}
+
+mproc_core::impl_handle_archive!([T: Element, L: ShmLock,] Value<T, L>);
+
+/// The lock of a [`Value`], held, with a private copy of the value. Read and change it
+/// through `*guard`; the copy is written back (if changed) when the guard drops, then
+/// the lock is released.
+pub struct ValueGuard<'a, T: Element, L: ShmLock + 'a> {
+    local: T,
+    dirty: bool,
+    value: &'a RawValue<T>,
+    _held: L::Guard<'a>,
+}
+
+impl<T: Element + fmt::Debug, L: ShmLock> fmt::Debug for ValueGuard<'_, T, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ValueGuard").field(&self.local).finish()
+    }
+}
+
+impl<T: Element, L: ShmLock> Deref for ValueGuard<'_, T, L> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.local
+    }
+}
+
+impl<T: Element, L: ShmLock> DerefMut for ValueGuard<'_, T, L> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        self.dirty = true;
+        &mut self.local
+    }
+}
+
+impl<T: Element, L: ShmLock> Drop for ValueGuard<'_, T, L> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.dirty {
+            self.value.set(self.local);
+        }
+        // `_held` drops after this, releasing the lock.
+    }
+}
+
+/// A fixed-length array of `T` in shared memory with a lock (Python's `Array`).
+///
+/// [`lock`](Self::lock) returns a guard for several steps under one acquisition
+/// (sum, update, copy in or out); [`get`](Self::get), [`set`](Self::set),
+/// [`to_vec`](Self::to_vec) take the lock for one call each. [`raw`](Self::raw) reaches
+/// the elements without the lock.
+pub struct Array<T: Element, L: ShmLock> {
+    raw: RawArray<T>,
+    lock: L,
+}
+
+impl<T: Element + fmt::Debug, L: ShmLock> fmt::Debug for Array<T, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Array").field(&self.raw).finish()
+    }
+}
+
+/// Why a locked array access failed: the lock, or the index.
+#[derive(Debug)]
+pub enum ArrayError<E> {
+    /// The lock could not be taken.
+    Lock(E),
+    /// The index (or range) is past the end.
+    Index(IndexError),
+}
+
+impl<E: fmt::Display> fmt::Display for ArrayError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArrayError::Lock(e) => e.fmt(f),
+            ArrayError::Index(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ArrayError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ArrayError::Lock(e) => Some(e),
+            ArrayError::Index(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<IndexError> for ArrayError<E> {
+    fn from(e: IndexError) -> Self {
+        ArrayError::Index(e)
+    }
+}
+
+impl<T: Element, L: ShmLock> Array<T, L> {
+    /// `len` zeroed elements with a new lock (Python's `Array('i', 10)`).
+    ///
+    /// # Errors
+    /// [`AllocError`]: too many elements, or the memory or lock cannot be created.
+    pub fn zeroed(len: usize) -> Result<Self, AllocError> {
+        Ok(Array {
+            raw: RawArray::zeroed(len)?,
+            lock: L::create()?,
+        })
+    }
+
+    /// A copy of `items` with a new lock (Python's `Array('i', range(10))`).
+    ///
+    /// # Errors
+    /// As [`zeroed`](Self::zeroed).
+    pub fn from_slice(items: &[T]) -> Result<Self, AllocError> {
+        Ok(Array {
+            raw: RawArray::from_slice(items)?,
+            lock: L::create()?,
+        })
+    }
+
+    /// A copy of `items` guarded by `lock`.
+    ///
+    /// # Errors
+    /// [`AllocError`] if the memory cannot be created.
+    pub fn with_lock(items: &[T], lock: L) -> Result<Self, AllocError> {
+        Ok(Array {
+            raw: RawArray::from_slice(items)?,
+            lock,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Takes the lock; the guard gives access to every element until it drops.
+    ///
+    /// # Errors
+    /// The lock's error.
+    #[inline]
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T, L>, L::Error> {
+        Ok(ArrayGuard {
+            _held: self.lock.acquire()?,
+            array: &self.raw,
+        })
+    }
+
+    /// Element `index`, read under the lock.
+    ///
+    /// # Errors
+    /// [`ArrayError`]: the lock, or an index past the end.
+    pub fn get(&self, index: usize) -> Result<T, ArrayError<L::Error>> {
+        let g = self.lock().map_err(ArrayError::Lock)?;
+        Ok(g.get(index)?)
+    }
+
+    /// Sets element `index` under the lock.
+    ///
+    /// # Errors
+    /// [`ArrayError`]: the lock, or an index past the end.
+    pub fn set(&self, index: usize, value: T) -> Result<(), ArrayError<L::Error>> {
+        let g = self.lock().map_err(ArrayError::Lock)?;
+        Ok(g.set(index, value)?)
+    }
+
+    /// A copy of every element, taken under the lock.
+    ///
+    /// # Errors
+    /// The lock's error.
+    pub fn to_vec(&self) -> Result<Vec<T>, L::Error> {
+        Ok(self.lock()?.to_vec())
+    }
+
+    /// The lock (Python's `get_lock()`).
+    pub fn get_lock(&self) -> &L {
+        &self.lock
+    }
+
+    /// The elements without the lock (Python's `get_obj()`).
+    pub fn raw(&self) -> &RawArray<T> {
+        &self.raw
+    }
+}
+
+impl<T: Element, L: ShmLock> Transfer for Array<T, L> {
+    const KIND: &'static str = "mproc_shm::Array";
+
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        self.raw.export(out)?;
+        self.lock.export(out)
+    }
+
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        let raw = RawArray::import(input)?;
+        let lock = L::import(input)?;
+        Ok(Array { raw, lock })
+    }
+}
+
+mproc_core::impl_handle_archive!([T: Element, L: ShmLock,] Array<T, L>);
+
+/// The lock of an [`Array`], held: element access for as many steps as needed.
+/// Every access copies (the elements never become a Rust slice that another process,
+/// bypassing the lock through [`Array::raw`], could change under it).
+pub struct ArrayGuard<'a, T: Element, L: ShmLock + 'a> {
+    _held: L::Guard<'a>,
+    array: &'a RawArray<T>,
+}
+
+impl<T: Element + fmt::Debug, L: ShmLock> fmt::Debug for ArrayGuard<'_, T, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ArrayGuard").field(self.array).finish()
+    }
+}
+
+impl<'a, T: Element, L: ShmLock> ArrayGuard<'a, T, L> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.array.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.array.is_empty()
+    }
+
+    /// A copy of element `index`.
+    ///
+    /// # Errors
+    /// [`IndexError`] past the end.
+    #[inline]
+    pub fn get(&self, index: usize) -> Result<T, IndexError> {
+        self.array.get(index)
+    }
+
+    /// Sets element `index`.
+    ///
+    /// # Errors
+    /// [`IndexError`] past the end.
+    #[inline]
+    pub fn set(&self, index: usize, value: T) -> Result<(), IndexError> {
+        self.array.set(index, value)
+    }
+
+    /// Replaces element `index` with `f(old)` and returns the new value.
+    ///
+    /// # Errors
+    /// [`IndexError`] past the end.
+    pub fn update(&self, index: usize, f: impl FnOnce(T) -> T) -> Result<T, IndexError> {
+        let new = f(self.array.get(index)?);
+        self.array.set(index, new)?;
+        Ok(new)
+    }
+
+    /// Applies `f` to every element in place.
+    pub fn map_in_place(&self, mut f: impl FnMut(T) -> T) {
+        for i in 0..self.array.len() {
+            let v = self.array.get(i).expect("in range");
+            self.array.set(i, f(v)).expect("in range");
+        }
+    }
+
+    /// Copies elements `start..start + dst.len()` into `dst`.
+    ///
+    /// # Errors
+    /// [`IndexError`] if the range passes the end.
+    pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<(), IndexError> {
+        self.array.read_into(start, dst)
+    }
+
+    /// Copies `src` into elements `start..start + src.len()`.
+    ///
+    /// # Errors
+    /// [`IndexError`] if the range passes the end.
+    pub fn write_from(&self, start: usize, src: &[T]) -> Result<(), IndexError> {
+        self.array.write_from(start, src)
+    }
+
+    /// Sets every element to `value`.
+    pub fn fill(&self, value: T) {
+        self.array.fill(value)
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.array.to_vec()
+    }
+
+    /// Iterates over copies of the elements.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.array.iter()
+    }
+}

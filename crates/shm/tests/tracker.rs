@@ -1,0 +1,195 @@
+//! The resource tracker across real processes: the test binary re-runs itself as a
+//! child (role in an environment variable), the child creates or opens a segment and
+//! then exits, panics or is killed; the parent checks what is left in `/dev/shm`.
+//! This exercises a freshly exec'd creator; `cross_process.rs` does the same through
+//! `mproc_spawn::Process` under the configured start method.
+mod common;
+
+use common::{Cleanup, exists, gone_within};
+use mproc_shm::SharedMemory;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const ROLE: &str = "MPROC_SHM_TEST_ROLE";
+
+/// Kills and reaps the child when dropped, so a failing test leaves no process.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// If this process is a child started by `start`, plays its role and exits.
+fn child_role() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let (what, name) = role.split_once(':').expect("role:name");
+    let keep = match what {
+        "create" | "create-exit" | "create-panic" | "create-unlink" => {
+            SharedMemory::create_named(name, 4096).expect("child create")
+        }
+        "open" | "open-exit" => SharedMemory::open(name).expect("child open"),
+        other => panic!("unknown role {other}"),
+    };
+    keep.write(0, b"child").unwrap();
+    println!("READY");
+    match what {
+        "create-exit" | "open-exit" => std::process::exit(0),
+        "create-unlink" => {
+            keep.unlink().unwrap();
+            std::process::exit(0)
+        }
+        "create-panic" => panic!("the creator panics on purpose"),
+        _ => loop {
+            std::thread::sleep(Duration::from_secs(1));
+        },
+    }
+}
+
+/// Re-runs this test binary, filtered to `test`, as a child playing `role` on `name`;
+/// returns once it printed READY.
+fn start(test: &str, role: &str, name: &str) -> Reap {
+    let mut child = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE, format!("{role}:{name}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let ready = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("READY"));
+    assert!(ready, "child {role} never got ready");
+    child
+}
+
+#[test]
+fn creator_sigkilled_segment_is_unlinked() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("sigkill");
+    let mut child = start("creator_sigkilled_segment_is_unlinked", "create", &name);
+    assert!(exists(&name));
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    assert!(
+        gone_within(&name, Duration::from_secs(2)),
+        "the tracker left {name} behind"
+    );
+}
+
+#[test]
+fn creator_exiting_without_unlink_is_cleaned_up() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("exit");
+    let mut child = start(
+        "creator_exiting_without_unlink_is_cleaned_up",
+        "create-exit",
+        &name,
+    );
+    assert!(child.0.wait().unwrap().success());
+    assert!(gone_within(&name, Duration::from_secs(2)));
+}
+
+#[test]
+fn creator_panicking_is_cleaned_up() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("panic");
+    let mut child = start("creator_panicking_is_cleaned_up", "create-panic", &name);
+    assert!(!child.0.wait().unwrap().success());
+    assert!(gone_within(&name, Duration::from_secs(2)));
+}
+
+#[test]
+fn creator_unlinking_then_exiting_leaves_a_new_segment_alone() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("reuse");
+    let mut child = start(
+        "creator_unlinking_then_exiting_leaves_a_new_segment_alone",
+        "create-unlink",
+        &name,
+    );
+    // The child unlinked the name (and told its tracker) before exiting. Once it is
+    // gone, a new segment of the same name, made here, must survive the child's
+    // tracker.
+    assert!(gone_within(&name, Duration::from_secs(2)));
+    let mine = SharedMemory::create_named(&name, 64).unwrap();
+    assert!(child.0.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        exists(&name),
+        "the child's tracker removed a segment it did not own"
+    );
+    mine.unlink().unwrap();
+}
+
+#[test]
+fn opener_never_unlinks() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("opener");
+    let mine = SharedMemory::create_named(&name, 4096).unwrap();
+    // An opener that exits normally …
+    let mut child = start("opener_never_unlinks", "open-exit", &name);
+    assert!(child.0.wait().unwrap().success());
+    // … and one that is killed.
+    let mut child = start("opener_never_unlinks", "open", &name);
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exists(&name), "an opener removed the segment");
+    let mut buf = [0u8; 5];
+    mine.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"child");
+    mine.unlink().unwrap();
+}
+
+#[test]
+fn tracker_survives_process_group_signals() {
+    child_role();
+    // The tracker runs in a session of its own: a SIGTERM to this process group (as a
+    // shell's Ctrl-C or a supervisor would send) must not reach it. Here the creator
+    // is a child in a new process group; the whole group gets SIGTERM; the segment must
+    // still be cleaned up, which only a surviving tracker can do.
+    let mut c = Cleanup::default();
+    let name = c.name("pgrp");
+    use std::os::unix::process::CommandExt;
+    let mut child = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "tracker_survives_process_group_signals",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, format!("create:{name}"))
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    assert!(
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("READY"))
+    );
+    let pgid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM).unwrap();
+    let _ = child.0.wait();
+    assert!(gone_within(&name, Duration::from_secs(2)));
+}
