@@ -54,7 +54,9 @@ pub use element::Element;
 pub use error::{
     AccessError, AllocError, CreateError, IndexError, NameError, OpenError, UnlinkError,
 };
-pub use locked::{Array, ArrayError, ArrayGuard, ShmLock, Value, ValueGuard};
+pub use locked::{
+    Acquisition, Array, ArrayError, ArrayGuard, HolderDied, ShmLock, Value, ValueGuard,
+};
 pub use raw::{RawArray, RawValue};
 pub use segment::{SharedMemory, SharedMemoryBuilder, View, unlink};
 pub use sys::ShmAtomic;

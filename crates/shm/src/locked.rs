@@ -13,20 +13,111 @@ use std::ops::{Deref, DerefMut};
 ///
 /// The lock is pluggable: any process-shared lock can guard a value, as Python's
 /// `Value('d', 0.0, lock=RLock())` allows ([`Value::with_lock`]). The default is
-/// `mproc_sync::Lock`.
+/// [`mproc_sync::Lock`]; [`mproc_sync::RLock`] works too.
 pub trait ShmLock: Transfer {
     /// Held while the lock is taken; releases it when dropped.
     type Guard<'a>
     where
         Self: 'a;
-    /// Why taking the lock failed (for instance: its holder died while holding it).
-    type Error: std::error::Error + Send + Sync + 'static;
 
     /// A new, unlocked lock.
     fn create() -> io::Result<Self>;
 
     /// Takes the lock, waiting as long as needed.
-    fn acquire(&self) -> Result<Self::Guard<'_>, Self::Error>;
+    fn acquire(&self) -> Acquisition<Self::Guard<'_>>;
+}
+
+/// How [`ShmLock::acquire`] got the lock.
+#[derive(Debug)]
+pub enum Acquisition<G> {
+    /// From a holder that released it.
+    Clean(G),
+    /// From a holder that died while holding it: what it guarded may be half-updated.
+    HolderDied {
+        /// The lock, held now.
+        guard: G,
+        /// The pid of the holder that died.
+        pid: u32,
+    },
+}
+
+/// The previous holder of a value's lock died while holding it, so the value (or some
+/// elements of an array) may be half-updated. The lock has been released again: check
+/// the data, then lock again (the next acquisition is clean).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HolderDied {
+    /// The pid of the process that died holding the lock.
+    pub pid: u32,
+}
+
+impl fmt::Display for HolderDied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "process {} died while holding the lock; the data may be half-updated",
+            self.pid
+        )
+    }
+}
+
+impl std::error::Error for HolderDied {}
+
+fn take<G>(a: Acquisition<G>) -> Result<G, HolderDied> {
+    match a {
+        Acquisition::Clean(g) => Ok(g),
+        Acquisition::HolderDied { guard, pid } => {
+            drop(guard);
+            Err(HolderDied { pid })
+        }
+    }
+}
+
+fn sync_create<T, E: std::error::Error + Send + Sync + 'static>(r: Result<T, E>) -> io::Result<T> {
+    r.map_err(io::Error::other)
+}
+
+impl ShmLock for mproc_sync::Lock {
+    type Guard<'a> = mproc_sync::LockGuard<'a, mproc_sync::RawMutex>;
+
+    fn create() -> io::Result<Self> {
+        sync_create(mproc_sync::Lock::new())
+    }
+
+    #[inline]
+    fn acquire(&self) -> Acquisition<Self::Guard<'_>> {
+        match self.lock() {
+            Ok(g) => Acquisition::Clean(g),
+            Err(e) => {
+                let pid = e.pid();
+                Acquisition::HolderDied {
+                    guard: e.into_inner(),
+                    pid,
+                }
+            }
+        }
+    }
+}
+
+impl ShmLock for mproc_sync::RLock {
+    type Guard<'a> = mproc_sync::LockGuard<'a, mproc_sync::RawRLock>;
+
+    fn create() -> io::Result<Self> {
+        sync_create(mproc_sync::RLock::new())
+    }
+
+    #[inline]
+    fn acquire(&self) -> Acquisition<Self::Guard<'_>> {
+        match self.lock() {
+            Ok(g) => Acquisition::Clean(g),
+            Err(e) => {
+                let pid = e.pid();
+                Acquisition::HolderDied {
+                    guard: e.into_inner(),
+                    pid,
+                }
+            }
+        }
+    }
 }
 
 /// One `T` in shared memory with a lock (Python's `Value`).
@@ -39,8 +130,20 @@ pub trait ShmLock: Transfer {
 /// the lock (Python's `get_obj()`).
 ///
 /// Crosses into child processes as an argument or inside a message ([`Transfer`]),
-/// with its lock.
-pub struct Value<T: Element, L: ShmLock> {
+/// with its lock; `clone()` gives another handle on the same value in this process.
+///
+/// ```
+/// use mproc_shm::Value;
+/// let v: Value<f64> = Value::new(0.0)?;
+/// *v.lock()? += 1.5;               // with v.get_lock(): v.value += 1.5
+/// {
+///     let mut g = v.lock()?;        // several steps under one acquisition
+///     *g = *g * 2.0;
+/// }
+/// assert_eq!(v.get()?, 3.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Value<T: Element, L: ShmLock = mproc_sync::Lock> {
     raw: RawValue<T>,
     lock: L,
 }
@@ -81,10 +184,11 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// released.
     ///
     /// # Errors
-    /// The lock's error (for `mproc_sync::Lock`: its previous holder died holding it).
+    /// [`HolderDied`]: the previous holder died holding the lock (which is released
+    /// again); the value may be half-updated.
     #[inline]
-    pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, L::Error> {
-        let held = self.lock.acquire()?;
+    pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, HolderDied> {
+        let held = take(self.lock.acquire())?;
         Ok(ValueGuard {
             local: self.raw.get(),
             dirty: false,
@@ -97,8 +201,8 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     ///
     /// # Errors
     /// As [`lock`](Self::lock).
-    pub fn get(&self) -> Result<T, L::Error> {
-        let _held = self.lock.acquire()?;
+    pub fn get(&self) -> Result<T, HolderDied> {
+        let _held = take(self.lock.acquire())?;
         Ok(self.raw.get())
     }
 
@@ -106,8 +210,8 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     ///
     /// # Errors
     /// As [`lock`](Self::lock).
-    pub fn set(&self, value: T) -> Result<(), L::Error> {
-        let _held = self.lock.acquire()?;
+    pub fn set(&self, value: T) -> Result<(), HolderDied> {
+        let _held = take(self.lock.acquire())?;
         self.raw.set(value);
         Ok(())
     }
@@ -121,6 +225,16 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// but a read-modify-write through it is not atomic.
     pub fn raw(&self) -> &RawValue<T> {
         &self.raw
+    }
+}
+
+/// Another handle on the same value and lock (cheap: nothing is copied).
+impl<T: Element, L: ShmLock + Clone> Clone for Value<T, L> {
+    fn clone(&self) -> Self {
+        Value {
+            raw: self.raw.clone(),
+            lock: self.lock.clone(),
+        }
     }
 }
 
@@ -144,7 +258,7 @@ mproc_core::impl_handle_archive!([T: Element, L: ShmLock,] Value<T, L>);
 /// The lock of a [`Value`], held, with a private copy of the value. Read and change it
 /// through `*guard`; the copy is written back (if changed) when the guard drops, then
 /// the lock is released.
-pub struct ValueGuard<'a, T: Element, L: ShmLock + 'a> {
+pub struct ValueGuard<'a, T: Element, L: ShmLock + 'a = mproc_sync::Lock> {
     local: T,
     dirty: bool,
     value: &'a RawValue<T>,
@@ -189,7 +303,20 @@ impl<T: Element, L: ShmLock> Drop for ValueGuard<'_, T, L> {
 /// (sum, update, copy in or out); [`get`](Self::get), [`set`](Self::set),
 /// [`to_vec`](Self::to_vec) take the lock for one call each. [`raw`](Self::raw) reaches
 /// the elements without the lock.
-pub struct Array<T: Element, L: ShmLock> {
+///
+/// ```
+/// use mproc_shm::Array;
+/// let a: Array<i32> = Array::from_slice(&[1, 2, 3])?;
+/// {
+///     let g = a.lock()?;
+///     g.update(0, |x| x + 10)?;
+///     g.map_in_place(|x| -x);
+/// }
+/// assert_eq!(a.to_vec()?, [-11, -2, -3]);
+/// assert!(a.get(3).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Array<T: Element, L: ShmLock = mproc_sync::Lock> {
     raw: RawArray<T>,
     lock: L,
 }
@@ -201,35 +328,41 @@ impl<T: Element + fmt::Debug, L: ShmLock> fmt::Debug for Array<T, L> {
 }
 
 /// Why a locked array access failed: the lock, or the index.
-#[derive(Debug)]
-pub enum ArrayError<E> {
-    /// The lock could not be taken.
-    Lock(E),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrayError {
+    /// The lock's previous holder died holding it (see [`HolderDied`]).
+    HolderDied(HolderDied),
     /// The index (or range) is past the end.
     Index(IndexError),
 }
 
-impl<E: fmt::Display> fmt::Display for ArrayError<E> {
+impl fmt::Display for ArrayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ArrayError::Lock(e) => e.fmt(f),
+            ArrayError::HolderDied(e) => e.fmt(f),
             ArrayError::Index(e) => e.fmt(f),
         }
     }
 }
 
-impl<E: std::error::Error + 'static> std::error::Error for ArrayError<E> {
+impl std::error::Error for ArrayError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ArrayError::Lock(e) => Some(e),
+            ArrayError::HolderDied(e) => Some(e),
             ArrayError::Index(e) => Some(e),
         }
     }
 }
 
-impl<E> From<IndexError> for ArrayError<E> {
+impl From<IndexError> for ArrayError {
     fn from(e: IndexError) -> Self {
         ArrayError::Index(e)
+    }
+}
+
+impl From<HolderDied> for ArrayError {
+    fn from(e: HolderDied) -> Self {
+        ArrayError::HolderDied(e)
     }
 }
 
@@ -280,11 +413,11 @@ impl<T: Element, L: ShmLock> Array<T, L> {
     /// Takes the lock; the guard gives access to every element until it drops.
     ///
     /// # Errors
-    /// The lock's error.
+    /// [`HolderDied`] (see [`Value::lock`]).
     #[inline]
-    pub fn lock(&self) -> Result<ArrayGuard<'_, T, L>, L::Error> {
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T, L>, HolderDied> {
         Ok(ArrayGuard {
-            _held: self.lock.acquire()?,
+            _held: take(self.lock.acquire())?,
             array: &self.raw,
         })
     }
@@ -292,26 +425,26 @@ impl<T: Element, L: ShmLock> Array<T, L> {
     /// Element `index`, read under the lock.
     ///
     /// # Errors
-    /// [`ArrayError`]: the lock, or an index past the end.
-    pub fn get(&self, index: usize) -> Result<T, ArrayError<L::Error>> {
-        let g = self.lock().map_err(ArrayError::Lock)?;
+    /// [`ArrayError`]: a holder died holding the lock, or an index past the end.
+    pub fn get(&self, index: usize) -> Result<T, ArrayError> {
+        let g = self.lock()?;
         Ok(g.get(index)?)
     }
 
     /// Sets element `index` under the lock.
     ///
     /// # Errors
-    /// [`ArrayError`]: the lock, or an index past the end.
-    pub fn set(&self, index: usize, value: T) -> Result<(), ArrayError<L::Error>> {
-        let g = self.lock().map_err(ArrayError::Lock)?;
+    /// [`ArrayError`]: a holder died holding the lock, or an index past the end.
+    pub fn set(&self, index: usize, value: T) -> Result<(), ArrayError> {
+        let g = self.lock()?;
         Ok(g.set(index, value)?)
     }
 
     /// A copy of every element, taken under the lock.
     ///
     /// # Errors
-    /// The lock's error.
-    pub fn to_vec(&self) -> Result<Vec<T>, L::Error> {
+    /// [`HolderDied`] (see [`Value::lock`]).
+    pub fn to_vec(&self) -> Result<Vec<T>, HolderDied> {
         Ok(self.lock()?.to_vec())
     }
 
@@ -323,6 +456,16 @@ impl<T: Element, L: ShmLock> Array<T, L> {
     /// The elements without the lock (Python's `get_obj()`).
     pub fn raw(&self) -> &RawArray<T> {
         &self.raw
+    }
+}
+
+/// Another handle on the same array and lock (cheap: nothing is copied).
+impl<T: Element, L: ShmLock + Clone> Clone for Array<T, L> {
+    fn clone(&self) -> Self {
+        Array {
+            raw: self.raw.clone(),
+            lock: self.lock.clone(),
+        }
     }
 }
 
@@ -346,7 +489,7 @@ mproc_core::impl_handle_archive!([T: Element, L: ShmLock,] Array<T, L>);
 /// The lock of an [`Array`], held: element access for as many steps as needed.
 /// Every access copies (the elements never become a Rust slice that another process,
 /// bypassing the lock through [`Array::raw`], could change under it).
-pub struct ArrayGuard<'a, T: Element, L: ShmLock + 'a> {
+pub struct ArrayGuard<'a, T: Element, L: ShmLock + 'a = mproc_sync::Lock> {
     _held: L::Guard<'a>,
     array: &'a RawArray<T>,
 }

@@ -6,8 +6,8 @@ use crate::sys::Shared;
 use mproc_core::Region;
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Bytes for `len` elements of `T` (at least one byte: regions are never empty).
 fn bytes_for<T: Element>(len: usize) -> Result<usize, AllocError> {
@@ -49,7 +49,7 @@ pub(crate) fn check_type<T: Element>(input: &mut Importer<'_>) -> Result<(), Tra
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RawValue<T: Element> {
-    region: Region,
+    region: Arc<Region>,
     _t: PhantomData<T>,
 }
 
@@ -68,7 +68,7 @@ impl<T: Element> RawValue<T> {
     /// # Errors
     /// [`AllocError::Io`] if the memory cannot be created.
     pub fn new(value: T) -> Result<Self, AllocError> {
-        let region = Region::named_memfd("mproc-value", bytes_for::<T>(1)?)?;
+        let region = Arc::new(Region::named_memfd("mproc-value", bytes_for::<T>(1)?)?);
         let v = RawValue {
             region,
             _t: PhantomData,
@@ -99,13 +99,16 @@ impl<T: Element> RawValue<T> {
     pub fn region(&self) -> &Region {
         &self.region
     }
+}
 
-    /// A second handle on the same value.
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(RawValue {
-            region: self.region.try_clone()?,
+/// Another handle on the same value (in this process; the memory is shared, not
+/// copied).
+impl<T: Element> Clone for RawValue<T> {
+    fn clone(&self) -> Self {
+        RawValue {
+            region: Arc::clone(&self.region),
             _t: PhantomData,
-        })
+        }
     }
 }
 
@@ -124,7 +127,7 @@ impl<T: Element> Transfer for RawValue<T> {
             return Err(TransferError::Malformed("value region too small"));
         }
         Ok(RawValue {
-            region,
+            region: Arc::new(region),
             _t: PhantomData,
         })
     }
@@ -143,7 +146,7 @@ mproc_core::impl_handle_archive!([T: Element,] RawValue<T>);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RawArray<T: Element> {
-    region: Region,
+    region: Arc<Region>,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -162,7 +165,7 @@ impl<T: Element> RawArray<T> {
     /// [`AllocError::TooLarge`] if `len` elements cannot be addressed,
     /// [`AllocError::Io`] if the memory cannot be created.
     pub fn zeroed(len: usize) -> Result<Self, AllocError> {
-        let region = Region::named_memfd("mproc-array", bytes_for::<T>(len)?)?;
+        let region = Arc::new(Region::named_memfd("mproc-array", bytes_for::<T>(len)?)?);
         Ok(RawArray {
             region,
             len,
@@ -288,14 +291,16 @@ impl<T: Element> RawArray<T> {
     pub fn region(&self) -> &Region {
         &self.region
     }
+}
 
-    /// A second handle on the same array.
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(RawArray {
-            region: self.region.try_clone()?,
+/// Another handle on the same array (the memory is shared, not copied).
+impl<T: Element> Clone for RawArray<T> {
+    fn clone(&self) -> Self {
+        RawArray {
+            region: Arc::clone(&self.region),
             len: self.len,
             _t: PhantomData,
-        })
+        }
     }
 }
 
@@ -318,7 +323,7 @@ impl<T: Element> Transfer for RawArray<T> {
             return Err(TransferError::Malformed("array region too small"));
         }
         Ok(RawArray {
-            region,
+            region: Arc::new(region),
             len,
             _t: PhantomData,
         })

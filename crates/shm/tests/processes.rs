@@ -1,0 +1,189 @@
+//! Shared memory between processes started by `mproc_spawn::Process` with the default
+//! start method (`cargo xtask test-all` re-runs this file under fork, spawn and
+//! forkserver): values and arrays written by children, segments opened by name or
+//! received as handles, and the tracker cleaning up after a creator killed by SIGKILL.
+//!
+//! Every child is a `Process` owned by the test: dropping it (also when an assertion
+//! fails) kills and reaps it. Every name a test uses is removed by a `Cleanup` guard.
+mod common;
+
+use common::{Cleanup, exists, gone_within};
+use mproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
+use mproc_spawn::Process;
+use std::time::{Duration, Instant};
+
+fn start<A, R>(f: fn(A) -> R, args: A) -> Process<R>
+where
+    A: mproc_core::Message + Send + 'static,
+    R: mproc_core::Message + 'static,
+{
+    let mut p = Process::new(f, args);
+    p.start().expect("start a child");
+    p
+}
+
+fn join<R: mproc_core::Message + 'static>(p: &mut Process<R>) -> R {
+    match p.join_timeout(Duration::from_secs(120)) {
+        Ok(Some(r)) => r,
+        Ok(None) => panic!("child did not finish in time"),
+        Err(e) => panic!("child failed: {e}"),
+    }
+}
+
+fn set_and_negate(args: (Value<f64>, Array<i32>)) -> u32 {
+    let (v, a) = args;
+    *v.lock().unwrap() = 1.25;
+    a.lock().unwrap().map_in_place(|x| -x);
+    a.len() as u32
+}
+
+#[test]
+fn child_writes_value_and_array_parent_reads() {
+    let v: Value<f64> = Value::new(0.0).unwrap();
+    let a: Array<i32> = Array::from_slice(&(0..10).collect::<Vec<_>>()).unwrap();
+    let mut p = start(set_and_negate, (v.clone(), a.clone()));
+    assert_eq!(join(&mut p), 10);
+    assert_eq!(v.get().unwrap(), 1.25);
+    assert_eq!(a.to_vec().unwrap(), (0..10).map(|x| -x).collect::<Vec<_>>());
+}
+
+fn add_many(args: (Value<u64>, RawValue<u64>, u32)) -> u32 {
+    let (v, raw, n) = args;
+    for _ in 0..n {
+        *v.lock().unwrap() += 1;
+        raw.set(raw.get() + 1); // unlocked, as a contrast: no assertion on it
+    }
+    n
+}
+
+#[test]
+fn locked_value_counts_exactly_across_processes() {
+    let v: Value<u64> = Value::new(0).unwrap();
+    let raw = RawValue::new(0u64).unwrap();
+    let mut ps: Vec<_> = (0..2)
+        .map(|_| start(add_many, (v.clone(), raw.clone(), 20_000)))
+        .collect();
+    for p in &mut ps {
+        assert_eq!(join(p), 20_000);
+    }
+    assert_eq!(v.get().unwrap(), 40_000);
+    assert!(raw.get() <= 40_000);
+}
+
+fn open_and_sum(name: String) -> i64 {
+    let shm = SharedMemory::open(&name).expect("open by name in the child");
+    assert!(!shm.is_creator());
+    let sum = shm.view_all::<i64>().iter().sum();
+    shm.write_at(0, -1i64).unwrap();
+    sum
+}
+
+#[test]
+fn child_opens_by_name() {
+    let mut c = Cleanup::default();
+    let name = c.name("byname");
+    let shm = SharedMemory::create_named(&name, 8 * 1000).unwrap();
+    shm.view::<i64>(0, 1000)
+        .unwrap()
+        .write_from(0, &(0..1000).collect::<Vec<i64>>())
+        .unwrap();
+    let mut p = start(open_and_sum, name.clone());
+    assert_eq!(join(&mut p), 499_500);
+    assert_eq!(shm.read_at::<i64>(0).unwrap(), -1);
+    // The child opened it and exited: the segment is still there.
+    assert!(exists(&name));
+    shm.unlink().unwrap();
+}
+
+fn fill_received(shm: SharedMemory) -> (String, bool) {
+    shm.fill(0, shm.size(), 0x5a).unwrap();
+    (shm.name().to_owned(), shm.is_creator())
+}
+
+#[test]
+fn segment_handle_crosses_as_a_non_owner() {
+    let mut c = Cleanup::default();
+    let name = c.name("handle");
+    let shm = SharedMemory::create_named(&name, 1 << 16).unwrap();
+    let mut p = start(fill_received, shm.try_clone().unwrap());
+    let (seen, creator) = join(&mut p);
+    assert_eq!(seen, name);
+    assert!(!creator, "a received handle must not own the segment");
+    assert!(shm.to_vec().iter().all(|&b| b == 0x5a));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(exists(&name), "the child unlinked what it did not create");
+    shm.unlink().unwrap();
+}
+
+fn open_missing(name: String) -> String {
+    match SharedMemory::open(&name) {
+        Err(e) => e.to_string(),
+        Ok(_) => "opened".into(),
+    }
+}
+
+#[test]
+fn child_sees_typed_error_for_missing_name() {
+    let mut c = Cleanup::default();
+    let name = c.name("missing");
+    let mut p = start(open_missing, name.clone());
+    let msg = join(&mut p);
+    assert!(msg.contains("no shared memory segment"), "{msg}");
+}
+
+/// Creates a segment, reports its name through `out` (length in `len`), then waits to
+/// be killed.
+fn create_and_wait(args: (RawArray<u8>, RawValue<u32>, String)) -> u32 {
+    let (out, len, name) = args;
+    let shm = SharedMemory::create_named(&name, 4096).expect("child create");
+    out.write_from(0, shm.name().as_bytes()).unwrap();
+    len.set(shm.name().len() as u32);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn reported(out: &RawArray<u8>, len: &RawValue<u32>) -> String {
+    let end = Instant::now() + Duration::from_secs(60);
+    while len.get() == 0 {
+        assert!(Instant::now() < end, "the child never reported its segment");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    String::from_utf8(out.to_vec()[..len.get() as usize].to_vec()).unwrap()
+}
+
+#[test]
+fn creator_killed_by_sigkill_segment_is_gone_within_a_second() {
+    let mut c = Cleanup::default();
+    let name = c.name("killed");
+    let out = RawArray::<u8>::zeroed(256).unwrap();
+    let len = RawValue::new(0u32).unwrap();
+    let mut p = start(create_and_wait, (out.clone(), len.clone(), name.clone()));
+    assert_eq!(reported(&out, &len), name);
+    assert!(exists(&name));
+    p.kill().unwrap();
+    let _ = p.join_timeout(Duration::from_secs(30));
+    let t = Instant::now();
+    assert!(
+        gone_within(&name, Duration::from_secs(2)),
+        "{name} outlived its SIGKILLed creator"
+    );
+    eprintln!("segment gone {:?} after the creator's death", t.elapsed());
+}
+
+fn create_and_return(name: String) -> bool {
+    let shm = SharedMemory::create_named(&name, 4096).unwrap();
+    shm.is_creator()
+}
+
+#[test]
+fn child_creator_exiting_cleans_up_while_parent_lives() {
+    let mut c = Cleanup::default();
+    let name = c.name("childexit");
+    let mut p = start(create_and_return, name.clone());
+    assert!(join(&mut p));
+    assert!(
+        gone_within(&name, Duration::from_secs(2)),
+        "the child's segment outlived it"
+    );
+}
