@@ -179,7 +179,11 @@ struct Worker {
     sent_items: u64,
     states: HashSet<u64>,
     exiting: bool,
+    /// The worker's end is closed for reading (it exited or the stream broke).
     eof: bool,
+    /// Writing failed (the worker is gone): send nothing more, but keep reading what it
+    /// sent before it died.
+    wdead: bool,
     killed_for: Option<Duration>,
 }
 
@@ -229,6 +233,7 @@ fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
         states: HashSet::new(),
         exiting: false,
         eof: false,
+        wdead: false,
         killed_for: None,
     })
 }
@@ -357,7 +362,7 @@ impl Dispatcher {
             let mut best: Option<usize> = None;
             for (i, w) in self.workers.iter().enumerate() {
                 let Some(w) = w else { continue };
-                if w.exiting || w.eof || w.killed_for.is_some() {
+                if w.exiting || w.eof || w.wdead || w.killed_for.is_some() {
                     continue;
                 }
                 if self.cfg.max_tasks != 0 && w.sent_items >= self.cfg.max_tasks {
@@ -424,9 +429,10 @@ impl Dispatcher {
             if !w.pending.is_empty() {
                 w.out.push(std::mem::take(&mut w.pending));
             }
-            if !w.out.is_empty() && !w.eof && w.out.flush(w.sock.as_fd()).is_err() {
-                // The worker is gone (EPIPE/ECONNRESET): its pidfd reports the death.
-                w.eof = true;
+            if !w.out.is_empty() && !w.wdead && w.out.flush(w.sock.as_fd()).is_err() {
+                // The worker is gone (EPIPE/ECONNRESET): its pidfd reports the death;
+                // what it wrote before dying is still read.
+                w.wdead = true;
                 w.out = OutQueue::default();
                 if w.proc.sentinel().is_none() {
                     dead.push(i);
@@ -499,7 +505,7 @@ impl Dispatcher {
             let Some(w) = w else { continue };
             if !w.eof {
                 let mut fl = PollFlags::IN;
-                if !w.out.is_empty() {
+                if !w.out.is_empty() && !w.wdead {
                     fl |= PollFlags::OUT;
                 }
                 fds.push(PollFd::new(&w.sock, fl));
