@@ -173,3 +173,39 @@ fn imap_pulls_its_input_lazily() {
     let pulled = PULLED.load(Ordering::Relaxed);
     assert!(pulled < 1000, "pulled {pulled}");
 }
+
+#[test]
+fn edge_cases() {
+    // Python's ValueError for Pool(0).
+    assert!(matches!(
+        Pool::new(0),
+        Err(mproc_pool::PoolError::InvalidArgument(_))
+    ));
+    let pool = Pool::new(2).unwrap();
+    // A chunksize larger than the input, and empty inputs everywhere.
+    assert_eq!(pool.map_chunked(sqr, 0..3u64, 100).unwrap(), vec![0, 1, 4]);
+    assert_eq!(pool.imap(sqr, Vec::<u64>::new()).count(), 0);
+    assert_eq!(
+        pool.imap_unordered_chunked(sqr, Vec::<u64>::new(), 5)
+            .count(),
+        0
+    );
+    assert!(pool.map_async(sqr, Vec::<u64>::new()).ready());
+    assert_eq!(
+        pool.starmap(mul, Vec::<(u64, u64)>::new()).unwrap(),
+        Vec::<u64>::new()
+    );
+    // Python's default chunksize rule.
+    assert_eq!(mproc_pool::default_chunksize(100_000, 2), 12_500);
+    assert_eq!(mproc_pool::default_chunksize(24, 2), 3);
+    assert_eq!(mproc_pool::default_chunksize(25, 2), 4);
+    assert_eq!(mproc_pool::default_chunksize(1, 4), 1);
+    // Strings and nested types travel too.
+    fn shout(s: String) -> (usize, String) {
+        (s.len(), s.to_uppercase())
+    }
+    let r = pool
+        .map_chunked(shout, ["a".to_string(), "bc".into(), "def".into()], 2)
+        .unwrap();
+    assert_eq!(r[2], (3, "DEF".to_string()));
+}
