@@ -31,14 +31,61 @@ impl Drop for Child {
     }
 }
 
-/// Runs `f` in a forked child (this bench is single-threaded, so fork is safe).
+/// The CPUs this process may run on (as first asked, before any pinning).
+fn allowed_cpus() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => Vec::new(),
+    })
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// While alive, this process runs on its first allowed CPU and forked children on
+/// the second, so that the two sides of a workload really run at the same time (on a
+/// loaded 2-core machine the scheduler otherwise often runs them in turn).
+struct Pinned(Option<rustix::thread::CpuSet>);
+
+impl Pinned {
+    fn new() -> Pinned {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            return Pinned(None);
+        }
+        let saved = rustix::thread::sched_getaffinity(None).ok();
+        pin_to(cpus[0]);
+        Pinned(saved)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(set) = &self.0 {
+            let _ = rustix::thread::sched_setaffinity(None, set);
+        }
+    }
+}
+
+/// Runs `f` in a forked child (this bench is single-threaded, so fork is safe), on
+/// the second allowed CPU.
 fn fork(f: impl FnOnce()) -> Child {
+    let cpus = allowed_cpus();
     use std::io::Write;
     let _ = std::io::stdout().flush();
     // SAFETY: single-threaded parent; the child runs `f` and leaves with `_exit`.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
+        if cpus.len() >= 2 {
+            pin_to(cpus[1]);
+        }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         // SAFETY: leave the child without running the parent's exit handlers.
         unsafe { libc::_exit(0) };
@@ -49,6 +96,7 @@ fn fork(f: impl FnOnce()) -> Child {
 const STOP: u64 = u64::MAX;
 
 pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let _pinned = Pinned::new();
     if opts.wants("queue.pingpong") {
         pingpong(opts, emit);
     }
