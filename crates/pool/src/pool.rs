@@ -56,8 +56,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Python's `maxtasksperchild`: a worker exits after this many tasks (items) and a
-    /// fresh one takes its place. `0` means never.
+    /// Python's `maxtasksperchild` (`max_tasks_per_child` of `ProcessPoolExecutor`): a
+    /// worker exits after this many tasks (items) and a fresh one takes its place. `0`
+    /// means never.
+    #[doc(alias = "max_tasks_per_child")]
     pub fn maxtasksperchild(mut self, n: u64) -> Self {
         self.max_tasks = n;
         self
@@ -87,6 +89,14 @@ impl PoolBuilder {
     pub fn terminate_on_ctrl_c(mut self, on: bool) -> Self {
         self.ctrl_c = on;
         self
+    }
+
+    /// Starts the workers of an [`Executor`](crate::Executor) with these options.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn build_executor(self) -> Result<crate::Executor, PoolError> {
+        crate::Executor::from_builder(self)
     }
 
     /// Starts the workers.

@@ -176,3 +176,34 @@ fn a_callback_may_terminate_its_own_pool() {
         Err(GetError::Failed(TaskError::Terminated))
     );
 }
+
+fn my_pid(_: u64) -> i32 {
+    std::process::id() as i32
+}
+
+#[test]
+fn executor_max_tasks_per_child_and_broken_initializer() {
+    let ex = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(1)
+        .build_executor()
+        .unwrap();
+    let pids: Vec<i32> = (0..4)
+        .map(|i| ex.submit(my_pid, i).result(None).unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 4, "{pids:?}");
+
+    fn bad_init(_: u8) {
+        panic!("no");
+    }
+    let ex = Pool::builder()
+        .processes(1)
+        .initializer(bad_init, 0)
+        .build_executor()
+        .unwrap();
+    assert!(matches!(
+        ex.submit(sqr, 1).result(Some(Duration::from_secs(30))),
+        Err(GetError::Failed(TaskError::Broken { .. }))
+    ));
+}
