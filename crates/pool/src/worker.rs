@@ -97,9 +97,14 @@ impl<'a> Progress<'a> {
             if s1.is_multiple_of(2) {
                 return None;
             }
+            // `item` stores the start time before the position (Release): a position
+            // read here (Acquire) comes with its own start time or a later one, so a
+            // time limit is never enforced early.
+            let chunk = self.chunk.load(Ordering::Relaxed);
+            let pos = self.pos.load(Ordering::Acquire) as u32;
             let r = Running {
-                chunk: self.chunk.load(Ordering::Relaxed),
-                pos: self.pos.load(Ordering::Relaxed) as u32,
+                chunk,
+                pos,
                 start_ns: self.start_ns.load(Ordering::Relaxed),
             };
             std::sync::atomic::fence(Ordering::Acquire);

@@ -285,3 +285,24 @@ fn close_and_join_finish_the_queue() {
     }
     assert!(pool.pids().is_empty());
 }
+
+#[test]
+fn time_limit_applies_per_item_inside_a_chunk() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    // One packed chunk: three 250 ms items (each under the limit, together over it),
+    // then one that would run for 20 s.
+    let e = pool
+        .map_chunked(sleep_ms, [250u64, 250, 250, 20_000], 4)
+        .unwrap_err();
+    assert_eq!(e.index, 3, "{e:?}");
+    assert!(matches!(e.error, TaskError::TimedOut { .. }), "{e:?}");
+    // The pool goes on.
+    assert_eq!(
+        pool.map_chunked(sleep_ms, [1u64, 2, 3], 3).unwrap(),
+        vec![1, 2, 3]
+    );
+}
