@@ -464,3 +464,51 @@ fn put_in_place_serialises_into_the_slot_or_falls_back() {
     assert_eq!((one, r.len()), (1, 4096));
     assert!(h.try_get().is_err());
 }
+
+#[test]
+fn unchecked_in_place_receive() {
+    let q: Queue<(u32, String)> = Queue::new().unwrap();
+    q.put((9, "trusted".into())).unwrap();
+    // SAFETY: only this test puts into `q`, with this crate's `put` and the same type.
+    let m = unsafe { q.get_ref_unchecked(Some(Duration::from_secs(5))) }.unwrap();
+    assert_eq!(m.0, 9);
+    assert_eq!(m.1.as_str(), "trusted");
+    drop(m);
+    // SAFETY: as above.
+    let r = unsafe { q.get_ref_unchecked(Some(Duration::from_millis(10))) };
+    assert!(matches!(r, Err(GetError::Empty)));
+}
+
+/// Byte offsets of the robust locks that keep fd-carrying messages in ring order.
+const PROD_LOCK: usize = 36;
+const CONS_LOCK: usize = 40;
+
+#[test]
+fn dead_holders_of_the_fd_locks_are_taken_over() {
+    let q: Queue<(u8, Region)> = Queue::new().unwrap();
+    let raw = ring_region(&q);
+    let dead = fork(|| 0);
+    let pid = dead.0 as u32;
+    dead.wait();
+    // A producer and a consumer of fd-carrying messages died holding the locks.
+    raw.atomic_u32(PROD_LOCK)
+        .unwrap()
+        .store(pid, Ordering::SeqCst);
+    raw.atomic_u32(CONS_LOCK)
+        .unwrap()
+        .store(pid, Ordering::SeqCst);
+    let t = Instant::now();
+    q.put_timeout((1, Region::new(4096).unwrap()), Duration::from_secs(10))
+        .unwrap();
+    let (one, r) = q.get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((one, r.len()), (1, 4096));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A live holder is waited for, up to the timeout.
+    raw.atomic_u32(PROD_LOCK)
+        .unwrap()
+        .store(std::process::id(), Ordering::SeqCst);
+    let t = Instant::now();
+    let r = q.put_timeout((2, Region::new(4096).unwrap()), Duration::from_millis(120));
+    assert!(r.unwrap_err().is_full());
+    assert!(t.elapsed() >= Duration::from_millis(120));
+}
