@@ -1,7 +1,8 @@
 //! Named POSIX shared memory segments: Python's `multiprocessing.shared_memory.SharedMemory`.
 use crate::error::{AccessError, CreateError, IndexError, NameError, OpenError, UnlinkError};
+use crate::name;
 use crate::sys::{Shared, ShmAtomic};
-use crate::{name, tracker};
+use crate::tracker::{self, Registration};
 use bytemuck::Pod;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
@@ -12,6 +13,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A named block of shared memory (`/dev/shm/NAME`), Python's `SharedMemory`.
 ///
@@ -48,9 +50,12 @@ pub struct SharedMemory {
     size: usize,
     map: MmapRaw,
     fd: OwnedFd,
-    /// The pid of the process that created (and registered) the segment through this
-    /// handle; `None` for a handle that opened it or was received.
-    creator: Option<i32>,
+    /// The tracker registration made when this handle created the segment; `None`
+    /// for a handle that opened it, was received, or was created untracked.
+    creator: Option<Registration>,
+    /// Set once the registration has been cancelled (so a second `unlink` never frees
+    /// a slot that another segment has taken since).
+    unregistered: AtomicBool,
     populate: bool,
 }
 
@@ -176,10 +181,10 @@ impl SharedMemoryBuilder {
             Err(e) => return Err(undo(CreateError::Io(e))),
         };
         let creator = if self.track {
-            if let Err(e) = tracker::register(&bare) {
-                return Err(undo(CreateError::Tracker(e)));
+            match tracker::register(&bare) {
+                Ok(reg) => Some(reg),
+                Err(e) => return Err(undo(CreateError::Tracker(e))),
             }
-            Some(pid())
         } else {
             None
         };
@@ -189,6 +194,7 @@ impl SharedMemoryBuilder {
             map,
             fd,
             creator,
+            unregistered: AtomicBool::new(false),
             populate: self.populate,
         })
     }
@@ -225,6 +231,7 @@ impl SharedMemoryBuilder {
             map,
             fd,
             creator: None,
+            unregistered: AtomicBool::new(false),
             populate: self.populate,
         })
     }
@@ -235,10 +242,6 @@ fn slash(bare: &str) -> String {
     s.push('/');
     s.push_str(bare);
     s
-}
-
-fn pid() -> i32 {
-    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 fn file_size(fd: &OwnedFd) -> io::Result<usize> {
@@ -331,7 +334,7 @@ impl SharedMemory {
     /// Whether this handle created the segment in this process (and so its tracker
     /// will unlink it if the process ends first).
     pub fn is_creator(&self) -> bool {
-        self.creator == Some(pid())
+        self.creator.is_some_and(|r| r.is_ours())
     }
 
     /// The fd of the segment.
@@ -514,8 +517,12 @@ impl SharedMemory {
     /// [`UnlinkError::NotFound`] if the name is already gone.
     pub fn unlink(&self) -> Result<(), UnlinkError> {
         let r = unlink(&self.name);
-        if self.is_creator() && !matches!(r, Err(UnlinkError::Io(_))) {
-            tracker::unregister(&self.name);
+        if let Some(reg) = self.creator
+            && reg.is_ours()
+            && !matches!(r, Err(UnlinkError::Io(_)))
+            && !self.unregistered.swap(true, Ordering::AcqRel)
+        {
+            tracker::unregister(reg);
         }
         r
     }
@@ -531,6 +538,7 @@ impl SharedMemory {
             map,
             fd,
             creator: None,
+            unregistered: AtomicBool::new(false),
             populate: self.populate,
         })
     }
@@ -584,6 +592,7 @@ impl Transfer for SharedMemory {
             map,
             fd,
             creator: None,
+            unregistered: AtomicBool::new(false),
             populate,
         })
     }

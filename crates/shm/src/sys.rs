@@ -278,13 +278,11 @@ shm_atomic!(
     AtomicIsize
 );
 
-/// Borrows a raw fd held open elsewhere (the tracker's socket, kept for the life of
-/// the process).
-pub(crate) fn borrow_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: only called with the tracker socket, which this crate never closes in a
-    // process that still uses it (it is closed only in a fork child, by the atfork
-    // handler, before any code of the child runs, or retired by leaking it).
-    unsafe { BorrowedFd::borrow_raw(fd) }
+/// The table behind a pointer this crate stored in `tracker::TABLE`.
+pub(crate) fn leaked_ref(t: *mut mproc_core::Region) -> &'static mproc_core::Region {
+    // SAFETY: `t` comes from `Box::leak` in `tracker::start_locked` and is never freed,
+    // so it is valid and immutable (the `Region` itself; its memory is shared) forever.
+    unsafe { &*t }
 }
 
 /// Closes a raw fd this crate owns (the inherited tracker socket in a fork child).
@@ -307,8 +305,9 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
     }
 }
 
-/// Starts the tracker: a grandchild process in a session of its own, reading
-/// registrations from `reader` and unlinking what is left when every writer is gone.
+/// Starts the tracker: a grandchild process in a session of its own that waits for
+/// end-of-file on `reader` and then unlinks every name still registered in `table`
+/// (a shared mapping it inherits across the fork; see `tracker.rs`).
 ///
 /// # Why fork, not re-exec
 ///
@@ -316,20 +315,19 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
 /// executable links this crate (not when it is, say, a Python interpreter that loaded a
 /// Rust extension), costs a full program start (~1.6 ms) and runs every other library
 /// constructor of the program. A fork works in any host and costs a fraction of that,
-/// on one condition, kept below: the child does nothing but raw system calls on memory
-/// prepared before the fork (no allocation, no lock a parent thread could hold, no stdio)
-/// until it exits. The price: the tracker shares the parent's pages as they were at the
-/// fork (copy-on-write), so pages the parent rewrites later are duplicated; call
-/// [`start_tracker`](crate::start_tracker) early in a program with a large, churning heap.
+/// on one condition, kept below: the child does nothing but async-signal-safe calls and
+/// raw system calls on memory prepared before the fork (no allocation, no lock a parent
+/// thread could hold, no stdio) until it exits. The price: the tracker shares the
+/// parent's pages as they were at the fork (copy-on-write), so pages the parent rewrites
+/// later are duplicated; call [`start_tracker`](crate::start_tracker) early in a program
+/// with a large, churning heap.
 ///
 /// The child forks once more and exits, so the tracker is nobody's child (no zombie, no
 /// surprise for code that waits for "any child"); it starts a new session (process-group
 /// signals aimed at the creator never reach it) and does not ask for PDEATHSIG (it must
 /// outlive the creator).
-pub(crate) fn spawn_tracker(reader: OwnedFd) -> io::Result<()> {
+pub(crate) fn spawn_tracker(reader: OwnedFd, table: &'static mproc_core::Region) -> io::Result<()> {
     let rfd = reader.as_raw_fd();
-    // Prepared before the fork: nothing in the child allocates.
-    let table_bytes = TABLE_SLOTS * SLOT;
     // SAFETY: `fork` from a possibly multi-threaded process. The child below only calls
     // async-signal-safe functions (`setsid`, `fork`, `_exit`, `close_range`, `signal`)
     // and raw system calls through rustix (no allocation, no locks, no TLS state).
@@ -349,7 +347,7 @@ pub(crate) fn spawn_tracker(reader: OwnedFd) -> io::Result<()> {
                 libc::_exit(if grandchild > 0 { 0 } else { 1 });
             }
         }
-        tracker_main(rfd, table_bytes)
+        tracker_main(rfd, table)
     }
     drop(reader);
     loop {
@@ -368,23 +366,18 @@ pub(crate) fn spawn_tracker(reader: OwnedFd) -> io::Result<()> {
             }
             Ok(None) => return Ok(()),
             Err(rustix::io::Errno::INTR) => continue,
-            // Someone else reaped it (a `waitpid(-1)` elsewhere): the tracker's own
-            // fate shows at the first registration.
+            // Someone else reaped it (a `waitpid(-1)` elsewhere).
             Err(rustix::io::Errno::CHILD) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Bytes per name slot: one length byte and up to 255 name bytes.
-pub(crate) const SLOT: usize = 256;
-/// Slots in the first table (grown by `mremap` when full).
-const TABLE_SLOTS: usize = 1024;
 /// The directory POSIX shared memory lives in on Linux.
 const SHM_DIR: &[u8] = b"/dev/shm/";
 
 /// The tracker's life. Runs in the forked grandchild: raw system calls only.
-fn tracker_main(rfd: RawFd, table_bytes: usize) -> ! {
+fn tracker_main(rfd: RawFd, table: &'static mproc_core::Region) -> ! {
     // SAFETY: async-signal-safe calls; `close_range` and `signal` are thin wrappers of
     // system calls. Every fd but the socket is closed, so the tracker keeps no pipe,
     // terminal or socket of the creator open (a reader waiting for EOF on the creator's
@@ -408,155 +401,27 @@ fn tracker_main(rfd: RawFd, table_bytes: usize) -> ! {
     let _ = rustix::process::chdir(c"/");
     // SAFETY: the socket stays open until `_exit` (closed above were all the others).
     let sock = unsafe { BorrowedFd::borrow_raw(rfd) };
-    let mut table = Table::new(table_bytes);
-    let mut buf = [0u8; 2 * SLOT];
+    let mut buf = [0u8; 16];
     loop {
         match rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::empty()) {
             Ok((_, 0)) => break,
-            Ok((got, n)) if n == got && got > 0 => {
-                let (op, name) = (buf[0], &buf[1..got]);
-                match op {
-                    b'R' => table.insert(name),
-                    b'U' => table.remove(name),
-                    _ => {}
-                }
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => break,
         }
     }
-    table.unlink_all();
+    let mut path = [0u8; SHM_DIR.len() + crate::tracker::NAME_CAP + 1];
+    path[..SHM_DIR.len()].copy_from_slice(SHM_DIR);
+    crate::tracker::for_each_registered(table, |name| {
+        let end = SHM_DIR.len() + name.len();
+        path[SHM_DIR.len()..end].copy_from_slice(name);
+        path[end] = 0;
+        if let Ok(c) = std::ffi::CStr::from_bytes_with_nul(&path[..=end]) {
+            let _ = rustix::fs::unlink(c);
+        }
+    });
     // SAFETY: ends the process without running any of the parent's atexit handlers or
     // destructors (none of which are ours to run).
     unsafe { libc::_exit(0) }
-}
-
-/// The tracker's set of names: fixed 256-byte slots in an anonymous mapping.
-struct Table {
-    base: *mut u8,
-    bytes: usize,
-}
-
-impl Table {
-    fn new(bytes: usize) -> Table {
-        // SAFETY: a fresh anonymous private mapping; raw system call, no allocation.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                bytes,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
-            )
-        };
-        match base {
-            Ok(p) => Table {
-                base: p.cast(),
-                bytes,
-            },
-            Err(_) => Table {
-                base: std::ptr::null_mut(),
-                bytes: 0,
-            },
-        }
-    }
-
-    fn slot(&mut self, i: usize) -> &mut [u8; SLOT] {
-        debug_assert!((i + 1) * SLOT <= self.bytes);
-        // SAFETY: `i` is below `bytes / SLOT` (every caller iterates that range), the
-        // mapping is ours alone (private, in this single-threaded process).
-        unsafe { &mut *self.base.add(i * SLOT).cast::<[u8; SLOT]>() }
-    }
-
-    fn slots(&self) -> usize {
-        self.bytes / SLOT
-    }
-
-    fn insert(&mut self, name: &[u8]) {
-        // The same rules as the creator's check: never a path outside /dev/shm.
-        if name.is_empty()
-            || name.len() >= SLOT
-            || name == b"."
-            || name == b".."
-            || name.iter().any(|&b| b == b'/' || b == 0)
-        {
-            return;
-        }
-        let free = (0..self.slots()).find(|&i| self.slot_len(i) == 0);
-        let i = match free {
-            Some(i) => i,
-            None => {
-                let old = self.slots();
-                if !self.grow() {
-                    return;
-                }
-                old
-            }
-        };
-        let s = self.slot(i);
-        s[0] = name.len() as u8;
-        s[1..=name.len()].copy_from_slice(name);
-    }
-
-    fn slot_len(&mut self, i: usize) -> usize {
-        self.slot(i)[0] as usize
-    }
-
-    fn remove(&mut self, name: &[u8]) {
-        for i in 0..self.slots() {
-            let s = self.slot(i);
-            let len = s[0] as usize;
-            if len == name.len() && &s[1..=len] == name {
-                s[0] = 0;
-                return;
-            }
-        }
-    }
-
-    /// Doubles the table (`mremap` may move it). False if memory ran out.
-    fn grow(&mut self) -> bool {
-        if self.base.is_null() {
-            *self = Table::new(TABLE_SLOTS * SLOT);
-            return !self.base.is_null();
-        }
-        let new_bytes = self.bytes * 2;
-        // SAFETY: `base`/`bytes` describe our own anonymous mapping; MAYMOVE keeps the
-        // contents; nothing else points into it.
-        let r = unsafe {
-            rustix::mm::mremap(
-                self.base.cast(),
-                self.bytes,
-                new_bytes,
-                rustix::mm::MremapFlags::MAYMOVE,
-            )
-        };
-        match r {
-            Ok(p) => {
-                self.base = p.cast();
-                self.bytes = new_bytes;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn unlink_all(&mut self) {
-        let mut path = [0u8; SHM_DIR.len() + SLOT + 1];
-        path[..SHM_DIR.len()].copy_from_slice(SHM_DIR);
-        for i in 0..self.slots() {
-            let s = self.slot(i);
-            let len = s[0] as usize;
-            if len == 0 {
-                continue;
-            }
-            path[SHM_DIR.len()..SHM_DIR.len() + len].copy_from_slice(&s[1..=len]);
-            path[SHM_DIR.len() + len] = 0;
-            if let Ok(c) = std::ffi::CStr::from_bytes_with_nul(&path[..=SHM_DIR.len() + len]) {
-                let _ = rustix::fs::unlink(c);
-            }
-            s[0] = 0;
-        }
-    }
 }
 
 // The public `unsafe` accessors live here, beside the invariants they rely on.

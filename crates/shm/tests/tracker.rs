@@ -29,6 +29,20 @@ fn child_role() {
         return;
     };
     let (what, name) = role.split_once(':').expect("role:name");
+    if what == "many" {
+        // A first segment unlinked twice (the second call must not cancel the slot it
+        // had, which the next segment takes), then 100 more left for the tracker.
+        let first = SharedMemory::create_named(&format!("{name}_first"), 64).unwrap();
+        first.unlink().unwrap();
+        assert!(first.unlink().is_err());
+        let kept: Vec<_> = (0..100)
+            .map(|i| SharedMemory::create_named(&format!("{name}_{i}"), 64).unwrap())
+            .collect();
+        assert!(first.unlink().is_err());
+        println!("READY");
+        drop(kept);
+        std::process::exit(0);
+    }
     let keep = match what {
         "create" | "create-exit" | "create-panic" | "create-unlink" => {
             SharedMemory::create_named(name, 4096).expect("child create")
@@ -192,4 +206,24 @@ fn tracker_survives_process_group_signals() {
     rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM).unwrap();
     let _ = child.0.wait();
     assert!(gone_within(&name, Duration::from_secs(2)));
+}
+
+#[test]
+fn many_segments_and_double_unlink() {
+    child_role();
+    let mut c = Cleanup::default();
+    let base = c.name("many");
+    for i in 0..100 {
+        c.add(&format!("{base}_{i}"));
+    }
+    c.add(&format!("{base}_first"));
+    let mut child = start("many_segments_and_double_unlink", "many", &base);
+    assert!(child.0.wait().unwrap().success());
+    for i in 0..100 {
+        let n = format!("{base}_{i}");
+        assert!(
+            gone_within(&n, Duration::from_secs(2)),
+            "{n} was left behind"
+        );
+    }
 }
