@@ -508,6 +508,33 @@ impl SharedMemory {
         self.map.advise(Advice::PopulateWrite)
     }
 
+    /// Pre-faults the pages covering `offset..offset + len` for writing
+    /// (`MADV_POPULATE_WRITE`). Page faults cost microseconds each on fresh memory; a
+    /// process that knows another will soon fill part of a new segment can fault in
+    /// that part meanwhile, on another core (`shm.bw` in the benchmarks does this).
+    ///
+    /// Advisory: where the kernel cannot (before Linux 5.14, or out of memory), the
+    /// pages simply fault in on first touch, as they would have anyway.
+    ///
+    /// # Errors
+    /// [`AccessError::OutOfRange`] if the range leaves the segment.
+    pub fn prefault_range(&self, offset: usize, len: usize) -> Result<(), AccessError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(self.range(offset, len));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let page = rustix::param::page_size();
+        let start = offset - offset % page;
+        let end = (offset + len).div_ceil(page) * page;
+        let end = end.min(self.map.len().div_ceil(page) * page);
+        let _ = self
+            .map
+            .advise_range(Advice::PopulateWrite, start, end - start);
+        Ok(())
+    }
+
     /// Removes the name (Python's `unlink()`): new [`open`](Self::open)s fail, while
     /// every process that has it mapped keeps using it; the memory is freed when the
     /// last one closes it. Any process may call it, explicitly; only the creator's call

@@ -278,3 +278,22 @@ fn crosses_the_codec_as_an_opener() {
     let d: SharedMemory = mproc_core::codec::decode(&enc.bytes, enc.fds).unwrap();
     assert_eq!(d.read_at::<u32>(4).unwrap(), 43);
 }
+
+#[test]
+fn prefault_range_checks_bounds() {
+    let mut c = Cleanup::default();
+    let a = SharedMemory::create_named(&c.name("prefault"), 3 * 4096 + 10).unwrap();
+    a.prefault_range(100, 5000).unwrap();
+    a.prefault_range(0, a.size()).unwrap();
+    a.prefault_range(a.size(), 0).unwrap();
+    assert_eq!(
+        a.prefault_range(4096, a.size()),
+        Err(AccessError::OutOfRange {
+            offset: 4096,
+            len: a.size(),
+            size: a.size()
+        })
+    );
+    a.write(a.size() - 1, &[1]).unwrap();
+    a.unlink().unwrap();
+}
