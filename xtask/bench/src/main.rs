@@ -10,7 +10,6 @@ mod harness;
 mod sync;
 mod queue;
 mod pool;
-mod spawn;
 mod shm;
 
 use harness::{Opts, Record};
@@ -35,7 +34,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("spawn", spawn::run), ("sync", sync::run)];
+    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("sync", sync::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
