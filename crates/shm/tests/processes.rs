@@ -187,3 +187,36 @@ fn child_creator_exiting_cleans_up_while_parent_lives() {
         "the child's segment outlived it"
     );
 }
+
+fn hold_lock_forever(args: (Value<u64>, RawValue<u32>)) -> u32 {
+    let (v, ready) = args;
+    let _held = v.lock().unwrap(); // held until the process is killed
+    v.raw().set(7);
+    ready.set(1);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn holder_killed_while_locked_is_reported_then_lock_is_clean() {
+    let v: Value<u64> = Value::new(0).unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let mut p = start(hold_lock_forever, (v.clone(), ready.clone()));
+    let end = Instant::now() + Duration::from_secs(60);
+    while ready.get() == 0 {
+        assert!(Instant::now() < end, "the child never took the lock");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = p.pid().expect("started") as u32;
+    p.kill().unwrap();
+    let _ = p.join_timeout(Duration::from_secs(30));
+    match v.lock() {
+        Err(mproc_shm::HolderDied { pid: dead }) => assert_eq!(dead, pid),
+        Ok(_) => panic!("a dead holder must be reported"),
+    }
+    // Reported once; the lock was released again and the value is what it left.
+    assert_eq!(*v.lock().unwrap(), 7);
+    *v.lock().unwrap() += 1;
+    assert_eq!(v.get().unwrap(), 8);
+}
