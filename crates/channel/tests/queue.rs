@@ -485,7 +485,9 @@ const CONS_LOCK: usize = 40;
 
 #[test]
 fn dead_holders_of_the_fd_locks_are_taken_over() {
-    let q: Queue<(u8, Region)> = Queue::new().unwrap();
+    // Bounded, so that a put that cannot take the lock in time reports Full (an
+    // unbounded queue would keep the message in this process instead).
+    let q: Queue<(u8, Region)> = Queue::with_maxsize(16).unwrap();
     let raw = ring_region(&q);
     let dead = fork(|| 0);
     let pid = dead.0 as u32;
@@ -511,4 +513,44 @@ fn dead_holders_of_the_fd_locks_are_taken_over() {
     let r = q.put_timeout((2, Region::new(4096).unwrap()), Duration::from_millis(120));
     assert!(r.unwrap_err().is_full());
     assert!(t.elapsed() >= Duration::from_millis(120));
+}
+
+#[test]
+fn unbounded_queue_spills_instead_of_blocking_and_keeps_order() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let n = mproc_channel::DEFAULT_CAPACITY as u64 + 5_000;
+    for i in 0..n {
+        q.try_put(i).unwrap(); // never Full: Python's unbounded Queue
+    }
+    assert!(q.spilled() > 0);
+    // More while some wait in this process: still in order behind them.
+    q.put_in_place(&n).unwrap();
+    q.put(n + 1).unwrap();
+    for i in 0..n + 2 {
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+    }
+    q.join_thread();
+    assert_eq!(q.spilled(), 0);
+    assert!(q.try_get().is_err());
+}
+
+/// A fork child that uses a handle copied by `fork` (captured, not passed as an
+/// argument) has no feeder thread: its puts wait for room instead of spilling.
+#[test]
+fn a_fork_copy_of_an_unbounded_queue_waits_for_room() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let n = mproc_channel::DEFAULT_CAPACITY as u64 + 3_000;
+    let child = {
+        let q = q.clone();
+        fork(move || {
+            for i in 0..n {
+                q.put(i).unwrap();
+            }
+            0
+        })
+    };
+    for i in 0..n {
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+    }
+    assert_eq!(child.wait(), 0);
 }

@@ -212,3 +212,29 @@ fn joinable_queue_join_waits_for_task_done_in_children() {
     assert_eq!(total, 5050);
     assert!(q.task_done().is_err());
 }
+
+fn child_put_many((q, n): (Queue<u64>, u64)) -> usize {
+    for i in 0..n {
+        q.put(i).unwrap(); // never waits: what does not fit stays in this process
+    }
+    q.spilled()
+    // Dropping `q`, the last handle here, waits until the spill is in the ring.
+}
+
+#[test]
+fn a_child_that_spilled_flushes_before_it_exits() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let n = mproc_channel::DEFAULT_CAPACITY as u64 + 3_000;
+    let mut child = start(child_put_many, (q.clone(), n));
+    // Let the child fill the ring and spill before anyone reads.
+    let t = Instant::now();
+    while q.qsize() < mproc_channel::DEFAULT_CAPACITY && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..n {
+        assert_eq!(q.get_timeout(Duration::from_secs(60)).unwrap(), i);
+    }
+    assert!(child.join().unwrap() > 0, "the child should have spilled");
+    assert!(q.try_get().is_err());
+}

@@ -21,15 +21,21 @@
 //! assert!(q.try_get().is_err());        // Empty
 //! ```
 //!
-//! # Capacity ("unbounded" queues)
+//! # Capacity: unbounded and bounded queues
 //!
 //! A ring has a fixed number of slots. [`Queue::new`] (Python's `Queue()`, unbounded)
-//! gets [`DEFAULT_CAPACITY`] slots: that many messages can wait before a producer
-//! blocks in `put` (or `try_put` returns `Full`). Pages of the ring are only touched as
-//! they are used. Choose a bound with [`Queue::with_maxsize`] (Python's
-//! `Queue(maxsize)`): then `maxsize` is exact.
+//! gets [`DEFAULT_CAPACITY`] slots, and its puts never wait: a message that finds the
+//! ring full (or finds earlier messages of this process still waiting) stays in the
+//! producer process, and a feeder thread moves it into the ring as room appears,
+//! oldest first, as Python's feeder thread does with its pipe. The last handle of a
+//! process waits, when it drops, until those messages are in the ring
+//! ([`Queue::join_thread`]; [`Queue::cancel_join_thread`] opts out), so a producer
+//! that puts and returns loses nothing; and, as in Python, a process that spilled and
+//! exits waits for someone to read. A queue with a bound ([`Queue::with_maxsize`],
+//! Python's `Queue(maxsize)`) never spills: `put` waits for room, `try_put` reports
+//! `Full`, and `maxsize` is exact. Pages of the ring are only touched as they are used.
 //!
-//! Messages are never lost when their producer exits: they already sit in shared
+//! Messages in the ring are never lost when their producer exits: they sit in shared
 //! memory (or, for large messages and handles, in flight in the queue's socket), which
 //! lives as long as any process holds the queue.
 //!
@@ -70,12 +76,13 @@ use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
 use spin::Spin;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 use sys::{Checked, Held, SealedMap};
 
@@ -92,6 +99,35 @@ struct Inner {
     side: Side,
     get_spin: Spin,
     put_spin: Spin,
+    /// Messages of an unbounded queue that found the ring full, oldest first, waiting
+    /// in this process for the feeder thread to move them into the ring.
+    spill: Mutex<Spill>,
+    /// Signalled when the spill is empty and the feeder has stopped.
+    drained: Condvar,
+    /// Messages in the spill (including the one the feeder is putting).
+    pending: AtomicUsize,
+    /// Live `Queue` handles on this `Inner` in this process (the feeder's is not one).
+    users: AtomicUsize,
+    /// The process that made this `Inner`: a fork child that uses a copy of it (a
+    /// handle captured by a fork closure, not passed as an argument) has no feeder
+    /// thread and never spills.
+    owner: u32,
+}
+
+/// An encoded message waiting in the producer process.
+#[derive(Debug)]
+struct Pending {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    handles: bool,
+}
+
+#[derive(Debug, Default)]
+struct Spill {
+    queue: VecDeque<Pending>,
+    feeding: bool,
+    /// `cancel_join_thread`: drop what is left instead of waiting at the last drop.
+    cancelled: bool,
 }
 
 enum PutFail {
@@ -150,8 +186,8 @@ struct Taken<'a> {
 }
 
 impl Inner {
-    fn create(capacity: u64, slot_size: usize) -> Result<Inner, QueueCreateError> {
-        let ring = Ring::create(capacity, slot_size).map_err(|e| {
+    fn create(capacity: u64, slot_size: usize, unbounded: bool) -> Result<Inner, QueueCreateError> {
+        let ring = Ring::create(capacity, slot_size, unbounded).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
                 QueueCreateError::InvalidOptions("capacity or slot size out of range")
             } else {
@@ -170,6 +206,11 @@ impl Inner {
             side,
             get_spin: Spin::new(),
             put_spin: Spin::new(),
+            spill: Mutex::new(Spill::default()),
+            drained: Condvar::new(),
+            pending: AtomicUsize::new(0),
+            users: AtomicUsize::new(0),
+            owner: sys::my_pid(),
         }
     }
 
@@ -209,7 +250,7 @@ impl Inner {
     fn put_encoded(
         &self,
         bytes: &[u8],
-        fds: Vec<OwnedFd>,
+        fds: &[OwnedFd],
         handles: bool,
         deadline: Deadline,
     ) -> Result<(), PutFail> {
@@ -235,7 +276,14 @@ impl Inner {
         };
         let all: Vec<BorrowedFd<'_>> = memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
         let lock = PidLock::new(ring.a32(ring::H_PROD_LOCK));
-        if !lock.lock(pid, deadline) {
+        // The lock is held only for a claim and a send: an unbounded queue's put,
+        // which asks for room "now", still waits for it.
+        let lock_deadline = if self.may_spill() {
+            Deadline::never()
+        } else {
+            deadline
+        };
+        if !lock.lock(pid, lock_deadline) {
             return Err(PutFail::Full);
         }
         let r = self.claim_write(pid, deadline).and_then(|claim| {
@@ -358,6 +406,53 @@ impl Inner {
         }
     }
 
+    /// Whether puts that find no room keep the message in this process (an unbounded
+    /// queue, used by the process that made this handle).
+    fn may_spill(&self) -> bool {
+        self.ring.is_unbounded() && sys::my_pid() == self.owner
+    }
+
+    fn lock_spill(&self) -> std::sync::MutexGuard<'_, Spill> {
+        self.spill.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until this process's spilled messages are in the ring (or dropped by
+    /// `cancel_join_thread`, or the queue is closed).
+    fn join_feeder(&self) {
+        if sys::my_pid() != self.owner {
+            return; // a fork copy: the feeder, if any, runs in the parent
+        }
+        let mut spill = self.lock_spill();
+        while spill.feeding {
+            spill = self
+                .drained
+                .wait(spill)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The feeder thread: puts spilled messages into the ring, oldest first, waiting
+    /// for room as long as it takes.
+    fn feed(self: Arc<Inner>) {
+        loop {
+            let next = {
+                let mut spill = self.lock_spill();
+                match spill.queue.pop_front() {
+                    Some(p) => p,
+                    None => {
+                        spill.feeding = false;
+                        self.drained.notify_all();
+                        return;
+                    }
+                }
+            };
+            // Closed or failed: the message is dropped, as Python's feeder drops what
+            // it cannot send.
+            let _ = self.put_encoded(&next.bytes, &next.fds, next.handles, Deadline::never());
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn unfinished(&self) -> &std::sync::atomic::AtomicU32 {
         self.ring.a32(ring::H_UNFINISHED)
     }
@@ -463,7 +558,7 @@ impl<T> QueueBuilder<T> {
         if cap > ring::MAX_CAPACITY {
             return Err(QueueCreateError::InvalidOptions("maxsize above 2^30"));
         }
-        Inner::create(cap, self.slot_size)
+        Inner::create(cap, self.slot_size, self.maxsize == 0)
     }
 
     /// Creates a [`Queue`].
@@ -495,9 +590,24 @@ pub struct Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
         Queue {
             inner: self.inner.clone(),
             _t: PhantomData,
+        }
+    }
+}
+
+/// The last handle of a process waits until the messages it spilled (an unbounded
+/// queue that was full) are in the ring, as Python's `Queue` joins its feeder thread
+/// at exit, unless [`Queue::cancel_join_thread`] was called.
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        if self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1
+            && sys::my_pid() == self.inner.owner
+            && !self.inner.lock_spill().cancelled
+        {
+            self.inner.join_feeder();
         }
     }
 }
@@ -514,6 +624,7 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T> Queue<T> {
     fn from_inner(inner: Inner) -> Self {
+        inner.users.fetch_add(1, Ordering::Relaxed);
         Queue {
             inner: Arc::new(inner),
             _t: PhantomData,
@@ -525,7 +636,8 @@ impl<T> Queue<T> {
         QueueBuilder::default()
     }
 
-    /// A queue with [`DEFAULT_CAPACITY`] slots: Python's `Queue()`.
+    /// An unbounded queue (a ring of [`DEFAULT_CAPACITY`] slots whose puts never wait:
+    /// see the [module docs](self)): Python's `Queue()`.
     pub fn new() -> Result<Self, QueueCreateError> {
         QueueBuilder::default().build()
     }
@@ -573,6 +685,28 @@ impl<T> Queue<T> {
     pub fn is_closed(&self) -> bool {
         self.inner.ring.is_closed()
     }
+
+    /// Waits until every message this process put has reached the ring: Python's
+    /// `join_thread()`. Only an unbounded queue that was full ever holds messages back
+    /// (in this process, moved into the ring by a feeder thread as room appears).
+    pub fn join_thread(&self) {
+        self.inner.join_feeder();
+    }
+
+    /// Lets this process's last handle drop without waiting for its spilled messages
+    /// to reach the ring (they are lost if the process then exits): Python's
+    /// `cancel_join_thread()`.
+    pub fn cancel_join_thread(&self) {
+        if self.inner.may_spill() {
+            self.inner.lock_spill().cancelled = true;
+        }
+    }
+
+    /// Messages this process has put that still wait for room in the ring (always 0
+    /// for a bounded queue).
+    pub fn spilled(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
 }
 
 impl<T: Message> Queue<T> {
@@ -588,12 +722,58 @@ impl<T: Message> Queue<T> {
 
     fn put_ref_deadline(&self, value: &T, deadline: Deadline) -> Result<(), PutError<()>> {
         match with_encoded(value, |bytes, fds, handles| {
-            self.inner.put_encoded(bytes, fds, handles, deadline)
+            if self.inner.may_spill() {
+                self.put_unbounded(bytes, fds, handles)
+            } else {
+                self.inner.put_encoded(bytes, &fds, handles, deadline)
+            }
         }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(f)) => Err((f, ()).into()),
             Err(e) => Err(PutError::Encode(e)),
         }
+    }
+
+    /// An unbounded queue's put: straight into the ring when it has room and nothing
+    /// of this process waits before it; otherwise into the spill, which a feeder
+    /// thread moves into the ring as room appears. Never waits for room.
+    fn put_unbounded(&self, bytes: &[u8], fds: Vec<OwnedFd>, handles: bool) -> Result<(), PutFail> {
+        let inner = &self.inner;
+        if inner.pending.load(Ordering::Acquire) == 0 {
+            match inner.put_encoded(bytes, &fds, handles, Deadline::now()) {
+                Err(PutFail::Full) => {}
+                r => return r,
+            }
+        }
+        self.spill_one(bytes, fds, handles)
+    }
+
+    fn spill_one(&self, bytes: &[u8], fds: Vec<OwnedFd>, handles: bool) -> Result<(), PutFail> {
+        let inner = &self.inner;
+        let mut spill = inner.lock_spill();
+        if inner.ring.is_closed() {
+            return Err(PutFail::Closed);
+        }
+        spill.queue.push_back(Pending {
+            bytes: bytes.to_vec(),
+            fds,
+            handles,
+        });
+        inner.pending.fetch_add(1, Ordering::AcqRel);
+        if !spill.feeding {
+            spill.feeding = true;
+            let feeder = Arc::clone(inner);
+            let started = std::thread::Builder::new()
+                .name("mproc-queue-feeder".into())
+                .spawn(move || feeder.feed());
+            if let Err(e) = started {
+                spill.feeding = false;
+                spill.queue.pop_back();
+                inner.pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(PutFail::Io(e));
+            }
+        }
+        Ok(())
     }
 
     /// Puts a copy of `*value` (it is serialised, so the caller keeps it), waiting
@@ -607,7 +787,7 @@ impl<T: Message> Queue<T> {
         self.put_ref_deadline(value, Deadline::after(timeout))
     }
 
-    /// Puts `value`, waiting while the queue is full: Python's `put(obj)`.
+    /// Puts `value`, waiting while a bounded queue is full: Python's `put(obj)`.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_deadline(value, Deadline::never())
     }
@@ -636,9 +816,22 @@ impl<T: Message> Queue<T> {
         if inner.ring.is_closed() {
             return Err(PutError::Closed(()));
         }
-        let mut claim = inner
-            .claim_write(sys::my_pid(), Deadline::never())
-            .map_err(|f| PutError::from((f, ())))?;
+        // An unbounded queue never waits for room: behind spilled messages or in a
+        // full ring, the message joins the spill.
+        let unbounded = inner.may_spill();
+        if unbounded && inner.pending.load(Ordering::Acquire) != 0 {
+            return self.put_ref(value);
+        }
+        let deadline = if unbounded {
+            Deadline::now()
+        } else {
+            Deadline::never()
+        };
+        let mut claim = match inner.claim_write(sys::my_pid(), deadline) {
+            Ok(c) => c,
+            Err(PutFail::Full) if unbounded => return self.put_ref(value),
+            Err(f) => return Err((f, ()).into()),
+        };
         match sys::serialize_into_slot(&mut claim, value) {
             Ok(len) => {
                 claim.publish(kind::INLINE, len as u64);
@@ -730,7 +923,7 @@ impl<T> SimpleQueue<T> {
 }
 
 impl<T: Message> SimpleQueue<T> {
-    /// Puts `value` (waits only if [`DEFAULT_CAPACITY`] messages are waiting).
+    /// Puts `value` (never waits: see [`Queue::new`]).
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.0.put(value)
     }

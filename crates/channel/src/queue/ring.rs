@@ -44,6 +44,9 @@ const H_CLOSED: usize = 32;
 pub(crate) const H_PROD_LOCK: usize = 36;
 /// Robust lock word (owner pid) serialising consumers of messages that carry fds.
 pub(crate) const H_CONS_LOCK: usize = 40;
+/// Flags fixed at creation: bit 0 = unbounded (Python's `Queue()` without `maxsize`).
+const H_FLAGS: usize = 44;
+const FLAG_UNBOUNDED: u32 = 1;
 const H_ENQ: usize = 64;
 const H_DEQ: usize = 128;
 const H_NOT_EMPTY: usize = 192;
@@ -133,7 +136,7 @@ fn region_len(cap: u64, slot_size: usize) -> Option<(usize, usize)> {
 
 impl Ring {
     /// Creates a fresh ring of `cap` slots of `slot_size` payload bytes each.
-    pub(crate) fn create(cap: u64, slot_size: usize) -> io::Result<Ring> {
+    pub(crate) fn create(cap: u64, slot_size: usize, unbounded: bool) -> io::Result<Ring> {
         let bad = |m| io::Error::new(io::ErrorKind::InvalidInput, m);
         if cap == 0 || cap > MAX_CAPACITY {
             return Err(bad("queue capacity must be between 1 and 2^30 slots"));
@@ -154,6 +157,9 @@ impl Ring {
             .store(slot_size as u64, Ordering::Relaxed);
         for i in 0..cap {
             ring.state(i).store(pack(seq_free(i), 0), Ordering::Relaxed);
+        }
+        if unbounded {
+            ring.a32(H_FLAGS).store(FLAG_UNBOUNDED, Ordering::Relaxed);
         }
         ring.a32(H_VERSION).store(VERSION, Ordering::Relaxed);
         ring.a32(H_MAGIC).store(MAGIC, Ordering::Release);
@@ -242,6 +248,12 @@ impl Ring {
     /// The length word of the slot of `pos`.
     pub(crate) fn len_word(&self, pos: u64) -> &AtomicU64 {
         self.a64(self.slot_off(pos) + S_LEN)
+    }
+
+    /// Whether the queue was created without a `maxsize` (puts never wait: what does
+    /// not fit waits in the producer process instead).
+    pub(crate) fn is_unbounded(&self) -> bool {
+        self.a32(H_FLAGS).load(Ordering::Relaxed) & FLAG_UNBOUNDED != 0
     }
 
     /// Whether the queue was closed.
