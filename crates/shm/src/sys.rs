@@ -378,16 +378,27 @@ const SHM_DIR: &[u8] = b"/dev/shm/";
 
 /// The tracker's life. Runs in the forked grandchild: raw system calls only.
 fn tracker_main(rfd: RawFd, table: &'static mproc_core::Region) -> ! {
-    // SAFETY: async-signal-safe calls; `close_range` and `signal` are thin wrappers of
-    // system calls. Every fd but the socket is closed, so the tracker keeps no pipe,
+    // SAFETY: async-signal-safe calls; `close_range`, `close`, `sysconf(_SC_OPEN_MAX)`
+    // (a getrlimit) and `signal` are thin wrappers of system calls. Every fd but the socket is closed, so the tracker keeps no pipe,
     // terminal or socket of the creator open (a reader waiting for EOF on the creator's
     // stdout must not wait for the tracker). Terminal and termination signals are
     // ignored: only EOF on the socket ends the tracker.
     unsafe {
-        if rfd > 0 {
-            libc::close_range(0, (rfd - 1) as libc::c_uint, 0);
+        let above = libc::close_range((rfd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        if above == 0 {
+            if rfd > 0 {
+                libc::close_range(0, (rfd - 1) as libc::c_uint, 0);
+            }
+        } else {
+            // No close_range (Linux before 5.9): close one by one, up to the fd limit.
+            let max = match libc::sysconf(libc::_SC_OPEN_MAX) {
+                n if n > 0 => n.min(1 << 20) as i32,
+                _ => 1024,
+            };
+            for fd in (0..max).filter(|&fd| fd != rfd) {
+                libc::close(fd);
+            }
         }
-        libc::close_range((rfd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         for sig in [
             libc::SIGINT,
             libc::SIGTERM,

@@ -44,7 +44,7 @@ fn child_role() {
         std::process::exit(0);
     }
     let keep = match what {
-        "create" | "create-exit" | "create-panic" | "create-unlink" => {
+        "create" | "create-exit" | "create-panic" | "create-unlink" | "create-close-stdout" => {
             SharedMemory::create_named(name, 4096).expect("child create")
         }
         "open" | "open-exit" => SharedMemory::open(name).expect("child open"),
@@ -59,6 +59,17 @@ fn child_role() {
             std::process::exit(0)
         }
         "create-panic" => panic!("the creator panics on purpose"),
+        "create-close-stdout" => {
+            // Let go of the pipe to the parent while staying alive: only a tracker
+            // that kept a copy of it could now hold the parent's read back.
+            use std::io::Write;
+            std::io::stdout().flush().unwrap();
+            // SAFETY: fd 1 is this process's stdout, flushed above and not used again.
+            unsafe { libc::close(1) };
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         _ => loop {
             std::thread::sleep(Duration::from_secs(1));
         },
@@ -226,4 +237,42 @@ fn many_segments_and_double_unlink() {
             "{n} was left behind"
         );
     }
+}
+
+#[test]
+fn tracker_keeps_none_of_the_creators_fds() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("fds");
+    let mut child = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "tracker_keeps_none_of_the_creators_fds",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, format!("create-close-stdout:{name}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut all);
+        let _ = tx.send(all);
+    });
+    // EOF arrives while the child (and its tracker) still run: nobody else holds the
+    // write end of the pipe.
+    let all = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the tracker kept the creator's stdout open");
+    assert!(all.contains("READY"));
+    assert!(exists(&name));
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    assert!(gone_within(&name, Duration::from_secs(2)));
 }
