@@ -8,55 +8,8 @@
 //! or deserialise it ([`Queue::get`]). Waiting is a futex in the same memory, after a
 //! short adaptive spin.
 //!
-//! ```
-//! use mproc_channel::Queue;
-//! let q: Queue<(u32, Option<u8>, String)> = Queue::new().unwrap();
-//! q.put((42, None, "hello".into())).unwrap();
-//! let msg = q.get_ref().unwrap();       // in place: no copy, no allocation
-//! assert_eq!(msg.0, 42);
-//! assert_eq!(msg.2, "hello");
-//! drop(msg);                            // frees the slot
-//! q.put((7, Some(1), "again".into())).unwrap();
-//! assert_eq!(q.get().unwrap(), (7, Some(1), "again".to_string()));
-//! assert!(q.try_get().is_err());        // Empty
-//! ```
-//!
-//! # Capacity: unbounded and bounded queues
-//!
-//! A ring has a fixed number of slots. [`Queue::new`] (Python's `Queue()`, unbounded)
-//! gets [`DEFAULT_CAPACITY`] slots, and its puts never wait: a message that finds the
-//! ring full (or finds earlier messages of this process still waiting) stays in the
-//! producer process, and a feeder thread moves it into the ring as room appears,
-//! oldest first, as Python's feeder thread does with its pipe. The last handle of a
-//! process waits, when it drops, until those messages are in the ring
-//! ([`Queue::join_thread`]; [`Queue::cancel_join_thread`] opts out), so a producer
-//! that puts and returns loses nothing; and, as in Python, a process that spilled and
-//! exits waits for someone to read. A queue with a bound ([`Queue::with_maxsize`],
-//! Python's `Queue(maxsize)`) never spills: `put` waits for room, `try_put` reports
-//! `Full`, and `maxsize` is exact. Pages of the ring are only touched as they are used.
-//!
-//! Messages in the ring are never lost when their producer exits: they sit in shared
-//! memory (or, for large messages and handles, in flight in the queue's socket), which
-//! lives as long as any process holds the queue.
-//!
-//! # Large messages and handles
-//!
-//! A message whose archive is larger than a slot ([`DEFAULT_SLOT_SIZE`] bytes unless
-//! [`QueueBuilder::slot_size`] says otherwise) is written into a memfd of its own,
-//! sealed against writes, and that fd is handed to the consumer, who maps it read-only:
-//! one copy in, none out. Handles inside messages (fds, regions, other queues) travel
-//! the same way. The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
-//! the queue keeps open (see the `side` module for the protocol that keeps it in step
-//! with the ring); unlike `/proc/PID/fd` or `pidfd_getfd` it needs no ptrace rights and
-//! does not need the producer to stay alive.
-//!
-//! # Failure
-//!
-//! A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
-//! the middle of `put`) does not wedge the queue: a waiter that finds the slot in its
-//! way for more than 50 ms checks whether the holder is alive and takes the slot back.
-//! A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
-//! usable. (A reused pid delays the recovery until that process exits.)
+//! The public types' docs ([`Queue`]) say how capacity, large messages, handles and
+//! failures behave.
 mod error;
 mod ring;
 mod side;
@@ -582,7 +535,57 @@ impl<T> QueueBuilder<T> {
 ///
 /// Clone it to use it from several threads; pass it (or a clone) in a child's
 /// arguments or in a message to use it from other processes. FIFO order holds per
-/// producer. See the [module docs](self) for capacity, large messages and failure.
+/// producer.
+///
+/// ```
+/// use mproc_channel::Queue;
+/// let q: Queue<(u32, Option<u8>, String)> = Queue::new().unwrap();
+/// q.put((42, None, "hello".into())).unwrap();
+/// let msg = q.get_ref().unwrap();       // in place: no copy, no allocation
+/// assert_eq!(msg.0, 42);
+/// assert_eq!(msg.2, "hello");
+/// drop(msg);                            // frees the slot
+/// q.put((7, Some(1), "again".into())).unwrap();
+/// assert_eq!(q.get().unwrap(), (7, Some(1), "again".to_string()));
+/// assert!(q.try_get().is_err());        // Empty
+/// ```
+///
+/// # Capacity: unbounded and bounded queues
+///
+/// A ring has a fixed number of slots. [`Queue::new`] (Python's `Queue()`, unbounded)
+/// gets [`DEFAULT_CAPACITY`] slots, and its puts never wait: a message that finds the
+/// ring full (or finds earlier messages of this process still waiting) stays in the
+/// producer process, and a feeder thread moves it into the ring as room appears,
+/// oldest first, as Python's feeder thread does with its pipe. The last handle of a
+/// process waits, when it drops, until those messages are in the ring
+/// ([`Queue::join_thread`]; [`Queue::cancel_join_thread`] opts out), so a producer
+/// that puts and returns loses nothing; and, as in Python, a process that spilled and
+/// exits waits for someone to read. A queue with a bound ([`Queue::with_maxsize`],
+/// Python's `Queue(maxsize)`) never spills: `put` waits for room, `try_put` reports
+/// `Full`, and `maxsize` is exact. Pages of the ring are only touched as they are used.
+///
+/// Messages in the ring are never lost when their producer exits: they sit in shared
+/// memory (or, for large messages and handles, in flight in the queue's socket), which
+/// lives as long as any process holds the queue.
+///
+/// # Large messages and handles
+///
+/// A message whose archive is larger than a slot ([`DEFAULT_SLOT_SIZE`] bytes unless
+/// [`QueueBuilder::slot_size`] says otherwise) is written into a memfd of its own,
+/// sealed against writes, and that fd is handed to the consumer, who maps it read-only:
+/// one copy in, none out. Handles inside messages (fds, regions, other queues) travel
+/// the same way. The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
+/// the queue keeps open (see the `side` module for the protocol that keeps it in step
+/// with the ring); unlike `/proc/PID/fd` or `pidfd_getfd` it needs no ptrace rights and
+/// does not need the producer to stay alive.
+///
+/// # Failure
+///
+/// A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
+/// the middle of `put`) does not wedge the queue: a waiter that finds the slot in its
+/// way for more than 50 ms checks whether the holder is alive and takes the slot back.
+/// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
+/// usable. (A reused pid delays the recovery until that process exits.)
 pub struct Queue<T> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(T) -> T>,
@@ -637,7 +640,7 @@ impl<T> Queue<T> {
     }
 
     /// An unbounded queue (a ring of [`DEFAULT_CAPACITY`] slots whose puts never wait:
-    /// see the [module docs](self)): Python's `Queue()`.
+    /// see [`Queue`]): Python's `Queue()`.
     pub fn new() -> Result<Self, QueueCreateError> {
         QueueBuilder::default().build()
     }
