@@ -11,6 +11,7 @@
 //! | `Value('d', 0.0)` / `RawValue('d', 0.0)` | [`Value::new(0.0f64)`](Value::new) / [`RawValue::new`] |
 //! | `Array('i', 10)` / `Array('i', range(10))` | [`Array::zeroed(10)`](Array::zeroed) / [`Array::from_slice`] |
 //! | `with v.get_lock(): v.value += 1` | `*v.lock()? += 1` ([`Value::lock`]) |
+//! | `ShareableList(['a', 1, None])` | [`ShareableList::new`] with [`Item`]s |
 //!
 //! # Nothing leaks
 //!
@@ -42,6 +43,7 @@
 
 mod element;
 mod error;
+mod list;
 mod locked;
 mod name;
 mod raw;
@@ -54,6 +56,7 @@ pub use element::Element;
 pub use error::{
     AccessError, AllocError, CreateError, IndexError, NameError, OpenError, UnlinkError,
 };
+pub use list::{Item, ListError, ListOpenError, ShareableList};
 pub use locked::{
     Acquisition, Array, ArrayError, ArrayGuard, HolderDied, ShmLock, Value, ValueGuard,
 };
