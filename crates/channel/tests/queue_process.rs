@@ -238,3 +238,61 @@ fn a_child_that_spilled_flushes_before_it_exits() {
     assert!(child.join().unwrap() > 0, "the child should have spilled");
     assert!(q.try_get().is_err());
 }
+
+/// Takes messages in place, recording each id in `log` ([0] = count, then ids), and
+/// holds each for a moment: killed at some point while holding one.
+fn slow_consumer((q, log): (Queue<(u32, u32)>, Region)) {
+    let count = log.atomic_u64(0).unwrap();
+    loop {
+        let m = q.get_ref().unwrap();
+        let id = (u64::from(m.0.to_native()) << 32) | u64::from(m.1.to_native());
+        let i = count.load(Ordering::Relaxed) as usize;
+        log.atomic_u64(8 + 8 * i)
+            .unwrap()
+            .store(id, Ordering::Relaxed);
+        count.store(i as u64 + 1, Ordering::Release);
+        std::thread::sleep(Duration::from_millis(1));
+        drop(m);
+    }
+}
+
+#[test]
+fn killing_a_consumer_mid_stream_loses_at_most_the_message_it_held() {
+    let (producers, per) = (2u32, 5_000u32);
+    let q: Queue<(u32, u32)> = Queue::with_maxsize(64).unwrap();
+    let log = Region::new(8 + 8 * (producers * per) as usize).unwrap();
+    let mut slow = start(slow_consumer, (q.clone(), log.try_clone().unwrap()));
+    let fast: Vec<_> = (0..2).map(|_| start(consumer, q.clone())).collect();
+    let prods: Vec<_> = (0..producers)
+        .map(|id| start(producer, (q.clone(), id, per)))
+        .collect();
+    // Let the slow consumer take some, then kill it while it holds one.
+    let count = log.atomic_u64(0).unwrap();
+    let t = Instant::now();
+    while count.load(Ordering::Acquire) < 20 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    slow.kill().unwrap();
+    assert!(slow.join().is_err());
+    for mut p in prods {
+        p.join().unwrap();
+    }
+    q.close();
+    let mut got = HashSet::new();
+    for mut c in fast {
+        for m in c.join().unwrap().unwrap() {
+            assert!(got.insert(m), "duplicate {m:?}");
+        }
+    }
+    let n = count.load(Ordering::Acquire) as usize;
+    for i in 0..n {
+        let id = log.atomic_u64(8 + 8 * i).unwrap().load(Ordering::Relaxed);
+        let m = ((id >> 32) as u32, id as u32);
+        assert!(
+            got.insert(m),
+            "duplicate {m:?} (taken by the killed consumer)"
+        );
+    }
+    let missing = (producers * per) as usize - got.len();
+    assert!(missing <= 1, "{missing} messages lost");
+}
