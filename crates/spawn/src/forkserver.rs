@@ -283,6 +283,7 @@ pub(crate) fn server_main(spec: &str) -> ! {
         server_fail("the socket fd is not open")
     };
     sys::ignore_sigpipe();
+    sys::warm_code_ranges();
     for off in preload {
         match sys::ValidatedFn::check(layout, off) {
             Ok(f) => {
@@ -366,32 +367,38 @@ fn reap(pid: i32) -> Option<i32> {
 
 /// Reads one request frame: payload and fds. `None` at end of stream.
 fn read_request(sock: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = Vec::new();
     let mut fds = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut need = HEADER_LEN;
-    let mut header_done = false;
-    while buf.len() < need {
-        let want = (need - buf.len()).min(chunk.len());
-        let (n, f) = scm::recv_with_fds(sock.as_fd(), &mut chunk[..want], MAX_FDS as usize)?;
+    let mut head = [0u8; HEADER_LEN];
+    if !read_exact_fds(sock, &mut head, &mut fds)? {
+        return Ok(None);
+    }
+    let h = FrameHeader::parse(&head, wire::BOOT_MAX + wire::BOOT_HEADER as u64)
+        .map_err(io::Error::other)?;
+    // Exactly the announced size (a large zeroed scratch buffer per request would cost
+    // a page fault per page).
+    let mut payload = vec![0u8; h.len as usize];
+    if !read_exact_fds(sock, &mut payload, &mut fds)? {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(Some((payload, fds)))
+}
+
+/// Fills `buf`, collecting fds; `false` at end of stream before the first byte.
+fn read_exact_fds(sock: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let (n, f) = scm::recv_with_fds(sock.as_fd(), &mut buf[got..], MAX_FDS as usize)?;
+        fds.extend(f);
         if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
+            return if got == 0 {
+                Ok(false)
             } else {
                 Err(io::Error::from(io::ErrorKind::UnexpectedEof))
             };
         }
-        buf.extend_from_slice(&chunk[..n]);
-        fds.extend(f);
-        if !header_done && buf.len() >= HEADER_LEN {
-            let h: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("16 bytes");
-            let head = FrameHeader::parse(&h, wire::BOOT_MAX + wire::BOOT_HEADER as u64)
-                .map_err(io::Error::other)?;
-            need = HEADER_LEN + head.len as usize;
-            header_done = true;
-        }
+        got += n;
     }
-    Ok(Some((buf.split_off(HEADER_LEN), fds)))
+    Ok(true)
 }
 
 /// What a child of the server runs.

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 type EncodeFn = Box<dyn Fn() -> Result<Encoded, CodecError> + Send>;
@@ -563,10 +563,26 @@ fn other_threads() -> usize {
     total.saturating_sub(known)
 }
 
+/// When the thread count was last sampled (ms since the first sample + 1; 0: never).
+static LAST_CHECK: AtomicU64 = AtomicU64::new(0);
+
 fn warn_if_threads() {
     if WARNED_THREADS.load(Ordering::Relaxed) {
         return;
     }
+    // Reading /proc/self/stat costs about as much as a tenth of a fork: sample it at
+    // most every 50 ms (a burst of starts shares one sample).
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1;
+    let last = LAST_CHECK.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < 50 {
+        return;
+    }
+    LAST_CHECK.store(now, Ordering::Relaxed);
     let n = other_threads();
     if n > 0 && !WARNED_THREADS.swap(true, Ordering::Relaxed) {
         // Straight to fd 2: `eprintln!` would be swallowed by a test harness's capture.

@@ -183,9 +183,25 @@ impl ResultReader {
 
     /// Reads whatever is available without blocking.
     pub(crate) fn pump(&mut self) -> io::Result<()> {
-        let mut chunk = vec![0u8; 64 * 1024];
+        // Small reads go through a small stack buffer: right after a fork every page the
+        // parent writes is copied (copy-on-write), so a large zeroed buffer per read
+        // would cost more than the whole start.
+        let mut small = [0u8; 512];
+        let mut large: Vec<u8> = Vec::new();
         while !self.done() {
-            match scm::recv_with_fds(self.sock.as_fd(), &mut chunk, codec::MAX_FDS as usize) {
+            let missing = self
+                .frame_len()
+                .map_or(HEADER_LEN, |n| n.saturating_sub(self.buf.len()));
+            let chunk: &mut [u8] = if missing <= small.len() {
+                &mut small
+            } else {
+                if large.is_empty() {
+                    large = vec![0u8; 1 << 20];
+                }
+                let n = missing.min(large.len());
+                &mut large[..n]
+            };
+            match scm::recv_with_fds(self.sock.as_fd(), chunk, codec::MAX_FDS as usize) {
                 Ok((0, _)) => self.eof = true,
                 Ok((n, fds)) => {
                     self.buf.extend_from_slice(&chunk[..n]);
