@@ -10,6 +10,7 @@ mod harness;
 mod sync;
 mod queue;
 mod pool;
+mod spawn;
 mod shm;
 
 use harness::{Opts, Record};
@@ -34,7 +35,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("sync", sync::run)];
+    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("spawn", spawn::run), ("sync", sync::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
