@@ -280,6 +280,13 @@ fn joinable_queue_task_done_and_join() {
     assert_eq!(q.unfinished_tasks(), 0);
     worker.join().unwrap();
     assert!(q.task_done().is_err());
+    // Every put form counts.
+    q.put_ref(&1).unwrap();
+    q.put_in_place(&2).unwrap();
+    q.put_ref_timeout(&3, Duration::from_secs(1)).unwrap();
+    q.try_put(4).unwrap();
+    q.put_timeout(5, Duration::from_secs(1)).unwrap();
+    assert_eq!(q.unfinished_tasks(), 5);
 }
 
 #[test]

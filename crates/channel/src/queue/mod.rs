@@ -959,7 +959,8 @@ mproc_core::impl_handle_archive!([T,] SimpleQueue<T>);
 /// [`JoinableQueue::join`] waits until none are left.
 ///
 /// It dereferences to its [`Queue`] for everything else (`get`, `get_ref`, `qsize`,
-/// `close` …); its own `put`, `put_timeout` and `try_put` count the task.
+/// `close` …); its own `put`, `put_timeout`, `try_put`, `put_ref`, `put_ref_timeout`
+/// and `put_in_place` count the task.
 pub struct JoinableQueue<T>(Queue<T>);
 
 impl<T> Clone for JoinableQueue<T> {
@@ -1046,11 +1047,32 @@ impl<T> JoinableQueue<T> {
 }
 
 impl<T: Message> JoinableQueue<T> {
-    fn counted(&self, r: Result<(), PutError<T>>) -> Result<(), PutError<T>> {
+    fn counted<V>(&self, r: Result<(), PutError<V>>) -> Result<(), PutError<V>> {
         if r.is_err() {
             self.undo_count();
         }
         r
+    }
+
+    /// [`Queue::put_ref`], counting one more unfinished task.
+    pub fn put_ref(&self, value: &T) -> Result<(), PutError<()>> {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.put_ref(value))
+    }
+
+    /// [`Queue::put_ref_timeout`], counting one more unfinished task.
+    pub fn put_ref_timeout(&self, value: &T, timeout: Duration) -> Result<(), PutError<()>> {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.put_ref_timeout(value, timeout))
+    }
+
+    /// [`Queue::put_in_place`], counting one more unfinished task.
+    pub fn put_in_place(&self, value: &T) -> Result<(), PutError<()>>
+    where
+        T: InPlace,
+    {
+        self.0.inner.unfinished().fetch_add(1, Ordering::AcqRel);
+        self.counted(self.0.put_in_place(value))
     }
 
     /// Puts `value` and counts one more unfinished task.
