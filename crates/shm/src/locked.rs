@@ -440,6 +440,22 @@ impl<T: Element, L: ShmLock> Array<T, L> {
         Ok(g.set(index, value)?)
     }
 
+    /// Copies elements `start..start + dst.len()` into `dst` under the lock.
+    ///
+    /// # Errors
+    /// [`ArrayError`]: a holder died holding the lock, or the range passes the end.
+    pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<(), ArrayError> {
+        Ok(self.lock()?.read_into(start, dst)?)
+    }
+
+    /// Copies `src` into elements `start..start + src.len()` under the lock.
+    ///
+    /// # Errors
+    /// [`ArrayError`]: a holder died holding the lock, or the range passes the end.
+    pub fn write_from(&self, start: usize, src: &[T]) -> Result<(), ArrayError> {
+        Ok(self.lock()?.write_from(start, src)?)
+    }
+
     /// A copy of every element, taken under the lock.
     ///
     /// # Errors

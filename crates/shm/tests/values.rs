@@ -146,6 +146,18 @@ fn array_locked_access() {
     g.map_in_place(|x| x * 2);
     assert_eq!(g.iter().nth(4), Some(80));
     drop(g);
+    a.write_from(1, &[7, 8]).unwrap();
+    let mut got = [0; 3];
+    a.read_into(0, &mut got).unwrap();
+    assert_eq!(got[1..], [7, 8]);
+    assert!(matches!(
+        a.read_into(9, &mut got),
+        Err(ArrayError::Index(_))
+    ));
+    assert!(matches!(
+        a.write_from(9, &[1, 2]),
+        Err(ArrayError::Index(_))
+    ));
     let z: Array<bool> = Array::zeroed(3).unwrap();
     assert_eq!(z.to_vec().unwrap(), [false; 3]);
     z.lock().unwrap().fill(true);
