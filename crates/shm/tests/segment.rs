@@ -297,3 +297,13 @@ fn prefault_range_checks_bounds() {
     a.write(a.size() - 1, &[1]).unwrap();
     a.unlink().unwrap();
 }
+
+#[test]
+fn start_tracker_is_idempotent() {
+    mproc_shm::start_tracker().unwrap();
+    mproc_shm::start_tracker().unwrap();
+    let mut c = Cleanup::default();
+    let a = SharedMemory::create_named(&c.name("early"), 8).unwrap();
+    assert!(a.is_creator());
+    a.unlink().unwrap();
+}
