@@ -85,6 +85,10 @@ fn spawned_child(spec: &str) -> ! {
     let Some(spec) = parse_spec(spec) else {
         child::refuse(None, &format!("malformed {BOOT_ENV} value {spec:?}"))
     };
+    // PDEATHSIG is armed (above); if the parent died before that, nobody wants us.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(spec.parent) {
+        sys::exit_now(1);
+    }
     let result = sys::adopt_fd(spec.result_fd);
     let Some(boot_fd) = sys::adopt_fd(spec.boot_fd) else {
         child::refuse(result.as_ref(), "the bootstrap fd is not open")

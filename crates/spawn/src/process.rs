@@ -12,7 +12,6 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -659,26 +658,19 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
         arg_fds.clone(),
     );
     let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
-        cmd.arg0(arg0);
-    }
-    cmd.env(
-        bootstrap::BOOT_ENV,
-        bootstrap::spec_string(
-            nonce,
-            parent,
-            boot_theirs.as_raw_fd(),
-            res_theirs.as_raw_fd(),
-        ),
-    );
     let mut inherit = arg_fds;
     inherit.push(boot_theirs.as_raw_fd());
     inherit.push(res_theirs.as_raw_fd());
-    sys::prepare_exec(&mut cmd, inherit);
-    let child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    drop(child);
+    let arg0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| "mproc-child".into());
+    let spec = bootstrap::spec_string(
+        nonce,
+        parent,
+        boot_theirs.as_raw_fd(),
+        res_theirs.as_raw_fd(),
+    );
+    let pid = sys::spawn_self(&arg0, (bootstrap::BOOT_ENV, &spec), &inherit)?;
     let pidfd = take_charge(pid)?;
     drop(boot_theirs);
     drop(res_theirs);

@@ -297,6 +297,94 @@ pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
+/// Starts `/proc/self/exe` with `posix_spawn` (glibc: `clone(CLONE_VM|CLONE_VFORK)`,
+/// so the parent's page tables are not copied as a fork would), argv `[arg0]`, the
+/// current environment plus `env`, an empty signal mask, and exactly `fds` inherited:
+/// each gets a `dup2(fd, fd)` file action, which clears its close-on-exec flag in the
+/// child only (POSIX 2024; glibc since 2.29). Returns the child's pid.
+///
+/// PDEATHSIG cannot be armed between fork and exec here: the child arms it first thing
+/// in the bootstrap constructor and then checks that its parent is still the one that
+/// spawned it (the creating thread is its PDEATHSIG parent either way).
+pub(crate) fn spawn_self(
+    arg0: &std::ffi::OsStr,
+    env: (&str, &str),
+    fds: &[RawFd],
+) -> io::Result<i32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let nul = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let path = c"/proc/self/exe";
+    let arg0 = nul(arg0.as_bytes())?;
+    let argv = [arg0.as_ptr(), std::ptr::null()];
+    let mut vars: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.as_bytes() == env.0.as_bytes() {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        if let Ok(c) = CString::new(kv) {
+            vars.push(c);
+        }
+    }
+    vars.push(nul(format!("{}={}", env.0, env.1).as_bytes())?);
+    let mut envp: Vec<*const libc::c_char> = vars.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    };
+    // SAFETY: the file actions and attributes are initialised before use and destroyed
+    // on every path; every pointer handed to posix_spawn (path, argv, envp and the
+    // strings they point to) outlives the call; `pid` is a valid out-pointer.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut fa))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            return Err(e);
+        }
+        let mut r = Ok(());
+        for &fd in fds {
+            if r.is_ok() {
+                r = check(libc::posix_spawn_file_actions_adddup2(&mut fa, fd, fd));
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if r.is_ok() {
+            r = check(libc::posix_spawnattr_setsigmask(&mut attr, &empty));
+        }
+        if r.is_ok() {
+            r = check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            ));
+        }
+        let mut pid: libc::pid_t = 0;
+        if r.is_ok() {
+            r = check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &fa,
+                &attr,
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+            ));
+        }
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        r.map(|()| pid)
+    }
+}
+
 /// A process-global value that a fork child can discard: the value lives in a leaked
 /// box behind an atomic pointer, so a child can start afresh with [`ForkLocal::reset`]
 /// even if another thread of the parent held a lock inside it at fork time.
