@@ -72,6 +72,16 @@ impl<R: Decode> Future<R> {
         self.inner.cancelled()
     }
 
+    /// Python's `add_done_callback(fn)`: `f(&future)` runs when the call finishes (on the
+    /// pool's thread), or at once on this thread if it already has.
+    pub fn add_done_callback(&self, f: impl FnOnce(&Future<R>) + Send + 'static)
+    where
+        R: 'static,
+    {
+        let me = self.clone();
+        self.inner.job.add_hook(Box::new(move |_| f(&me)));
+    }
+
     fn job(&self) -> &Arc<Job> {
         &self.inner.job
     }

@@ -107,6 +107,9 @@ pub(crate) struct JobInner {
     pub(crate) packs: Vec<Arc<Payload>>,
     waker: Option<Waker>,
     finishing: bool,
+    /// The thread running the job's callbacks: a callback that waits on its own job
+    /// finds it complete instead of waiting for itself.
+    finisher: Option<std::thread::ThreadId>,
 }
 
 /// The outcomes of a fixed number of items.
@@ -117,7 +120,12 @@ pub(crate) struct Job {
     state: AtomicU8,
     inner: Mutex<JobInner>,
     cv: Condvar,
+    /// Hooks to run when the job finishes, before waiters wake (Python's
+    /// `AsyncResult` callbacks).
     on_done: Mutex<Option<DoneHook>>,
+    /// Hooks to run once the job is done (Python's `Future.add_done_callback`); `None`
+    /// once they have run.
+    after: Mutex<Option<Vec<DoneHook>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -145,9 +153,11 @@ impl Job {
                 packs: Vec::new(),
                 waker: None,
                 finishing: false,
+                finisher: None,
             }),
             cv: Condvar::new(),
             on_done: Mutex::new(None),
+            after: Mutex::new(Some(Vec::new())),
         }
     }
 
@@ -160,6 +170,19 @@ impl Job {
     /// before the job's items are submitted. A panic in the hook is contained.
     pub(crate) fn on_done(&self, hook: DoneHook) {
         *self.on_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Adds a hook that runs once the job is done (results readable), on the thread
+    /// that finishes it, or at once on this thread if it is done already.
+    pub(crate) fn add_hook(&self, hook: DoneHook) {
+        let mut slot = self.after.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(v) => v.push(hook),
+            None => {
+                drop(slot);
+                let _ = catch_unwind(AssertUnwindSafe(|| hook(self)));
+            }
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobInner> {
@@ -177,7 +200,7 @@ impl Job {
         }
         let mut g = self.lock();
         loop {
-            if self.is_finished() {
+            if self.is_finished() || g.finisher == Some(std::thread::current().id()) {
                 return true;
             }
             match deadline.remaining() {
@@ -292,6 +315,7 @@ impl Job {
             return;
         }
         g.finishing = true;
+        g.finisher = Some(std::thread::current().id());
         drop(g);
         let hook = self
             .on_done
@@ -308,6 +332,15 @@ impl Job {
         drop(g);
         if let Some(w) = waker {
             w.wake();
+        }
+        let after = self
+            .after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        for h in after {
+            let _ = catch_unwind(AssertUnwindSafe(|| h(self)));
         }
     }
 }

@@ -409,15 +409,20 @@ where
     }
 }
 
-impl<I, R> Iterator for IMap<I, R>
+impl<I, R> IMap<I, R>
 where
     I: Iterator,
     I::Item: Encode,
     R: Decode,
 {
-    type Item = Result<R, TaskError>;
+    /// The next result, waiting at most `timeout` (Python: `IMapIterator.next(timeout)`).
+    /// `None` at the end; `Some(Err(GetError::Timeout))` if nothing arrived in time (the
+    /// iterator stays usable).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, GetError>> {
+        self.next_until(Deadline::after(timeout))
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next_until(&mut self, deadline: Deadline) -> Option<Result<R, GetError>> {
         self.feed();
         let stream = self.stream.clone();
         let mut g = stream.lock();
@@ -430,13 +435,42 @@ where
             if let Some(raw) = raw {
                 drop(g);
                 self.yielded += 1;
-                return Some(self.unpack.take(&raw));
+                return Some(self.unpack.take(&raw).map_err(GetError::Failed));
             }
             if self.input_done && self.yielded == self.submitted {
                 return None;
             }
-            g = stream.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            match deadline.remaining() {
+                Some(left) if left.is_zero() => return Some(Err(GetError::Timeout)),
+                Some(left) => {
+                    g = stream
+                        .cv
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => g = stream.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+            }
         }
+    }
+}
+
+impl<I, R> Iterator for IMap<I, R>
+where
+    I: Iterator,
+    I::Item: Encode,
+    R: Decode,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Without a deadline the only error is the item's own.
+        self.next_until(Deadline::never()).map(|r| {
+            r.map_err(|e| match e {
+                GetError::Failed(e) => e,
+                GetError::Timeout => TaskError::Terminated,
+            })
+        })
     }
 }
 

@@ -207,3 +207,59 @@ fn executor_max_tasks_per_child_and_broken_initializer() {
         Err(GetError::Failed(TaskError::Broken { .. }))
     ));
 }
+
+#[test]
+fn add_done_callback_and_imap_next_timeout() {
+    let ex = Executor::new(1).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let f = ex.submit(sleep_ms, 100);
+    let s1 = seen.clone();
+    f.add_done_callback(move |f| s1.lock().unwrap().push(f.result(None).unwrap()));
+    assert_eq!(f.result(None).unwrap(), 100);
+    // Added after it finished: runs at once, here.
+    let s2 = seen.clone();
+    f.add_done_callback(move |f| s2.lock().unwrap().push(f.result(None).unwrap() + 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![100, 101]);
+
+    let pool = Pool::new(1).unwrap();
+    let mut it = pool.imap(sleep_ms, [600u64, 1]);
+    assert_eq!(
+        it.next_timeout(Duration::from_millis(50)),
+        Some(Err(GetError::Timeout))
+    );
+    assert_eq!(it.next_timeout(Duration::from_secs(30)), Some(Ok(600)));
+    assert_eq!(it.next(), Some(Ok(1)));
+    assert_eq!(it.next(), None);
+}
+
+#[test]
+fn a_callback_may_wait_on_its_own_result() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slot: Arc<Mutex<Option<mproc_pool::AsyncResult<u64>>>> = Arc::new(Mutex::new(None));
+    let s2 = slot.clone();
+    let r = pool.apply_async_with(
+        sleep_ms,
+        50,
+        move |_| {
+            // Python would block for ever here; the value is already in.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let me = loop {
+                if let Some(me) = s2.lock().unwrap().clone() {
+                    break me;
+                }
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            tx.send(me.get()).unwrap();
+        },
+        |_| {},
+    );
+    *slot.lock().unwrap() = Some(r.clone());
+    assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 50);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), Ok(50));
+}
