@@ -38,6 +38,29 @@
 //!
 //! Feature `progress`: `Pool::map_progress` and `IMap::progress`, progress bars
 //! (indicatif) as Python users have with tqdm.
+//!
+//! # Drop and Ctrl-C
+//!
+//! Dropping a [`Pool`] terminates it, as leaving Python's `with Pool() as p:` block
+//! does; [`Pool::close`] + [`Pool::join`] let the queue drain first. Dropping an
+//! [`Executor`] is `shutdown(wait=True)`. SIGINT keeps its default action unless
+//! [`PoolBuilder::terminate_on_ctrl_c`] is set: either way the program ends as a
+//! Ctrl-C'd program does and no worker is left behind (workers carry a parent-death
+//! signal; with the option, they are killed and reaped first).
+//!
+//! # How it works
+//!
+//! Each worker is a process (mproc-spawn, any start method) joined to the parent by its
+//! own Unix stream socketpair. One dispatcher thread per pool owns the workers: it hands
+//! each one chunks (a few at a time, more when tasks are short), reads results, and
+//! polls every socket and every worker's pidfd, so it always knows which items each
+//! worker holds. A worker publishes the item it is running in a small shared region,
+//! which names the culprit exactly when it dies or overruns its time limit. Functions
+//! travel as offsets from an anchor in the binary, with a typed trampoline, checked to
+//! point into the program's code. The parent's side of every socket is non-blocking
+//! (a worker stuck in a task never stalls delivery, time limits or `terminate`), frames
+//! use mproc-core's header with `SCM_RIGHTS` for handles, and a chunk of several items
+//! travels as one `Vec` message each way.
 #![deny(unsafe_code)]
 
 mod ctrl_c;
