@@ -59,10 +59,20 @@ fn fork_server_behaviour() {
     assert_ne!(second, real_parent);
     assert_ne!(second, me);
 
-    // stop_forkserver makes the next start use a new server.
+    // stop_forkserver makes the next start use a new server; children of the old one
+    // keep running and are still reported.
+    let mut survivor = Process::new(sleep_then, 300u64).start_method(StartMethod::ForkServer);
+    survivor.start().unwrap();
     stop_forkserver();
     let mut p = Process::new(server_pid, ()).start_method(StartMethod::ForkServer);
     p.start().unwrap();
     let third = p.join().unwrap();
     assert_ne!(third, second);
+    assert_eq!(survivor.join().unwrap(), 300);
+    assert_eq!(survivor.exitcode(), Some(0));
+}
+
+fn sleep_then(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
 }
