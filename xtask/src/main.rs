@@ -6,9 +6,12 @@
 //! - `cargo xtask bench [--quick] [--json FILE] [--filter S]`: mproc beside CPython and
 //!   the raw OS floor, in one run, with ratios.
 //! - `cargo xtask fuzz [--seconds N]`: the frame-decoder fuzz target for a bounded time.
+//! - `cargo xtask soak [--seconds N]`: fault injection and soak (default 180 s), one
+//!   table of what was tried and what was seen; non-zero on any violated invariant.
 
 mod bench;
 mod examples;
+mod soak;
 mod test_all;
 
 use std::process::ExitCode;
@@ -23,9 +26,10 @@ fn main() -> ExitCode {
         "test-all" => test_all::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz(rest),
+        "soak" => soak::run(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test-all [--quick]                    everything CI checks\n  bench [--quick] [--json F] [--filter S]  benchmarks beside CPython and the raw floor\n  fuzz [--seconds N]                     run the frame-decoder fuzz target"
+                "usage: cargo xtask <command>\n\n  test-all [--quick]                    everything CI checks\n  bench [--quick] [--json F] [--filter S]  benchmarks beside CPython and the raw floor\n  fuzz [--seconds N]                     run the frame-decoder fuzz target\n  soak [--seconds N]                     fault injection: killed workers, holders, parents; bad frames"
             );
             cmd == "help"
         }

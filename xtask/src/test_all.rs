@@ -112,6 +112,12 @@ pub(crate) fn run(args: &[String]) -> bool {
     banner("examples");
     crate::examples::run_all(&mut t);
 
+    banner("soak (short): cargo xtask soak --seconds 20");
+    t.step(
+        "soak (short)",
+        crate::soak::run(&["--seconds".into(), "20".into()]),
+    );
+
     banner("/dev/shm leak check");
     let after = shm_entries();
     let leaked: Vec<_> = after

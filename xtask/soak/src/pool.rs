@@ -1,0 +1,174 @@
+//! Scenario 1: a pool under load while its workers are SIGKILLed at random.
+//!
+//! Every submitted task must get exactly one outcome (its own result, or `WorkerLost`),
+//! results must belong to the task that asked (no cross-wiring), `WorkerLost` count
+//! cannot exceed the kills, and the pool must still answer afterwards.
+use crate::util::{Rng, kill_ours, ms};
+use crate::{Budget, Outcome};
+use mproc_pool::{Pool, TaskError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A task: a short sleep derived from its id, then (id, pid).
+fn work(id: u64) -> (u64, u32) {
+    let us = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) * 4; // 0..4 ms
+    std::thread::sleep(Duration::from_micros(us));
+    (id, std::process::id())
+}
+
+pub(crate) fn run(b: Budget) -> Outcome {
+    let mut out = Outcome {
+        nothing_lost: true,
+        ..Outcome::default()
+    };
+    let pool = match Pool::builder().processes(4).build() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            out.violate(format!("pool did not start: {e}"));
+            out.nothing_lost = false;
+            return out;
+        }
+    };
+    let target_kills = b.count(1_000, 30);
+    let load_time = b.time.mul_f64(0.85);
+    let interval = load_time / target_kills as u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (pool, stop, kills) = (pool.clone(), stop.clone(), kills.clone());
+        let mut rng = Rng::new(b.seed);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                let pids = pool.pids();
+                if pids.is_empty() {
+                    continue;
+                }
+                let pid = pids[rng.below(pids.len() as u64) as usize];
+                if kill_ours(pid) {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let (mut submitted, mut ok, mut lost, mut wrong, mut other, mut hung) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut map_batches = 0u64;
+    let mut next_id = 0u64;
+    let mut slowest = Duration::ZERO;
+    let mut round = 0u64;
+    while started.elapsed() < load_time {
+        round += 1;
+        if round.is_multiple_of(3) {
+            // A map over a batch: one outcome per item, in order.
+            let ids: Vec<u64> = (next_id..next_id + 64).collect();
+            next_id += 64;
+            submitted += ids.len() as u64;
+            map_batches += 1;
+            let t = Instant::now();
+            let res = pool.map_results(work, ids.clone());
+            slowest = slowest.max(t.elapsed());
+            if res.len() != ids.len() {
+                out.violate(format!(
+                    "map_results gave {} outcomes for {} items",
+                    res.len(),
+                    ids.len()
+                ));
+            }
+            for (id, r) in ids.iter().zip(res) {
+                tally(*id, r, &mut ok, &mut lost, &mut wrong, &mut other);
+            }
+        } else {
+            let batch: Vec<_> = (next_id..next_id + 64)
+                .map(|id| (id, pool.apply_async(work, id)))
+                .collect();
+            next_id += 64;
+            submitted += batch.len() as u64;
+            for (id, r) in batch {
+                let t = Instant::now();
+                match r.get_timeout(Duration::from_secs(60)) {
+                    Ok(v) => tally(id, Ok(v), &mut ok, &mut lost, &mut wrong, &mut other),
+                    Err(mproc_pool::GetError::Failed(e)) => {
+                        tally(id, Err(e), &mut ok, &mut lost, &mut wrong, &mut other)
+                    }
+                    Err(e) => {
+                        hung += 1;
+                        if hung < 5 {
+                            out.violate(format!("task {id}: no outcome within 60 s ({e})"));
+                        }
+                    }
+                }
+                slowest = slowest.max(t.elapsed());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = killer.join();
+    let kills = kills.load(Ordering::Relaxed);
+
+    // The pool still answers.
+    let after = pool.apply_async(work, u64::MAX - 1);
+    let answers =
+        matches!(after.get_timeout(Duration::from_secs(30)), Ok((id, _)) if id == u64::MAX - 1);
+    let again = pool.map(work, 0..32u64).ok();
+    let answers =
+        answers && again.is_some_and(|v| v.iter().enumerate().all(|(i, r)| r.0 == i as u64));
+    if !answers {
+        out.violate("the pool did not answer after the kills");
+    }
+    let accounted = ok + lost + wrong + other;
+    if accounted != submitted || hung > 0 {
+        out.nothing_lost = false;
+        out.violate(format!(
+            "{submitted} submitted but {accounted} outcomes ({hung} never answered)"
+        ));
+    }
+    if wrong > 0 {
+        out.violate(format!("{wrong} results belonged to another task"));
+    }
+    if other > 0 {
+        out.violate(format!(
+            "{other} outcomes were neither a result nor WorkerLost"
+        ));
+    }
+    if lost > kills {
+        out.violate(format!("{lost} tasks lost for only {kills} kills"));
+    }
+    if kills < target_kills / 2 {
+        out.violate(format!("only {kills} kills landed (target {target_kills})"));
+    }
+    out.load = format!(
+        "4 workers, {submitted} tasks of 0-4 ms (apply_async and map_results batches of 64, {map_batches} maps)"
+    );
+    out.faults = format!(
+        "{kills} SIGKILLs of random workers (one every {})",
+        ms(interval)
+    );
+    out.seen = format!(
+        "{ok} results + {lost} WorkerLost = {accounted} outcomes for {submitted} tasks, 0 duplicated; slowest batch {}; pool answers after: {answers}",
+        ms(slowest)
+    );
+    out
+}
+
+fn tally(
+    id: u64,
+    r: Result<(u64, u32), TaskError>,
+    ok: &mut u64,
+    lost: &mut u64,
+    wrong: &mut u64,
+    other: &mut u64,
+) {
+    match r {
+        Ok((got, _)) if got == id => *ok += 1,
+        Ok(_) => *wrong += 1,
+        Err(TaskError::WorkerLost { .. }) => *lost += 1,
+        Err(e) => {
+            *other += 1;
+            eprintln!("  task {id}: unexpected outcome {e}");
+        }
+    }
+}
