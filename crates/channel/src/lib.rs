@@ -3,6 +3,11 @@
 #![deny(unsafe_code)]
 
 // Connections, pipes, wait() and Listener/Client: the connection work owns these.
+mod conn;
+pub use conn::{
+    BytesView, Connection, DEFAULT_MAX_MESSAGE_SIZE, Pipe, Received, RecvError, SendError,
+    Waitable, wait,
+};
 // Queues: the queue work owns these.
 mod queue;
 pub use queue::{

@@ -1,0 +1,773 @@
+//! `Connection`: framed rkyv messages and raw byte messages over a stream socket, with
+//! the fds of handles inside messages passed alongside (`SCM_RIGHTS`).
+//!
+//! Wire format: every message is one frame, a 16-byte [`FrameHeader`] (magic, fd count,
+//! payload length) followed by the payload padded with zeros to a multiple of 16 bytes.
+//! The fds of a frame are attached to its first bytes. The receiver reads exactly one
+//! frame at a time (no read-ahead), so a connection can be handed to another process
+//! between messages without stranding buffered bytes.
+use super::error::{RecvError, SendError};
+use mproc_core::codec::{self, FrameHeader, HEADER_LEN, MAX_FDS};
+use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
+use mproc_core::{Deadline, Decode, Encode, scm};
+use rkyv::util::AlignedVec;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendFlags, Shutdown, SocketFlags, SocketType, recv, recvmsg, sendmsg, shutdown, socketpair,
+};
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The default [`Connection::max_message_size`]: 256 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 << 20;
+
+/// A receive buffer larger than this is released once its message is consumed.
+const RETAIN: usize = 4 << 20;
+/// The first allocation for a frame body; it doubles as bytes arrive, so a header that
+/// announces a huge frame costs nothing until the bytes really come.
+const FIRST_CHUNK: usize = 64 << 10;
+static ZEROS: [u8; 16] = [0; 16];
+
+/// Creates a pair of connected [`Connection`]s, like Python's
+/// `multiprocessing.Pipe(duplex)`.
+///
+/// With `duplex = true` both ends send and receive. With `duplex = false` the first end
+/// only receives and the second only sends (Python: `r, w = Pipe(False)`).
+///
+/// Both ends are close-on-exec Unix stream sockets; hand one to a child process in its
+/// arguments (a `Connection` is a handle) or send it over another connection.
+///
+/// ```
+/// use mproc_channel::Pipe;
+/// let (a, b) = Pipe(true).unwrap();
+/// a.send(&(1u32, String::from("hi"))).unwrap();
+/// let (n, s): (u32, String) = b.recv().unwrap();
+/// assert_eq!((n, s.as_str()), (1, "hi"));
+/// b.send_bytes(b"pong").unwrap();
+/// assert_eq!(a.recv_bytes().unwrap(), b"pong");
+/// ```
+///
+/// # Errors
+/// `socketpair(2)` failed (out of fds).
+#[allow(non_snake_case)]
+#[doc(alias = "pipe")]
+#[doc(alias = "socketpair")]
+pub fn Pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    if duplex {
+        Ok((
+            Connection::with_mode(a, true, true, true),
+            Connection::with_mode(b, true, true, true),
+        ))
+    } else {
+        shutdown(&a, Shutdown::Write)?;
+        shutdown(&b, Shutdown::Read)?;
+        Ok((
+            Connection::with_mode(a, true, false, true),
+            Connection::with_mode(b, false, true, true),
+        ))
+    }
+}
+
+/// One end of a message stream: Python's `multiprocessing.connection.Connection`.
+///
+/// - [`send`](Self::send) / [`recv`](Self::recv) carry any [`mproc_core::Message`]
+///   (rkyv) type, handles included: the fds of a `Region`, a lock or another
+///   `Connection` inside the message travel with it, so they reach a process that is
+///   already running.
+/// - [`recv_view`](Self::recv_view) validates a message and lends it in place, without
+///   deserialising; [`recv_view_unchecked`](Self::recv_view_unchecked) and
+///   [`recv_unchecked`](Self::recv_unchecked) skip the validation for trusted peers.
+/// - [`send_bytes`](Self::send_bytes) / [`recv_bytes`](Self::recv_bytes) /
+///   [`recv_bytes_into`](Self::recv_bytes_into) / [`recv_bytes_view`](Self::recv_bytes_view)
+///   carry raw bytes.
+/// - [`poll`](Self::poll) tells whether a message is waiting without consuming it.
+///
+/// Message boundaries always hold (an empty message is a message). Every received frame is
+/// checked: a corrupt, oversized or truncated frame is a typed [`RecvError`], never a
+/// panic or a hang. Methods take `&self`: sends are serialised by one lock and receives
+/// by another, so one thread may send while another receives. Dropping closes the socket.
+pub struct Connection {
+    pub(super) fd: Option<OwnedFd>,
+    readable: bool,
+    writable: bool,
+    unix: bool,
+    max_len: u64,
+    pub(super) rx: Mutex<Rx>,
+    tx: Mutex<()>,
+}
+
+/// Receive state: a frame may be read in several steps (a timed receive can stop
+/// mid-frame and the next receive resumes it).
+pub(super) struct Rx {
+    hdr: [u8; HEADER_LEN],
+    hdr_got: usize,
+    head: Option<FrameHeader>,
+    fds: Vec<OwnedFd>,
+    pub(super) body: AlignedVec,
+    body_got: usize,
+    broken: bool,
+    eof: bool,
+    cmsg: Vec<MaybeUninit<u8>>,
+}
+
+impl Rx {
+    fn new() -> Self {
+        Rx {
+            hdr: [0; HEADER_LEN],
+            hdr_got: 0,
+            head: None,
+            fds: Vec::new(),
+            body: AlignedVec::new(),
+            body_got: 0,
+            broken: false,
+            eof: false,
+            cmsg: Vec::new(),
+        }
+    }
+
+    /// Closes the fds that came with the current frame.
+    pub(super) fn fds_clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Whether a receive would return at once without reading the socket.
+    pub(super) fn ready_now(&self) -> bool {
+        self.eof || self.broken || self.head.is_some()
+    }
+
+    /// Forgets the current (complete or abandoned) frame.
+    pub(super) fn finish(&mut self) {
+        self.hdr_got = 0;
+        self.head = None;
+        self.body_got = 0;
+        self.fds.clear();
+        if self.body.len() > RETAIN {
+            self.body = AlignedVec::new();
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd.as_ref().map(AsRawFd::as_raw_fd))
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .field("unix", &self.unix)
+            .field("max_message_size", &self.max_len)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits until `fd` is readable (or hung up) or the deadline passes.
+pub(super) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<(), RecvError> {
+    loop {
+        let ts = deadline.remaining().map(|left| {
+            Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: i64::MAX / 2,
+                tv_nsec: 0,
+            })
+        });
+        let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut pfd, ts.as_ref()) {
+            Ok(0) if deadline.is_expired() => return Err(RecvError::Timeout),
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+}
+
+/// Reads some bytes into `buf`; `Ok(0)` is end of stream. With `fds`, also collects fds
+/// that arrive (close-on-exec). With a deadline, never blocks past it.
+fn read_some(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: Option<(&mut Vec<MaybeUninit<u8>>, &mut Vec<OwnedFd>)>,
+    deadline: Option<Deadline>,
+) -> Result<usize, RecvError> {
+    let mut flags = RecvFlags::empty();
+    if let Some(d) = deadline {
+        wait_readable(fd, d)?;
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let mut fds = fds;
+    loop {
+        let r = match fds.as_mut() {
+            Some((space, out)) => {
+                if space.is_empty() {
+                    space.resize(
+                        rustix::cmsg_space!(ScmRights(MAX_FDS as usize)),
+                        MaybeUninit::uninit(),
+                    );
+                }
+                let mut cmsg = RecvAncillaryBuffer::new(space);
+                let r = recvmsg(
+                    fd,
+                    &mut [IoSliceMut::new(buf)],
+                    &mut cmsg,
+                    flags | RecvFlags::CMSG_CLOEXEC,
+                );
+                for m in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = m {
+                        out.extend(it);
+                    }
+                }
+                r.map(|m| m.bytes)
+            }
+            None => recv(fd, &mut *buf, flags).map(|(n, _)| n),
+        };
+        match r {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            // The peer closed with data of ours unread: for us, the stream has ended.
+            Err(Errno::CONNRESET) => return Ok(0),
+            Err(Errno::AGAIN) => match deadline {
+                Some(d) => wait_readable(fd, d)?,
+                None => wait_readable(fd, Deadline::never())?,
+            },
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+}
+
+impl Connection {
+    fn with_mode(fd: OwnedFd, readable: bool, writable: bool, unix: bool) -> Self {
+        Connection {
+            fd: Some(fd),
+            readable,
+            writable,
+            unix,
+            max_len: DEFAULT_MAX_MESSAGE_SIZE as u64,
+            rx: Mutex::new(Rx::new()),
+            tx: Mutex::new(()),
+        }
+    }
+
+    /// Wraps a connected stream socket (Unix or TCP) that speaks this framing, such as
+    /// one end of a `socketpair` or an accepted socket.
+    ///
+    /// # Errors
+    /// `fd` is not a socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a Connection needs a socket",
+            ));
+        }
+        let unix = rustix::net::getsockname(&fd)?.address_family() == AddressFamily::UNIX;
+        Ok(Self::with_mode(fd, true, true, unix))
+    }
+
+    /// The largest message (payload bytes) this end sends or accepts. Larger incoming
+    /// frames are refused as [`RecvError::Corrupt`]; larger outgoing ones as
+    /// [`SendError::TooLarge`] before anything is written.
+    pub fn max_message_size(&self) -> usize {
+        self.max_len as usize
+    }
+
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn set_max_message_size(&mut self, max: usize) {
+        self.max_len = max as u64;
+    }
+
+    /// Builder form of [`set_max_message_size`](Self::set_max_message_size).
+    pub fn with_max_message_size(mut self, max: usize) -> Self {
+        self.set_max_message_size(max);
+        self
+    }
+
+    /// Whether this end can receive (`False` for the writing end of `Pipe(false)`).
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send (`False` for the reading end of `Pipe(false)`).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn closed(&self) -> bool {
+        self.fd.is_none()
+    }
+
+    /// The socket, while open (Python's `fileno()`).
+    pub fn fileno(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Closes this end now (dropping does the same). Later operations fail with
+    /// `Closed`; the peer sees end of stream once every copy of this end is closed.
+    pub fn close(&mut self) {
+        self.fd = None;
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Sends a message; handles inside it travel with their fds (Unix sockets only).
+    ///
+    /// # Errors
+    /// See [`SendError`]; everything but `Io` and `Disconnected` is reported before a
+    /// byte is written.
+    pub fn send<T: Encode>(&self, value: &T) -> Result<(), SendError> {
+        let enc = codec::encode(value).map_err(SendError::Encode)?;
+        self.send_frame(&enc.bytes, &enc.fds)
+    }
+
+    /// Sends `buf` as one message (Python's `send_bytes`).
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<(), SendError> {
+        self.send_frame(buf, &[])
+    }
+
+    fn send_frame(&self, payload: &[u8], fds: &[OwnedFd]) -> Result<(), SendError> {
+        let fd = self.fd.as_ref().ok_or(SendError::Closed)?.as_fd();
+        if !self.writable {
+            return Err(SendError::NotWritable);
+        }
+        let len = payload.len() as u64;
+        if len > self.max_len {
+            return Err(SendError::TooLarge {
+                len,
+                max: self.max_len,
+            });
+        }
+        if !fds.is_empty() && !self.unix {
+            return Err(SendError::FdsNotSupported);
+        }
+        if fds.len() > MAX_FDS as usize {
+            return Err(SendError::TooManyFds(fds.len()));
+        }
+        let head = FrameHeader {
+            nfds: fds.len() as u32,
+            len,
+        };
+        let hdr = head.to_bytes();
+        let pad = (head.padded_len() - len) as usize;
+        let parts: [&[u8]; 3] = [&hdr, payload, &ZEROS[..pad]];
+        let total = HEADER_LEN + payload.len() + pad;
+        let borrowed = scm::borrow_all(fds);
+        let _g = lock(&self.tx);
+        let mut sent = 0;
+        while sent < total {
+            let mut iov = [IoSlice::new(&[]); 3];
+            let mut n_iov = 0;
+            let mut skip = sent;
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
+                }
+                iov[n_iov] = IoSlice::new(&p[skip..]);
+                skip = 0;
+                n_iov += 1;
+            }
+            let r = if sent == 0 && !borrowed.is_empty() {
+                scm::send_with_fds(fd, &iov[..n_iov], &borrowed)
+            } else {
+                sendmsg(
+                    fd,
+                    &iov[..n_iov],
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            };
+            match r {
+                Ok(n) => sent += n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc_errno) if libc_errno == Errno::INTR.raw_os_error() => {}
+                    Some(libc_errno)
+                        if libc_errno == Errno::PIPE.raw_os_error()
+                            || libc_errno == Errno::CONNRESET.raw_os_error() =>
+                    {
+                        return Err(SendError::Disconnected);
+                    }
+                    Some(libc_errno) if libc_errno == Errno::AGAIN.raw_os_error() => {
+                        // Someone made the socket non-blocking: wait for room.
+                        let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
+                        match poll(&mut pfd, None) {
+                            Ok(_) | Err(Errno::INTR) => {}
+                            Err(e) => return Err(SendError::Io(e.into())),
+                        }
+                    }
+                    _ => return Err(SendError::Io(e)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- receiving
+
+    fn rx_fd(&self) -> Result<BorrowedFd<'_>, RecvError> {
+        let fd = self.fd.as_ref().ok_or(RecvError::Closed)?.as_fd();
+        if !self.readable {
+            return Err(RecvError::NotReadable);
+        }
+        Ok(fd)
+    }
+
+    /// Reads until one whole frame is in `rx.body`, returning its header (the fds are in
+    /// `rx.fds`). `room`: refuse (leaving the frame queued) if the payload is longer.
+    fn next_frame(
+        &self,
+        rx: &mut Rx,
+        deadline: Option<Deadline>,
+        room: Option<usize>,
+    ) -> Result<FrameHeader, RecvError> {
+        let fd = self.rx_fd()?;
+        if rx.broken {
+            return Err(RecvError::Broken);
+        }
+        if rx.eof {
+            return Err(RecvError::Disconnected);
+        }
+        let head = match rx.head {
+            Some(h) => h,
+            None => {
+                while rx.hdr_got < HEADER_LEN {
+                    let Rx {
+                        hdr,
+                        hdr_got,
+                        fds,
+                        cmsg,
+                        ..
+                    } = rx;
+                    let n = read_some(fd, &mut hdr[*hdr_got..], Some((cmsg, fds)), deadline)?;
+                    if n == 0 {
+                        rx.eof = true;
+                        let mid_frame = rx.hdr_got > 0 || !rx.fds.is_empty();
+                        rx.finish();
+                        return Err(if mid_frame {
+                            RecvError::Truncated
+                        } else {
+                            RecvError::Disconnected
+                        });
+                    }
+                    rx.hdr_got += n;
+                }
+                match FrameHeader::parse(&rx.hdr, self.max_len) {
+                    Ok(h) => {
+                        rx.head = Some(h);
+                        h
+                    }
+                    Err(e) => {
+                        rx.broken = true;
+                        rx.finish();
+                        return Err(RecvError::Corrupt(e));
+                    }
+                }
+            }
+        };
+        let len = head.len as usize;
+        if let Some(room) = room
+            && len > room
+        {
+            return Err(RecvError::BufferTooSmall { needed: len });
+        }
+        let padded = head.padded_len() as usize;
+        while rx.body_got < padded {
+            if rx.body.len() < padded {
+                let want = padded.min(FIRST_CHUNK.max(rx.body.len() * 2));
+                if want > rx.body.len() {
+                    rx.body.resize(want, 0);
+                }
+            }
+            let end = rx.body.len().min(padded);
+            let got = rx.body_got;
+            let n = read_some(fd, &mut rx.body[got..end], None, deadline)?;
+            if n == 0 {
+                rx.eof = true;
+                rx.finish();
+                return Err(RecvError::Truncated);
+            }
+            rx.body_got += n;
+        }
+        if rx.fds.len() != head.nfds as usize {
+            let received = rx.fds.len();
+            rx.finish();
+            return Err(RecvError::FdMismatch {
+                announced: head.nfds,
+                received,
+            });
+        }
+        Ok(head)
+    }
+
+    fn recv_inner<T: Decode>(&self, deadline: Option<Deadline>) -> Result<T, RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, deadline, None)?;
+        let fds = std::mem::take(&mut rx.fds);
+        let r = codec::decode::<T>(&rx.body[..head.len as usize], fds).map_err(RecvError::Decode);
+        rx.finish();
+        r
+    }
+
+    /// Receives a message, validating it (bytecheck) and rebuilding its value and
+    /// handles. Blocks until a message arrives.
+    ///
+    /// # Errors
+    /// [`RecvError::Disconnected`] at end of stream (Python's `EOFError`); see
+    /// [`RecvError`] for the rest.
+    pub fn recv<T: Decode>(&self) -> Result<T, RecvError> {
+        self.recv_inner(None)
+    }
+
+    /// As [`recv`](Self::recv), giving up with [`RecvError::Timeout`] after `timeout`.
+    /// A message half-read when the time runs out stays half-read; the next receive
+    /// resumes it.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), plus `Timeout`.
+    pub fn recv_timeout<T: Decode>(&self, timeout: Duration) -> Result<T, RecvError> {
+        self.recv_inner(Some(Deadline::after(timeout)))
+    }
+
+    /// Receives a message and lends it in place, validated: the guard derefs to
+    /// `T::Archived` (for `Vec<u8>`, an `ArchivedVec<u8>` that derefs to `[u8]`). The
+    /// message is consumed when the guard drops; until then this end cannot receive.
+    /// Handles inside can be read but not rebuilt (their fds are closed): use
+    /// [`recv`](Self::recv) for those.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn recv_view<T: Decode>(&self) -> Result<Received<'_, T>, RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, None, None)?;
+        rx.fds.clear();
+        let len = head.len as usize;
+        if let Err(e) = codec::access::<T>(&rx.body[..len]) {
+            rx.finish();
+            return Err(RecvError::Decode(e));
+        }
+        Ok(Received {
+            rx,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// Receives a message whose frame is read but not validated; see the `unsafe`
+    /// callers in this module.
+    pub(super) fn recv_frame_unvalidated(
+        &self,
+    ) -> Result<(MutexGuard<'_, Rx>, FrameHeader), RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, None, None)?;
+        Ok((rx, head))
+    }
+
+    /// Receives one message's bytes (Python's `recv_bytes`). Any fds that came with it
+    /// are closed.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), except that the bytes are not validated.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        self.recv_bytes_inner(None)
+    }
+
+    /// As [`recv_bytes`](Self::recv_bytes), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes), plus `Timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        self.recv_bytes_inner(Some(Deadline::after(timeout)))
+    }
+
+    fn recv_bytes_inner(&self, deadline: Option<Deadline>) -> Result<Vec<u8>, RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, deadline, None)?;
+        let v = rx.body[..head.len as usize].to_vec();
+        rx.finish();
+        Ok(v)
+    }
+
+    /// Receives one message into `buf`, returning its length (Python's
+    /// `recv_bytes_into`). If `buf` is too short the message stays queued and
+    /// [`RecvError::BufferTooSmall`] says how long it is.
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes), plus `BufferTooSmall`.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, None, Some(buf.len()))?;
+        let len = head.len as usize;
+        buf[..len].copy_from_slice(&rx.body[..len]);
+        rx.finish();
+        Ok(len)
+    }
+
+    /// Receives one message's bytes and lends them in place (no copy); the message is
+    /// consumed when the guard drops.
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_view(&self) -> Result<BytesView<'_>, RecvError> {
+        let mut rx = lock(&self.rx);
+        let head = self.next_frame(&mut rx, None, None)?;
+        rx.fds.clear();
+        Ok(BytesView {
+            rx,
+            len: head.len as usize,
+        })
+    }
+
+    /// Whether a message (or end of stream) is waiting, without consuming anything.
+    /// `timeout` is a `Duration` (`Duration::ZERO` only looks), or `None` to wait for
+    /// ever, as in Python's `poll(timeout)`.
+    ///
+    /// # Errors
+    /// `Closed`, `NotReadable`, `Broken`, or `Io` if `poll(2)` fails.
+    pub fn poll(&self, timeout: impl Into<Deadline>) -> Result<bool, RecvError> {
+        let fd = self.rx_fd()?;
+        if let Ok(rx) = self.rx.try_lock() {
+            if rx.broken {
+                return Err(RecvError::Broken);
+            }
+            if rx.eof || rx.head.is_some() {
+                return Ok(true);
+            }
+        }
+        match wait_readable(fd, timeout.into()) {
+            Ok(()) => Ok(true),
+            Err(RecvError::Timeout) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A validated message lent in place by [`Connection::recv_view`]: derefs to
+/// `T::Archived`. Consumed when dropped.
+pub struct Received<'a, T: Decode> {
+    pub(super) rx: MutexGuard<'a, Rx>,
+    pub(super) len: usize,
+    pub(super) _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Decode> Received<'_, T> {
+    /// The message's archive bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.rx.body[..self.len]
+    }
+}
+
+impl<T: Decode> Drop for Received<'_, T> {
+    fn drop(&mut self) {
+        self.rx.finish();
+    }
+}
+
+impl<T: Decode> fmt::Debug for Received<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Received")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A message's bytes lent in place by [`Connection::recv_bytes_view`]: derefs to `[u8]`
+/// (16-byte aligned). Consumed when dropped.
+pub struct BytesView<'a> {
+    rx: MutexGuard<'a, Rx>,
+    len: usize,
+}
+
+impl std::ops::Deref for BytesView<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.rx.body[..self.len]
+    }
+}
+
+impl Drop for BytesView<'_> {
+    fn drop(&mut self) {
+        self.rx.finish();
+    }
+}
+
+impl fmt::Debug for BytesView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BytesView").field("len", &self.len).finish()
+    }
+}
+
+const FLAG_READ: u64 = 1;
+const FLAG_WRITE: u64 = 2;
+const FLAG_UNIX: u64 = 4;
+
+/// A connection crosses into another process as a duplicate of its socket: the original
+/// stays usable here. Hand it over between messages: a message this end has half-read
+/// (a timed-out receive) stays with this end.
+impl Transfer for Connection {
+    const KIND: &'static str = "mproc_channel::Connection";
+
+    fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
+        let fd = self.fd.as_ref().ok_or_else(|| {
+            TransferError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "cannot send a closed Connection",
+            ))
+        })?;
+        let mut flags = 0;
+        for (on, bit) in [
+            (self.readable, FLAG_READ),
+            (self.writable, FLAG_WRITE),
+            (self.unix, FLAG_UNIX),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        out.put_u64(flags);
+        out.put_u64(self.max_len);
+        out.put_fd(fd.as_fd())
+    }
+
+    fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
+        let flags = input.get_u64()?;
+        if flags & !(FLAG_READ | FLAG_WRITE | FLAG_UNIX) != 0 {
+            return Err(TransferError::Malformed("connection flags"));
+        }
+        let max_len = input.get_u64()?;
+        let fd = input.take_fd()?;
+        let st = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(TransferError::Malformed("connection fd is not a socket"));
+        }
+        let mut c = Connection::with_mode(
+            fd,
+            flags & FLAG_READ != 0,
+            flags & FLAG_WRITE != 0,
+            flags & FLAG_UNIX != 0,
+        );
+        c.max_len = max_len;
+        Ok(c)
+    }
+}
+
+mproc_core::impl_handle_archive!(Connection);
