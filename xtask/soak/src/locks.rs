@@ -6,7 +6,7 @@
 //! waiter must be told the owner died (`OwnerDied`); the other then gets a clean lock.
 //! Semaphores have no owner (as in Python): the dead holder's permit is not returned,
 //! and the check is that others keep going on the remaining permits.
-use crate::util::{kill_ours, mono_ns, ms};
+use crate::util::{METHODS, kill_ours, mono_ns, ms};
 use crate::{Budget, Outcome};
 use mproc_spawn::Process;
 use mproc_sync::{Event, Lock, Mutex, RLock, Semaphore};
@@ -139,7 +139,7 @@ pub(crate) fn run(b: Budget) -> Outcome {
     }
     let total: u64 = kinds.iter().map(|(_, k)| k.rounds).sum();
     out.load = format!(
-        "{total} rounds: holder process + 1 waiter process + 1 waiter thread per round, over Lock, RLock (held twice), Mutex<u64>, Semaphore(2)"
+        "{total} rounds (fork, spawn, forkserver in turn): holder process + 1 waiter process + 1 waiter thread per round, over Lock, RLock (held twice), Mutex<u64>, Semaphore(2)"
     );
     out.faults = format!("{total} SIGKILLs of holders while holding");
     out.seen = kinds
@@ -162,13 +162,14 @@ fn round(kind: &str, k: &mut Kind) -> Result<(), String> {
     macro_rules! go {
         ($prim:expr, $hold:ident, $wait:ident, $local:expr) => {{
             let prim = $prim;
-            let mut holder = Process::new($hold, (prim.clone(), ev.clone()));
+            let method = METHODS[k.rounds as usize % 3].1;
+            let mut holder = Process::new($hold, (prim.clone(), ev.clone())).start_method(method);
             holder.start().map_err(|e| e.to_string())?;
             if !ev.wait_timeout(Duration::from_secs(20)) {
                 let _ = holder.kill();
                 return Err("holder never got the lock".into());
             }
-            let mut waiter = Process::new($wait, prim.clone());
+            let mut waiter = Process::new($wait, prim.clone()).start_method(method);
             waiter.start().map_err(|e| e.to_string())?;
             let p2 = prim.clone();
             let th = std::thread::spawn(move || $local(p2));

@@ -5,7 +5,7 @@
 //! SIGKILL it; 1 s later none of those processes may be alive, no segment may remain
 //! in `/dev/shm`, and no process of this binary may exist beyond those that existed
 //! before the round.
-use crate::util::{alive_not_zombie, kill_ours, processes_of_this_binary};
+use crate::util::{METHODS, alive_not_zombie, kill_ours, processes_of_this_binary};
 use crate::{Budget, Outcome};
 use mproc_channel::Queue;
 use mproc_pool::Pool;
@@ -22,14 +22,19 @@ fn sleeper(_: u32) -> u32 {
 
 fn tree_parent((q, round): (Queue<Report>, u64)) -> u32 {
     let me = std::process::id();
+    let method = METHODS[round as usize % 3].1;
     let mut kids = Vec::new();
     for _ in 0..2 {
-        let mut p = Process::new(sleeper, 0u32);
+        let mut p = Process::new(sleeper, 0u32).start_method(method);
         if p.start().is_ok() {
             kids.push(p);
         }
     }
-    let pool = Pool::new(2).ok();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .ok();
     // Make sure the pool's workers are up before reporting them.
     if let Some(p) = &pool {
         let _ = p.apply(sleeper_short, 1u32);
@@ -59,7 +64,7 @@ pub(crate) fn run(b: Budget) -> Outcome {
         nothing_lost: true,
         ..Outcome::default()
     };
-    let rounds = ((b.time.as_secs_f64() / 3.0) as u64).clamp(1, 20);
+    let rounds = ((b.time.as_secs_f64() / 2.0) as u64).clamp(3, 30);
     let (mut procs, mut segs, mut left_procs, mut left_segs) = (0usize, 0usize, 0usize, 0usize);
     let mut worst_gone = Duration::ZERO;
     for round in 0..rounds {
@@ -71,7 +76,9 @@ pub(crate) fn run(b: Budget) -> Outcome {
                 break;
             }
         };
-        let mut parent = Process::new(tree_parent, (q.clone(), round));
+        // The parent itself and its tree use the same start method, in turn.
+        let mut parent = Process::new(tree_parent, (q.clone(), round))
+            .start_method(METHODS[round as usize % 3].1);
         if let Err(e) = parent.start() {
             out.violate(format!("could not start the parent: {e}"));
             break;
@@ -145,7 +152,9 @@ pub(crate) fn run(b: Budget) -> Outcome {
     if left_procs + left_segs > 0 {
         out.nothing_lost = false;
     }
-    out.load = format!("{rounds} trees: parent + 2 children + Pool(2) + 2 named segments each");
+    out.load = format!(
+        "{rounds} trees (fork, spawn, forkserver in turn): parent + 2 children + Pool(2) + 2 named segments each"
+    );
     out.faults = format!("{rounds} SIGKILLs of the parent");
     out.seen = format!(
         "{procs} processes and {segs} segments to clean: {left_procs} processes and {left_segs} segments left after 1 s; all gone within {:.0} ms worst",

@@ -3,7 +3,7 @@
 //! Every submitted task must get exactly one outcome (its own result, or `WorkerLost`),
 //! results must belong to the task that asked (no cross-wiring), `WorkerLost` count
 //! cannot exceed the kills, and the pool must still answer afterwards.
-use crate::util::{Rng, kill_ours, ms};
+use crate::util::{METHODS, Rng, kill_ours, ms};
 use crate::{Budget, Outcome};
 use mproc_pool::{Pool, TaskError};
 use std::sync::Arc;
@@ -22,7 +22,80 @@ pub(crate) fn run(b: Budget) -> Outcome {
         nothing_lost: true,
         ..Outcome::default()
     };
-    let pool = match Pool::builder().processes(4).build() {
+    // One pool per start method, each a third of the time and of the kills.
+    let third = Budget {
+        time: b.time / 3,
+        scale: b.scale / 3.0,
+        seed: b.seed,
+    };
+    let mut parts = Vec::new();
+    for (i, (name, m)) in METHODS.into_iter().enumerate() {
+        let o = run_one(
+            Budget {
+                seed: b.seed.wrapping_add(i as u64),
+                ..third
+            },
+            m,
+        );
+        println!("  {name}: {}; {}", o.faults, o.seen);
+        out.violations
+            .extend(o.violations.iter().map(|v| format!("{name}: {v}")));
+        out.nothing_lost &= o.nothing_lost;
+        parts.push((name, o));
+    }
+    let sum = |f: fn(&Counts) -> u64| parts.iter().map(|(_, o)| f(&o.counts)).sum::<u64>();
+    out.load = format!(
+        "3 pools (fork, spawn, forkserver) of 4 workers, {} tasks of 0-4 ms (apply_async and map_results batches of 64)",
+        sum(|c| c.submitted)
+    );
+    out.faults = format!("{} SIGKILLs of random workers", sum(|c| c.kills));
+    out.seen = format!(
+        "{} results + {} WorkerLost = {} outcomes for {} tasks, 0 duplicated, 0 cross-wired; slowest batch {}; every pool answers after",
+        sum(|c| c.ok),
+        sum(|c| c.lost),
+        sum(|c| c.ok + c.lost),
+        sum(|c| c.submitted),
+        ms(parts
+            .iter()
+            .map(|(_, o)| o.slowest)
+            .max()
+            .unwrap_or_default())
+    );
+    out
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    submitted: u64,
+    ok: u64,
+    lost: u64,
+    kills: u64,
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    counts: Counts,
+    slowest: Duration,
+    faults: String,
+    seen: String,
+    violations: Vec<String>,
+    nothing_lost: bool,
+}
+
+impl Part {
+    fn violate(&mut self, what: impl Into<String>) {
+        let w = what.into();
+        eprintln!("  VIOLATION: {w}");
+        self.violations.push(w);
+    }
+}
+
+fn run_one(b: Budget, method: mproc_spawn::StartMethod) -> Part {
+    let mut out = Part {
+        nothing_lost: true,
+        ..Part::default()
+    };
+    let pool = match Pool::builder().processes(4).start_method(method).build() {
         Ok(p) => Arc::new(p),
         Err(e) => {
             out.violate(format!("pool did not start: {e}"));
@@ -30,7 +103,7 @@ pub(crate) fn run(b: Budget) -> Outcome {
             return out;
         }
     };
-    let target_kills = b.count(1_000, 30);
+    let target_kills = b.count(1_000, 10);
     let load_time = b.time.mul_f64(0.85);
     let interval = load_time / target_kills as u32;
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,9 +213,14 @@ pub(crate) fn run(b: Budget) -> Outcome {
     if kills < target_kills / 2 {
         out.violate(format!("only {kills} kills landed (target {target_kills})"));
     }
-    out.load = format!(
-        "4 workers, {submitted} tasks of 0-4 ms (apply_async and map_results batches of 64, {map_batches} maps)"
-    );
+    out.counts = Counts {
+        submitted,
+        ok,
+        lost,
+        kills,
+    };
+    out.slowest = slowest;
+    out.faults = format!("{submitted} tasks ({map_batches} maps)");
     out.faults = format!(
         "{kills} SIGKILLs of random workers (one every {})",
         ms(interval)

@@ -35,6 +35,13 @@ impl Rng {
     }
 }
 
+/// The three start methods, by index (handy inside process arguments).
+pub(crate) const METHODS: [(&str, mproc_spawn::StartMethod); 3] = [
+    ("fork", mproc_spawn::StartMethod::Fork),
+    ("spawn", mproc_spawn::StartMethod::Spawn),
+    ("forkserver", mproc_spawn::StartMethod::ForkServer),
+];
+
 /// CLOCK_MONOTONIC in nanoseconds: comparable across the processes of one machine.
 pub(crate) fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
