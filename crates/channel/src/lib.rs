@@ -5,8 +5,8 @@
 // Connections, pipes, wait() and Listener/Client: the connection work owns these.
 mod conn;
 pub use conn::{
-    BytesView, Connection, DEFAULT_MAX_MESSAGE_SIZE, Pipe, Received, RecvError, SendError,
-    Waitable, wait,
+    Address, AuthenticationError, BytesView, Client, ConnectError, Connection,
+    DEFAULT_MAX_MESSAGE_SIZE, Listener, Pipe, Received, RecvError, SendError, Waitable, wait,
 };
 // Queues: the queue work owns these.
 mod queue;

@@ -11,10 +11,12 @@
 //! ```
 mod connection;
 mod error;
+mod listener;
 #[allow(unsafe_code)]
 mod sys;
 mod wait;
 
 pub use connection::{BytesView, Connection, DEFAULT_MAX_MESSAGE_SIZE, Pipe, Received};
 pub use error::{RecvError, SendError};
+pub use listener::{Address, AuthenticationError, Client, ConnectError, Listener};
 pub use wait::{Waitable, wait};
