@@ -1,0 +1,175 @@
+//! Connections across processes, under the default start method (`cargo xtask test-all`
+//! runs this under fork, spawn and forkserver). Ported in part from CPython's
+//! `_TestConnection` (`Lib/test/_test_multiprocessing.py`): a child talks over a pipe
+//! end passed in its arguments; plus mproc's own checks (a 16 MiB message, corrupt
+//! bytes, a peer killed mid-send, handles sent to a running child).
+use mproc_channel::{Connection, Pipe, RecvError};
+use mproc_core::{Handle, Region};
+use mproc_spawn::Process;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().enumerate().fold(0u64, |h, (i, &x)| {
+        h.wrapping_mul(31).wrapping_add(x as u64 ^ i as u64)
+    })
+}
+
+fn big_message() -> Vec<u8> {
+    (0..16usize << 20)
+        .map(|i| (i * 13 + i / 999) as u8)
+        .collect()
+}
+
+fn send_hello(c: Connection) {
+    c.send(&String::from("hello")).unwrap();
+}
+
+#[test]
+fn child_sends_hello() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(send_hello, child);
+    p.start().unwrap();
+    assert_eq!(parent.recv_timeout::<String>(LONG).unwrap(), "hello");
+    p.join().unwrap();
+    // Every copy of the child's end is gone: end of stream.
+    assert!(matches!(
+        parent.recv_timeout::<String>(LONG),
+        Err(RecvError::Disconnected)
+    ));
+}
+
+fn echo_big(c: Connection) -> u64 {
+    let got: Vec<u8> = c.recv().unwrap();
+    let sum = checksum(&got);
+    c.send(&got).unwrap();
+    sum
+}
+
+#[test]
+fn sixteen_mib_message_both_ways_intact() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(echo_big, child);
+    p.start().unwrap();
+    let msg = big_message();
+    parent.send(&msg).unwrap();
+    let back = parent.recv_timeout::<Vec<u8>>(LONG).unwrap();
+    assert_eq!(p.join().unwrap(), checksum(&msg));
+    assert!(back == msg, "16 MiB message came back altered");
+}
+
+fn write_garbage(Handle(fd): Handle<OwnedFd>) {
+    let junk = b"GARBAGE! this is not an mproc frame header \xff\xfe";
+    rustix::io::write(&fd, junk).unwrap();
+}
+
+#[test]
+fn corrupt_bytes_from_a_child_are_an_error_not_a_crash() {
+    let (mine, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let conn = Connection::from_fd(mine).unwrap();
+    let mut p = Process::new(write_garbage, Handle(theirs));
+    p.start().unwrap();
+    p.join().unwrap();
+    assert!(matches!(
+        conn.recv_timeout::<String>(LONG),
+        Err(RecvError::Corrupt(_))
+    ));
+    assert!(matches!(conn.recv_bytes(), Err(RecvError::Broken)));
+}
+
+fn send_forever(c: Connection) {
+    // Far more than a socket buffer: blocks until the parent reads or kills us.
+    let huge = vec![1u8; 100 << 20];
+    let _ = c.send_bytes(&huge);
+}
+
+#[test]
+fn peer_killed_mid_send_is_truncated() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(send_forever, child);
+    p.start().unwrap();
+    assert!(parent.poll(LONG).unwrap(), "the child started sending");
+    // Let the child fill the socket buffer, then kill it mid-frame.
+    std::thread::sleep(Duration::from_millis(100));
+    p.kill().unwrap();
+    let _ = p.join();
+    let r = parent.recv_bytes_timeout(LONG);
+    assert!(matches!(r, Err(RecvError::Truncated)), "{r:?}");
+}
+
+fn send_later(c: Connection) {
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&5u32).unwrap();
+}
+
+#[test]
+fn poll_and_timeouts_across_processes() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(send_later, child);
+    p.start().unwrap();
+    assert!(!parent.poll(Duration::ZERO).unwrap());
+    let t0 = Instant::now();
+    assert!(matches!(
+        parent.recv_timeout::<u32>(Duration::from_millis(50)),
+        Err(RecvError::Timeout)
+    ));
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert!(parent.poll(LONG).unwrap());
+    assert!(parent.poll(Duration::ZERO).unwrap(), "poll did not consume");
+    assert_eq!(parent.recv::<u32>().unwrap(), 5);
+    p.join().unwrap();
+}
+
+fn use_received_handles(c: Connection) -> u32 {
+    let (region, back): (Region, Connection) = c.recv().unwrap();
+    region
+        .atomic_u32(0)
+        .unwrap()
+        .store(0xfeed, Ordering::SeqCst);
+    back.send(&String::from("through the sent connection"))
+        .unwrap();
+    region.atomic_u32(0).unwrap().load(Ordering::SeqCst)
+}
+
+#[test]
+fn handles_sent_to_a_running_child() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(use_received_handles, child);
+    p.start().unwrap();
+    // The child is already running; now give it a region and a new connection.
+    let region = Region::new(4096).unwrap();
+    let (x, y) = Pipe(true).unwrap();
+    parent.send(&(region.try_clone().unwrap(), y)).unwrap();
+    assert_eq!(
+        x.recv_timeout::<String>(LONG).unwrap(),
+        "through the sent connection"
+    );
+    assert_eq!(p.join().unwrap(), 0xfeed);
+    assert_eq!(region.atomic_u32(0).unwrap().load(Ordering::SeqCst), 0xfeed);
+}
+
+fn wait_then_exit(_: ()) {
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn wait_sees_a_process_sentinel() {
+    let (a, _b) = Pipe(true).unwrap();
+    let mut p = Process::new(wait_then_exit, ());
+    p.start().unwrap();
+    let ready = {
+        let sentinel = p.sentinel().unwrap();
+        mproc_channel::wait(&[&a as &dyn mproc_channel::Waitable, &sentinel], LONG).unwrap()
+    };
+    assert_eq!(ready, vec![1]);
+    p.join().unwrap();
+}
