@@ -42,7 +42,10 @@ fn abstract_name_with_key() {
 
 #[test]
 fn tcp_loopback_with_and_without_key() {
-    round_trip(Address::tcp("127.0.0.1:0".parse().unwrap()), Some(b"tcp key"));
+    round_trip(
+        Address::tcp("127.0.0.1:0".parse().unwrap()),
+        Some(b"tcp key"),
+    );
     round_trip(Address::tcp("127.0.0.1:0".parse().unwrap()), None);
 }
 
