@@ -418,3 +418,52 @@ fn pipes_close_on_exec() {
     let flags = rustix::io::fcntl_getfd(fd).unwrap();
     assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
 }
+
+#[test]
+fn a_connection_with_read_ahead_bytes_is_not_sent_away() {
+    let (a, b) = Pipe(true).unwrap();
+    let (carrier, dest) = Pipe(true).unwrap();
+    a.send(&1u32).unwrap();
+    a.send(&2u32).unwrap();
+    assert!(b.poll(Duration::from_secs(5)).unwrap());
+    // Give both frames time to land so the first receive reads the second one ahead.
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(b.recv::<u32>().unwrap(), 1);
+    assert!(b.poll(Duration::ZERO).unwrap(), "the read-ahead frame is ready");
+    assert!(
+        wait(&[&b as &dyn Waitable], Duration::ZERO).unwrap() == vec![0],
+        "wait sees read-ahead frames"
+    );
+    assert!(matches!(carrier.send(&b), Err(SendError::Encode(_))));
+    assert_eq!(b.recv::<u32>().unwrap(), 2);
+    carrier.send(&b).unwrap();
+    let b2: Connection = dest.recv().unwrap();
+    a.send(&3u32).unwrap();
+    assert_eq!(b2.recv::<u32>().unwrap(), 3);
+}
+
+#[test]
+fn many_small_frames_with_fds_interleaved() {
+    let (a, b) = Pipe(true).unwrap();
+    let t = thread::spawn(move || {
+        for i in 0..300u32 {
+            if i % 3 == 0 {
+                let r = Region::new(4096).unwrap();
+                r.atomic_u32(0).unwrap().store(i, Ordering::SeqCst);
+                a.send(&(i, Some(r))).unwrap();
+            } else {
+                a.send(&(i, Option::<Region>::None)).unwrap();
+            }
+        }
+        a
+    });
+    for i in 0..300u32 {
+        let (j, r): (u32, Option<Region>) = b.recv().unwrap();
+        assert_eq!(j, i);
+        assert_eq!(r.is_some(), i % 3 == 0);
+        if let Some(r) = r {
+            assert_eq!(r.atomic_u32(0).unwrap().load(Ordering::SeqCst), i);
+        }
+    }
+    drop(t.join().unwrap());
+}

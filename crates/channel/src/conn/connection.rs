@@ -3,9 +3,11 @@
 //!
 //! Wire format: every message is one frame, a 16-byte [`FrameHeader`] (magic, fd count,
 //! payload length) followed by the payload padded with zeros to a multiple of 16 bytes.
-//! The fds of a frame are attached to its first bytes. The receiver reads exactly one
-//! frame at a time (no read-ahead), so a connection can be handed to another process
-//! between messages without stranding buffered bytes.
+//! The fds of a frame are attached to its first bytes. The receiver reads headers and
+//! small frames through a 1 KiB read-ahead buffer (one `recvmsg` per small message) and
+//! the rest of a large frame straight into its aligned body buffer. Sending a connection
+//! to another process while it holds read-ahead bytes is refused with a typed error
+//! rather than stranding them.
 use super::error::{RecvError, SendError};
 use mproc_core::codec::{self, FrameHeader, HEADER_LEN, MAX_FDS};
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
@@ -17,6 +19,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendFlags, Shutdown, SocketFlags, SocketType, recv, recvmsg, sendmsg, shutdown, socketpair,
 };
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::marker::PhantomData;
@@ -111,11 +114,18 @@ pub struct Connection {
 
 /// Receive state: a frame may be read in several steps (a timed receive can stop
 /// mid-frame and the next receive resumes it).
+///
+/// Headers and small frames are read through `ahead`, a small read-ahead buffer, so a
+/// small message costs one `recvmsg`; the rest of a large frame is read straight into
+/// `body`. Fds arrive with the first bytes of their frame and wait in `fd_queue` until
+/// their frame is complete.
 pub(super) struct Rx {
-    hdr: [u8; HEADER_LEN],
-    hdr_got: usize,
+    ahead: Box<[u8; AHEAD]>,
+    start: usize,
+    end: usize,
     head: Option<FrameHeader>,
-    fds: Vec<OwnedFd>,
+    fd_queue: VecDeque<OwnedFd>,
+    frame_fds: Vec<OwnedFd>,
     pub(super) body: AlignedVec,
     body_got: usize,
     broken: bool,
@@ -123,13 +133,18 @@ pub(super) struct Rx {
     cmsg: Vec<MaybeUninit<u8>>,
 }
 
+/// Size of the read-ahead buffer.
+const AHEAD: usize = 1024;
+
 impl Rx {
     fn new() -> Self {
         Rx {
-            hdr: [0; HEADER_LEN],
-            hdr_got: 0,
+            ahead: Box::new([0; AHEAD]),
+            start: 0,
+            end: 0,
             head: None,
-            fds: Vec::new(),
+            fd_queue: VecDeque::new(),
+            frame_fds: Vec::new(),
             body: AlignedVec::new(),
             body_got: 0,
             broken: false,
@@ -140,20 +155,44 @@ impl Rx {
 
     /// Closes the fds that came with the current frame.
     pub(super) fn fds_clear(&mut self) {
-        self.fds.clear();
+        self.frame_fds.clear();
+    }
+
+    /// Bytes read from the socket but not yet given to a frame.
+    pub(super) fn buffered(&self) -> usize {
+        self.end - self.start
     }
 
     /// Whether a receive would return at once without reading the socket.
     pub(super) fn ready_now(&self) -> bool {
-        self.eof || self.broken || self.head.is_some()
+        if self.eof || self.broken || self.head.is_some() {
+            return true;
+        }
+        if self.buffered() < HEADER_LEN {
+            return false;
+        }
+        let hdr: &[u8; HEADER_LEN] = self.ahead[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("16 bytes");
+        match FrameHeader::parse(hdr, u64::MAX) {
+            Ok(h) => h.padded_len() <= (self.buffered() - HEADER_LEN) as u64,
+            Err(_) => true,
+        }
+    }
+
+    /// Drops everything buffered (the stream ended or went out of step).
+    fn discard(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.fd_queue.clear();
+        self.finish();
     }
 
     /// Forgets the current (complete or abandoned) frame.
     pub(super) fn finish(&mut self) {
-        self.hdr_got = 0;
         self.head = None;
         self.body_got = 0;
-        self.fds.clear();
+        self.frame_fds.clear();
         if self.body.len() > RETAIN {
             self.body = AlignedVec::new();
         }
@@ -201,7 +240,7 @@ pub(super) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<()
 fn read_some(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: Option<(&mut Vec<MaybeUninit<u8>>, &mut Vec<OwnedFd>)>,
+    fds: Option<(&mut Vec<MaybeUninit<u8>>, &mut VecDeque<OwnedFd>)>,
     deadline: Option<Deadline>,
 ) -> Result<usize, RecvError> {
     let mut flags = RecvFlags::empty();
@@ -432,7 +471,7 @@ impl Connection {
     }
 
     /// Reads until one whole frame is in `rx.body`, returning its header (the fds are in
-    /// `rx.fds`). `room`: refuse (leaving the frame queued) if the payload is longer.
+    /// `rx.frame_fds`). `room`: refuse (leaving the frame queued) if the payload is longer.
     fn next_frame(
         &self,
         rx: &mut Rx,
@@ -449,35 +488,45 @@ impl Connection {
         let head = match rx.head {
             Some(h) => h,
             None => {
-                while rx.hdr_got < HEADER_LEN {
+                while rx.buffered() < HEADER_LEN {
+                    if rx.start > 0 {
+                        let (start, end) = (rx.start, rx.end);
+                        rx.ahead.copy_within(start..end, 0);
+                        rx.end -= start;
+                        rx.start = 0;
+                    }
                     let Rx {
-                        hdr,
-                        hdr_got,
-                        fds,
+                        ahead,
+                        end,
+                        fd_queue,
                         cmsg,
                         ..
                     } = rx;
-                    let n = read_some(fd, &mut hdr[*hdr_got..], Some((cmsg, fds)), deadline)?;
+                    let n = read_some(fd, &mut ahead[*end..], Some((cmsg, fd_queue)), deadline)?;
                     if n == 0 {
                         rx.eof = true;
-                        let mid_frame = rx.hdr_got > 0 || !rx.fds.is_empty();
-                        rx.finish();
+                        let mid_frame = rx.buffered() > 0 || !rx.fd_queue.is_empty();
+                        rx.discard();
                         return Err(if mid_frame {
                             RecvError::Truncated
                         } else {
                             RecvError::Disconnected
                         });
                     }
-                    rx.hdr_got += n;
+                    rx.end += n;
                 }
-                match FrameHeader::parse(&rx.hdr, self.max_len) {
+                let hdr: [u8; HEADER_LEN] = rx.ahead[rx.start..rx.start + HEADER_LEN]
+                    .try_into()
+                    .expect("16 bytes");
+                match FrameHeader::parse(&hdr, self.max_len) {
                     Ok(h) => {
+                        rx.start += HEADER_LEN;
                         rx.head = Some(h);
                         h
                     }
                     Err(e) => {
                         rx.broken = true;
-                        rx.finish();
+                        rx.discard();
                         return Err(RecvError::Corrupt(e));
                     }
                 }
@@ -499,29 +548,44 @@ impl Connection {
             }
             let end = rx.body.len().min(padded);
             let got = rx.body_got;
+            if rx.buffered() > 0 {
+                let take = rx.buffered().min(end - got);
+                let from = rx.start;
+                let Rx { ahead, body, .. } = &mut *rx;
+                body[got..got + take].copy_from_slice(&ahead[from..from + take]);
+                rx.start += take;
+                rx.body_got += take;
+                continue;
+            }
+            // Exactly up to this frame's end: never into the next frame, whose fds
+            // must come through the read-ahead path.
             let n = read_some(fd, &mut rx.body[got..end], None, deadline)?;
             if n == 0 {
                 rx.eof = true;
-                rx.finish();
+                rx.discard();
                 return Err(RecvError::Truncated);
             }
             rx.body_got += n;
         }
-        if rx.fds.len() != head.nfds as usize {
-            let received = rx.fds.len();
+        let nfds = head.nfds as usize;
+        if rx.fd_queue.len() < nfds {
+            let received = rx.fd_queue.len();
+            rx.fd_queue.clear();
             rx.finish();
             return Err(RecvError::FdMismatch {
                 announced: head.nfds,
                 received,
             });
         }
+        let fds: Vec<OwnedFd> = rx.fd_queue.drain(..nfds).collect();
+        rx.frame_fds = fds;
         Ok(head)
     }
 
     fn recv_inner<T: Decode>(&self, deadline: Option<Deadline>) -> Result<T, RecvError> {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, deadline, None)?;
-        let fds = std::mem::take(&mut rx.fds);
+        let fds = std::mem::take(&mut rx.frame_fds);
         let r = codec::decode::<T>(&rx.body[..head.len as usize], fds).map_err(RecvError::Decode);
         rx.finish();
         r
@@ -558,7 +622,7 @@ impl Connection {
     pub fn recv_view<T: Decode>(&self) -> Result<Received<'_, T>, RecvError> {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, None, None)?;
-        rx.fds.clear();
+        rx.frame_fds.clear();
         let len = head.len as usize;
         if let Err(e) = codec::access::<T>(&rx.body[..len]) {
             rx.finish();
@@ -629,7 +693,7 @@ impl Connection {
     pub fn recv_bytes_view(&self) -> Result<BytesView<'_>, RecvError> {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, None, None)?;
-        rx.fds.clear();
+        rx.frame_fds.clear();
         Ok(BytesView {
             rx,
             len: head.len as usize,
@@ -648,7 +712,7 @@ impl Connection {
             if rx.broken {
                 return Err(RecvError::Broken);
             }
-            if rx.eof || rx.head.is_some() {
+            if rx.ready_now() {
                 return Ok(true);
             }
         }
@@ -721,8 +785,9 @@ const FLAG_WRITE: u64 = 2;
 const FLAG_UNIX: u64 = 4;
 
 /// A connection crosses into another process as a duplicate of its socket: the original
-/// stays usable here. Hand it over between messages: a message this end has half-read
-/// (a timed-out receive) stays with this end.
+/// stays usable here. Hand it over between messages: while this end holds bytes of
+/// messages it has read ahead but not yet received (the peer sent several at once), or a
+/// half-read message, exporting it fails with a typed error instead of losing them.
 impl Transfer for Connection {
     const KIND: &'static str = "mproc_channel::Connection";
 
@@ -733,6 +798,18 @@ impl Transfer for Connection {
                 "cannot send a closed Connection",
             ))
         })?;
+        if let Ok(rx) = self.rx.try_lock()
+            && (rx.buffered() > 0 || rx.head.is_some())
+        {
+            return Err(TransferError::Io(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "this Connection has read {} bytes of messages not yet received; \
+                     receive them before sending the connection",
+                    rx.buffered()
+                ),
+            )));
+        }
         let mut flags = 0;
         for (on, bit) in [
             (self.readable, FLAG_READ),
