@@ -7,6 +7,7 @@
 
 #[allow(dead_code)] // used as workload areas are added
 mod harness;
+mod pipe;
 mod sync;
 mod queue;
 mod pool;
@@ -35,7 +36,7 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("spawn", spawn::run), ("sync", sync::run)];
+    let areas: &[(&str, Area)] = &[("pipe", pipe::run), ("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("spawn", spawn::run), ("sync", sync::run)];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));
