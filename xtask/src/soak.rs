@@ -1,6 +1,8 @@
 //! `cargo xtask soak [--seconds N]`: builds `mproc-soak` in release and runs every
 //! fault-injection scenario within `N` seconds (default 180). Fails when any invariant
-//! was violated, or when the run outlives its bound.
+//! was violated, or when the run outlives its bound. Runs of 60 s or more then run the
+//! loom models (`xtask/soak/tests/loom_*.rs`) in release with 3 preemptions; shorter
+//! runs leave them to the test suite, which runs them in debug with 2.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,9 +36,9 @@ pub(crate) fn run(args: &[String]) -> bool {
     // The binary bounds itself; this is the outer guard should it not.
     let limit = Duration::from_secs(secs * 4 + 180);
     let started = Instant::now();
-    loop {
+    let soaked = loop {
         match child.try_wait() {
-            Ok(Some(st)) => return st.success(),
+            Ok(Some(st)) => break st.success(),
             Ok(None) if started.elapsed() > limit => {
                 eprintln!(
                     "xtask soak: still running after {} s: killed",
@@ -49,5 +51,25 @@ pub(crate) fn run(args: &[String]) -> bool {
             Ok(None) => std::thread::sleep(Duration::from_millis(200)),
             Err(_) => return false,
         }
+    };
+    if secs < 60 {
+        return soaked;
     }
+    println!(
+        "\nxtask soak: loom models of the queue ring and the lock word (release, 3 preemptions)"
+    );
+    let modelled = crate::cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "mproc-soak",
+            "--test",
+            "loom_ring",
+            "--test",
+            "loom_lock",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    soaked && modelled
 }
