@@ -22,20 +22,27 @@ pub(crate) fn run(b: Budget) -> Outcome {
         nothing_lost: true,
         ..Outcome::default()
     };
-    // One pool per start method, each a third of the time and of the kills.
-    let third = Budget {
-        time: b.time / 3,
-        scale: b.scale / 3.0,
+    // One pool per start method, each a quarter of the time and of the kills; the
+    // fourth (forkserver) has a 20 ms initializer, so kills also land mid-initializer.
+    let quarter = Budget {
+        time: b.time / 4,
+        scale: b.scale / 4.0,
         seed: b.seed,
     };
     let mut parts = Vec::new();
-    for (i, (name, m)) in METHODS.into_iter().enumerate() {
+    let kinds = METHODS.into_iter().map(|(n, m)| (n, m, false)).chain([(
+        "forkserver+initializer",
+        METHODS[2].1,
+        true,
+    )]);
+    for (i, (name, m, init)) in kinds.enumerate() {
         let o = run_one(
             Budget {
                 seed: b.seed.wrapping_add(i as u64),
-                ..third
+                ..quarter
             },
             m,
+            init,
         );
         println!("  {name}: {}; {}", o.faults, o.seen);
         out.violations
@@ -45,7 +52,7 @@ pub(crate) fn run(b: Budget) -> Outcome {
     }
     let sum = |f: fn(&Counts) -> u64| parts.iter().map(|(_, o)| f(&o.counts)).sum::<u64>();
     out.load = format!(
-        "3 pools (fork, spawn, forkserver) of 4 workers, {} tasks of 0-4 ms (apply_async and map_results batches of 64)",
+        "4 pools (fork, spawn, forkserver, forkserver with a 20 ms initializer) of 4 workers, {} tasks of 0-4 ms (apply_async and map_results batches of 64)",
         sum(|c| c.submitted)
     );
     out.faults = format!("{} SIGKILLs of random workers", sum(|c| c.kills));
@@ -90,12 +97,20 @@ impl Part {
     }
 }
 
-fn run_one(b: Budget, method: mproc_spawn::StartMethod) -> Part {
+fn slow_init(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn run_one(b: Budget, method: mproc_spawn::StartMethod, init: bool) -> Part {
     let mut out = Part {
         nothing_lost: true,
         ..Part::default()
     };
-    let pool = match Pool::builder().processes(4).start_method(method).build() {
+    let mut builder = Pool::builder().processes(4).start_method(method);
+    if init {
+        builder = builder.initializer(slow_init, 20u64);
+    }
+    let pool = match builder.build() {
         Ok(p) => Arc::new(p),
         Err(e) => {
             out.violate(format!("pool did not start: {e}"));
