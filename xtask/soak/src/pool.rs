@@ -22,11 +22,12 @@ pub(crate) fn run(b: Budget) -> Outcome {
         nothing_lost: true,
         ..Outcome::default()
     };
-    // One pool per start method, each a quarter of the time and of the kills; the
-    // fourth (forkserver) has a 20 ms initializer, so kills also land mid-initializer.
+    // One pool per start method, each a fifth of the time and of the kills; the
+    // fourth (forkserver) has a 20 ms initializer, so kills also land mid-initializer;
+    // the fifth feeds imap_unordered to workers that also retire every 50 tasks.
     let quarter = Budget {
-        time: b.time / 4,
-        scale: b.scale / 4.0,
+        time: b.time / 5,
+        scale: b.scale / 5.0,
         seed: b.seed,
     };
     let mut parts = Vec::new();
@@ -50,9 +51,21 @@ pub(crate) fn run(b: Budget) -> Outcome {
         out.nothing_lost &= o.nothing_lost;
         parts.push((name, o));
     }
+    {
+        let name = "imap_unordered+maxtasksperchild";
+        let o = run_imap(Budget {
+            seed: b.seed.wrapping_add(9),
+            ..quarter
+        });
+        println!("  {name}: {}; {}", o.faults, o.seen);
+        out.violations
+            .extend(o.violations.iter().map(|v| format!("{name}: {v}")));
+        out.nothing_lost &= o.nothing_lost;
+        parts.push((name, o));
+    }
     let sum = |f: fn(&Counts) -> u64| parts.iter().map(|(_, o)| f(&o.counts)).sum::<u64>();
     out.load = format!(
-        "4 pools (fork, spawn, forkserver, forkserver with a 20 ms initializer) of 4 workers, {} tasks of 0-4 ms (apply_async and map_results batches of 64)",
+        "5 pools of 4 workers (fork, spawn, forkserver, forkserver with a 20 ms initializer: apply_async and map_results batches of 64; forkserver with maxtasksperchild 50: imap_unordered in chunks of 8), {} tasks of 0-4 ms",
         sum(|c| c.submitted)
     );
     out.faults = format!("{} SIGKILLs of random workers", sum(|c| c.kills));
@@ -95,6 +108,104 @@ impl Part {
         eprintln!("  VIOLATION: {w}");
         self.violations.push(w);
     }
+}
+
+/// imap_unordered (chunks of 8, lazily fed) on a pool whose workers also retire every
+/// 50 tasks, while workers are killed: each item yields once; the results' ids are
+/// unique and every id not returned is matched by a `WorkerLost`.
+fn run_imap(b: Budget) -> Part {
+    let mut out = Part {
+        nothing_lost: true,
+        ..Part::default()
+    };
+    let pool = match Pool::builder().processes(4).maxtasksperchild(50).build() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            out.violate(format!("pool did not start: {e}"));
+            out.nothing_lost = false;
+            return out;
+        }
+    };
+    let target_kills = b.count(1_050, 10);
+    let load_time = b.time.mul_f64(0.85);
+    let interval = load_time / target_kills as u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (pool, stop, kills) = (pool.clone(), stop.clone(), kills.clone());
+        let mut rng = Rng::new(b.seed);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                let pids = pool.pids();
+                if !pids.is_empty() && kill_ours(pids[rng.below(pids.len() as u64) as usize]) {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let (mut submitted, mut ok, mut lost) = (0u64, 0u64, 0u64);
+    let mut next = 0u64;
+    while started.elapsed() < load_time {
+        let ids: Vec<u64> = (next..next + 512).collect();
+        next += 512;
+        submitted += 512;
+        let mut seen = std::collections::HashSet::new();
+        let mut it = pool.imap_unordered_chunked(work, ids.clone(), 8);
+        let mut outcomes = 0u64;
+        loop {
+            match it.next_timeout(Duration::from_secs(60)) {
+                None => break,
+                Some(Ok((id, _))) => {
+                    outcomes += 1;
+                    if !seen.insert(id) || !(ids[0]..ids[0] + 512).contains(&id) {
+                        out.violate(format!("imap_unordered yielded id {id} twice or unasked"));
+                    }
+                    ok += 1;
+                }
+                Some(Err(mproc_pool::GetError::Failed(TaskError::WorkerLost { .. }))) => {
+                    outcomes += 1;
+                    lost += 1;
+                }
+                Some(Err(e)) => {
+                    out.violate(format!("imap_unordered: {e}"));
+                    break;
+                }
+            }
+        }
+        if outcomes != 512 {
+            out.nothing_lost = false;
+            out.violate(format!(
+                "imap_unordered gave {outcomes} outcomes for 512 items"
+            ));
+        }
+        if out.violations.len() > 5 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = killer.join();
+    let kills = kills.load(Ordering::Relaxed);
+    if lost > kills {
+        out.violate(format!("{lost} items lost for only {kills} kills"));
+    }
+    let answers = pool.map(work, 0..32u64).is_ok_and(|v| v.len() == 32);
+    if !answers {
+        out.violate("the pool did not answer after the kills");
+    }
+    out.counts = Counts {
+        submitted,
+        ok,
+        lost,
+        kills,
+    };
+    out.faults = format!("{submitted} items, {kills} SIGKILLs");
+    out.seen = format!(
+        "{ok} results + {lost} WorkerLost = {} outcomes for {submitted} items, 0 duplicated; pool answers after: {answers}",
+        ok + lost
+    );
+    out
 }
 
 fn slow_init(ms: u64) {
