@@ -34,7 +34,9 @@ fn worker((barrier, me): (Barrier, u32)) -> Vec<u32> {
     let mut indices = Vec::new();
     for phase in 0..PHASES {
         // Uneven work: the barrier still keeps the phases apart.
-        std::thread::sleep(Duration::from_millis(u64::from((me * 7 + phase * 3) % 5) * 10));
+        std::thread::sleep(Duration::from_millis(
+            u64::from((me * 7 + phase * 3) % 5) * 10,
+        ));
         println!("phase {phase}: worker {me} done");
         let _ = std::io::stdout().flush();
         match barrier.wait() {

@@ -19,7 +19,11 @@ fn burn(rounds: u64) -> u64 {
 }
 
 fn main() {
-    let rounds = if cfg!(debug_assertions) { 60_000_000 } else { 600_000_000 };
+    let rounds = if cfg!(debug_assertions) {
+        60_000_000
+    } else {
+        600_000_000
+    };
 
     let t = Instant::now();
     let a = burn(rounds);

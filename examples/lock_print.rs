@@ -23,7 +23,11 @@ fn greet((lock, lines, i): (Lock, Mutex<u32>, u32)) -> bool {
     let _guard = lock.lock().expect("lock");
     let mut out = std::io::stdout().lock();
     for piece in ["hello ", "world ", &format!("{i}\n")] {
-        if out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_err() {
+        if out
+            .write_all(piece.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return false;
         }
         std::thread::yield_now();

@@ -8,7 +8,8 @@ use mproc::spawn::Process;
 
 fn child(conn: Connection) {
     conn.send(&String::from("hello")).expect("send hello");
-    conn.send(&String::from("hello in place")).expect("send again");
+    conn.send(&String::from("hello in place"))
+        .expect("send again");
 }
 
 fn main() {

@@ -429,7 +429,10 @@ fn a_connection_with_read_ahead_bytes_is_not_sent_away() {
     // Give both frames time to land so the first receive reads the second one ahead.
     thread::sleep(Duration::from_millis(20));
     assert_eq!(b.recv::<u32>().unwrap(), 1);
-    assert!(b.poll(Duration::ZERO).unwrap(), "the read-ahead frame is ready");
+    assert!(
+        b.poll(Duration::ZERO).unwrap(),
+        "the read-ahead frame is ready"
+    );
     assert!(
         wait(&[&b as &dyn Waitable], Duration::ZERO).unwrap() == vec![0],
         "wait sees read-ahead frames"

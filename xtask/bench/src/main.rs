@@ -8,11 +8,11 @@
 #[allow(dead_code)] // used as workload areas are added
 mod harness;
 mod pipe;
-mod sync;
-mod queue;
 mod pool;
-mod spawn;
+mod queue;
 mod shm;
+mod spawn;
+mod sync;
 
 use harness::{Opts, Record};
 
@@ -36,7 +36,14 @@ fn main() {
         }
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
-    let areas: &[(&str, Area)] = &[("pipe", pipe::run), ("pool", pool::run), ("queue", queue::run), ("shm", shm::run), ("spawn", spawn::run), ("sync", sync::run)];
+    let areas: &[(&str, Area)] = &[
+        ("pipe", pipe::run),
+        ("pool", pool::run),
+        ("queue", queue::run),
+        ("shm", shm::run),
+        ("spawn", spawn::run),
+        ("sync", sync::run),
+    ];
     for (area, run) in areas {
         eprintln!("mproc-bench: {area}");
         run(&opts, &mut |r: Record| println!("{}", r.to_json()));

@@ -63,10 +63,7 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             continue;
         }
         let s = rate(samples, n, |k| {
-            let r = pool
-                .map_async_chunked(square, 0..k, cs)
-                .get()
-                .expect("map");
+            let r = pool.map_async_chunked(square, 0..k, cs).get().expect("map");
             black_box(r);
         });
         emit(Record::from_samples(name, "mproc", "items/s", &s));
@@ -78,7 +75,12 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
                 black_box(pool.apply_async(square, i).get().expect("apply"));
             }
         });
-        emit(Record::from_samples("pool.apply_async_rtt", "mproc", "us", &s));
+        emit(Record::from_samples(
+            "pool.apply_async_rtt",
+            "mproc",
+            "us",
+            &s,
+        ));
     }
     if opts.wants("pool.cpu_bound_speedup") {
         let iters = calibrate(20.0);
@@ -111,8 +113,18 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             }
             exe.push(s / t.elapsed().as_secs_f64());
         }
-        emit(Record::from_samples("pool.cpu_bound_speedup", "mproc", "x", &par));
-        emit(Record::from_samples("pool.cpu_bound_speedup", "rayon", "x", &ray));
+        emit(Record::from_samples(
+            "pool.cpu_bound_speedup",
+            "mproc",
+            "x",
+            &par,
+        ));
+        emit(Record::from_samples(
+            "pool.cpu_bound_speedup",
+            "rayon",
+            "x",
+            &ray,
+        ));
         emit(Record::from_samples(
             "pool.cpu_bound_speedup_executor",
             "mproc",
