@@ -263,13 +263,18 @@ fn killing_a_consumer_mid_stream_loses_at_most_the_message_it_held() {
     let log = Region::new(8 + 8 * (producers * per) as usize).unwrap();
     let mut slow = start(slow_consumer, (q.clone(), log.try_clone().unwrap()));
     let fast: Vec<_> = (0..2).map(|_| start(consumer, q.clone())).collect();
-    let prods: Vec<_> = (0..producers)
+    let mut prods: Vec<_> = (0..producers)
         .map(|id| start(producer, (q.clone(), id, per)))
         .collect();
-    // Let the slow consumer take some, then kill it while it holds one.
+    // Let the slow consumer take some, then kill it while it holds one. The fast
+    // consumers may drain everything first (spawned children start later than forked
+    // ones): then stop waiting once the producers are done.
     let count = log.atomic_u64(0).unwrap();
     let t = Instant::now();
     while count.load(Ordering::Acquire) < 20 && t.elapsed() < Duration::from_secs(60) {
+        if prods.iter_mut().all(|p| !p.is_alive()) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     slow.kill().unwrap();
