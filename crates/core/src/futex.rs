@@ -21,6 +21,7 @@ use crate::Deadline;
 use rustix::io::Errno;
 use rustix::thread::futex as sys;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Why a [`wait`] returned. Every outcome but `TimedOut` means "look at the word again".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,81 +67,112 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
-/// Most spin iterations a waiter makes before it sleeps.
-pub const MAX_SPIN: u32 = 4096;
-const MIN_SPIN: u32 = 16;
+/// Shortest spin budget (ns).
+pub const MIN_SPIN_NS: u32 = 1_000;
+/// Longest spin budget (ns): longer than a futex wake-up between processes here.
+pub const MAX_SPIN_NS: u32 = 40_000;
+const INITIAL_SPIN_NS: u32 = 10_000;
 
-/// A bounded, adaptive spin budget shared by all waiters of one primitive.
+/// The bounded, adaptive spin that precedes a futex sleep.
 ///
-/// A sleeping hand-over between processes costs about 13 µs; a brief spin catches a
-/// partner that answers within a microsecond. The budget doubles each time spinning
-/// paid off and halves each time it did not, between 16 and [`MAX_SPIN`] iterations,
-/// so a waiter never burns a core while nobody answers. The budget is a plain word
-/// and may itself live in shared memory.
-#[derive(Debug)]
+/// A sleeping hand-over between processes costs about 13 µs, a spinning one well under
+/// a microsecond. The spin is bounded in *time* (not iterations: `pause` costs 10 to 140
+/// cycles depending on the CPU) and adapts to what the sleeps that follow it show:
+/// - the waiter slept and was woken soon (within [`MAX_SPIN_NS`]): the partner answers
+///   fast, so a longer spin would have caught it — the budget doubles;
+/// - the waiter slept long (over 4 × [`MAX_SPIN_NS`]): nobody was about to answer — the
+///   budget halves, down to [`MIN_SPIN_NS`].
+///
+/// So a ping-pong between two running processes climbs out of the sleeping regime within
+/// a few rounds, while a waiter whose partner answers rarely spins at most
+/// [`MIN_SPIN_NS`] per wait: it never burns a core while nobody answers. The budget is a
+/// plain word (zero means "initial"), so it may live in shared memory, where every
+/// process of a primitive learns together.
+///
+/// ```
+/// use mproc_core::futex::Spinner;
+/// let s = Spinner::new();
+/// assert!(s.spin(|| true));
+/// assert!(!s.spin(|| false)); // gives up after at most 40 µs of spinning
+/// ```
 #[repr(transparent)]
-pub struct SpinBudget(AtomicU32);
+#[derive(Debug, Default)]
+pub struct Spinner(AtomicU32);
 
-impl Default for SpinBudget {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SpinBudget {
-    /// A fresh budget, starting in the middle of its range.
+impl Spinner {
+    /// A fresh budget (the same state as zeroed shared memory).
     pub const fn new() -> Self {
-        SpinBudget(AtomicU32::new(256))
+        Spinner(AtomicU32::new(0))
     }
 
-    /// Spins until `ready()` returns true or the budget is spent; adapts the budget.
-    /// Returns whether `ready()` became true.
+    fn budget(&self) -> u32 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => INITIAL_SPIN_NS,
+            b => b.clamp(MIN_SPIN_NS, MAX_SPIN_NS),
+        }
+    }
+
+    /// Spins until `ready()` or the budget is spent; returns whether `ready()` held.
     #[inline]
     pub fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
-        let budget = self.0.load(Ordering::Relaxed).clamp(MIN_SPIN, MAX_SPIN);
-        let mut i = 0;
-        while i < budget {
+        // A first, short burst without reading the clock.
+        for _ in 0..64 {
             if ready() {
-                if i > budget / 2 {
-                    let _ = self.0.compare_exchange(
-                        budget,
-                        (budget * 2).min(MAX_SPIN),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
                 return true;
             }
             std::hint::spin_loop();
-            // Give the other core a chance after a while (1 of 2 cores is often busy).
-            if i % 64 == 63 {
-                std::thread::yield_now();
-            }
-            i += 1;
         }
-        let _ = self.0.compare_exchange(
-            budget,
-            (budget / 2).max(MIN_SPIN),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        ready()
+        self.spin_timed(ready)
+    }
+
+    #[cold]
+    fn spin_timed(&self, mut ready: impl FnMut() -> bool) -> bool {
+        let limit = Duration::from_nanos(u64::from(self.budget()));
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= limit {
+                return ready();
+            }
+            // A partner that shares this core (2 cores, many processes) gets to run now
+            // instead of after our time slice: a yield is cheaper than a futex.
+            std::thread::yield_now();
+        }
+    }
+
+    /// Feedback after a sleep that followed a failed spin: `slept` is how long the
+    /// waiter slept, `ready` whether it then found what it waited for.
+    pub fn after_sleep(&self, slept: Duration, ready: bool) {
+        let b = self.budget();
+        let new = if ready && slept < Duration::from_nanos(u64::from(MAX_SPIN_NS)) {
+            (b * 2).min(MAX_SPIN_NS)
+        } else if slept > Duration::from_nanos(4 * u64::from(MAX_SPIN_NS)) {
+            (b / 2).max(MIN_SPIN_NS)
+        } else {
+            return;
+        };
+        self.0.store(new, Ordering::Relaxed);
     }
 }
 
-/// Waits until `ready(word value)` holds, spinning first (with `budget`) and then
+/// Waits until `ready(word value)` holds, spinning first (with `spinner`, which learns from how long each sleep lasted) and then
 /// sleeping on the futex. Returns `true` when ready, `false` on timeout.
 ///
 /// `ready` is re-evaluated after every wake-up; the futex sleep uses the value last
 /// seen, so a change between the check and the sleep is never missed.
 pub fn wait_until(
     word: &AtomicU32,
-    budget: Option<&SpinBudget>,
+    spinner: Option<&Spinner>,
     deadline: Deadline,
     mut ready: impl FnMut(u32) -> bool,
 ) -> bool {
-    if let Some(b) = budget
-        && b.spin(|| ready(word.load(Ordering::Acquire)))
+    if let Some(s) = spinner
+        && s.spin(|| ready(word.load(Ordering::Acquire)))
     {
         return true;
     }
@@ -149,8 +181,17 @@ pub fn wait_until(
         if ready(v) {
             return true;
         }
-        if wait(word, v, deadline) == WaitOutcome::TimedOut {
-            return ready(word.load(Ordering::Acquire));
+        let t = Instant::now();
+        let outcome = wait(word, v, deadline);
+        let now_ready = ready(word.load(Ordering::Acquire));
+        if let Some(s) = spinner {
+            s.after_sleep(t.elapsed(), now_ready);
+        }
+        if now_ready {
+            return true;
+        }
+        if outcome == WaitOutcome::TimedOut {
+            return false;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! mproc-core across a real process boundary (plain `fork`, since spawn sits above core),
 //! and its failure paths: corrupt messages, wrong handle kinds, missing fds, timeouts.
 use mproc_core::codec::{self, FrameError, FrameHeader, HEADER_LEN};
-use mproc_core::futex::{self, SpinBudget, WaitOutcome};
+use mproc_core::futex::{self, Spinner, WaitOutcome};
 use mproc_core::{Deadline, Handle, Pidfd, Region, Transfer, TransferError};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -50,10 +50,10 @@ fn region_and_futex_cross_fork() {
     std::thread::sleep(Duration::from_millis(20));
     word.store(1, Ordering::Release);
     futex::wake_all(word);
-    let budget = SpinBudget::new();
+    let spinner = Spinner::new();
     assert!(futex::wait_until(
         word,
-        Some(&budget),
+        Some(&spinner),
         Deadline::after(Duration::from_secs(10)),
         |v| v == 2
     ));

@@ -3,7 +3,7 @@
 //! (`imap`, `imap_unordered`). Both are untyped (encoded results); the typed handles in
 //! `result.rs` decode on demand.
 use crate::error::TaskError;
-use mproc_core::futex::SpinBudget;
+use mproc_core::futex::Spinner;
 use mproc_core::{Deadline, Decode, Encode};
 use rkyv::util::AlignedVec;
 use std::collections::{HashMap, VecDeque};
@@ -95,7 +95,7 @@ const PENDING: u8 = 0;
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
 
-pub(crate) static SPIN: SpinBudget = SpinBudget::new();
+pub(crate) static SPIN: Spinner = Spinner::new();
 
 pub(crate) type DoneHook = Box<dyn FnOnce(&Job) + Send>;
 
@@ -198,9 +198,13 @@ impl Job {
         if self.is_finished() || SPIN.spin(|| self.is_finished()) {
             return true;
         }
+        // Tell the spinner how long the sleep lasted, so the spin adapts to how fast
+        // results come back.
+        let slept = std::time::Instant::now();
         let mut g = self.lock();
         loop {
             if self.is_finished() || g.finisher == Some(std::thread::current().id()) {
+                SPIN.after_sleep(slept.elapsed(), true);
                 return true;
             }
             match deadline.remaining() {

@@ -6,9 +6,9 @@
 //! the others. `reset` advances the round by two, so that waiters of the round it
 //! interrupts can tell it from a normal release and report [`BrokenBarrier`].
 use crate::error::CreateError;
-use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState, exe_identity, fn_from_offset, fn_to_offset};
 use mproc_core::futex;
+use mproc_core::futex::Spinner;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, Region, Transfer};
 use std::fmt;

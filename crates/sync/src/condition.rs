@@ -10,10 +10,10 @@
 //! meantime, takes its token and reports `true`).
 use crate::error::CreateError;
 use crate::raw::{Acquired, RawLock};
-use crate::spin::Spinner;
 use crate::sys::{LockGuard, Shared, SharedState, release_save};
 use crate::{LockResult, OwnerDied, RLock};
 use mproc_core::futex;
+use mproc_core::futex::Spinner;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;

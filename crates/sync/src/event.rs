@@ -1,8 +1,8 @@
 //! [`Event`]: Python's `multiprocessing.Event`.
 use crate::error::CreateError;
-use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState};
 use mproc_core::futex;
+use mproc_core::futex::Spinner;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;

@@ -65,7 +65,6 @@ mod lock;
 mod mutex;
 mod raw;
 mod semaphore;
-mod spin;
 #[allow(unsafe_code)]
 mod sys;
 

@@ -1,9 +1,9 @@
 //! [`Semaphore`] and [`BoundedSemaphore`]: Python's `multiprocessing.Semaphore` and
 //! `BoundedSemaphore`.
 use crate::error::CreateError;
-use crate::spin::Spinner;
 use crate::sys::{Shared, SharedState};
 use mproc_core::futex;
+use mproc_core::futex::Spinner;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
 use mproc_core::{Deadline, OutOfBounds, Region, Transfer};
 use std::fmt;
