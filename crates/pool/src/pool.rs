@@ -541,15 +541,7 @@ impl Pool {
         A: Message,
         R: Message,
     {
-        IMap::new(
-            self.shared.clone(),
-            self.processes,
-            items.into_iter(),
-            FnRef::plain(f),
-            chunksize,
-            true,
-            self.max_tasks == 0,
-        )
+        self.imap_inner(f, items, chunksize, true)
     }
 
     /// As [`Pool::imap`], yielding results as they finish (Python: `imap_unordered`).
@@ -574,13 +566,28 @@ impl Pool {
         A: Message,
         R: Message,
     {
+        self.imap_inner(f, items, chunksize, false)
+    }
+
+    fn imap_inner<I, A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message,
+        R: Message,
+    {
         IMap::new(
             self.shared.clone(),
             self.processes,
             items.into_iter(),
             FnRef::plain(f),
             chunksize,
-            false,
+            ordered,
             self.max_tasks == 0,
         )
     }
