@@ -7,6 +7,8 @@ use crate::func::FnRef;
 use crate::job::{Payload, Raw, Sink};
 use crate::wire::{self, Cursor, FrameBuf, InBuf, OutQueue};
 use crate::worker::{self, InitArgs, PROGRESS_LEN, Progress, WorkerArgs};
+use mproc_core::Deadline;
+use mproc_core::futex::Spinner;
 use mproc_core::{Handle, Region};
 use mproc_spawn::{Process, StartMethod};
 use rkyv::util::AlignedVec;
@@ -14,6 +16,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -73,9 +76,45 @@ impl Chunk {
 }
 
 /// What user threads and the dispatcher share.
+///
+/// The dispatcher's state (the [`Dispatcher`]) sits in `engine`. Whichever thread holds
+/// it runs the dispatcher: the pool's own thread when nobody else does, or a user
+/// thread that waits for a result ([`Shared::drive`]) or has just submitted work. So a
+/// caller that waits for its task hands it to the worker and reads the answer itself,
+/// and a round trip needs no other thread to wake up (on two cores, a third party
+/// means a sleeping hand-over, which costs far more than the work).
 pub(crate) struct Shared {
     q: Mutex<Queue>,
+    /// Rung when the queue's state changes while another thread holds the engine, and
+    /// by workers that send results while nobody drives.
     wake: OwnedFd,
+    /// Bumped on every submission: a driver spins on it.
+    submitted: AtomicU64,
+    /// Shared with every worker: word 0 is 1 while a thread drives the engine (it
+    /// watches the workers itself, so they need not ring `wake`).
+    bells: Region,
+    engine: Mutex<Option<Dispatcher>>,
+}
+
+thread_local! {
+    /// The pool whose engine this thread holds, if any (see [`Shared::holds_engine`]).
+    static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as holding `shared`'s engine while it lives.
+struct Holding(usize);
+
+impl Holding {
+    fn new(shared: &Shared) -> Self {
+        let prev = HOLDING.with(|h| h.replace(shared as *const Shared as usize));
+        Holding(prev)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(self.0));
+    }
 }
 
 #[derive(Default)]
@@ -106,7 +145,61 @@ impl Shared {
         Ok(Shared {
             q: Mutex::new(Queue::default()),
             wake,
+            submitted: AtomicU64::new(0),
+            bells: Region::new(64)?,
+            engine: Mutex::new(None),
         })
+    }
+
+    fn driving(&self) -> &AtomicU64 {
+        self.bells
+            .atomic_u64(0)
+            .expect("the bell region holds a word")
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Option<Dispatcher>> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_engine(&self) -> Option<MutexGuard<'_, Option<Dispatcher>>> {
+        match self.engine.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Whether the calling thread holds this pool's engine (it runs a callback from
+    /// inside the dispatcher): it must not wait for the pool's thread.
+    pub(crate) fn holds_engine(&self) -> bool {
+        HOLDING.with(|h| h.get() == self as *const Shared as usize)
+    }
+
+    /// Runs the dispatcher on this thread until `ready()` or `deadline`, if no other
+    /// thread holds it; returns `ready()`. `false` also means "wait the ordinary way".
+    pub(crate) fn drive(&self, ready: &dyn Fn() -> bool, deadline: Deadline) -> bool {
+        let Some(mut g) = self.try_engine() else {
+            return false;
+        };
+        let Some(d) = g.as_mut() else {
+            return false;
+        };
+        let _holding = Holding::new(self);
+        // Workers now leave their results on the socket without ringing `wake`.
+        self.driving().store(1, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.drive(ready, deadline)));
+        self.driving().store(0, Ordering::SeqCst);
+        // Results that arrive from now on ring `wake`; what arrived unannounced while
+        // this thread drove is still held (unread): hand it to the pool's thread.
+        let handover = d.outstanding();
+        drop(g);
+        if handover {
+            self.wake();
+        }
+        match r {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -141,7 +234,25 @@ impl Shared {
             None => {
                 q.chunks.extend(chunks);
                 drop(q);
-                self.wake();
+                self.submitted.fetch_add(1, Ordering::SeqCst);
+                // Hand the work to a worker from here if the engine is free; else its
+                // holder learns of it from `submitted` or `wake`.
+                match self.try_engine() {
+                    Some(mut g) => {
+                        let _holding = Holding::new(self);
+                        let Some(d) = g.as_mut() else { return };
+                        d.step();
+                        // The pool's thread sleeps with a poll set made before this
+                        // dispatch: it must look again if writes are pending or a time
+                        // limit now needs watching.
+                        let look = d.needs_pool_thread();
+                        drop(g);
+                        if look {
+                            self.wake();
+                        }
+                    }
+                    None => self.wake(),
+                }
             }
         }
     }
@@ -169,7 +280,10 @@ struct Held {
 struct Worker {
     proc: Process<()>,
     pid: i32,
-    sock: OwnedFd,
+    sock: Arc<OwnedFd>,
+    /// A duplicate of the worker's pidfd that the pool's thread may poll without
+    /// holding the engine (it stays open, so its number is never reused meanwhile).
+    pidfd: Option<Arc<OwnedFd>>,
     progress: Region,
     inbuf: InBuf,
     out: OutQueue,
@@ -185,9 +299,11 @@ struct Worker {
     /// sent before it died.
     wdead: bool,
     killed_for: Option<Duration>,
+    /// The worker's doorbell (`Progress::from_worker`) as of the last read.
+    seen_from: u64,
 }
 
-fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
+fn spawn_worker(cfg: &Config, shared: &Shared) -> Result<Worker, String> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
     let (parent, child) = socketpair(
         AddressFamily::UNIX,
@@ -210,6 +326,16 @@ fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
             .map_err(|e| format!("progress region: {e}"))?,
         init,
         max_tasks: cfg.max_tasks,
+        wake: Handle(
+            shared
+                .wake
+                .try_clone()
+                .map_err(|e| format!("eventfd: {e}"))?,
+        ),
+        bells: shared
+            .bells
+            .try_clone()
+            .map_err(|e| format!("bell region: {e}"))?,
     };
     let mut proc = Process::new(worker::worker_main, args).daemon(true);
     if let Some(m) = cfg.start_method {
@@ -219,10 +345,15 @@ fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
     let pid = proc.pid().unwrap_or(0);
     rustix::fs::fcntl_setfl(&parent, rustix::fs::OFlags::NONBLOCK)
         .map_err(|e| format!("socket: {e}"))?;
+    let pidfd = proc
+        .sentinel()
+        .and_then(|p| p.try_clone_to_owned().ok())
+        .map(Arc::new);
     Ok(Worker {
         proc,
         pid,
-        sock: parent,
+        sock: Arc::new(parent),
+        pidfd,
         progress,
         inbuf: InBuf::new(),
         out: OutQueue::default(),
@@ -235,6 +366,7 @@ fn spawn_worker(cfg: &Config) -> Result<Worker, String> {
         eof: false,
         wdead: false,
         killed_for: None,
+        seen_from: 0,
     })
 }
 
@@ -252,10 +384,12 @@ pub(crate) fn run(
         states: HashMap::new(),
         next_chunk: 1,
         exit_sent: false,
+        seen_submitted: 0,
+        done: false,
         cfg,
     };
     for _ in 0..d.cfg.processes {
-        match spawn_worker(&d.cfg) {
+        match spawn_worker(&d.cfg, &d.shared) {
             Ok(w) => d.workers.push(Some(w)),
             Err(e) => {
                 d.terminate_all(&TaskError::Broken { reason: e.clone() });
@@ -265,10 +399,14 @@ pub(crate) fn run(
         }
     }
     d.publish_pids();
+    let shared = d.shared.clone();
+    *shared.engine() = Some(d);
     let _ = ready.send(Ok(()));
     drop(ready);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.main_loop()));
-    if let Err(p) = r {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| background(&shared)));
+    // Taking the dispatcher out breaks the cycle between it and `shared`.
+    let d = shared.engine().take();
+    if let (Err(p), Some(mut d)) = (r, d) {
         // A bug here must not leave callers waiting for ever: fail everything.
         let reason = format!(
             "the pool's dispatcher failed: {}",
@@ -276,6 +414,71 @@ pub(crate) fn run(
         );
         d.shared.lock().broken = Some(reason.clone());
         d.terminate_all(&TaskError::Broken { reason });
+    }
+}
+
+/// What the pool's thread watches while it sleeps without the engine.
+enum Watch {
+    /// Worker `i` (with this pid) exited.
+    Exit(usize, i32),
+    /// Worker `i`'s socket can take more, or (without a pidfd) has data or hung up.
+    Sock(usize, i32),
+}
+
+/// The pool's own thread: runs the dispatcher whenever no user thread does, and sleeps
+/// without holding it.
+fn background(shared: &Shared) {
+    let mut ready: Vec<(usize, i32, bool)> = Vec::new();
+    loop {
+        let (watch, timeout) = {
+            let mut g = shared.engine();
+            let Some(d) = g.as_mut() else { return };
+            let _holding = Holding::new(shared);
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&shared.wake, &mut b);
+            // Events seen while the engine was free: act on them only if the worker
+            // is still the one that was watched.
+            let ready: Vec<(usize, bool)> = std::mem::take(&mut ready)
+                .into_iter()
+                .filter(|&(i, pid, _)| {
+                    d.workers
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|w| w.pid == pid)
+                })
+                .map(|(i, _, exit)| (i, exit))
+                .collect();
+            d.read_and_reap(ready);
+            d.read_rung();
+            if d.step() {
+                return;
+            }
+            (d.watch_set(), d.check_time_limits())
+        };
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(watch.len() + 1);
+        fds.push(PollFd::new(&shared.wake, PollFlags::IN));
+        for (fd, flags, _) in &watch {
+            fds.push(PollFd::new(&**fd, *flags));
+        }
+        let ts = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        if let Ok(n) = poll(&mut fds, ts.as_ref())
+            && n > 0
+        {
+            for (f, (_, _, w)) in fds[1..].iter().zip(&watch) {
+                if f.revents().is_empty() {
+                    continue;
+                }
+                match *w {
+                    Watch::Exit(i, pid) => ready.push((i, pid, true)),
+                    Watch::Sock(i, pid) => ready.push((i, pid, false)),
+                }
+            }
+        }
     }
 }
 
@@ -288,7 +491,15 @@ struct Dispatcher {
     states: HashMap<u64, (Weak<StateBlob>, Vec<usize>)>,
     next_chunk: u64,
     exit_sent: bool,
+    /// `Shared::submitted` as of the last look at the queue.
+    seen_submitted: u64,
+    /// The pool has ended (terminated, or closed and drained).
+    done: bool,
 }
+
+/// How long the dispatcher spins for a submission or a result before it sleeps in
+/// `poll` (adapts to how soon the sleeps end).
+static SPIN: Spinner = Spinner::new();
 
 impl Dispatcher {
     fn publish_pids(&self) {
@@ -296,8 +507,24 @@ impl Dispatcher {
         self.shared.lock().pids = pids;
     }
 
-    fn main_loop(&mut self) {
-        loop {
+    /// One round of the dispatcher that never blocks: takes new work, hands it out,
+    /// writes what can be written. `true` once the pool has ended.
+    fn step(&mut self) -> bool {
+        let ended = self.step_inner();
+        if ended && !self.done {
+            self.done = true;
+            // The pool's thread may be asleep: it must see the end and exit.
+            self.shared.wake();
+        }
+        ended
+    }
+
+    fn step_inner(&mut self) -> bool {
+        if self.done {
+            return true;
+        }
+        {
+            self.seen_submitted = self.shared.submitted.load(Ordering::SeqCst);
             let (terminate, closed, broken, interrupted) = {
                 let mut q = self.shared.lock();
                 self.queue.append(&mut q.chunks);
@@ -318,11 +545,11 @@ impl Dispatcher {
                 // process ends by SIGINT before any blocked call returns.
                 self.workers.clear();
                 self.queue.clear();
-                return;
+                return true;
             }
             if terminate {
                 self.terminate_all(&TaskError::Terminated);
-                return;
+                return true;
             }
             if let Some(reason) = broken {
                 let e = TaskError::Broken { reason };
@@ -345,10 +572,109 @@ impl Dispatcher {
             self.flush_all();
             if self.exit_sent && self.workers.iter().all(Option::is_none) {
                 self.shared.lock().finished = true;
-                return;
+                return true;
             }
-            let timeout = self.check_time_limits();
-            self.wait_events(timeout);
+            false
+        }
+    }
+
+    /// Work is under way that nobody watches once the engine is let go.
+    fn outstanding(&self) -> bool {
+        !self.queue.is_empty()
+            || self
+                .workers
+                .iter()
+                .flatten()
+                .any(|w| !w.held.is_empty() || !w.out.is_empty())
+    }
+
+    /// After a user thread dispatched: whether the pool's thread must rebuild its poll
+    /// set (a write is pending, or a time limit needs a timeout).
+    fn needs_pool_thread(&self) -> bool {
+        self.workers
+            .iter()
+            .flatten()
+            .any(|w| !w.out.is_empty() || (self.cfg.time_limit.is_some() && !w.held.is_empty()))
+    }
+
+    /// What the pool's thread polls (besides `wake`) while it sleeps without the engine:
+    /// every worker's exit, sockets with pending writes, and the sockets of workers
+    /// without a pidfd.
+    fn watch_set(&self) -> Vec<(Arc<OwnedFd>, PollFlags, Watch)> {
+        let mut v = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            match &w.pidfd {
+                Some(p) if w.proc.sentinel().is_some() => {
+                    v.push((p.clone(), PollFlags::IN, Watch::Exit(i, w.pid)))
+                }
+                _ if !w.eof => v.push((w.sock.clone(), PollFlags::IN, Watch::Sock(i, w.pid))),
+                _ => {}
+            }
+            if !w.out.is_empty() && !w.wdead && !w.eof {
+                v.push((w.sock.clone(), PollFlags::OUT, Watch::Sock(i, w.pid)));
+            }
+        }
+        v
+    }
+
+    /// Reads every worker whose doorbell rang since it was last read.
+    fn read_rung(&mut self) {
+        for i in 0..self.workers.len() {
+            if !self.rang(i) {
+                continue;
+            }
+            self.read_worker_until(i, false);
+            if let Some(w) = &self.workers[i]
+                && w.eof
+                && w.proc.sentinel().is_none()
+            {
+                self.handle_death(i);
+            }
+        }
+    }
+
+    fn rang(&self, i: usize) -> bool {
+        self.workers[i].as_ref().is_some_and(|w| {
+            !w.eof
+                && Progress::new(&w.progress)
+                    .is_some_and(|p| p.from_worker.load(Ordering::Acquire) != w.seen_from)
+        })
+    }
+
+    /// The dispatcher loop on a user thread, until `ready()` or `deadline`.
+    fn drive(&mut self, ready: &dyn Fn() -> bool, deadline: Deadline) -> bool {
+        loop {
+            if ready() {
+                return true;
+            }
+            if self.step() {
+                return ready();
+            }
+            self.read_rung();
+            if ready() {
+                return true;
+            }
+            let left = deadline.remaining();
+            if left.is_some_and(|l| l.is_zero()) {
+                return false;
+            }
+            if SPIN.spin(|| ready() || self.bell_rang()) {
+                continue;
+            }
+            // Nothing soon: sleep on everything (a submission from a thread that could
+            // not take the engine rings `wake`), but wake now and then to look at
+            // `ready()`, which another thread may settle (a cancel).
+            let mut timeout = Duration::from_millis(20);
+            if let Some(l) = left {
+                timeout = timeout.min(l);
+            }
+            if let Some(t) = self.check_time_limits() {
+                timeout = timeout.min(t);
+            }
+            let slept = std::time::Instant::now();
+            self.poll_events(Some(timeout));
+            SPIN.after_sleep(slept.elapsed(), true);
         }
     }
 
@@ -429,13 +755,23 @@ impl Dispatcher {
             if !w.pending.is_empty() {
                 w.out.push(std::mem::take(&mut w.pending));
             }
-            if !w.out.is_empty() && !w.wdead && w.out.flush(w.sock.as_fd()).is_err() {
-                // The worker is gone (EPIPE/ECONNRESET): its pidfd reports the death;
-                // what it wrote before dying is still read.
-                w.wdead = true;
-                w.out = OutQueue::default();
-                if w.proc.sentinel().is_none() {
-                    dead.push(i);
+            if w.out.is_empty() || w.wdead {
+                continue;
+            }
+            match w.out.flush(w.sock.as_fd()) {
+                Ok(_) => {
+                    if let Some(p) = Progress::new(&w.progress) {
+                        p.to_worker.fetch_add(1, Ordering::Release);
+                    }
+                }
+                Err(_) => {
+                    // The worker is gone (EPIPE/ECONNRESET): its pidfd reports the
+                    // death; what it wrote before dying is still read.
+                    w.wdead = true;
+                    w.out = OutQueue::default();
+                    if w.proc.sentinel().is_none() {
+                        dead.push(i);
+                    }
                 }
             }
         }
@@ -497,7 +833,13 @@ impl Dispatcher {
         next
     }
 
-    fn wait_events(&mut self, timeout: Option<Duration>) {
+    /// Whether a submission or a worker's result arrived since they were last looked at.
+    fn bell_rang(&self) -> bool {
+        self.shared.submitted.load(Ordering::SeqCst) != self.seen_submitted
+            || (0..self.workers.len()).any(|i| self.rang(i))
+    }
+
+    fn poll_events(&mut self, timeout: Option<Duration>) {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + 2 * self.workers.len());
         let mut who: Vec<(usize, bool)> = Vec::new();
         fds.push(PollFd::new(&self.shared.wake, PollFlags::IN));
@@ -508,7 +850,7 @@ impl Dispatcher {
                 if !w.out.is_empty() && !w.wdead {
                     fl |= PollFlags::OUT;
                 }
-                fds.push(PollFd::new(&w.sock, fl));
+                fds.push(PollFd::new(&*w.sock, fl));
                 who.push((i, false));
             }
             if let Some(p) = w.proc.sentinel() {
@@ -526,11 +868,11 @@ impl Dispatcher {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let ready: Vec<(usize, bool, PollFlags)> = fds[1..]
+        let ready: Vec<(usize, bool)> = fds[1..]
             .iter()
             .zip(&who)
             .filter(|(f, _)| !f.revents().is_empty())
-            .map(|(f, &(i, pidfd))| (i, pidfd, f.revents()))
+            .map(|(_, &(i, pidfd))| (i, pidfd))
             .collect();
         let woke = !fds[0].revents().is_empty();
         drop(fds);
@@ -538,8 +880,14 @@ impl Dispatcher {
             let mut b = [0u8; 8];
             let _ = rustix::io::read(&self.shared.wake, &mut b);
         }
+        self.read_and_reap(ready);
+    }
+
+    /// Reads the workers whose sockets are ready, and handles the deaths among them
+    /// (`true`: the worker's pidfd reported its exit).
+    fn read_and_reap(&mut self, ready: Vec<(usize, bool)>) {
         let mut deaths = Vec::new();
-        for (i, is_pidfd, _) in ready {
+        for (i, is_pidfd) in ready {
             if is_pidfd {
                 deaths.push(i);
             } else {
@@ -561,6 +909,12 @@ impl Dispatcher {
 
     /// Reads everything the worker sent and delivers it.
     fn read_worker(&mut self, i: usize) {
+        self.read_worker_until(i, true)
+    }
+
+    /// Reads what worker `i` sent: until the socket is empty (`drain`), or until a read
+    /// comes back short (its doorbell rings again for anything sent later).
+    fn read_worker_until(&mut self, i: usize, drain: bool) {
         loop {
             let Some(w) = self.workers[i].as_mut() else {
                 return;
@@ -568,9 +922,13 @@ impl Dispatcher {
             if w.eof {
                 return;
             }
+            if let Some(p) = Progress::new(&w.progress) {
+                w.seen_from = p.from_worker.load(Ordering::Acquire);
+            }
+            let mut more = true;
             match w.inbuf.fill(w.sock.as_fd()) {
                 Ok(0) => w.eof = true,
-                Ok(_) => {}
+                Ok(_) => more = drain || w.inbuf.filled_up(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => w.eof = true,
             }
@@ -580,6 +938,9 @@ impl Dispatcher {
                 // A corrupt stream: stop trusting this worker.
                 w.eof = true;
                 kill(w);
+            }
+            if !more {
+                return;
             }
         }
     }
@@ -794,7 +1155,7 @@ impl Dispatcher {
         };
         let needed = !broken && (!closed || !self.queue.is_empty()) && !self.exit_sent;
         if needed {
-            match spawn_worker(&self.cfg) {
+            match spawn_worker(&self.cfg, &self.shared) {
                 Ok(nw) => self.workers[i] = Some(nw),
                 Err(e) => {
                     let mut q = self.shared.lock();

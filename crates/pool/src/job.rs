@@ -2,6 +2,7 @@
 //! of items (`apply`, `map`, a future); a [`Stream`] hands them out as they arrive
 //! (`imap`, `imap_unordered`). Both are untyped (encoded results); the typed handles in
 //! `result.rs` decode on demand.
+use crate::dispatch::Shared;
 use crate::error::TaskError;
 use mproc_core::futex::Spinner;
 use mproc_core::{Deadline, Decode, Encode};
@@ -10,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Waker;
 
 /// An encoded value: aligned bytes plus the fds of its handles.
@@ -126,6 +127,8 @@ pub(crate) struct Job {
     /// Hooks to run once the job is done (Python's `Future.add_done_callback`); `None`
     /// once they have run.
     after: Mutex<Option<Vec<DoneHook>>>,
+    /// The pool whose dispatcher a waiter may run (see `Shared::drive`).
+    driver: OnceLock<Weak<Shared>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -158,7 +161,13 @@ impl Job {
             cv: Condvar::new(),
             on_done: Mutex::new(None),
             after: Mutex::new(Some(Vec::new())),
+            driver: OnceLock::new(),
         }
+    }
+
+    /// Lets a waiter run `pool`'s dispatcher (set before the items are submitted).
+    pub(crate) fn set_driver(&self, pool: &Arc<Shared>) {
+        let _ = self.driver.set(Arc::downgrade(pool));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -195,6 +204,15 @@ impl Job {
 
     /// Waits until finished or `deadline`; `true` when finished.
     pub(crate) fn wait(&self, deadline: Deadline) -> bool {
+        if self.is_finished() {
+            return true;
+        }
+        // Run the pool's dispatcher on this thread while waiting, if nobody else does.
+        if let Some(s) = self.driver.get().and_then(Weak::upgrade)
+            && s.drive(&|| self.is_finished(), deadline)
+        {
+            return true;
+        }
         if self.is_finished() || SPIN.spin(|| self.is_finished()) {
             return true;
         }

@@ -307,6 +307,7 @@ impl Pool {
         let n = items.len();
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(n, self.processes));
         let job = Arc::new(Job::new(n, fail_fast));
+        job.set_driver(&self.shared);
         if let Some(h) = hook {
             job.on_done(h);
         }
@@ -615,15 +616,13 @@ impl Pool {
     }
 
     fn join_thread(&self) {
-        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        // A callback (which runs on the pool's thread) that drops or terminates the
-        // pool must not wait for its own thread: the dispatcher ends after it returns.
-        if slot
-            .as_ref()
-            .is_some_and(|t| t.thread().id() == std::thread::current().id())
-        {
+        // A callback (which runs inside the dispatcher, on the pool's thread or on a
+        // thread that drives it while waiting) that drops or terminates the pool must
+        // not wait for the pool's thread: the dispatcher ends after the callback returns.
+        if self.shared.holds_engine() {
             return;
         }
+        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = slot.take() {
             drop(slot);
             let _ = t.join();

@@ -192,6 +192,15 @@ pub(crate) fn write_all(sock: BorrowedFd<'_>, f: FrameBuf) -> io::Result<()> {
     }
 }
 
+/// Sleeps until `sock` is readable (or hung up).
+pub(crate) fn wait_readable(sock: BorrowedFd<'_>) {
+    let mut p = [rustix::event::PollFd::new(
+        &sock,
+        rustix::event::PollFlags::IN,
+    )];
+    let _ = rustix::event::poll(&mut p, None);
+}
+
 /// A received frame: where its body sits in the buffer, and its fds.
 pub(crate) struct Frame {
     pub(crate) start: usize,
@@ -204,6 +213,8 @@ pub(crate) struct InBuf {
     buf: AlignedVec,
     start: usize,
     end: usize,
+    /// The last read filled all the room there was: the socket may hold more.
+    full: bool,
     fds: VecDeque<OwnedFd>,
 }
 
@@ -215,6 +226,7 @@ impl InBuf {
             buf,
             start: 0,
             end: 0,
+            full: false,
             fds: VecDeque::new(),
         }
     }
@@ -234,14 +246,21 @@ impl InBuf {
                 self.buf.resize(n, 0);
             }
         }
+        let room = self.buf.len() - self.end;
         let (n, fds) = scm::recv_with_fds(
             sock,
             &mut self.buf.as_mut_slice()[self.end..],
             MAX_FDS as usize,
         )?;
+        self.full = n == room;
         self.end += n;
         self.fds.extend(fds);
         Ok(n)
+    }
+
+    /// Whether the last read filled all the room there was (the socket may hold more).
+    pub(crate) fn filled_up(&self) -> bool {
+        self.full
     }
 
     /// The next complete frame, if one has arrived. Call [`InBuf::consume`] when done.

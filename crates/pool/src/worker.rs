@@ -4,6 +4,7 @@
 //! was running.
 use crate::func::{CallCtx, FnRef, PackedCtx, StateSlot, panic_text};
 use crate::wire::{self, Cursor, FrameBuf, InBuf};
+use mproc_core::futex::Spinner;
 use mproc_core::{Handle, Region};
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -23,6 +24,28 @@ pub(crate) struct WorkerArgs {
     pub(crate) init: Option<InitArgs>,
     /// Items after which the worker retires (0: never).
     pub(crate) max_tasks: u64,
+    /// The pool's `wake` eventfd: rung after sending results while nobody drives.
+    pub(crate) wake: Handle<OwnedFd>,
+    /// The pool's bell region (word 0: a thread drives the dispatcher).
+    pub(crate) bells: Region,
+}
+
+/// How a worker announces the results it sent.
+struct Announce<'a> {
+    progress: &'a Progress<'a>,
+    driving: &'a AtomicU64,
+    wake: std::os::fd::BorrowedFd<'a>,
+}
+
+impl Announce<'_> {
+    fn sent(&self) {
+        // Paired with the driver's SeqCst clearing of `driving`: either it still
+        // drives and reads this worker's doorbell, or this ring wakes the pool's thread.
+        self.progress.from_worker.fetch_add(1, Ordering::SeqCst);
+        if self.driving.load(Ordering::SeqCst) == 0 {
+            let _ = rustix::io::write(self.wake, &1u64.to_ne_bytes());
+        }
+    }
 }
 
 /// An initializer and its encoded arguments.
@@ -46,6 +69,11 @@ pub(crate) struct Progress<'a> {
     chunk: &'a AtomicU64,
     pos: &'a AtomicU64,
     start_ns: &'a AtomicU64,
+    /// Bumped by the parent after each write to the worker: a doorbell the worker spins
+    /// on before it sleeps in `recv` (a hint only; the socket carries the data).
+    pub(crate) to_worker: &'a AtomicU64,
+    /// Bumped by the worker after each write to the parent: the dispatcher's doorbell.
+    pub(crate) from_worker: &'a AtomicU64,
 }
 
 /// What a worker was doing, read from its progress record.
@@ -65,6 +93,8 @@ impl<'a> Progress<'a> {
             chunk: r.atomic_u64(8)?,
             pos: r.atomic_u64(16)?,
             start_ns: r.atomic_u64(24)?,
+            to_worker: r.atomic_u64(32)?,
+            from_worker: r.atomic_u64(40)?,
         })
     }
 
@@ -174,7 +204,7 @@ impl Outbox {
                     .is_some_and(|t| t.elapsed() >= Duration::from_micros(500)))
     }
 
-    fn flush(&mut self, sock: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    fn flush(&mut self, sock: std::os::fd::BorrowedFd<'_>, a: &Announce<'_>) -> io::Result<()> {
         if self.count == 0 {
             return Ok(());
         }
@@ -183,9 +213,14 @@ impl Outbox {
         let f = std::mem::take(&mut self.frame);
         self.count = 0;
         self.first = None;
-        wire::write_all(sock, f)
+        wire::write_all(sock, f)?;
+        a.sent();
+        Ok(())
     }
 }
+
+/// How long a worker spins for its next frame before it sleeps (learns per process).
+static SPIN: Spinner = Spinner::new();
 
 /// The worker process's entry point.
 pub(crate) fn worker_main(args: WorkerArgs) {
@@ -199,6 +234,15 @@ fn run(args: WorkerArgs) -> io::Result<()> {
     let sock = sock.as_fd();
     let progress = Progress::new(&args.progress)
         .ok_or_else(|| io::Error::other("progress region too small"))?;
+    let Handle(wake) = args.wake;
+    let announce = Announce {
+        progress: &progress,
+        driving: args
+            .bells
+            .atomic_u64(0)
+            .ok_or_else(|| io::Error::other("bell region too small"))?,
+        wake: wake.as_fd(),
+    };
     let mut out = Outbox::new();
     if let Some(init) = args.init {
         let f = FnRef {
@@ -235,9 +279,12 @@ fn run(args: WorkerArgs) -> io::Result<()> {
             return wire::write_all(sock, fb);
         }
     }
+    // Non-blocking: the worker spins on its doorbell and polls when it sleeps.
+    rustix::fs::fcntl_setfl(sock, rustix::fs::OFlags::NONBLOCK)?;
     let mut inbuf = InBuf::new();
     let mut states: HashMap<u64, StateSlot> = HashMap::new();
     let mut done: u64 = 0;
+    let mut seen = progress.to_worker.load(Ordering::Acquire);
     loop {
         while let Some(mut frame) = inbuf.next_frame()? {
             let body = inbuf.body(&frame);
@@ -319,7 +366,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                         }
                         drop(ctx);
                         done += ran;
-                        out.flush(sock)?;
+                        out.flush(sock, &announce)?;
                     } else {
                         for _ in 0..count {
                             let pos = c.u32()?;
@@ -362,7 +409,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                             }
                             done += 1;
                             if el >= Duration::from_millis(1) || out.should_flush() {
-                                out.flush(sock)?;
+                                out.flush(sock, &announce)?;
                             }
                         }
                     }
@@ -380,7 +427,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                     states.remove(&arg);
                 }
                 wire::K_EXIT => {
-                    out.flush(sock)?;
+                    out.flush(sock, &announce)?;
                     return Ok(());
                 }
                 _ => {
@@ -392,13 +439,35 @@ fn run(args: WorkerArgs) -> io::Result<()> {
             }
             inbuf.consume(&frame);
             if args.max_tasks != 0 && done >= args.max_tasks {
-                out.flush(sock)?;
+                out.flush(sock, &announce)?;
                 return Ok(());
             }
         }
-        out.flush(sock)?;
-        if inbuf.fill(sock)? == 0 {
-            out.flush(sock)?;
+        out.flush(sock, &announce)?;
+        // Before sleeping, spin briefly on the parent's doorbell: a caller waiting on
+        // the result just sent often submits the next task at once, and a sleeping
+        // hand-over costs far more than the spin. The bell is read before each read of
+        // the socket, so a ring that announced bytes already read only costs one read
+        // that finds nothing.
+        let bell = || progress.to_worker.load(Ordering::Acquire);
+        let mut try_now = inbuf.filled_up();
+        let n = loop {
+            if !try_now {
+                if !SPIN.spin(|| bell() != seen) {
+                    let t = Instant::now();
+                    wire::wait_readable(sock);
+                    SPIN.after_sleep(t.elapsed(), true);
+                }
+                seen = bell();
+            }
+            match inbuf.fill(sock) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => try_now = false,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            out.flush(sock, &announce)?;
             return Ok(());
         }
     }

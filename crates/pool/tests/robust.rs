@@ -306,3 +306,78 @@ fn time_limit_applies_per_item_inside_a_chunk() {
         vec![1, 2, 3]
     );
 }
+
+/// Waiting callers run the dispatcher themselves; several at once must take turns
+/// without losing or mixing up anyone's results.
+#[test]
+fn many_threads_wait_on_their_own_results_at_once() {
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..150u64 {
+                    let x = t * 1000 + i;
+                    assert_eq!(pool.apply(sqr, x).unwrap(), x * x);
+                    if i % 50 == 0 {
+                        let v: Vec<u64> = (0..100).collect();
+                        let want: Vec<u64> = v.iter().map(|x| x * x).collect();
+                        assert_eq!(pool.map(sqr, v).unwrap(), want);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// With nobody waiting, results still arrive: workers then wake the pool's own thread,
+/// which runs the callbacks.
+#[test]
+fn callbacks_run_when_nobody_waits() {
+    let pool = Pool::new(2).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = 60u64;
+    let _handles: Vec<_> = (0..n)
+        .map(|i| {
+            let tx = tx.clone();
+            pool.apply_async_with(sqr, i, move |v| tx.send(v).unwrap(), |e| panic!("{e}"))
+        })
+        .collect();
+    let mut got: Vec<u64> = (0..n)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("a callback")
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..n).map(|i| i * i).collect::<Vec<_>>());
+}
+
+/// A worker killed while a caller drives the dispatcher (it waits in `get`) is seen by
+/// that caller: the task fails with WorkerLost and the pool goes on.
+#[test]
+fn worker_death_is_seen_by_a_waiting_caller() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(pid_of, 0).unwrap();
+    let r = pool.apply_async(sleep_ms, 20_000);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).expect("a pid"),
+            rustix::process::Signal::KILL,
+        );
+    });
+    let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+    killer.join().unwrap();
+    assert!(
+        matches!(e, GetError::Failed(TaskError::WorkerLost { pid: p, signal: Some(9), .. }) if p == pid),
+        "{e:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
+}
