@@ -11,7 +11,6 @@ use mproc_core::Deadline;
 use mproc_core::futex::Spinner;
 use mproc_core::{Handle, Region};
 use mproc_spawn::{Process, StartMethod};
-use rkyv::util::AlignedVec;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -984,17 +983,23 @@ impl Dispatcher {
                     let before = h.left;
                     match (&mut h.packed, status) {
                         (Some((p, open)), wire::ST_PACKED) => {
-                            let mut bytes = AlignedVec::with_capacity(payload.len());
-                            bytes.extend_from_slice(payload);
-                            let all = Arc::new(Payload { bytes, fds });
-                            let mut positions = Vec::with_capacity(h.left);
-                            for (pos, o) in open.iter_mut().enumerate() {
-                                if *o {
-                                    *o = false;
-                                    positions.push(pos as u32);
-                                    h.left -= 1;
+                            let all = Arc::new(Payload::copied(payload, fds));
+                            let positions: Vec<u32> = if h.left == open.len() {
+                                // Every item of the chunk was still open (the usual case).
+                                open.fill(false);
+                                h.left = 0;
+                                (0..open.len() as u32).collect()
+                            } else {
+                                let mut v = Vec::with_capacity(h.left);
+                                for (pos, o) in open.iter_mut().enumerate() {
+                                    if *o {
+                                        *o = false;
+                                        v.push(pos as u32);
+                                        h.left -= 1;
+                                    }
                                 }
-                            }
+                                v
+                            };
                             packs.push((h.sink.clone(), p.base, positions, all));
                         }
                         (Some((p, open)), wire::ST_PACKED_ERR) => {
@@ -1029,11 +1034,7 @@ impl Dispatcher {
                             if let Some(item) = h.items.get_mut(pos).and_then(Option::take) {
                                 h.left -= 1;
                                 let raw = match status {
-                                    wire::ST_OK => {
-                                        let mut bytes = AlignedVec::with_capacity(payload.len());
-                                        bytes.extend_from_slice(payload);
-                                        Raw::ok(Payload { bytes, fds })
-                                    }
+                                    wire::ST_OK => Raw::ok(Payload::copied(payload, fds)),
                                     wire::ST_PANIC => {
                                         Raw::err(TaskError::Panicked { message: text() })
                                     }
@@ -1259,6 +1260,12 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
     let timed_flag = if timed { wire::F_TIMED } else { 0 };
     if let Some(p) = chunk.packed {
         let fb = &mut w.pending;
+        let need = p.payload.bytes.len() + 4 * p.skip.len() + 128;
+        if fb.bytes.is_empty() {
+            fb.bytes = crate::bufs::take(need);
+        } else {
+            fb.bytes.reserve(need);
+        }
         fb.begin(wire::K_RUN, p.n as u32, id);
         fb.put_u64(chunk.func.packed.unwrap_or(chunk.func.tramp));
         fb.put_u64(chunk.func.func);

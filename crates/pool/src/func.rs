@@ -28,8 +28,12 @@ pub(crate) struct PackedCtx<'a> {
     pub(crate) fds: Vec<OwnedFd>,
     /// Positions not to run (already done before a re-queue), sorted.
     pub(crate) skip: &'a [u32],
-    /// Called before each item runs, with its position.
-    pub(crate) on_item: &'a mut dyn FnMut(u32),
+    /// Where the worker publishes the item it runs (marked before each item).
+    pub(crate) progress: &'a crate::worker::Progress<'a>,
+    /// Record each item's start time too (a time limit is set).
+    pub(crate) timed: bool,
+    /// How many items ran.
+    pub(crate) ran: u64,
     /// Items that panicked: position and message.
     pub(crate) failures: Vec<(u32, String)>,
     /// The encoded `Vec<R>` of the items that succeeded, in position order.

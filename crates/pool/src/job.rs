@@ -21,10 +21,37 @@ pub(crate) struct Payload {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+impl Drop for Payload {
+    fn drop(&mut self) {
+        crate::bufs::give(std::mem::take(&mut self.bytes));
+    }
+}
+
 impl Payload {
+    /// A received payload: a copy of `bytes` in a buffer of its own.
+    pub(crate) fn copied(bytes: &[u8], fds: Vec<OwnedFd>) -> Self {
+        let mut b = crate::bufs::take(bytes.len());
+        b.extend_from_slice(bytes);
+        Payload { bytes: b, fds }
+    }
+
     pub(crate) fn encode<T: Encode>(v: &T) -> Result<Self, TaskError> {
-        let e = mproc_core::codec::encode(v).map_err(|e| TaskError::Codec {
-            message: format!("arguments could not be encoded: {e}"),
+        Self::encode_with_capacity(v, 0)
+    }
+
+    /// Encodes a chunk's `Vec<A>` into a buffer sized for it from the start.
+    pub(crate) fn encode_chunk<A>(v: &Vec<A>) -> Result<Self, TaskError>
+    where
+        Vec<A>: Encode,
+    {
+        Self::encode_with_capacity(v, std::mem::size_of_val(v.as_slice()) + 64)
+    }
+
+    fn encode_with_capacity<T: Encode>(v: &T, cap: usize) -> Result<Self, TaskError> {
+        let e = mproc_core::codec::encode_into(v, crate::bufs::take(cap)).map_err(|e| {
+            TaskError::Codec {
+                message: format!("arguments could not be encoded: {e}"),
+            }
         })?;
         Ok(Payload {
             bytes: e.bytes,
@@ -52,8 +79,6 @@ pub(crate) enum Raw {
     Ok(Box<Payload>),
     /// Element `k` of a packed chunk's encoded `Vec<R>`.
     Packed(Arc<Payload>, u32),
-    /// Element `k` of the job's pack number `p` (see [`JobInner::packs`]).
-    InPack(u32, u32),
     Err(Box<TaskError>),
 }
 
@@ -100,12 +125,177 @@ pub(crate) static SPIN: Spinner = Spinner::new();
 
 pub(crate) type DoneHook = Box<dyn FnOnce(&Job) + Send>;
 
+/// Where a settled item's outcome is.
+pub(crate) enum At<'a> {
+    Raw(&'a Raw),
+    /// Element `k` of a packed chunk's `Vec<R>`.
+    Pack(&'a Arc<Payload>, u32),
+}
+
+/// Items `base..base + len` are elements `first..first + len` of `packs[pack]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) pack: u32,
+    pub(crate) first: u32,
+}
+
+/// The outcomes of a job's items. A packed chunk's results are kept as runs over its
+/// one encoded `Vec<R>`, not item by item: a map of many small items then allocates
+/// (and later frees) nothing per item.
+#[derive(Default)]
+pub(crate) struct Outcomes {
+    n: usize,
+    /// One slot per item, for items delivered on their own; empty until the first.
+    slots: Vec<Option<Raw>>,
+    /// One bit per item: its outcome is in (a later delivery is ignored).
+    settled: Vec<u64>,
+    pub(crate) packs: Vec<Arc<Payload>>,
+    runs: Vec<Run>,
+    sorted: bool,
+}
+
+impl Outcomes {
+    fn new(n: usize) -> Self {
+        Outcomes {
+            n,
+            settled: vec![0; n.div_ceil(64)],
+            sorted: true,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Marks items `lo..hi` settled if none of them is yet (one word at a time).
+    fn settle_range(&mut self, lo: usize, hi: usize) -> bool {
+        if hi > self.n || lo >= hi {
+            return false;
+        }
+        let mask = |w: usize| {
+            let a = (w * 64).max(lo) - w * 64;
+            let b = ((w + 1) * 64).min(hi) - w * 64;
+            (u64::MAX >> (64 - (b - a))) << a
+        };
+        let words = lo / 64..=(hi - 1) / 64;
+        if words.clone().any(|w| self.settled[w] & mask(w) != 0) {
+            return false;
+        }
+        for w in words {
+            self.settled[w] |= mask(w);
+        }
+        true
+    }
+
+    /// Marks item `i` settled; `false` if it was already (or is out of range).
+    fn settle(&mut self, i: usize) -> bool {
+        if i >= self.n {
+            return false;
+        }
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let was = self.settled[w] & b != 0;
+        self.settled[w] |= b;
+        !was
+    }
+
+    fn put(&mut self, i: usize, raw: Raw) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(self.n, || None);
+        }
+        self.slots[i] = Some(raw);
+    }
+
+    /// Records a packed chunk's successes: item `base + positions[k]` is element `k`.
+    /// Returns how many items it settled.
+    fn put_pack(&mut self, base: usize, positions: &[u32], all: Arc<Payload>) -> usize {
+        let pack = self.packs.len() as u32;
+        self.packs.push(all);
+        // The usual case: a whole chunk, none of it settled before.
+        if let (Some(&lo), Some(&hi)) = (positions.first(), positions.last())
+            && (hi - lo) as usize + 1 == positions.len()
+            && self.settle_range(base + lo as usize, base + hi as usize + 1)
+        {
+            self.push_run(Run {
+                base: base + lo as usize,
+                len: positions.len(),
+                pack,
+                first: 0,
+            });
+            return positions.len();
+        }
+        let mut settled = 0;
+        let mut cur: Option<Run> = None;
+        for (k, &pos) in positions.iter().enumerate() {
+            let i = base + pos as usize;
+            if !self.settle(i) {
+                // Already settled (only a race can do this): it ends the current run.
+                if let Some(r) = cur.take() {
+                    self.push_run(r);
+                }
+                continue;
+            }
+            settled += 1;
+            match &mut cur {
+                Some(r) if r.base + r.len == i && r.first as usize + r.len == k => r.len += 1,
+                _ => {
+                    if let Some(r) = cur.take() {
+                        self.push_run(r);
+                    }
+                    cur = Some(Run {
+                        base: i,
+                        len: 1,
+                        pack,
+                        first: k as u32,
+                    });
+                }
+            }
+        }
+        if let Some(r) = cur {
+            self.push_run(r);
+        }
+        settled
+    }
+
+    fn push_run(&mut self, r: Run) {
+        if self.runs.last().is_some_and(|l| l.base > r.base) {
+            self.sorted = false;
+        }
+        self.runs.push(r);
+    }
+
+    /// The runs, ordered by first item.
+    pub(crate) fn runs(&mut self) -> &[Run] {
+        if !self.sorted {
+            self.runs.sort_unstable_by_key(|r| r.base);
+            self.sorted = true;
+        }
+        &self.runs
+    }
+
+    /// Item `i`'s outcome, if it is in.
+    pub(crate) fn get(&self, i: usize) -> Option<At<'_>> {
+        if let Some(Some(raw)) = self.slots.get(i) {
+            return Some(At::Raw(raw));
+        }
+        let inside = |r: &Run| r.base <= i && i < r.base + r.len;
+        let run = if self.sorted {
+            let k = self.runs.partition_point(|r| r.base + r.len <= i);
+            self.runs.get(k).filter(|r| inside(r))
+        } else {
+            self.runs.iter().find(|r| inside(r))
+        }?;
+        let k = run.first + (i - run.base) as u32;
+        Some(At::Pack(&self.packs[run.pack as usize], k))
+    }
+}
+
 pub(crate) struct JobInner {
-    pub(crate) outcomes: Vec<Option<Raw>>,
+    pub(crate) outcomes: Outcomes,
     pub(crate) done: usize,
     pub(crate) first_err: Option<usize>,
-    /// Packed results, referred to by [`Raw::InPack`].
-    pub(crate) packs: Vec<Arc<Payload>>,
     waker: Option<Waker>,
     finishing: bool,
     /// The thread running the job's callbacks: a callback that waits on its own job
@@ -150,10 +340,9 @@ impl Job {
             finished: AtomicBool::new(n == 0),
             state: AtomicU8::new(PENDING),
             inner: Mutex::new(JobInner {
-                outcomes: (0..n).map(|_| None).collect(),
+                outcomes: Outcomes::new(n),
                 done: 0,
                 first_err: None,
-                packs: Vec::new(),
                 waker: None,
                 finishing: false,
                 finisher: None,
@@ -292,20 +481,9 @@ impl Sink for Job {
 
     fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>) {
         let mut g = self.lock();
-        let p = g.packs.len() as u32;
-        g.packs.push(all);
-        let mut finish = false;
-        for (k, pos) in positions.into_iter().enumerate() {
-            let Some(slot) = g.outcomes.get_mut(base + pos as usize) else {
-                continue;
-            };
-            if slot.is_some() {
-                continue;
-            }
-            *slot = Some(Raw::InPack(p, k as u32));
-            g.done += 1;
-            finish |= g.done == self.n;
-        }
+        let settled = g.outcomes.put_pack(base, &positions, all);
+        g.done += settled;
+        let finish = settled > 0 && g.done == self.n;
         self.finish_if(g, finish);
     }
 
@@ -313,14 +491,11 @@ impl Sink for Job {
         let mut g = self.lock();
         let mut finish = false;
         for (index, outcome) in outcomes {
-            let Some(slot) = g.outcomes.get_mut(index) else {
-                continue;
-            };
-            if slot.is_some() {
+            if !g.outcomes.settle(index) {
                 continue;
             }
             let failed = matches!(outcome, Raw::Err(_));
-            *slot = Some(outcome);
+            g.outcomes.put(index, outcome);
             g.done += 1;
             if failed && g.first_err.is_none() {
                 g.first_err = Some(index);
@@ -423,5 +598,54 @@ impl Sink for Stream {
 
     fn start(&self) -> bool {
         !self.cancelled.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack() -> Arc<Payload> {
+        Arc::new(Payload::default())
+    }
+
+    fn at(o: &Outcomes, i: usize) -> Option<(u32, bool)> {
+        match o.get(i)? {
+            At::Pack(_, k) => Some((k, true)),
+            At::Raw(_) => Some((0, false)),
+        }
+    }
+
+    #[test]
+    fn packed_runs_map_items_to_elements() {
+        let mut o = Outcomes::new(200);
+        // A whole chunk (items 70..140, across word boundaries) in one run.
+        assert_eq!(o.put_pack(70, &(0..70).collect::<Vec<_>>(), pack()), 70);
+        // A chunk of items 0..10 whose item 3 failed on its own (its results hold the
+        // nine others), and a stray duplicate delivery of item 3 inside a pack.
+        assert!(o.settle(3));
+        o.put(3, Raw::err(TaskError::Cancelled));
+        assert_eq!(o.put_pack(0, &[0, 1, 2, 4, 5, 6, 7, 8, 9], pack()), 9);
+        assert_eq!(o.put_pack(0, &[3], pack()), 0);
+        // A chunk with gaps (items 150, 151, 155).
+        assert_eq!(o.put_pack(150, &[0, 1, 5], pack()), 3);
+        assert_eq!(at(&o, 69), None);
+        assert_eq!(at(&o, 70), Some((0, true)));
+        assert_eq!(at(&o, 139), Some((69, true)));
+        assert_eq!(at(&o, 3), Some((0, false)));
+        assert_eq!(at(&o, 4), Some((3, true)), "element after the failed one");
+        assert_eq!(at(&o, 155), Some((2, true)));
+        assert_eq!(at(&o, 152), None);
+        let runs: Vec<(usize, usize)> = o.runs().iter().map(|r| (r.base, r.len)).collect();
+        assert_eq!(runs, [(0, 3), (4, 6), (70, 70), (150, 2), (155, 1)]);
+        // The same lookups once sorted.
+        assert_eq!(at(&o, 4), Some((3, true)));
+        assert_eq!(at(&o, 139), Some((69, true)));
+        // Settled items are not settled twice.
+        assert_eq!(o.put_pack(70, &[0, 1], pack()), 0);
+        assert!(!o.settle_range(60, 71));
+        assert!(o.settle_range(140, 150));
+        assert!(!o.settle(145));
+        assert!(!o.settle_range(199, 201), "out of range");
     }
 }

@@ -63,6 +63,7 @@
 //! travels as one `Vec` message each way.
 #![deny(unsafe_code)]
 
+mod bufs;
 mod ctrl_c;
 mod dispatch;
 mod error;

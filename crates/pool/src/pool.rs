@@ -240,31 +240,43 @@ impl Pool {
         // one decode per chunk); not with maxtasksperchild, which may split a chunk.
         let pack = chunksize > 1 && func.packed.is_some() && state.is_none() && self.max_tasks == 0;
         let mut chunks = Vec::new();
+        let mut bytes = 0;
+        let mut vals: Vec<A> = Vec::new();
         let mut it = items.into_iter().enumerate().peekable();
         while it.peek().is_some() {
+            // Hand over what is encoded every so often, so that workers start on the
+            // first chunks while later ones are still being encoded.
+            if bytes >= 64 * 1024 || chunks.len() >= 4096 {
+                self.shared.submit(std::mem::take(&mut chunks));
+                bytes = 0;
+            }
             if pack {
                 let mut base = None;
-                let mut vals: Vec<A> = Vec::with_capacity(chunksize);
+                vals.clear();
+                vals.reserve(chunksize);
                 for (index, a) in it.by_ref().take(chunksize) {
                     base.get_or_insert(index);
                     vals.push(a);
                 }
                 let base = base.unwrap_or(0);
                 let n = vals.len();
-                match Payload::encode(&vals) {
-                    Ok(payload) => chunks.push(Chunk {
-                        sink: sink.clone(),
-                        func,
-                        state: None,
-                        items: Vec::new(),
-                        packed: Some(Packed {
-                            base,
-                            n,
-                            payload,
-                            skip: Vec::new(),
-                            retries: 0,
-                        }),
-                    }),
+                match Payload::encode_chunk(&vals) {
+                    Ok(payload) => {
+                        bytes += payload.bytes.len();
+                        chunks.push(Chunk {
+                            sink: sink.clone(),
+                            func,
+                            state: None,
+                            items: Vec::new(),
+                            packed: Some(Packed {
+                                base,
+                                n,
+                                payload,
+                                skip: Vec::new(),
+                                retries: 0,
+                            }),
+                        })
+                    }
                     Err(e) => sink.complete_many(
                         (base..base + n).map(|i| (i, Raw::err(e.clone()))).collect(),
                     ),
@@ -273,11 +285,14 @@ impl Pool {
                 let mut cur = Vec::with_capacity(chunksize);
                 for (index, a) in it.by_ref().take(chunksize) {
                     match Payload::encode(&a) {
-                        Ok(payload) => cur.push(Item {
-                            index,
-                            payload,
-                            retries: 0,
-                        }),
+                        Ok(payload) => {
+                            bytes += payload.bytes.len() + 64;
+                            cur.push(Item {
+                                index,
+                                payload,
+                                retries: 0,
+                            })
+                        }
                         Err(e) => sink.complete(index, Raw::err(e)),
                     }
                 }
@@ -341,13 +356,7 @@ impl Pool {
         R: Message,
     {
         let hook = Box::new(move |job: &Job| {
-            let r = {
-                let g = job.lock();
-                match g.outcomes.first().and_then(Option::as_ref) {
-                    Some(raw) => crate::result::Unpack::<R>::new(&g.packs).take(raw),
-                    None => Err(TaskError::Terminated),
-                }
-            };
+            let r = crate::result::first_outcome::<R>(&job.lock().outcomes);
             match r {
                 Ok(v) => callback(v),
                 Err(e) => error_callback(e),

@@ -3,7 +3,7 @@
 use crate::dispatch::{Chunk, Item, Shared};
 use crate::error::{GetError, MapError, TaskError};
 use crate::func::FnRef;
-use crate::job::{Job, Payload, Raw, Stream};
+use crate::job::{At, Job, Outcomes, Payload, Raw, Stream};
 use mproc_core::{Deadline, Decode, Encode};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -12,14 +12,26 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Decodes outcomes; a packed chunk's `Vec<R>` is decoded once for all its items.
-pub(crate) struct Unpack<'a, R> {
-    packs: &'a [Arc<Payload>],
+pub(crate) struct Unpack<R> {
     last: Option<(Arc<Payload>, Vec<Option<R>>)>,
 }
 
-impl<'a, R: Decode> Unpack<'a, R> {
-    pub(crate) fn new(packs: &'a [Arc<Payload>]) -> Self {
-        Unpack { packs, last: None }
+impl<R: Decode> Unpack<R> {
+    pub(crate) fn new() -> Self {
+        Unpack { last: None }
+    }
+
+    /// Decodes item outcome `at`.
+    pub(crate) fn take_at(&mut self, at: At<'_>) -> Result<R, TaskError> {
+        match at {
+            At::Raw(raw) => self.take(raw),
+            At::Pack(arc, k) => self.element(arc, k),
+        }
+    }
+
+    /// Keeps a packed chunk's decoded results for [`Unpack::take_at`].
+    fn keep(&mut self, arc: &Arc<Payload>, v: Vec<R>) {
+        self.last = Some((arc.clone(), v.into_iter().map(Some).collect()));
     }
 
     fn element(&mut self, arc: &Arc<Payload>, k: u32) -> Result<R, TaskError> {
@@ -41,18 +53,16 @@ impl<'a, R: Decode> Unpack<'a, R> {
             Raw::Ok(p) => p.decode::<R>(),
             Raw::Err(e) => Err((**e).clone()),
             Raw::Packed(arc, k) => self.element(arc, *k),
-            Raw::InPack(p, k) => match self.packs.get(*p as usize) {
-                Some(arc) => self.element(&arc.clone(), *k),
-                None => Err(TaskError::Codec {
-                    message: "a packed result is missing".into(),
-                }),
-            },
         }
     }
 }
 
-fn decode_raw<R: Decode>(raw: &Raw) -> Result<R, TaskError> {
-    Unpack::new(&[]).take(raw)
+/// Decodes the outcome of a one-item job (`None`: it never ran).
+pub(crate) fn first_outcome<R: Decode>(out: &Outcomes) -> Result<R, TaskError> {
+    match out.get(0) {
+        Some(at) => Unpack::new().take_at(at),
+        None => Err(TaskError::Terminated),
+    }
 }
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) (Python's
@@ -88,11 +98,7 @@ impl<R: Decode> AsyncResult<R> {
     }
 
     fn take(&self) -> Result<R, TaskError> {
-        let g = self.job.lock();
-        match g.outcomes.first().and_then(Option::as_ref) {
-            Some(raw) => decode_raw(raw),
-            None => Err(TaskError::Terminated),
-        }
+        first_outcome(&self.job.lock().outcomes)
     }
 
     /// Waits for the result (Python: `get()`). The value can be fetched again.
@@ -179,51 +185,67 @@ impl<R> std::fmt::Debug for MapResult<R> {
 }
 
 pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
-    let g = job.lock();
+    let mut g = job.lock();
     if let Some(index) = g.first_err {
-        let error = match g.outcomes[index].as_ref() {
-            Some(Raw::Err(e)) => (**e).clone(),
+        let error = match g.outcomes.get(index) {
+            Some(At::Raw(Raw::Err(e))) => (**e).clone(),
             _ => TaskError::Terminated,
         };
         return Err(MapError { index, error });
     }
-    let mut out = Vec::with_capacity(g.outcomes.len());
-    let mut un = Unpack::new(&g.packs);
+    let n = g.outcomes.len();
+    let runs = g.outcomes.runs().to_vec();
+    let out = &g.outcomes;
+    let mut v = Vec::with_capacity(n);
+    let mut un = Unpack::new();
     let mut index = 0;
-    while index < g.outcomes.len() {
-        // Fast path: a whole pack in a row is its decoded `Vec<R>` as it is.
-        if let Some(Raw::InPack(p, 0)) = g.outcomes[index]
-            && let Some(all) = g.packs.get(p as usize)
+    let mut r = 0;
+    while index < n {
+        while runs.get(r).is_some_and(|run| run.base + run.len <= index) {
+            r += 1;
+        }
+        // Fast path: a run that is a whole packed chunk is its decoded `Vec<R>` as it is.
+        if let Some(run) = runs.get(r)
+            && run.base == index
+            && run.first == 0
         {
-            let v: Vec<R> = all.decode().map_err(|error| MapError { index, error })?;
-            let run = g.outcomes.get(index..index + v.len()).is_some_and(|s| {
-                s.iter().enumerate().all(
-                    |(k, o)| matches!(o, Some(Raw::InPack(q, j)) if *q == p && *j as usize == k),
-                )
-            });
-            if run {
-                index += v.len();
-                out.extend(v);
+            let all = &out.packs[run.pack as usize];
+            let at = v.len();
+            mproc_core::codec::decode_extend(&all.bytes, all.dup_fds(), &mut v).map_err(|e| {
+                MapError {
+                    index,
+                    error: TaskError::Codec {
+                        message: format!("result could not be decoded: {e}"),
+                    },
+                }
+            })?;
+            if v.len() - at == run.len {
+                index += run.len;
+                r += 1;
                 continue;
             }
+            // Only part of the chunk's results belong here: keep them for item by item.
+            let dec = v.split_off(at);
+            un.keep(all, dec);
         }
-        let r = match &g.outcomes[index] {
-            Some(raw) => un.take(raw),
+        let item = match out.get(index) {
+            Some(at) => un.take_at(at),
             None => Err(TaskError::Terminated),
         };
-        out.push(r.map_err(|error| MapError { index, error })?);
+        v.push(item.map_err(|error| MapError { index, error })?);
         index += 1;
     }
-    Ok(out)
+    Ok(v)
 }
 
 pub(crate) fn collect_each<R: Decode>(job: &Job) -> Vec<Result<R, TaskError>> {
-    let g = job.lock();
-    let mut un = Unpack::new(&g.packs);
-    g.outcomes
-        .iter()
-        .map(|o| match o {
-            Some(raw) => un.take(raw),
+    let mut g = job.lock();
+    g.outcomes.runs();
+    let out = &g.outcomes;
+    let mut un = Unpack::new();
+    (0..out.len())
+        .map(|i| match out.get(i) {
+            Some(at) => un.take_at(at),
             None => Err(TaskError::Terminated),
         })
         .collect()
@@ -295,7 +317,7 @@ pub struct IMap<I, R> {
     submitted: usize,
     yielded: usize,
     /// The last packed chunk's decoded results (its items arrive one after another).
-    unpack: Unpack<'static, R>,
+    unpack: Unpack<R>,
 }
 
 impl<I, R> std::fmt::Debug for IMap<I, R> {
@@ -336,7 +358,7 @@ where
             pack,
             submitted: 0,
             yielded: 0,
-            unpack: Unpack::new(&[]),
+            unpack: Unpack::new(),
         }
     }
 
@@ -355,7 +377,7 @@ where
                 }
                 let n = vals.len();
                 self.submitted += n;
-                match Payload::encode(&vals) {
+                match Payload::encode_chunk(&vals) {
                     Ok(payload) => chunks.push(Chunk {
                         sink: self.stream.clone(),
                         func: self.func,

@@ -228,14 +228,30 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
             skip.next();
             continue;
         }
-        (ctx.on_item)(pos);
+        ctx.progress.item(pos, ctx.timed);
+        ctx.ran += 1;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a))) {
             Ok(r) => out.push(r),
             Err(p) => ctx.failures.push((pos, panic_text(&*p))),
         }
     }
-    let enc = mproc_core::codec::encode(&out)
-        .map_err(|e| format!("results could not be encoded: {e}"))?;
+    let enc =
+        mproc_core::codec::encode_with_capacity(&out, std::mem::size_of_val(out.as_slice()) + 64)
+            .map_err(|e| format!("results could not be encoded: {e}"))?;
     ctx.out = Some(enc);
     Ok(())
+}
+
+/// Tells the C allocator of a worker process to keep its heap: a worker serves buffers
+/// of the same large sizes chunk after chunk, and glibc would otherwise hand them back
+/// to the kernel (mmap'd blocks over 128 KiB, a heap top over its trim threshold) and
+/// fault them in again for the next chunk, which here costs more than the work.
+pub(crate) fn keep_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` only changes allocator tunables; it is called once, at the
+    // start of a worker, before the worker allocates for its tasks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }

@@ -162,8 +162,10 @@ impl OutQueue {
                     drop(fds);
                     self.fds.drain(..nfds);
                     *off += n;
-                    if *off == buf.len() {
-                        self.bufs.pop_front();
+                    if *off == buf.len()
+                        && let Some((b, _)) = self.bufs.pop_front()
+                    {
+                        crate::bufs::give(b);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

@@ -109,7 +109,8 @@ impl<'a> Progress<'a> {
 
     /// Moves to the next item of a packed chunk (the seqlock stays odd: readers that
     /// race with this see either item, both of which are this chunk's).
-    fn item(&self, pos: u32, timed: bool) {
+    #[inline]
+    pub(crate) fn item(&self, pos: u32, timed: bool) {
         if timed {
             self.start_ns.store(now_ns(), Ordering::Relaxed);
         }
@@ -186,6 +187,7 @@ impl Outbox {
         }
         self.count += 1;
         let f = &mut self.frame;
+        f.bytes.reserve(payload.len() + 48);
         f.put_u64(chunk);
         f.put_u32(pos);
         f.put_u32(status);
@@ -226,6 +228,7 @@ static SPIN: Spinner = Spinner::new();
 pub(crate) fn worker_main(args: WorkerArgs) {
     // The panic message travels to the parent; do not also print it here.
     std::panic::set_hook(Box::new(|_| {}));
+    crate::sys::keep_heap();
     let _ = run(args);
 }
 
@@ -321,17 +324,14 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                             frame.fds.drain(..nfds.min(frame.fds.len())).collect();
                         let t0 = Instant::now();
                         progress.begin(arg, 0, timed);
-                        let mut ran = 0u64;
-                        let mut on_item = |pos: u32| {
-                            ran += 1;
-                            progress.item(pos, timed);
-                        };
                         let mut ctx = PackedCtx {
                             func: 0,
                             input,
                             fds,
                             skip: &skip,
-                            on_item: &mut on_item,
+                            progress: &progress,
+                            timed,
+                            ran: 0,
                             failures: Vec::new(),
                             out: None,
                         };
@@ -364,9 +364,13 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                                 el,
                             ),
                         }
+                        done += ctx.ran;
                         drop(ctx);
-                        done += ran;
-                        out.flush(sock, &announce)?;
+                        // Results of chunks already received go out together, unless
+                        // this one took long or the batch is large.
+                        if t0.elapsed() >= Duration::from_millis(1) || out.should_flush() {
+                            out.flush(sock, &announce)?;
+                        }
                     } else {
                         for _ in 0..count {
                             let pos = c.u32()?;
