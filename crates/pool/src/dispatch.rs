@@ -1,7 +1,14 @@
-//! The dispatcher: one thread per pool that owns the workers. It feeds each worker
-//! chunks over the worker's own socket, collects results, watches every worker's pidfd,
-//! enforces time limits, replaces dead or retired workers, and is the only thread that
-//! ever blocks on a worker, so that no user call can hang on one.
+//! The dispatcher: the state that owns a pool's workers. It feeds each worker chunks
+//! over the worker's own socket, collects results, watches every worker's pidfd,
+//! enforces time limits and replaces dead or retired workers. It never blocks on a
+//! worker (every parent-side socket is non-blocking), so no user call can hang on one.
+//!
+//! It sits behind a mutex and runs on whichever thread holds it: a caller that has just
+//! submitted work (it hands the work to a worker at once), a caller waiting for its
+//! result (it reads the answer itself: [`Shared::drive`]), or the pool's own thread when
+//! nobody else does. Each worker bumps a doorbell word in shared memory after it sends
+//! results, and rings the pool's eventfd only while no caller drives, so the pool's
+//! thread sleeps through a caller's round trips.
 use crate::error::TaskError;
 use crate::func::FnRef;
 use crate::job::{Payload, Raw, Sink};
@@ -496,6 +503,12 @@ struct Dispatcher {
     done: bool,
 }
 
+/// The cores this process may run on (counted once).
+fn cores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// How long the dispatcher spins for a submission or a result before it sleeps in
 /// `poll` (adapts to how soon the sleeps end).
 static SPIN: Spinner = Spinner::new();
@@ -658,7 +671,9 @@ impl Dispatcher {
             if left.is_some_and(|l| l.is_zero()) {
                 return false;
             }
-            if SPIN.spin(|| ready() || self.bell_rang()) {
+            // Spin only while a core is free: with every core busy running workers, a
+            // spinning caller would take turns with them instead of letting them work.
+            if self.busy_workers() < cores() && SPIN.spin(|| ready() || self.bell_rang()) {
                 continue;
             }
             // Nothing soon: sleep on everything (a submission from a thread that could
@@ -830,6 +845,15 @@ impl Dispatcher {
             next = Some(next.map_or(wait, |n| n.min(wait)));
         }
         next
+    }
+
+    /// Workers that hold work (each is, or is about to be, running on a core).
+    fn busy_workers(&self) -> usize {
+        self.workers
+            .iter()
+            .flatten()
+            .filter(|w| !w.held.is_empty())
+            .count()
     }
 
     /// Whether a submission or a worker's result arrived since they were last looked at.

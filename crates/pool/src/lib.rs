@@ -51,10 +51,13 @@
 //! # How it works
 //!
 //! Each worker is a process (mproc-spawn, any start method) joined to the parent by its
-//! own Unix stream socketpair. One dispatcher thread per pool owns the workers: it hands
-//! each one chunks (a few at a time, more when tasks are short), reads results, and
-//! polls every socket and every worker's pidfd, so it always knows which items each
-//! worker holds. A worker publishes the item it is running in a small shared region,
+//! own Unix stream socketpair. One dispatcher per pool owns the workers: it hands each
+//! one chunks (a few at a time, more when tasks are short), reads results, and watches
+//! every socket and every worker's pidfd, so it always knows which items each worker
+//! holds. It runs on the pool's own thread, or on a caller's thread while that caller
+//! waits for a result: then a round trip wakes no other thread, and both the caller and
+//! the worker spin briefly (adaptively) on doorbell words in shared memory before they
+//! sleep. A worker publishes the item it is running in a small shared region,
 //! which names the culprit exactly when it dies or overruns its time limit. Functions
 //! travel as offsets from an anchor in the binary, with a typed trampoline, checked to
 //! point into the program's code. The parent's side of every socket is non-blocking
