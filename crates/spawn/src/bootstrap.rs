@@ -24,8 +24,6 @@ use std::os::fd::OwnedFd;
 pub(crate) const BOOT_ENV: &str = "MPROC_BOOTSTRAP";
 /// Marker variable of a fork server.
 pub(crate) const SERVER_ENV: &str = "MPROC_FORKSERVER";
-/// Marker variable of the benchmark's raw re-exec: exit 0 at once.
-pub(crate) const EXIT_ENV: &str = "MPROC_EXIT_AT_START";
 
 /// Runs before `main` in every binary that links mproc-spawn.
 #[ctor::ctor(unsafe)]
@@ -47,9 +45,6 @@ fn dispatch() {
     if let Some(spec) = std::env::var_os(SERVER_ENV) {
         sys::remove_env_before_main(SERVER_ENV);
         crate::forkserver::server_main(&spec.to_string_lossy());
-    }
-    if std::env::var_os(EXIT_ENV).is_some() {
-        sys::exit_now(0);
     }
 }
 
