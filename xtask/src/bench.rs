@@ -51,6 +51,13 @@ pub(crate) fn run(args: &[String]) -> bool {
             .unwrap_or("")
             .trim_start_matches("bench_")
             .to_owned();
+        // A filter that names an area ("pool." or "pool.map") needs only that script.
+        if let Some(f) = &filter
+            && let Some((want, _)) = f.split_once('.')
+            && want != area
+        {
+            continue;
+        }
         eprintln!("==> CPython: {area}");
         let mut cmd = Command::new("python3");
         cmd.arg(&s).current_dir(&py_dir);
