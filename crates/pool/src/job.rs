@@ -548,6 +548,17 @@ pub(crate) struct StreamInner {
     pub(crate) arrived: usize,
 }
 
+impl StreamInner {
+    /// Whether the next outcome to hand out is in: item `next` (in order), or any.
+    pub(crate) fn has(&self, ordered: bool, next: usize) -> bool {
+        if ordered {
+            self.ordered.contains_key(&next)
+        } else {
+            !self.unordered.is_empty()
+        }
+    }
+}
+
 /// Outcomes handed out as they arrive (`imap`, `imap_unordered`).
 pub(crate) struct Stream {
     ordered: bool,

@@ -462,6 +462,18 @@ where
             if self.input_done && self.yielded == self.submitted {
                 return None;
             }
+            if deadline.remaining().is_some_and(|l| l.is_zero()) {
+                return Some(Err(GetError::Timeout));
+            }
+            // Run the pool's dispatcher on this thread while waiting, if nobody else does.
+            drop(g);
+            let (ordered, next) = (self.ordered, self.yielded);
+            let arrived = || stream.lock().has(ordered, next);
+            let drove = self.shared.drive(&arrived, deadline);
+            g = stream.lock();
+            if drove || g.has(ordered, next) {
+                continue;
+            }
             match deadline.remaining() {
                 Some(left) if left.is_zero() => return Some(Err(GetError::Timeout)),
                 Some(left) => {
