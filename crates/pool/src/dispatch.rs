@@ -48,7 +48,8 @@ pub(crate) struct Item {
 pub(crate) struct Packed {
     pub(crate) base: usize,
     pub(crate) n: usize,
-    pub(crate) payload: Payload,
+    /// Shared with the frames that carry it (sent without a copy).
+    pub(crate) payload: Arc<Payload>,
     /// Positions already settled (before a re-queue): not to run again. Sorted.
     pub(crate) skip: Vec<u32>,
     pub(crate) retries: u8,
@@ -1284,12 +1285,6 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
     let timed_flag = if timed { wire::F_TIMED } else { 0 };
     if let Some(p) = chunk.packed {
         let fb = &mut w.pending;
-        let need = p.payload.bytes.len() + 4 * p.skip.len() + 128;
-        if fb.bytes.is_empty() {
-            fb.bytes = crate::bufs::take(need);
-        } else {
-            fb.bytes.reserve(need);
-        }
         fb.begin(wire::K_RUN, p.n as u32, id);
         fb.put_u64(chunk.func.packed.unwrap_or(chunk.func.tramp));
         fb.put_u64(chunk.func.func);
@@ -1299,7 +1294,7 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
         fb.put_u32(0);
         fb.put_u32(fds.len() as u32);
         fb.put_u64(p.payload.bytes.len() as u64);
-        fb.put_payload(&p.payload.bytes);
+        fb.put_shared(p.payload.clone());
         fb.put_fds(fds);
         fb.put_u32(p.skip.len() as u32);
         fb.put_u32(0);

@@ -271,7 +271,7 @@ impl Pool {
                             packed: Some(Packed {
                                 base,
                                 n,
-                                payload,
+                                payload: Arc::new(payload),
                                 skip: Vec::new(),
                                 retries: 0,
                             }),

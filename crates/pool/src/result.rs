@@ -386,7 +386,7 @@ where
                         packed: Some(crate::dispatch::Packed {
                             base,
                             n,
-                            payload,
+                            payload: Arc::new(payload),
                             skip: Vec::new(),
                             retries: 0,
                         }),

@@ -26,12 +26,14 @@
 //!   3: a packed chunk's `Vec<R>` of the items that did not fail, `pos` = `u32::MAX`;
 //!   4: a packed chunk that could not run, with the reason).
 //! - `INIT_FAILED`, one such record: the initializer failed; the worker exits.
+use crate::job::Payload;
 use mproc_core::codec::{FrameHeader, HEADER_LEN, MAX_FDS};
 use mproc_core::scm;
 use rkyv::util::AlignedVec;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 pub(crate) const K_RUN: u32 = 1;
 pub(crate) const K_STATE: u32 = 2;
@@ -59,11 +61,32 @@ fn pad16(n: usize) -> usize {
     n.div_ceil(16) * 16
 }
 
-/// Builds frames into one buffer (several frames may share it).
+/// A piece of outgoing bytes: owned, or an encoded chunk shared with the dispatcher
+/// (which keeps it to send again if the worker dies), so it is never copied.
+pub(crate) enum Seg {
+    Own(AlignedVec),
+    Shared(Arc<Payload>),
+}
+
+impl Seg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Seg::Own(v) => v,
+            Seg::Shared(p) => &p.bytes,
+        }
+    }
+}
+
+/// Builds frames into one buffer (several frames may share it), with shared payloads
+/// as pieces of their own.
 #[derive(Default)]
 pub(crate) struct FrameBuf {
     pub(crate) bytes: AlignedVec,
     pub(crate) fds: Vec<OwnedFd>,
+    /// Pieces that come before `bytes`.
+    segs: Vec<Seg>,
+    /// Where the open frame's header is: piece index (`segs.len()`: in `bytes`), offset.
+    frame_seg: usize,
     frame_start: usize,
     frame_fds: usize,
 }
@@ -74,15 +97,16 @@ impl FrameBuf {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.bytes.is_empty() && self.segs.is_empty()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() + self.segs.iter().map(|s| s.bytes().len()).sum::<usize>()
     }
 
     /// Starts a frame with its body head.
     pub(crate) fn begin(&mut self, kind: u32, count: u32, arg: u64) {
+        self.frame_seg = self.segs.len();
         self.frame_start = self.bytes.len();
         self.frame_fds = self.fds.len();
         self.bytes.extend_from_slice(&[0u8; HEADER_LEN]);
@@ -106,6 +130,26 @@ impl FrameBuf {
         self.bytes.extend_from_slice(&[0u8; 16][..pad]);
     }
 
+    /// Appends a shared payload, padded to 16, without copying it.
+    pub(crate) fn put_shared(&mut self, p: Arc<Payload>) {
+        let len = p.bytes.len();
+        let head = std::mem::take(&mut self.bytes);
+        if !head.is_empty() || self.frame_seg == self.segs.len() {
+            self.segs.push(Seg::Own(head));
+        }
+        self.segs.push(Seg::Shared(p));
+        self.bytes.extend_from_slice(&[0u8; 16][..pad16(len) - len]);
+    }
+
+    /// The bytes that hold the open frame's header.
+    fn header_piece(&mut self) -> &mut [u8] {
+        match self.segs.get_mut(self.frame_seg) {
+            Some(Seg::Own(v)) => v.as_mut_slice(),
+            // A frame starts in owned bytes (`begin` writes its header there).
+            _ => self.bytes.as_mut_slice(),
+        }
+    }
+
     pub(crate) fn put_fds(&mut self, fds: impl IntoIterator<Item = OwnedFd>) {
         self.fds.extend(fds);
     }
@@ -113,32 +157,46 @@ impl FrameBuf {
     /// Sets the record count of the open frame.
     pub(crate) fn set_count(&mut self, n: u32) {
         let at = self.frame_start + HEADER_LEN + 4;
-        self.bytes.as_mut_slice()[at..at + 4].copy_from_slice(&n.to_le_bytes());
+        self.header_piece()[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
 
     /// Closes the frame: writes its header.
     pub(crate) fn end(&mut self) {
-        let len = (self.bytes.len() - self.frame_start - HEADER_LEN) as u64;
+        let total: usize = self
+            .segs
+            .iter()
+            .skip(self.frame_seg)
+            .map(|s| s.bytes().len())
+            .sum::<usize>()
+            + self.bytes.len();
         let h = FrameHeader {
             nfds: (self.fds.len() - self.frame_fds) as u32,
-            len,
+            len: (total - self.frame_start - HEADER_LEN) as u64,
         };
-        self.bytes.as_mut_slice()[self.frame_start..self.frame_start + HEADER_LEN]
-            .copy_from_slice(&h.to_bytes());
+        let at = self.frame_start;
+        self.header_piece()[at..at + HEADER_LEN].copy_from_slice(&h.to_bytes());
     }
 }
 
 /// Bytes and fds waiting to be written to a non-blocking socket.
 #[derive(Default)]
 pub(crate) struct OutQueue {
-    bufs: VecDeque<(AlignedVec, usize)>,
+    bufs: VecDeque<(Seg, usize)>,
     fds: VecDeque<OwnedFd>,
 }
 
+/// Pieces written by one `sendmsg` at most.
+const MAX_IOV: usize = 16;
+
 impl OutQueue {
     pub(crate) fn push(&mut self, f: FrameBuf) {
+        for s in f.segs {
+            if !s.bytes().is_empty() {
+                self.bufs.push_back((s, 0));
+            }
+        }
         if !f.bytes.is_empty() {
-            self.bufs.push_back((f.bytes, 0));
+            self.bufs.push_back((Seg::Own(f.bytes), 0));
         }
         self.fds.extend(f.fds);
     }
@@ -150,22 +208,38 @@ impl OutQueue {
     /// Writes as much as the socket takes. `Ok(true)` when everything went out,
     /// `Ok(false)` when the socket is full, `Err` when the peer is gone.
     pub(crate) fn flush(&mut self, sock: BorrowedFd<'_>) -> io::Result<bool> {
-        while let Some((buf, off)) = self.bufs.front_mut() {
+        while !self.bufs.is_empty() {
             let nfds = self.fds.len().min(MAX_FDS as usize);
-            let rest = &buf[*off..];
-            // With more fds pending than one message may carry, send them one byte at a
-            // time so that no frame's bytes outrun its fds.
-            let take = if self.fds.len() > nfds { 1 } else { rest.len() };
+            let iov: Vec<io::IoSlice<'_>> = if self.fds.len() > nfds {
+                // With more fds pending than one message may carry, send them one byte
+                // at a time so that no frame's bytes outrun its fds.
+                let (s, off) = &self.bufs[0];
+                vec![io::IoSlice::new(&s.bytes()[*off..*off + 1])]
+            } else {
+                self.bufs
+                    .iter()
+                    .take(MAX_IOV)
+                    .map(|(s, off)| io::IoSlice::new(&s.bytes()[*off..]))
+                    .collect()
+            };
             let fds: Vec<BorrowedFd<'_>> = self.fds.iter().take(nfds).map(|f| f.as_fd()).collect();
-            match scm::send_with_fds(sock, &[io::IoSlice::new(&rest[..take])], &fds) {
-                Ok(n) => {
-                    drop(fds);
+            let sent = scm::send_with_fds(sock, &iov, &fds);
+            drop((iov, fds));
+            match sent {
+                Ok(mut n) => {
                     self.fds.drain(..nfds);
-                    *off += n;
-                    if *off == buf.len()
-                        && let Some((b, _)) = self.bufs.pop_front()
+                    while n > 0
+                        && let Some((s, off)) = self.bufs.front_mut()
                     {
-                        crate::bufs::give(b);
+                        let rest = s.bytes().len() - *off;
+                        if n < rest {
+                            *off += n;
+                            break;
+                        }
+                        n -= rest;
+                        if let Some((Seg::Own(b), _)) = self.bufs.pop_front() {
+                            crate::bufs::give(b);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
