@@ -235,14 +235,19 @@ impl Pool {
         state: Option<Arc<StateBlob>>,
         items: impl IntoIterator<Item = A>,
         chunksize: usize,
-    ) {
+    ) -> usize {
         // Chunks of several items travel as one `Vec<A>` message each way (one encode,
         // one decode per chunk); not with maxtasksperchild, which may split a chunk.
         let pack = chunksize > 1 && func.packed.is_some() && state.is_none() && self.max_tasks == 0;
         let mut chunks = Vec::new();
         let mut bytes = 0;
         let mut vals: Vec<A> = Vec::new();
-        let mut it = items.into_iter().enumerate().peekable();
+        let mut seen = 0;
+        let mut it = items
+            .into_iter()
+            .inspect(|_| seen += 1)
+            .enumerate()
+            .peekable();
         while it.peek().is_some() {
             // Hand over what is encoded every so often, so that workers start on the
             // first chunks while later ones are still being encoded.
@@ -308,25 +313,43 @@ impl Pool {
             }
         }
         self.shared.submit(chunks);
+        drop(it);
+        seen
     }
 
     fn map_job<A: Encode>(
         &self,
         func: FnRef,
         state: Option<Arc<StateBlob>>,
-        items: Vec<A>,
+        items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
         fail_fast: bool,
         hook: Option<crate::job::DoneHook>,
     ) -> Arc<Job> {
-        let n = items.len();
+        let mut it = items.into_iter();
+        // An input that knows its length (a range, a vector) is chunked as it is read;
+        // any other is collected first, as Python's map makes a list of its iterable.
+        let (lo, hi) = it.size_hint();
+        let collected: Option<Vec<A>> = (hi != Some(lo)).then(|| it.by_ref().collect());
+        let n = collected.as_ref().map_or(lo, Vec::len);
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(n, self.processes));
         let job = Arc::new(Job::new(n, fail_fast));
         job.set_driver(&self.shared);
         if let Some(h) = hook {
             job.on_done(h);
         }
-        self.submit_items(job.clone(), func, state, items, chunksize.max(1));
+        let sink: Arc<dyn Sink> = job.clone();
+        let seen = match collected {
+            Some(v) => self.submit_items(sink.clone(), func, state, v, chunksize.max(1)),
+            None => self.submit_items(sink.clone(), func, state, it.take(n), chunksize.max(1)),
+        };
+        if seen < n {
+            // The input ended before the length its size_hint promised.
+            let e = TaskError::Codec {
+                message: format!("the input ended after {seen} of the {n} items it announced"),
+            };
+            sink.complete_many((seen..n).map(|i| (i, Raw::err(e.clone()))).collect());
+        }
         job
     }
 
@@ -392,7 +415,6 @@ impl Pool {
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
     ) -> Vec<Result<R, TaskError>> {
-        let items: Vec<A> = items.into_iter().collect();
         let job = self.map_job::<A>(FnRef::plain(f), None, items, None, false, None);
         job.wait(mproc_core::Deadline::never());
         collect_each(&job)
@@ -414,7 +436,6 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> MapResult<R> {
-        let items: Vec<A> = items.into_iter().collect();
         MapResult::new(self.map_job::<A>(FnRef::plain(f), None, items, chunksize, true, None))
     }
 
@@ -435,7 +456,6 @@ impl Pool {
             Ok(v) => callback(v),
             Err(e) => error_callback(e),
         });
-        let items: Vec<A> = items.into_iter().collect();
         MapResult::new(self.map_job::<A>(FnRef::plain(f), None, items, None, true, Some(hook)))
     }
 
@@ -453,7 +473,6 @@ impl Pool {
         A: Message,
         R: Message,
     {
-        let items: Vec<A> = items.into_iter().collect();
         let payload = match Payload::encode(&state) {
             Ok(p) => p,
             Err(error) => return Err(MapError { index: 0, error }),
@@ -491,7 +510,6 @@ impl Pool {
         (A, B): Message,
         R: Message,
     {
-        let items: Vec<(A, B)> = items.into_iter().collect();
         MapResult::new(self.map_job::<(A, B)>(FnRef::star2(f), None, items, None, true, None))
     }
 
@@ -506,7 +524,6 @@ impl Pool {
         (A, B): Message,
         R: Message,
     {
-        let items: Vec<(A, B)> = items.into_iter().collect();
         let job = self.map_job::<(A, B)>(FnRef::star2(f), None, items, Some(chunksize), true, None);
         job.wait(mproc_core::Deadline::never());
         collect_map(&job)
@@ -522,7 +539,6 @@ impl Pool {
         (A, B, C): Message,
         R: Message,
     {
-        let items: Vec<(A, B, C)> = items.into_iter().collect();
         let job = self.map_job::<(A, B, C)>(FnRef::star3(f), None, items, None, true, None);
         job.wait(mproc_core::Deadline::never());
         collect_map(&job)

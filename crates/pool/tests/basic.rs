@@ -209,3 +209,35 @@ fn edge_cases() {
         .unwrap();
     assert_eq!(r[2], (3, "DEF".to_string()));
 }
+
+/// An input that announces its length is chunked as it is read; one that announces a
+/// wrong length fails the items it did not deliver instead of leaving the map waiting.
+#[test]
+fn inputs_of_known_length_and_one_that_lies() {
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(sqr, 0..10_000u64).unwrap(), want);
+    assert_eq!(
+        pool.map(sqr, (0..10_000u64).filter(|_| true)).unwrap(),
+        want
+    );
+
+    struct Liar(u64);
+    impl Iterator for Liar {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            (self.0 < 3).then(|| {
+                self.0 += 1;
+                self.0
+            })
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (5, Some(5))
+        }
+    }
+    let out = pool.map_results(sqr, Liar(0));
+    assert_eq!(out.len(), 5);
+    assert_eq!(out[..3], [Ok(1), Ok(4), Ok(9)]);
+    assert!(matches!(out[3], Err(TaskError::Codec { .. })), "{out:?}");
+    assert!(pool.map(sqr, Liar(0)).is_err());
+}
