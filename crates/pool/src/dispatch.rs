@@ -661,10 +661,12 @@ impl Dispatcher {
             if ready() {
                 return true;
             }
+            // Read first, then dispatch: results just read may have freed a worker,
+            // which must get more work before this thread goes to sleep.
+            self.read_rung();
             if self.step() {
                 return ready();
             }
-            self.read_rung();
             if ready() {
                 return true;
             }

@@ -242,29 +242,25 @@ impl Pool {
         let mut chunks = Vec::new();
         let mut bytes = 0;
         let mut vals: Vec<A> = Vec::new();
-        let mut seen = 0;
-        let mut it = items
-            .into_iter()
-            .inspect(|_| seen += 1)
-            .enumerate()
-            .peekable();
-        while it.peek().is_some() {
+        let mut it = items.into_iter();
+        // Index of the next item read.
+        let mut next = 0;
+        loop {
             // Hand over what is encoded every so often, so that workers start on the
             // first chunks while later ones are still being encoded.
             if bytes >= 64 * 1024 || chunks.len() >= 4096 {
                 self.shared.submit(std::mem::take(&mut chunks));
                 bytes = 0;
             }
+            let base = next;
             if pack {
-                let mut base = None;
                 vals.clear();
-                vals.reserve(chunksize);
-                for (index, a) in it.by_ref().take(chunksize) {
-                    base.get_or_insert(index);
-                    vals.push(a);
-                }
-                let base = base.unwrap_or(0);
+                vals.extend(it.by_ref().take(chunksize));
                 let n = vals.len();
+                if n == 0 {
+                    break;
+                }
+                next += n;
                 match Payload::encode_chunk(&vals) {
                     Ok(payload) => {
                         bytes += payload.bytes.len();
@@ -288,7 +284,9 @@ impl Pool {
                 }
             } else {
                 let mut cur = Vec::with_capacity(chunksize);
-                for (index, a) in it.by_ref().take(chunksize) {
+                for a in it.by_ref().take(chunksize) {
+                    let index = next;
+                    next += 1;
                     match Payload::encode(&a) {
                         Ok(payload) => {
                             bytes += payload.bytes.len() + 64;
@@ -300,6 +298,9 @@ impl Pool {
                         }
                         Err(e) => sink.complete(index, Raw::err(e)),
                     }
+                }
+                if next == base {
+                    break;
                 }
                 if !cur.is_empty() {
                     chunks.push(Chunk {
@@ -313,8 +314,7 @@ impl Pool {
             }
         }
         self.shared.submit(chunks);
-        drop(it);
-        seen
+        next
     }
 
     fn map_job<A: Encode>(

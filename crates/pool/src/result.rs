@@ -210,22 +210,21 @@ pub(crate) fn collect_map<R: Decode>(job: &Job) -> Result<Vec<R>, MapError> {
             && run.first == 0
         {
             let all = &out.packs[run.pack as usize];
-            let at = v.len();
-            mproc_core::codec::decode_extend(&all.bytes, all.dup_fds(), &mut v).map_err(|e| {
-                MapError {
-                    index,
-                    error: TaskError::Codec {
-                        message: format!("result could not be decoded: {e}"),
-                    },
+            // rkyv rebuilds a whole vector of plain data at copying speed: decode it
+            // whole, then move it into place (or take it as the output, if first).
+            let mut dec: Vec<R> = all.decode().map_err(|error| MapError { index, error })?;
+            if dec.len() == run.len {
+                if v.is_empty() {
+                    v = dec;
+                    v.reserve(n - run.len);
+                } else {
+                    v.append(&mut dec);
                 }
-            })?;
-            if v.len() - at == run.len {
                 index += run.len;
                 r += 1;
                 continue;
             }
             // Only part of the chunk's results belong here: keep them for item by item.
-            let dec = v.split_off(at);
             un.keep(all, dec);
         }
         let item = match out.get(index) {

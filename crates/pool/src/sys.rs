@@ -222,17 +222,27 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
         .map_err(|e| format!("arguments could not be decoded: {e}"))?;
     let mut out: Vec<R> = Vec::with_capacity(items.len());
     let mut skip = ctx.skip.iter().copied().peekable();
-    for (pos, a) in items.into_iter().enumerate() {
-        let pos = pos as u32;
-        if skip.peek() == Some(&pos) {
-            skip.next();
-            continue;
-        }
-        ctx.progress.item(pos, ctx.timed);
-        ctx.ran += 1;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a))) {
-            Ok(r) => out.push(r),
-            Err(p) => ctx.failures.push((pos, panic_text(&*p))),
+    let mut items = items.into_iter().enumerate();
+    let mut running = 0u32;
+    // One unwind guard around the loop, not one per item: a panic fails its item, and
+    // the loop resumes with the next one.
+    loop {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (pos, a) in items.by_ref() {
+                let pos = pos as u32;
+                if skip.peek() == Some(&pos) {
+                    skip.next();
+                    continue;
+                }
+                running = pos;
+                ctx.progress.item(pos, ctx.timed);
+                ctx.ran += 1;
+                out.push(f(a));
+            }
+        }));
+        match r {
+            Ok(()) => break,
+            Err(p) => ctx.failures.push((running, panic_text(&*p))),
         }
     }
     let enc =
