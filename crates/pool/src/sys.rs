@@ -224,6 +224,7 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
     let mut skip = ctx.skip.iter().copied().peekable();
     let mut items = items.into_iter().enumerate();
     let mut running = 0u32;
+    let (progress, timed) = (ctx.progress, ctx.timed);
     // One unwind guard around the loop, not one per item: a panic fails its item, and
     // the loop resumes with the next one.
     loop {
@@ -235,8 +236,7 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
                     continue;
                 }
                 running = pos;
-                ctx.progress.item(pos, ctx.timed);
-                ctx.ran += 1;
+                progress.item(pos, timed);
                 out.push(f(a));
             }
         }));
@@ -245,6 +245,7 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
             Err(p) => ctx.failures.push((running, panic_text(&*p))),
         }
     }
+    ctx.ran = (out.len() + ctx.failures.len()) as u64;
     let enc =
         mproc_core::codec::encode_with_capacity(&out, std::mem::size_of_val(out.as_slice()) + 64)
             .map_err(|e| format!("results could not be encoded: {e}"))?;
