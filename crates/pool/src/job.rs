@@ -77,9 +77,17 @@ impl Payload {
 pub(crate) enum Raw {
     /// The item's own encoded result.
     Ok(Box<Payload>),
-    /// Element `k` of a packed chunk's encoded `Vec<R>`.
-    Packed(Arc<Payload>, u32),
+    /// A packed chunk's successes, handed to a stream as one outcome.
+    Run(Box<PackRun>),
     Err(Box<TaskError>),
+}
+
+/// Items `base + positions[k]` are the elements `k` of `all`'s encoded `Vec<R>`.
+#[derive(Debug)]
+pub(crate) struct PackRun {
+    pub(crate) all: Arc<Payload>,
+    pub(crate) base: usize,
+    pub(crate) positions: Vec<u32>,
 }
 
 impl Raw {
@@ -98,14 +106,7 @@ pub(crate) trait Sink: Send + Sync {
     fn complete(&self, index: usize, outcome: Raw);
     /// Delivers a packed chunk's successes: items `base + pos` for each `pos` in
     /// `positions` are the elements of `all`'s `Vec<R>`, in order.
-    fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>) {
-        let v = positions
-            .into_iter()
-            .enumerate()
-            .map(|(k, pos)| (base + pos as usize, Raw::Packed(all.clone(), k as u32)))
-            .collect();
-        self.complete_many(v);
-    }
+    fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>);
 
     /// Delivers several outcomes at once.
     fn complete_many(&self, outcomes: Vec<(usize, Raw)>) {
@@ -545,7 +546,6 @@ impl Job {
 pub(crate) struct StreamInner {
     pub(crate) ordered: HashMap<usize, Raw>,
     pub(crate) unordered: VecDeque<(usize, Raw)>,
-    pub(crate) arrived: usize,
 }
 
 impl StreamInner {
@@ -575,7 +575,6 @@ impl Stream {
             inner: Mutex::new(StreamInner {
                 ordered: HashMap::new(),
                 unordered: VecDeque::new(),
-                arrived: 0,
             }),
             cv: Condvar::new(),
         }
@@ -591,18 +590,49 @@ impl Stream {
     }
 }
 
-impl Sink for Stream {
-    fn complete(&self, index: usize, outcome: Raw) {
-        if self.cancelled.load(Ordering::Acquire) {
-            return;
-        }
-        let mut g = self.lock();
-        g.arrived += 1;
+impl Stream {
+    fn put(&self, g: &mut StreamInner, index: usize, outcome: Raw) {
         if self.ordered {
             g.ordered.insert(index, outcome);
         } else {
             g.unordered.push_back((index, outcome));
         }
+    }
+}
+
+impl Sink for Stream {
+    fn complete(&self, index: usize, outcome: Raw) {
+        self.complete_many(vec![(index, outcome)]);
+    }
+
+    fn complete_many(&self, outcomes: Vec<(usize, Raw)>) {
+        if self.cancelled.load(Ordering::Acquire) || outcomes.is_empty() {
+            return;
+        }
+        let mut g = self.lock();
+        for (index, outcome) in outcomes {
+            self.put(&mut g, index, outcome);
+        }
+        drop(g);
+        self.cv.notify_all();
+    }
+
+    /// A packed chunk's successes stay one outcome, filed under its first item: the
+    /// consumer decodes them together and hands them out one by one.
+    fn complete_packed(&self, base: usize, positions: Vec<u32>, all: Arc<Payload>) {
+        let Some(&first) = positions.first() else {
+            return;
+        };
+        if self.cancelled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut g = self.lock();
+        let run = PackRun {
+            all,
+            base,
+            positions,
+        };
+        self.put(&mut g, base + first as usize, Raw::Run(Box::new(run)));
         drop(g);
         self.cv.notify_all();
     }

@@ -5,6 +5,7 @@ use crate::error::{GetError, MapError, TaskError};
 use crate::func::FnRef;
 use crate::job::{At, Job, Outcomes, Payload, Raw, Stream};
 use mproc_core::{Deadline, Decode, Encode};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,7 +53,9 @@ impl<R: Decode> Unpack<R> {
         match raw {
             Raw::Ok(p) => p.decode::<R>(),
             Raw::Err(e) => Err((**e).clone()),
-            Raw::Packed(arc, k) => self.element(arc, *k),
+            Raw::Run(_) => Err(TaskError::Codec {
+                message: "a packed result where one item was expected".into(),
+            }),
         }
     }
 }
@@ -315,8 +318,10 @@ pub struct IMap<I, R> {
     pack: bool,
     submitted: usize,
     yielded: usize,
-    /// The last packed chunk's decoded results (its items arrive one after another).
+    /// Decodes single outcomes.
     unpack: Unpack<R>,
+    /// A packed chunk's decoded results not handed out yet, with their item indexes.
+    stash: VecDeque<(usize, Result<R, TaskError>)>,
 }
 
 impl<I, R> std::fmt::Debug for IMap<I, R> {
@@ -358,6 +363,7 @@ where
             submitted: 0,
             yielded: 0,
             unpack: Unpack::new(),
+            stash: VecDeque::new(),
         }
     }
 
@@ -443,8 +449,39 @@ where
         self.next_until(Deadline::after(timeout))
     }
 
+    /// The next outcome from the stash of a decoded packed chunk, if it is next.
+    fn next_stashed(&mut self) -> Option<Result<R, GetError>> {
+        let (i, _) = self.stash.front()?;
+        if self.ordered && *i != self.yielded {
+            return None;
+        }
+        let (_, r) = self.stash.pop_front()?;
+        self.yielded += 1;
+        Some(r.map_err(GetError::Failed))
+    }
+
+    /// Decodes a packed chunk's successes into the stash.
+    fn unpack_run(&mut self, run: crate::job::PackRun) {
+        let items = run.positions.iter().map(|&p| run.base + p as usize);
+        match run.all.decode::<Vec<R>>() {
+            Ok(v) if v.len() == run.positions.len() => {
+                self.stash.extend(items.zip(v.into_iter().map(Ok)));
+            }
+            Ok(_) => {
+                let e = TaskError::Codec {
+                    message: "a packed result has the wrong number of elements".into(),
+                };
+                self.stash.extend(items.map(|i| (i, Err(e.clone()))));
+            }
+            Err(e) => self.stash.extend(items.map(|i| (i, Err(e.clone())))),
+        }
+    }
+
     fn next_until(&mut self, deadline: Deadline) -> Option<Result<R, GetError>> {
         self.feed();
+        if let Some(r) = self.next_stashed() {
+            return Some(r);
+        }
         let stream = self.stream.clone();
         let mut g = stream.lock();
         loop {
@@ -455,6 +492,14 @@ where
             };
             if let Some(raw) = raw {
                 drop(g);
+                if let Raw::Run(run) = raw {
+                    self.unpack_run(*run);
+                    if let Some(r) = self.next_stashed() {
+                        return Some(r);
+                    }
+                    g = stream.lock();
+                    continue;
+                }
                 self.yielded += 1;
                 return Some(self.unpack.take(&raw).map_err(GetError::Failed));
             }
