@@ -42,6 +42,15 @@ def main():
         ]:
             s = rate(samples, n, lambda k: pool.map(square, range(k), cs))
             emit(name, "items/s", s)
+        s = rate(samples, 100_000, lambda k: list(pool.imap(square, range(k), 1000)))
+        emit("pool.imap_c1000", "items/s", s)
+        with concurrent.futures.ProcessPoolExecutor(2) as ex:
+            for name, cs, n in [
+                ("pool.executor_map_c1", 1, pick(5_000, 1_000)),
+                ("pool.executor_map_c1000", 1000, 100_000),
+            ]:
+                s = rate(min(samples, 3), n, lambda k: list(ex.map(square, range(k), chunksize=cs)))
+                emit(name, "items/s", s)
         iters = pick(2000, 300)
         s = time_per_op(
             samples, iters, 1e-6,

@@ -4,6 +4,10 @@
 //! - `pool.map_trivial_c1` / `_cdefault` / `_c1000` (items/s): Pool(2) map of x*x over
 //!   100,000 integers with chunksize 1, Python's default rule, and 1000;
 //! - `pool.apply_async_rtt` (µs per submit + get of a trivial task, one at a time);
+//! - `pool.imap_c1000` (items/s): Pool(2) `imap` of x*x over 100,000 integers, chunksize
+//!   1000, consumed in order;
+//! - `pool.executor_map_c1` / `_c1000` (items/s): the executor's `map` of x*x (CPython:
+//!   `ProcessPoolExecutor(2).map`), over 5,000 and 100,000 integers;
 //! - `pool.cpu_bound_speedup` (×): Pool(2) map over 40 tasks of ~20 ms, sequential time
 //!   divided by pool time; `rayon` on the same work beside it;
 //! - `pool.cpu_bound_speedup_executor` (×): the same through the executor (CPython:
@@ -64,6 +68,32 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         }
         let s = rate(samples, n, |k| {
             let r = pool.map_async_chunked(square, 0..k, cs).get().expect("map");
+            black_box(r);
+        });
+        emit(Record::from_samples(name, "mproc", "items/s", &s));
+    }
+    if opts.wants("pool.imap_c1000") {
+        let s = rate(samples, n, |k| {
+            let r: Vec<Result<u64, _>> = pool.imap_chunked(square, 0..k, 1000).collect();
+            black_box(r);
+        });
+        emit(Record::from_samples(
+            "pool.imap_c1000",
+            "mproc",
+            "items/s",
+            &s,
+        ));
+    }
+    for (name, cs, items) in [
+        ("pool.executor_map_c1", 1, opts.pick(5_000, 1_000)),
+        ("pool.executor_map_c1000", 1000, n),
+    ] {
+        if !opts.wants(name) {
+            continue;
+        }
+        let ex = Executor::new(2).expect("executor");
+        let s = rate(samples.min(3), items, |k| {
+            let r: Vec<Result<u64, _>> = ex.map(square, 0..k, cs).collect();
             black_box(r);
         });
         emit(Record::from_samples(name, "mproc", "items/s", &s));
