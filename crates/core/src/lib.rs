@@ -19,6 +19,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod code;
 pub mod codec;
 mod deadline;
 pub mod futex;

@@ -139,13 +139,13 @@ impl FnRef {
 
     /// Runs a packed chunk (the worker side); `tramp` is the packed trampoline.
     pub(crate) fn call_packed(&self, ctx: &mut PackedCtx<'_>) -> Result<(), String> {
-        ctx.func = sys::addr_of(self.func);
+        ctx.func = mproc_core::code::code_addr(self.func).unwrap_or(0);
         sys::call_packed_trampoline(self.tramp, ctx)
     }
 
     /// Runs the function on `ctx` in this process (the worker side).
     pub(crate) fn call(&self, ctx: &mut CallCtx<'_>) -> Result<(), String> {
-        ctx.func = sys::addr_of(self.func);
+        ctx.func = mproc_core::code::code_addr(self.func).unwrap_or(0);
         sys::call_trampoline(self.tramp, ctx)
     }
 }

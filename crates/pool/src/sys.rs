@@ -10,65 +10,13 @@
 //! to the pool; the worker additionally checks that the address lies inside an executable
 //! mapping of its own image before calling it.
 use crate::func::{CallCtx, PackedCtx, panic_text};
-use std::sync::OnceLock;
+use mproc_core::code::{code_addr, is_code};
 
-/// The fixed point offsets are measured from. Not inlined, with a body the optimiser
-/// cannot fold into another function (identical-code folding would make it ambiguous).
-#[inline(never)]
-pub(crate) fn anchor() -> u64 {
-    std::hint::black_box(0x6d70_726f_6370_6f6fu64).rotate_left(7)
-}
+const OUTSIDE: &str = "task function offset does not point into this program's code";
 
-fn anchor_addr() -> usize {
-    anchor as fn() -> u64 as usize
-}
-
-/// The offset of `addr` (a function address) from the anchor.
+/// The offset of `addr` (a function address) from mproc-core's code anchor.
 pub(crate) fn offset_of(addr: usize) -> u64 {
-    addr.wrapping_sub(anchor_addr()) as u64
-}
-
-/// The address an offset stands for in this process.
-pub(crate) fn addr_of(offset: u64) -> usize {
-    anchor_addr().wrapping_add(offset as usize)
-}
-
-/// Executable ranges of the mapping that holds the anchor (the program image).
-fn exec_ranges() -> &'static [(usize, usize)] {
-    static RANGES: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
-    RANGES.get_or_init(|| {
-        let a = anchor_addr();
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let rows: Vec<(usize, usize, bool, &str)> = maps
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                let range = it.next()?;
-                let perms = it.next()?;
-                let path = it.nth(3).unwrap_or("");
-                let (lo, hi) = range.split_once('-')?;
-                let lo = usize::from_str_radix(lo, 16).ok()?;
-                let hi = usize::from_str_radix(hi, 16).ok()?;
-                Some((lo, hi, perms.contains('x'), path))
-            })
-            .collect();
-        let image = rows
-            .iter()
-            .find(|r| r.0 <= a && a < r.1)
-            .map(|r| r.3)
-            .unwrap_or("");
-        rows.iter()
-            .filter(|r| r.2 && r.3 == image)
-            .map(|r| (r.0, r.1))
-            .collect()
-    })
-}
-
-/// Whether `addr` lies in the executable part of the program image.
-pub(crate) fn is_code(addr: usize) -> bool {
-    let ranges = exec_ranges();
-    // If the maps could not be read, fall back to trusting the private channel.
-    ranges.is_empty() || ranges.iter().any(|&(lo, hi)| lo <= addr && addr < hi)
+    mproc_core::code::offset_of(addr)
 }
 
 /// A trampoline: decodes the arguments in `ctx`, calls the user function, encodes the
@@ -83,10 +31,9 @@ pub(crate) type Trampoline = fn(&mut CallCtx<'_>) -> Result<(), String>;
 /// executable), over the pool's private socket; both addresses are checked to lie in
 /// this program's code before the call.
 pub(crate) fn call_trampoline(tramp_offset: u64, ctx: &mut CallCtx<'_>) -> Result<(), String> {
-    let addr = addr_of(tramp_offset);
-    if !is_code(addr) || !is_code(ctx.func) {
-        return Err("task function offset does not point into this program's code".into());
-    }
+    let (Some(addr), true) = (code_addr(tramp_offset), is_code(ctx.func)) else {
+        return Err(OUTSIDE.into());
+    };
     // SAFETY: the offset names a `Trampoline` of this image (see above: it was computed
     // by `offset_of` from one, in a process running this executable, and checked to lie
     // in its code); fn pointers have the size and representation of `usize`.
@@ -102,10 +49,9 @@ pub(crate) fn call_packed_trampoline(
     tramp_offset: u64,
     ctx: &mut PackedCtx<'_>,
 ) -> Result<(), String> {
-    let addr = addr_of(tramp_offset);
-    if !is_code(addr) || !is_code(ctx.func) {
-        return Err("task function offset does not point into this program's code".into());
-    }
+    let (Some(addr), true) = (code_addr(tramp_offset), is_code(ctx.func)) else {
+        return Err(OUTSIDE.into());
+    };
     // SAFETY: as in `call_trampoline`: the offset names a `PackedTrampoline` of this
     // image, paired with `ctx.func` by `FnRef::plain`, and checked to lie in its code.
     let f: PackedTrampoline = unsafe { std::mem::transmute::<usize, PackedTrampoline>(addr) };

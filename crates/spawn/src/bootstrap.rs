@@ -145,13 +145,13 @@ pub(crate) fn make_boot(
     args: Vec<u8>,
     fds: Vec<i32>,
 ) -> wire::Boot {
-    let anchor = sys::anchor_addr();
+    use mproc_core::code;
     wire::Boot {
         nonce,
         parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
-        layout: sys::layout_probe_addr().wrapping_sub(anchor) as i64,
-        trampoline: tramp.wrapping_sub(anchor) as i64,
-        target: target.wrapping_sub(anchor) as i64,
+        layout: code::layout() as i64,
+        trampoline: code::offset_of(tramp) as i64,
+        target: code::offset_of(target) as i64,
         info,
         args,
         fds,

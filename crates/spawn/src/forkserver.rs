@@ -187,13 +187,12 @@ fn launch() -> io::Result<Server> {
     let (mine, theirs) = pair()?;
     let nonce = bootstrap::nonce();
     let parent = rustix::process::getpid().as_raw_nonzero().get();
-    let anchor = sys::anchor_addr();
-    let layout = sys::layout_probe_addr().wrapping_sub(anchor) as i64;
+    let layout = mproc_core::code::layout() as i64;
     let preload: Vec<String> = PRELOAD
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|f| (*f as usize).wrapping_sub(anchor) as i64)
+        .map(|f| mproc_core::code::offset_of(*f as usize) as i64)
         .map(|o| o.to_string())
         .collect();
     let spec = format!(
@@ -283,7 +282,7 @@ pub(crate) fn server_main(spec: &str) -> ! {
         server_fail("the socket fd is not open")
     };
     sys::ignore_sigpipe();
-    sys::warm_code_ranges();
+    mproc_core::code::warm();
     for off in preload {
         match sys::ValidatedFn::check(layout, off) {
             Ok(f) => {

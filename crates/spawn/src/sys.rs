@@ -12,7 +12,7 @@
 //! - Raw fds adopted by [`adopt_fd`] are handed to this process by the bootstrap
 //!   protocol (inherited on purpose, with their numbers in the bootstrap message).
 use crate::child::Outcome;
-use mproc_core::Message;
+use mproc_core::{Message, code};
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -49,30 +49,6 @@ pub(crate) fn fn_addr<A, R>(f: fn(A) -> R) -> usize {
     f as usize
 }
 
-/// The fixed point code offsets are measured from. `#[inline(never)]` and a body of its
-/// own, so it is one distinct function at one address.
-#[inline(never)]
-pub(crate) fn anchor() -> usize {
-    std::hint::black_box(0x6d70_726f)
-}
-
-/// A second fixed function: its offset from [`anchor`] is the same in every process
-/// running this executable, so a child checks it to confirm the layout.
-#[inline(never)]
-pub(crate) fn layout_probe() -> usize {
-    std::hint::black_box(0x7370_776e) ^ 1
-}
-
-/// Address of [`anchor`].
-pub(crate) fn anchor_addr() -> usize {
-    anchor as fn() -> usize as usize
-}
-
-/// Address of [`layout_probe`].
-pub(crate) fn layout_probe_addr() -> usize {
-    layout_probe as fn() -> usize as usize
-}
-
 /// A trampoline and target taken from a bootstrap message and checked: the only way to
 /// jump to code addresses that came from outside this process.
 #[derive(Debug, Clone, Copy)]
@@ -86,21 +62,15 @@ impl ValidatedEntry {
     /// code mapping. (The message itself was checked by the caller: checksum, nonce,
     /// validated archive.)
     pub(crate) fn check(boot: &crate::wire::Boot) -> Result<Self, String> {
-        let anchor = anchor_addr();
-        let layout = layout_probe_addr().wrapping_sub(anchor) as i64;
-        if layout != boot.layout {
+        if boot.layout != code::layout() as i64 {
             return Err("layout check failed (not the parent's executable?)".into());
         }
-        let tramp = anchor.wrapping_add(boot.trampoline as usize);
-        let target = anchor.wrapping_add(boot.target as usize);
-        let code = code_ranges();
-        for (what, addr) in [("trampoline", tramp), ("target", target)] {
-            if !code.iter().any(|&(lo, hi)| lo <= addr && addr < hi) {
-                return Err(format!(
-                    "{what} offset points outside this executable's code"
-                ));
-            }
-        }
+        let at = |what: &str, off: i64| {
+            code::code_addr(off as u64)
+                .ok_or_else(|| format!("{what} offset points outside this executable's code"))
+        };
+        let tramp = at("trampoline", boot.trampoline)?;
+        let target = at("target", boot.target)?;
         Ok(ValidatedEntry { tramp, target })
     }
 
@@ -116,7 +86,7 @@ impl ValidatedEntry {
     }
 }
 
-/// A preload function (`fn()`) given by its offset from the anchor, checked like a
+/// A preload function (`fn()`) given by its code offset (`mproc_core::code`), checked like a
 /// [`ValidatedEntry`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ValidatedFn(usize);
@@ -124,17 +94,11 @@ pub(crate) struct ValidatedFn(usize);
 impl ValidatedFn {
     /// Checks the layout probe and that the address lies in this executable's code.
     pub(crate) fn check(layout: i64, offset: i64) -> Result<Self, String> {
-        let anchor = anchor_addr();
-        if layout_probe_addr().wrapping_sub(anchor) as i64 != layout {
+        if code::layout() as i64 != layout {
             return Err("layout check failed (not the parent's executable?)".into());
         }
-        let addr = anchor.wrapping_add(offset as usize);
-        if !code_ranges()
-            .iter()
-            .any(|&(lo, hi)| lo <= addr && addr < hi)
-        {
-            return Err("preload offset points outside this executable's code".into());
-        }
+        let addr = code::code_addr(offset as u64)
+            .ok_or("preload offset points outside this executable's code")?;
         Ok(ValidatedFn(addr))
     }
 
@@ -146,44 +110,6 @@ impl ValidatedFn {
         let f = unsafe { std::mem::transmute::<usize, fn()>(self.0) };
         f()
     }
-}
-
-/// Reads the code mappings now, so that fork children inherit the cache (the fork
-/// server calls it once at start).
-pub(crate) fn warm_code_ranges() {
-    code_ranges();
-}
-
-/// Executable mappings of this program's own file, from `/proc/self/maps` (cached).
-fn code_ranges() -> &'static [(usize, usize)] {
-    static RANGES: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
-    RANGES.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(ino) = std::fs::metadata("/proc/self/exe").map(|m| m.ino()) else {
-            return Vec::new();
-        };
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-            return Vec::new();
-        };
-        maps.lines()
-            .filter_map(|line| {
-                let mut f = line.split_ascii_whitespace();
-                let range = f.next()?;
-                let perms = f.next()?;
-                let _off = f.next()?;
-                let _dev = f.next()?;
-                let inode: u64 = f.next()?.parse().ok()?;
-                if inode != ino || !perms.contains('x') {
-                    return None;
-                }
-                let (lo, hi) = range.split_once('-')?;
-                Some((
-                    usize::from_str_radix(lo, 16).ok()?,
-                    usize::from_str_radix(hi, 16).ok()?,
-                ))
-            })
-            .collect()
-    })
 }
 
 /// What [`fork`] returned in this process.

@@ -17,11 +17,11 @@ pub(crate) struct Boot {
     pub(crate) nonce: u64,
     /// The logical parent (the process that called `start`).
     pub(crate) parent_pid: i32,
-    /// `layout_probe - anchor` in the parent: the child checks its own.
+    /// `mproc_core::code::layout()` in the parent: the child checks its own.
     pub(crate) layout: i64,
-    /// Offset of the monomorphised trampoline from the anchor.
+    /// Offset of the monomorphised trampoline (`mproc_core::code::offset_of`).
     pub(crate) trampoline: i64,
-    /// Offset of the target fn from the anchor.
+    /// Offset of the target fn (`mproc_core::code::offset_of`).
     pub(crate) target: i64,
     /// Name, daemon flag and identity of the child.
     pub(crate) info: ChildInfo,

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// A state struct that may live in memory shared between processes.
 ///
@@ -303,60 +303,28 @@ pub(crate) fn current_tid() -> u32 {
 }
 
 // ---------------------------------------------------------------------------------
-// A plain `fn()` carried into another process as an offset from an anchor in this
-// crate. The whole executable image moves together under ASLR, so the offset is
-// stable between processes running the same executable file — which is checked
-// by comparing the file's identity (device, inode, size, mtime) on both sides.
+// A plain `fn()` carried into another process as an offset from mproc-core's code
+// anchor, valid between processes running the same executable file (checked by the
+// file's identity) and only if it lands in that file's code.
 
-#[inline(never)]
-fn anchor() -> u64 {
-    std::hint::black_box(0x6d70_726f_6300_0001)
-}
+pub(crate) use mproc_core::code::exe_identity;
 
-/// Identity of the running executable file, computed once.
-pub(crate) fn exe_identity() -> u64 {
-    static ID: AtomicU64 = AtomicU64::new(0);
-    let v = ID.load(Ordering::Relaxed);
-    if v != 0 {
-        return v;
-    }
-    let id = match rustix::fs::stat("/proc/self/exe") {
-        Ok(st) => {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for x in [
-                st.st_dev,
-                st.st_ino,
-                st.st_size as u64,
-                st.st_mtime as u64,
-                st.st_mtime_nsec,
-            ] {
-                h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            h | 1
-        }
-        Err(_) => 1,
-    };
-    ID.store(id, Ordering::Relaxed);
-    id
-}
-
-/// `f` as an offset from the anchor.
+/// `f` as an offset from the code anchor.
 pub(crate) fn fn_to_offset(f: fn()) -> u64 {
-    (f as usize as u64).wrapping_sub(anchor as *const () as usize as u64)
+    mproc_core::code::offset_of(f as usize)
 }
 
-/// The `fn()` at `offset` from the anchor, if `identity` names this executable.
+/// The `fn()` at `offset` from the anchor, if `identity` names this executable and the
+/// address lies in its code.
 pub(crate) fn fn_from_offset(offset: u64, identity: u64) -> Option<fn()> {
-    if identity != exe_identity() || identity == 1 {
+    if identity != exe_identity() || identity == 0 {
         return None;
     }
-    let addr = (anchor as *const () as usize as u64).wrapping_add(offset) as usize;
-    if addr == 0 {
-        return None;
-    }
+    let addr = mproc_core::code::code_addr(offset)?;
     // SAFETY: `offset` was computed by `fn_to_offset` from a `fn()` of the same
-    // executable file (identity checked above: same device, inode, size and mtime),
-    // and the image keeps its internal layout under ASLR, so `addr` is that function.
+    // executable file (identity checked above: same device, inode, size and mtime), the
+    // image keeps its internal layout under ASLR, and `addr` lies in this file's code:
+    // `addr` is that function.
     Some(unsafe { std::mem::transmute::<usize, fn()>(addr) })
 }
 
