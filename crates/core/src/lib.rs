@@ -9,6 +9,8 @@
 //! - [`futex`]: process-shared futex wait/wake and the bounded adaptive spin before a sleep.
 //! - [`Pidfd`]: wait for a process with a timeout; tell a dead process from a live one.
 //! - [`Deadline`]: one overall deadline shared by a chain of waits.
+//! - [`pid`]: the calling process's pid, cached and fork-safe.
+//! - [`code`]: functions carried to another process as offsets, checked on arrival.
 //! - [`scm`]: fd passing over Unix sockets.
 //!
 //! ```
@@ -23,6 +25,8 @@ pub mod code;
 pub mod codec;
 mod deadline;
 pub mod futex;
+#[allow(unsafe_code)]
+pub mod pid;
 mod pidfd;
 #[allow(unsafe_code)]
 mod region;

@@ -12,32 +12,11 @@ use super::ring::{ReadClaim, WriteClaim};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
-use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-static PID: AtomicU32 = AtomicU32::new(0);
-static ATFORK: Once = Once::new();
-
-extern "C" fn forget_pid() {
-    PID.store(0, Ordering::Relaxed);
-}
-
-/// This process's pid, cached (glibc's `getpid` is a real system call) and forgotten
-/// in a fork child by a `pthread_atfork` handler.
+/// This process's pid (mproc-core's fork-safe cache).
 #[inline]
 pub(crate) fn my_pid() -> u32 {
-    let p = PID.load(Ordering::Relaxed);
-    if p != 0 {
-        return p;
-    }
-    ATFORK.call_once(|| {
-        // SAFETY: `forget_pid` is an `extern "C" fn()` that only stores to an atomic,
-        // which is async-signal-safe and valid in a fork child.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
-    });
-    let p = std::process::id();
-    PID.store(p, Ordering::Relaxed);
-    p
+    mproc_core::pid::current()
 }
 
 /// The bytes of a message this process holds: in a ring slot it has claimed for
