@@ -9,6 +9,9 @@
 //! assert!(d.is_expired());
 //! assert_eq!(Deadline::never().remaining(), None);
 //! ```
+use rustix::event::{PollFd, Timespec, poll};
+use rustix::io::Errno;
+use std::io;
 use std::time::{Duration, Instant};
 
 /// A point in time by which a wait must end, or no limit at all.
@@ -63,6 +66,38 @@ impl Deadline {
     /// Whether this deadline has a limit.
     pub fn is_finite(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The time left as a `poll(2)` timeout (`None`: no limit).
+    pub fn poll_timeout(&self) -> Option<Timespec> {
+        self.remaining().map(|left| {
+            Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: i64::MAX / 2,
+                tv_nsec: 0,
+            })
+        })
+    }
+
+    /// `poll(2)` on `fds` until one is ready or this deadline passes, retrying after
+    /// signals and early returns. Returns how many are ready; `0` once the deadline
+    /// passed.
+    ///
+    /// ```
+    /// use mproc_core::Deadline;
+    /// use rustix::event::{PollFd, PollFlags};
+    /// let (r, _w) = rustix::pipe::pipe().unwrap();
+    /// let mut fds = [PollFd::new(&r, PollFlags::IN)];
+    /// assert_eq!(Deadline::now().poll(&mut fds).unwrap(), 0);
+    /// ```
+    pub fn poll(&self, fds: &mut [PollFd<'_>]) -> io::Result<usize> {
+        loop {
+            match poll(fds, self.poll_timeout().as_ref()) {
+                Ok(0) if !self.is_expired() => continue,
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The earlier of two deadlines.

@@ -9,7 +9,7 @@
 //! assert!(me.is_alive());
 //! ```
 use crate::Deadline;
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::io;
@@ -50,22 +50,8 @@ impl Pidfd {
 
     /// As [`Pidfd::wait_exit`], with a deadline.
     pub fn wait_exit_until(&self, deadline: Deadline) -> io::Result<bool> {
-        loop {
-            let ts = deadline.remaining().map(|left| {
-                Timespec::try_from(left).unwrap_or(Timespec {
-                    tv_sec: i64::MAX / 2,
-                    tv_nsec: 0,
-                })
-            });
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match poll(&mut fds, ts.as_ref()) {
-                Ok(0) if deadline.is_expired() => return Ok(false),
-                Ok(0) => continue,
-                Ok(_) => return Ok(true),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        Ok(deadline.poll(&mut fds)? > 0)
     }
 
     /// Whether the process is still running (a zombie counts as gone).

@@ -6,7 +6,7 @@ use crate::{ProcessError, StartMethod, bootstrap, launcher, sys};
 use mproc_core::Pidfd;
 use mproc_core::codec::{self, CodecError, Encoded};
 use mproc_core::{Deadline, Message};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::io::{self, Write};
@@ -458,26 +458,13 @@ impl ChildState {
                 if want_result {
                     fds.push(PollFd::new(&result_fd, PollFlags::IN));
                 }
-                let ts = deadline.remaining().map(|left| {
-                    Timespec::try_from(left).unwrap_or(Timespec {
-                        tv_sec: i64::MAX / 2,
-                        tv_nsec: 0,
-                    })
-                });
-                match poll(&mut fds, ts.as_ref()) {
-                    Ok(0) => {
-                        if deadline.is_expired() {
-                            return Ok(false);
-                        }
-                        continue;
-                    }
-                    Ok(_) => (
-                        !fds[0].revents().is_empty(),
-                        fds.get(1).is_some_and(|f| !f.revents().is_empty()),
-                    ),
-                    Err(Errno::INTR) => continue,
-                    Err(e) => return Err(e.into()),
+                if deadline.poll(&mut fds)? == 0 {
+                    return Ok(false);
                 }
+                (
+                    !fds[0].revents().is_empty(),
+                    fds.get(1).is_some_and(|f| !f.revents().is_empty()),
+                )
             };
             if result_ready {
                 self.reader.pump()?;

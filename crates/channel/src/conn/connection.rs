@@ -13,7 +13,7 @@ use mproc_core::codec::{self, FrameHeader, HEADER_LEN, MAX_FDS};
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
 use mproc_core::{Deadline, Decode, Encode, scm};
 use rkyv::util::AlignedVec;
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -217,21 +217,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Waits until `fd` is readable (or hung up) or the deadline passes.
 pub(super) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<(), RecvError> {
-    loop {
-        let ts = deadline.remaining().map(|left| {
-            Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX / 2,
-                tv_nsec: 0,
-            })
-        });
-        let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
-        match poll(&mut pfd, ts.as_ref()) {
-            Ok(0) if deadline.is_expired() => return Err(RecvError::Timeout),
-            Ok(0) => continue,
-            Ok(_) => return Ok(()),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(RecvError::Io(e.into())),
-        }
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    match deadline.poll(&mut pfd) {
+        Ok(0) => Err(RecvError::Timeout),
+        Ok(_) => Ok(()),
+        Err(e) => Err(RecvError::Io(e)),
     }
 }
 

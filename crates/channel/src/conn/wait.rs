@@ -3,8 +3,7 @@
 use super::connection::{Connection, wait_readable};
 use super::error::RecvError;
 use mproc_core::Deadline;
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::io::Errno;
+use rustix::event::{PollFd, PollFlags};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -90,20 +89,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Deadline>) -> io::Resu
             Err(e) => Err(io::Error::other(e)),
         };
     }
-    loop {
-        let ts = deadline.remaining().map(|left| {
-            Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX / 2,
-                tv_nsec: 0,
-            })
-        });
-        match poll(&mut fds, ts.as_ref()) {
-            Ok(0) if !deadline.is_expired() => continue,
-            Ok(_) => break,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    deadline.poll(&mut fds)?;
     let mut ready: Vec<usize> = fds
         .iter()
         .enumerate()
