@@ -231,6 +231,9 @@ macro_rules! semaphore {
 semaphore!(
     /// A process-shared counting semaphore: Python's `multiprocessing.Semaphore`.
     ///
+    /// A semaphore has no owner: a unit taken by a process that is then killed is never
+    /// given back (as in Python). Unlike a [`Lock`](crate::Lock), nothing reports it.
+    ///
     /// ```
     /// use mproc_sync::Semaphore;
     /// let s = Semaphore::new(2).unwrap();
