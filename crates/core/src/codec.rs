@@ -99,57 +99,24 @@ pub fn encode<T: Encode>(value: &T) -> Result<Encoded, CodecError> {
     })
 }
 
-/// As [`encode`], into a buffer of `capacity` bytes to start with: a caller that knows
-/// roughly how large the message is saves the copies of a growing buffer.
-pub fn encode_with_capacity<T: Encode>(value: &T, capacity: usize) -> Result<Encoded, CodecError> {
-    encode_into(value, AlignedVec::with_capacity(capacity))
-}
-
-/// As [`encode`], appending to `buf` (whose length must be a multiple of 16, as an empty
-/// buffer's is): a caller may reuse a buffer's memory.
+/// As [`encode`], into `buf`'s memory (its contents are dropped first): a caller that
+/// keeps buffers, or sizes one for the message, saves the allocations and copies of a
+/// growing buffer.
 ///
 /// ```
 /// use mproc_core::codec;
-/// let e = codec::encode_into(&7u32, rkyv::util::AlignedVec::with_capacity(64)).unwrap();
+/// let mut buf = rkyv::util::AlignedVec::with_capacity(64);
+/// buf.extend_from_slice(b"old");
+/// let e = codec::encode_into(&7u32, buf).unwrap();
 /// assert_eq!(codec::decode::<u32>(&e.bytes, e.fds).unwrap(), 7);
 /// ```
-pub fn encode_into<T: Encode>(value: &T, buf: AlignedVec) -> Result<Encoded, CodecError> {
+pub fn encode_into<T: Encode>(value: &T, mut buf: AlignedVec) -> Result<Encoded, CodecError> {
+    buf.clear();
     let (r, fds) = with_export(|| rkyv::api::high::to_bytes_in::<_, BoxedError>(value, buf));
     Ok(Encoded {
         bytes: r.map_err(CodecError)?,
         fds,
     })
-}
-
-/// Validates `bytes` as an encoded `Vec<T>` and appends its elements to `out`, without
-/// building the intermediate vector. On error, `out` keeps the elements appended before
-/// the failing one.
-///
-/// ```
-/// use mproc_core::codec;
-/// let e = codec::encode(&vec![3u64, 4]).unwrap();
-/// let mut out = vec![1u64, 2];
-/// codec::decode_extend(&e.bytes, e.fds, &mut out).unwrap();
-/// assert_eq!(out, [1, 2, 3, 4]);
-/// ```
-pub fn decode_extend<T: Decode>(
-    bytes: &[u8],
-    fds: Vec<OwnedFd>,
-    out: &mut Vec<T>,
-) -> Result<(), CodecError> {
-    let all = rkyv::access::<rkyv::vec::ArchivedVec<T::Archived>, BoxedError>(bytes)
-        .map_err(CodecError)?;
-    out.reserve(all.len());
-    with_import(fds, || {
-        let mut pool = rkyv::de::Pool::new();
-        for a in all.iter() {
-            out.push(rkyv::api::deserialize_using::<T, _, BoxedError>(
-                a, &mut pool,
-            )?);
-        }
-        Ok(())
-    })
-    .map_err(CodecError)
 }
 
 /// Validates `bytes` and rebuilds the value, giving `fds` to its handles. Fds no handle

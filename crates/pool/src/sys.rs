@@ -192,9 +192,9 @@ pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
         }
     }
     ctx.ran = (out.len() + ctx.failures.len()) as u64;
-    let enc =
-        mproc_core::codec::encode_with_capacity(&out, std::mem::size_of_val(out.as_slice()) + 64)
-            .map_err(|e| format!("results could not be encoded: {e}"))?;
+    let buf = crate::bufs::take(std::mem::size_of_val(out.as_slice()) + 64);
+    let enc = mproc_core::codec::encode_into(&out, buf)
+        .map_err(|e| format!("results could not be encoded: {e}"))?;
     ctx.out = Some(enc);
     Ok(())
 }

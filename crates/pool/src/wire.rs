@@ -132,12 +132,21 @@ impl FrameBuf {
 
     /// Appends a shared payload, padded to 16, without copying it.
     pub(crate) fn put_shared(&mut self, p: Arc<Payload>) {
-        let len = p.bytes.len();
+        self.put_piece(Seg::Shared(p));
+    }
+
+    /// Appends an owned payload, padded to 16, without copying it.
+    pub(crate) fn put_owned(&mut self, v: AlignedVec) {
+        self.put_piece(Seg::Own(v));
+    }
+
+    fn put_piece(&mut self, piece: Seg) {
+        let len = piece.bytes().len();
         let head = std::mem::take(&mut self.bytes);
         if !head.is_empty() || self.frame_seg == self.segs.len() {
             self.segs.push(Seg::Own(head));
         }
-        self.segs.push(Seg::Shared(p));
+        self.segs.push(piece);
         self.bytes.extend_from_slice(&[0u8; 16][..pad16(len) - len]);
     }
 

@@ -198,6 +198,24 @@ impl Outbox {
         f.put_fds(fds);
     }
 
+    /// As [`Outbox::record_fds`], for a large payload the frame takes over as it is.
+    fn record_owned(
+        &mut self,
+        chunk: u64,
+        status: u32,
+        payload: AlignedVec,
+        fds: Vec<OwnedFd>,
+        elapsed: Duration,
+    ) {
+        self.record_fds(chunk, u32::MAX, status, &[], fds, elapsed);
+        // The record just written (32 bytes, length at 16) says length 0: set it, then
+        // append the payload.
+        let f = &mut self.frame;
+        let at = f.bytes.len() - 16;
+        f.bytes.as_mut_slice()[at..at + 8].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        f.put_owned(payload);
+    }
+
     fn should_flush(&self) -> bool {
         self.count > 0
             && (self.frame.len() >= 256 * 1024
@@ -344,14 +362,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                         match r {
                             Ok(Ok(())) => {
                                 let enc = ctx.out.take().expect("a trampoline sets its output");
-                                out.record_fds(
-                                    arg,
-                                    u32::MAX,
-                                    wire::ST_PACKED,
-                                    &enc.bytes,
-                                    enc.fds,
-                                    el,
-                                );
+                                out.record_owned(arg, wire::ST_PACKED, enc.bytes, enc.fds, el);
                             }
                             Ok(Err(e)) => {
                                 out.record(arg, u32::MAX, wire::ST_PACKED_ERR, e.as_bytes(), el)
