@@ -9,8 +9,9 @@ use std::sync::Mutex;
 
 /// Buffers smaller than this are not worth keeping.
 const MIN: usize = 16 * 1024;
-/// At most this many bytes are kept.
-const LIMIT: usize = 32 << 20;
+/// At most this many bytes are kept (a forked child copies the page tables of every
+/// byte the parent holds, so the stock stays small).
+const LIMIT: usize = 8 << 20;
 
 struct Stock {
     bufs: Vec<AlignedVec>,
@@ -56,6 +57,14 @@ pub(crate) fn give(mut b: AlignedVec) {
     {
         s.bytes += cap;
         s.bufs.push(b);
+    }
+}
+
+/// Frees every kept buffer (the last pool of the process is gone).
+pub(crate) fn clear() {
+    if let Ok(mut s) = STOCK.try_lock() {
+        s.bufs = Vec::new();
+        s.bytes = 0;
     }
 }
 

@@ -137,6 +137,19 @@ pub(crate) struct Queue {
     pub(crate) interrupted: bool,
 }
 
+/// Pools alive in this process: the last one to go frees the buffer stock and trims the
+/// heap.
+static LIVE_POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if LIVE_POOLS.fetch_sub(1, Ordering::AcqRel) == 1 {
+            crate::bufs::clear();
+            crate::sys::trim_heap();
+        }
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
@@ -149,11 +162,13 @@ impl Shared {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
+        let bells = Region::new(64)?;
+        LIVE_POOLS.fetch_add(1, Ordering::Relaxed);
         Ok(Shared {
             q: Mutex::new(Queue::default()),
             wake,
             submitted: AtomicU64::new(0),
-            bells: Region::new(64)?,
+            bells,
             engine: Mutex::new(None),
         })
     }
