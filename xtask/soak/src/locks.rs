@@ -49,37 +49,25 @@ fn hold_sem((s, ev): (Semaphore, Event)) -> u32 {
 }
 
 /// Waiters report (saw the owner die, CLOCK_MONOTONIC ns when they got in).
-fn wait_lock(l: Lock) -> (bool, u64) {
-    let r = l.lock_timeout(Duration::from_secs(10));
+fn report<G>(r: Result<G, mproc_sync::TryLockError<G>>) -> (bool, u64) {
     let t = mono_ns();
-    let died = match r {
-        Ok(_) => false,
-        Err(mproc_sync::TryLockError::OwnerDied(_)) => true,
-        Err(_) => return (false, 0),
-    };
-    (died, t)
+    match r {
+        Ok(_) => (false, t),
+        Err(mproc_sync::TryLockError::OwnerDied(_)) => (true, t),
+        Err(_) => (false, 0),
+    }
+}
+
+fn wait_lock(l: Lock) -> (bool, u64) {
+    report(l.lock_timeout(Duration::from_secs(10)))
 }
 
 fn wait_rlock(l: RLock) -> (bool, u64) {
-    let r = l.lock_timeout(Duration::from_secs(10));
-    let t = mono_ns();
-    let died = match r {
-        Ok(_) => false,
-        Err(mproc_sync::TryLockError::OwnerDied(_)) => true,
-        Err(_) => return (false, 0),
-    };
-    (died, t)
+    report(l.lock_timeout(Duration::from_secs(10)))
 }
 
 fn wait_mutex(m: Mutex<u64>) -> (bool, u64) {
-    let r = m.lock_timeout(Duration::from_secs(10));
-    let t = mono_ns();
-    let died = match r {
-        Ok(_) => false,
-        Err(mproc_sync::TryLockError::OwnerDied(_)) => true,
-        Err(_) => return (false, 0),
-    };
-    (died, t)
+    report(m.lock_timeout(Duration::from_secs(10)))
 }
 
 fn wait_sem(s: Semaphore) -> (bool, u64) {

@@ -110,6 +110,45 @@ impl Part {
     }
 }
 
+/// A thread that SIGKILLs a random worker of a pool every `interval` until finished.
+struct Killer {
+    stop: Arc<AtomicBool>,
+    kills: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Killer {
+    fn start(pool: &Arc<Pool>, interval: Duration, seed: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kills = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (pool, stop, kills) = (pool.clone(), stop.clone(), kills.clone());
+            let mut rng = Rng::new(seed);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    let pids = pool.pids();
+                    if !pids.is_empty() && kill_ours(pids[rng.below(pids.len() as u64) as usize]) {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Killer {
+            stop,
+            kills,
+            thread,
+        }
+    }
+
+    /// Stops the thread; returns how many kills landed.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.kills.load(Ordering::Relaxed)
+    }
+}
+
 /// imap_unordered (chunks of 8, lazily fed) on a pool whose workers also retire every
 /// 50 tasks, while workers are killed: each item yields once; the results' ids are
 /// unique and every id not returned is matched by a `WorkerLost`.
@@ -129,21 +168,7 @@ fn run_imap(b: Budget) -> Part {
     let target_kills = b.count(1_050, 10);
     let load_time = b.time.mul_f64(0.85);
     let interval = load_time / target_kills as u32;
-    let stop = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicU64::new(0));
-    let killer = {
-        let (pool, stop, kills) = (pool.clone(), stop.clone(), kills.clone());
-        let mut rng = Rng::new(b.seed);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                let pids = pool.pids();
-                if !pids.is_empty() && kill_ours(pids[rng.below(pids.len() as u64) as usize]) {
-                    kills.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let killer = Killer::start(&pool, interval, b.seed);
     let started = Instant::now();
     let (mut submitted, mut ok, mut lost) = (0u64, 0u64, 0u64);
     let mut next = 0u64;
@@ -184,9 +209,7 @@ fn run_imap(b: Budget) -> Part {
             break;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = killer.join();
-    let kills = kills.load(Ordering::Relaxed);
+    let kills = killer.finish();
     if lost > kills {
         out.violate(format!("{lost} items lost for only {kills} kills"));
     }
@@ -233,25 +256,7 @@ fn run_one(b: Budget, method: mproc_spawn::StartMethod, init: bool) -> Part {
     let target_kills = b.count(1_050, 10);
     let load_time = b.time.mul_f64(0.85);
     let interval = load_time / target_kills as u32;
-    let stop = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicU64::new(0));
-    let killer = {
-        let (pool, stop, kills) = (pool.clone(), stop.clone(), kills.clone());
-        let mut rng = Rng::new(b.seed);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                let pids = pool.pids();
-                if pids.is_empty() {
-                    continue;
-                }
-                let pid = pids[rng.below(pids.len() as u64) as usize];
-                if kill_ours(pid) {
-                    kills.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let killer = Killer::start(&pool, interval, b.seed);
 
     let started = Instant::now();
     let (mut submitted, mut ok, mut lost, mut wrong, mut other, mut hung) =
@@ -305,9 +310,7 @@ fn run_one(b: Budget, method: mproc_spawn::StartMethod, init: bool) -> Part {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = killer.join();
-    let kills = kills.load(Ordering::Relaxed);
+    let kills = killer.finish();
 
     // The pool still answers.
     let after = pool.apply_async(work, u64::MAX - 1);
@@ -347,9 +350,8 @@ fn run_one(b: Budget, method: mproc_spawn::StartMethod, init: bool) -> Part {
         kills,
     };
     out.slowest = slowest;
-    out.faults = format!("{submitted} tasks ({map_batches} maps)");
     out.faults = format!(
-        "{kills} SIGKILLs of random workers (one every {})",
+        "{kills} SIGKILLs of random workers (one every {}) over {map_batches} map batches",
         ms(interval)
     );
     out.seen = format!(
