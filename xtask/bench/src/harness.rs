@@ -104,3 +104,34 @@ pub fn rate(samples: usize, ops: u64, mut f: impl FnMut(u64)) -> Vec<f64> {
 pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+/// A forked child, killed and reaped on drop.
+pub struct Child(libc::pid_t);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Runs `f` in a forked child (the benchmark is single-threaded while it forks).
+pub fn fork(f: impl FnOnce()) -> Child {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: single-threaded parent; the child runs `f` and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: sets this child's parent-death signal: a benchmark killed midway leaves
+        // no child behind.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // SAFETY: leave the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    Child(pid)
+}

@@ -5,39 +5,11 @@
 //!   `recv::<u64>()` (rkyv, validated); raw: 8 bytes written and read.
 //! - `pipe.bw_1mib`: 1 MiB messages one way, GB/s. mproc: `send_bytes` /
 //!   `recv_bytes_view` (framed, received in place); raw: 1 MiB `write`s and `read`s.
-use crate::harness::{Opts, Record, rate, time_per_op};
+use crate::harness::{Opts, Record, fork, rate, time_per_op};
 use mproc::channel::{Connection, Pipe};
 use std::os::fd::OwnedFd;
 
 const MIB: usize = 1 << 20;
-
-/// A forked child, killed and reaped on drop.
-struct Child(libc::pid_t);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SAFETY: signalling and reaping our own child.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            libc::waitpid(self.0, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-/// Runs `f` in a forked child (this bench is single-threaded, so fork is safe).
-fn fork(f: impl FnOnce()) -> Child {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // SAFETY: single-threaded parent; the child runs `f` and leaves with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        // SAFETY: leave the child without running the parent's exit handlers.
-        unsafe { libc::_exit(0) };
-    }
-    Child(pid)
-}
 
 fn raw_pair() -> (OwnedFd, OwnedFd) {
     rustix::net::socketpair(

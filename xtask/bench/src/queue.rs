@@ -11,25 +11,12 @@
 //!   memcpy of 1 MiB blocks into a shared 8 MiB ring, one process.
 //! - `queue.get_ref_1kib` / `queue.get_ref_1mib`: the in-place receive alone (claim,
 //!   validate, release), µs per message.
-use crate::harness::{Opts, Record, rate, time_per_op};
+use crate::harness::{self, Child, Opts, Record, rate, time_per_op};
 use mproc::channel::Queue;
 use mproc_core::Region;
 use mproc_core::futex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
-
-/// A forked child, killed and reaped on drop.
-struct Child(libc::pid_t);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SAFETY: signalling and reaping our own child.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            libc::waitpid(self.0, std::ptr::null_mut(), 0);
-        }
-    }
-}
 
 /// The CPUs this process may run on (as first asked, before any pinning).
 fn allowed_cpus() -> &'static [usize] {
@@ -73,24 +60,15 @@ impl Drop for Pinned {
     }
 }
 
-/// Runs `f` in a forked child (this bench is single-threaded, so fork is safe), on
-/// the second allowed CPU.
+/// Runs `f` in a forked child, on the second allowed CPU.
 fn fork(f: impl FnOnce()) -> Child {
     let cpus = allowed_cpus();
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // SAFETY: single-threaded parent; the child runs `f` and leaves with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
+    harness::fork(move || {
         if cpus.len() >= 2 {
             pin_to(cpus[1]);
         }
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        // SAFETY: leave the child without running the parent's exit handlers.
-        unsafe { libc::_exit(0) };
-    }
-    Child(pid)
+        f()
+    })
 }
 
 const STOP: u64 = u64::MAX;
