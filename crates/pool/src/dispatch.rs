@@ -665,8 +665,9 @@ impl Dispatcher {
     fn rang(&self, i: usize) -> bool {
         self.workers[i].as_ref().is_some_and(|w| {
             !w.eof
-                && Progress::new(&w.progress)
-                    .is_some_and(|p| p.from_worker.load(Ordering::Acquire) != w.seen_from)
+                && w.progress
+                    .atomic_u64(worker::FROM_WORKER)
+                    .is_some_and(|b| b.load(Ordering::Acquire) != w.seen_from)
         })
     }
 
@@ -792,8 +793,8 @@ impl Dispatcher {
             }
             match w.out.flush(w.sock.as_fd()) {
                 Ok(_) => {
-                    if let Some(p) = Progress::new(&w.progress) {
-                        p.to_worker.fetch_add(1, Ordering::Release);
+                    if let Some(b) = w.progress.atomic_u64(worker::TO_WORKER) {
+                        b.fetch_add(1, Ordering::Release);
                     }
                 }
                 Err(_) => {
@@ -963,8 +964,8 @@ impl Dispatcher {
             if w.eof {
                 return;
             }
-            if let Some(p) = Progress::new(&w.progress) {
-                w.seen_from = p.from_worker.load(Ordering::Acquire);
+            if let Some(b) = w.progress.atomic_u64(worker::FROM_WORKER) {
+                w.seen_from = b.load(Ordering::Acquire);
             }
             let mut more = true;
             match w.inbuf.fill(w.sock.as_fd()) {

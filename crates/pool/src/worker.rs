@@ -85,6 +85,9 @@ pub(crate) struct Running {
 }
 
 pub(crate) const PROGRESS_LEN: usize = 64;
+/// Offsets of the doorbells in the progress region (see [`Progress`]).
+pub(crate) const TO_WORKER: usize = 32;
+pub(crate) const FROM_WORKER: usize = 40;
 
 impl<'a> Progress<'a> {
     pub(crate) fn new(r: &'a Region) -> Option<Self> {
@@ -93,8 +96,8 @@ impl<'a> Progress<'a> {
             chunk: r.atomic_u64(8)?,
             pos: r.atomic_u64(16)?,
             start_ns: r.atomic_u64(24)?,
-            to_worker: r.atomic_u64(32)?,
-            from_worker: r.atomic_u64(40)?,
+            to_worker: r.atomic_u64(TO_WORKER)?,
+            from_worker: r.atomic_u64(FROM_WORKER)?,
         })
     }
 
