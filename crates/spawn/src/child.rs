@@ -90,6 +90,7 @@ pub(crate) fn prepare(info: &ChildInfo, real_parent: i32) {
 /// Sends the outcome, flushes stdio and exits with Python's exit code.
 pub(crate) fn finish(result: &OwnedFd, outcome: Outcome) -> ! {
     let code = outcome.exit_code();
+    crate::exit::join_children();
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let _ = wire::write_outcome(result.as_fd(), outcome);
         let _ = std::io::stdout().flush();

@@ -14,6 +14,8 @@ pub(crate) struct ChildInfo {
     pub(crate) parent_pid: i32,
     pub(crate) parent_name: String,
     pub(crate) method: u8,
+    /// The parent's [`set_join_at_exit`](crate::set_join_at_exit) setting.
+    pub(crate) join_at_exit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ fn main_info() -> RwLock<SelfInfo> {
 }
 
 static SELF: ForkLocal<RwLock<SelfInfo>> = ForkLocal::new(main_info);
+/// A pidfd of the logical parent (in a child), for `parent_process()`'s sentinel.
+static PARENT_PIDFD: ForkLocal<Mutex<Option<Arc<Pidfd>>>> = ForkLocal::new(|| Mutex::new(None));
 /// Python's `_process_counter`: numbers the children this process creates.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -44,6 +48,19 @@ pub(crate) fn become_child(info: &ChildInfo) {
     SELF.reset();
     COUNTER.store(0, Ordering::Relaxed);
     REGISTRY.reset();
+    PARENT_PIDFD.reset();
+    crate::exit::reset_after_fork();
+    crate::exit::inherit(info.join_at_exit);
+    // Under fork and spawn the logical parent is the real one: its pidfd, opened while
+    // it is still our parent (checked after opening, so the pid cannot be a reused
+    // one). A fork server's child receives it from the parent instead
+    // (`set_parent_pidfd`).
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(info.parent_pid)
+        && let Ok(fd) = Pidfd::open(info.parent_pid)
+        && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(info.parent_pid)
+    {
+        set_parent_pidfd(fd);
+    }
     let mut me = SELF.get().write().unwrap_or_else(|e| e.into_inner());
     *me = SelfInfo {
         name: info.name.clone(),
@@ -69,6 +86,16 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
         id.iter().map(u32::to_string).collect::<Vec<_>>().join(":")
     );
     (id, name)
+}
+
+/// Records the logical parent's pidfd (in a child).
+pub(crate) fn set_parent_pidfd(fd: Pidfd) {
+    *PARENT_PIDFD.get().lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fd));
+}
+
+/// Whether this process is a daemon (a new `Process`'s default).
+pub(crate) fn own_daemon() -> bool {
+    SELF.get().read().unwrap_or_else(|e| e.into_inner()).daemon
 }
 
 /// This process's name (for a child's `parent_name`).
@@ -133,12 +160,22 @@ pub fn current_process() -> CurrentProcess {
     }
 }
 
-/// The process that started this one (Python's `multiprocessing.parent_process()`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The process that started this one (Python's `multiprocessing.parent_process()`,
+/// a `ParentProcess`): its name and pid, and a sentinel to wait for its end.
+#[derive(Debug, Clone)]
 pub struct ParentProcess {
     name: String,
     pid: i32,
+    pidfd: Option<Arc<Pidfd>>,
 }
+
+impl PartialEq for ParentProcess {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.pid == other.pid
+    }
+}
+
+impl Eq for ParentProcess {}
 
 impl ParentProcess {
     /// The parent's name (`MainProcess`, `Process-1` …).
@@ -153,7 +190,43 @@ impl ParentProcess {
     /// Whether the parent is still running. (A child normally dies with its parent,
     /// so this is mostly true while the child runs.)
     pub fn is_alive(&self) -> bool {
-        mproc_core::process_alive(self.pid)
+        match &self.pidfd {
+            Some(p) => p.is_alive(),
+            None => mproc_core::process_alive(self.pid),
+        }
+    }
+    /// A file descriptor that becomes readable when the parent ends (Python's
+    /// `parent_process().sentinel`): a pidfd of the parent, opened when this process
+    /// started, so it never follows a reused pid. `None` only if it could not be
+    /// opened then.
+    pub fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.pidfd.as_ref().map(|p| p.as_fd())
+    }
+    /// Waits until the parent ends (Python's `parent_process().join()`). mproc children
+    /// die with their parent, so this returns only in a child that outlives it for a
+    /// moment (or one that caught nothing: see the guide).
+    ///
+    /// # Errors
+    ///
+    /// Polling the sentinel failed, or there is no sentinel.
+    pub fn join(&self) -> std::io::Result<()> {
+        self.join_until(mproc_core::Deadline::never()).map(|_| ())
+    }
+    /// As [`join`](ParentProcess::join), waiting at most `timeout`: whether the parent
+    /// ended.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](ParentProcess::join).
+    pub fn join_timeout(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        self.join_until(mproc_core::Deadline::after(timeout))
+    }
+    fn join_until(&self, deadline: mproc_core::Deadline) -> std::io::Result<bool> {
+        match &self.pidfd {
+            Some(p) => p.wait_exit_until(deadline),
+            None => Err(std::io::Error::other("no sentinel for the parent process")),
+        }
     }
 }
 
@@ -161,9 +234,15 @@ impl ParentProcess {
 /// (Python's `multiprocessing.parent_process()`).
 pub fn parent_process() -> Option<ParentProcess> {
     let me = SELF.get().read().unwrap_or_else(|e| e.into_inner());
+    let pidfd = PARENT_PIDFD
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     me.parent.as_ref().map(|(pid, name)| ParentProcess {
         name: name.clone(),
         pid: *pid,
+        pidfd,
     })
 }
 
@@ -218,5 +297,17 @@ pub fn active_children() -> Vec<ChildSummary> {
         .iter()
         .filter(|e| e.pidfd.is_alive())
         .map(|e| e.summary.clone())
+        .collect()
+}
+
+/// Pidfds of the registered non-daemon children that still run (for the exit hook).
+pub(crate) fn running_non_daemon() -> Vec<Arc<Pidfd>> {
+    REGISTRY
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| !e.summary.daemon && e.pidfd.is_alive())
+        .map(|e| Arc::clone(&e.pidfd))
         .collect()
 }

@@ -15,6 +15,12 @@ pub enum ProcessError {
     NotStarted,
     /// A previous `join` already returned the outcome.
     AlreadyJoined,
+    /// The process was closed ([`Process::close`](crate::Process::close)); Python's
+    /// `ValueError: process object is closed`.
+    Closed,
+    /// `close` was called on a process that is still running (Python's `ValueError:
+    /// Cannot close a process while it is still running`).
+    StillRunning,
     /// The arguments could not be serialised; no process was started.
     Args(CodecError),
     /// A capturing closure ([`Process::fork_closure`](crate::Process::fork_closure)) can
@@ -44,6 +50,10 @@ impl fmt::Display for ProcessError {
             ProcessError::AlreadyStarted => f.write_str("cannot start a process twice"),
             ProcessError::NotStarted => f.write_str("the process has not been started"),
             ProcessError::AlreadyJoined => f.write_str("the process was already joined"),
+            ProcessError::Closed => f.write_str("process object is closed"),
+            ProcessError::StillRunning => {
+                f.write_str("cannot close a process while it is still running")
+            }
             ProcessError::Args(e) => write!(f, "the arguments could not be serialised: {e}"),
             ProcessError::ClosureNeedsFork => {
                 f.write_str("a capturing closure can only be run with the fork start method")

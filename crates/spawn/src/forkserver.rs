@@ -17,9 +17,18 @@
 //!   pidfd becomes readable and writes the exit code (Python's convention, `i32` LE) on
 //!   that child's status pipe. The parent polls the status pipe; the pidfd serves for
 //!   signals and as the sentinel.
+//! - Each request also carries the parent's current directory and environment at the
+//!   time of `start()` (after the bootstrap frame, in a section of its own), which the
+//!   child adopts before running anything, as CPython's forkserver does.
 //! - The server receives SIGKILL when its parent dies (PDEATHSIG, armed from a thread
-//!   that lives as long as the parent) and exits when the parent closes the socket; its
-//!   children receive SIGKILL when it dies.
+//!   that lives as long as the parent), ignores SIGINT (a Ctrl-C in the terminal is
+//!   for the parent and its children, not for the server), and exits when the parent
+//!   closes the socket.
+//! - Its children do not die with the server: each holds the read end of a "lifeline"
+//!   pipe whose only writer is the parent, armed so that the kernel sends the child
+//!   SIGKILL when the parent's end closes (`sys::arm_lifeline`). So a child dies with
+//!   the process that asked for it, and outlives a server that was killed. The
+//!   request also carries a pidfd of the parent, for `parent_process()`.
 use crate::bootstrap::{self, SERVER_ENV};
 use crate::child::{self, BOOTSTRAP_EXIT};
 use crate::current::ChildInfo;
@@ -36,7 +45,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
 
 /// The parent's connection to its server.
 #[derive(Debug)]
@@ -115,10 +123,18 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
             enc.bytes.to_vec(),
             Vec::new(),
         );
-        let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
-        let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let mut frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
+        encode_context(&mut frame);
+        let (status_r, status_w) = cloexec_pipe()?;
+        let (life_r, life_w) = cloexec_pipe()?;
+        let me = Pidfd::open(rustix::process::getpid().as_raw_nonzero().get())?;
         let (res_mine, res_theirs) = pair()?;
-        let mut fds: Vec<BorrowedFd<'_>> = vec![status_w.as_fd(), res_theirs.as_fd()];
+        let mut fds: Vec<BorrowedFd<'_>> = vec![
+            status_w.as_fd(),
+            res_theirs.as_fd(),
+            life_r.as_fd(),
+            me.as_fd(),
+        ];
         fds.extend(enc.fds.iter().map(AsFd::as_fd));
         match request(server.sock.as_fd(), &frame, &fds) {
             Ok((pid, pidfd)) => {
@@ -127,6 +143,7 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
                     pidfd,
                     reader: ResultReader::new(res_mine)?,
                     status: Some(status_r),
+                    lifeline: Some(life_w),
                 });
             }
             Err(e) if attempt == 0 => {
@@ -139,6 +156,84 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
         }
     }
     Err(io::Error::other("the fork server failed twice"))
+}
+
+/// A pipe, both ends close-on-exec and above 2.
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok((sys::above_stdio(r)?, sys::above_stdio(w)?))
+}
+
+/// Largest context section accepted (the environment can be large).
+const CTX_MAX: u64 = 1 << 26;
+
+/// Magic of the context section that follows the bootstrap frame in a request.
+const CTX_MAGIC: [u8; 8] = *b"MPROCCWD";
+
+/// Appends the context section: the current directory and the environment, as
+/// length-prefixed byte strings (`u32` LE): magic, cwd, count, then `KEY=VALUE` each.
+/// An unreadable current directory (deleted) is sent empty: the child keeps the
+/// server's.
+fn encode_context(out: &mut Vec<u8>) {
+    use std::os::unix::ffi::OsStrExt;
+    let put = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    out.extend_from_slice(&CTX_MAGIC);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    put(out, cwd.as_os_str().as_bytes());
+    let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    out.extend_from_slice(&(vars.len() as u32).to_le_bytes());
+    for (k, v) in vars {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        put(out, &kv);
+    }
+}
+
+/// The parent's directory and environment at `start()`.
+type Context = (
+    std::path::PathBuf,
+    Vec<(std::ffi::OsString, std::ffi::OsString)>,
+);
+
+/// Parses the context section (see [`encode_context`]).
+fn decode_context(b: &[u8]) -> Result<Context, String> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= b.len())
+            .ok_or("malformed context section")?;
+        let piece = &b[at..end];
+        at = end;
+        Ok(piece)
+    };
+    if take(8)? != CTX_MAGIC {
+        return Err("malformed context section".into());
+    }
+    let len = |h: &[u8]| u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
+    let n = len(take(4)?);
+    let cwd = std::path::PathBuf::from(OsStr::from_bytes(take(n)?));
+    let count = len(take(4)?);
+    let mut vars = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let n = len(take(4)?);
+        let kv = take(n)?;
+        let i = kv
+            .iter()
+            .position(|&c| c == b'=')
+            .ok_or("malformed context section")?;
+        vars.push((
+            OsStr::from_bytes(&kv[..i]).to_owned(),
+            OsStr::from_bytes(&kv[i + 1..]).to_owned(),
+        ));
+    }
+    Ok((cwd, vars))
 }
 
 /// Sends one request and reads the reply: (pid, pidfd).
@@ -218,23 +313,20 @@ fn launch() -> io::Result<Server> {
     })
 }
 
-/// Reads the exit code the server wrote on a child's status pipe (readable). If the
-/// server vanished without reporting, the child died with it (PDEATHSIG): `-9`.
-pub(crate) fn read_status(fd: BorrowedFd<'_>, pidfd: &Pidfd) -> io::Result<i32> {
+/// Reads the exit code the server wrote on a child's status pipe (readable). `None`
+/// if the server vanished without reporting (the child then lives on without it).
+pub(crate) fn read_status(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     let mut b = [0u8; 4];
     let mut got = 0;
     while got < 4 {
         match rustix::io::read(fd, &mut b[got..]) {
-            Ok(0) => {
-                let _ = pidfd.wait_exit(Some(Duration::from_secs(5)));
-                return Ok(-libc::SIGKILL);
-            }
+            Ok(0) => return Ok(None),
             Ok(n) => got += n,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(i32::from_le_bytes(b))
+    Ok(Some(i32::from_le_bytes(b)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -282,6 +374,10 @@ pub(crate) fn server_main(spec: &str) -> ! {
         server_fail("the socket fd is not open")
     };
     sys::ignore_sigpipe();
+    // A Ctrl-C reaches the whole foreground process group: it is for the parent (and
+    // its children, which restore the default), not for the server.
+    sys::ignore_signal(libc::SIGINT);
+    sys::stdio_devnull();
     mproc_core::code::warm();
     for off in preload {
         match sys::ValidatedFn::check(layout, off) {
@@ -371,7 +467,7 @@ fn read_request(sock: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     if !read_exact_fds(sock, &mut head, &mut fds)? {
         return Ok(None);
     }
-    let h = FrameHeader::parse(&head, wire::BOOT_MAX + wire::BOOT_HEADER as u64)
+    let h = FrameHeader::parse(&head, wire::BOOT_MAX + wire::BOOT_HEADER as u64 + CTX_MAX)
         .map_err(io::Error::other)?;
     // Exactly the announced size (a large zeroed scratch buffer per request would cost
     // a page fault per page).
@@ -405,6 +501,8 @@ struct Job {
     payload: Vec<u8>,
     arg_fds: Vec<OwnedFd>,
     result: OwnedFd,
+    lifeline: OwnedFd,
+    parent: OwnedFd,
 }
 
 /// Forks the child for one request and replies with its pid and pidfd (or -errno).
@@ -416,7 +514,9 @@ fn handle(
     fds: Vec<OwnedFd>,
 ) -> io::Result<Option<Job>> {
     let mut fds = fds.into_iter();
-    let (Some(status), Some(result)) = (fds.next(), fds.next()) else {
+    let (Some(status), Some(result), Some(lifeline), Some(parent)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
         reply_err(sock, libc::EINVAL)?;
         return Ok(None);
     };
@@ -432,11 +532,15 @@ fn handle(
                 payload,
                 arg_fds,
                 result,
+                lifeline,
+                parent,
             }))
         }
         Ok(sys::Forked::Parent(pid)) => {
             drop(result);
             drop(arg_fds);
+            drop(lifeline);
+            drop(parent);
             let pidfd = match rustix::process::Pid::from_raw(pid)
                 .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
             {
@@ -471,29 +575,65 @@ fn reply_err(sock: &OwnedFd, errno: i32) -> io::Result<()> {
 
 /// In the server's child: check the request like a spawned child checks its bootstrap,
 /// then run it.
-fn child_of_server(job: Job, nonce: u64, server: i32) -> ! {
+fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
     let Job {
         payload,
         arg_fds,
         result,
+        lifeline,
+        parent,
     } = job;
+    // Die with the parent (not with the server): first, before anything can fail.
+    if !sys::arm_lifeline(&lifeline) {
+        sys::exit_now(1);
+    }
+    // The lifeline stays open (and armed) for the life of this process.
+    std::mem::forget(lifeline);
+    sys::default_signal(libc::SIGINT);
     let head: Option<[u8; wire::BOOT_HEADER]> = payload
         .get(..wire::BOOT_HEADER)
         .and_then(|h| h.try_into().ok());
     let Some(head) = head else {
         child::refuse(Some(&result), "short request")
     };
-    let boot = match wire::parse_boot_header(&head)
-        .and_then(|(_, sum)| wire::decode_boot(nonce, sum, &payload[wire::BOOT_HEADER..]))
-    {
+    let (boot, rest) = match wire::parse_boot_header(&head).and_then(|(len, sum)| {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(wire::BOOT_HEADER))
+            .filter(|&e| e <= payload.len())
+            .ok_or("truncated request")?;
+        let boot = wire::decode_boot(nonce, sum, &payload[wire::BOOT_HEADER..end])?;
+        Ok((boot, &payload[end..]))
+    }) {
         Ok(b) => b,
+        Err(why) => child::refuse(Some(&result), &why),
+    };
+    let (cwd, vars) = match decode_context(rest) {
+        Ok(c) => c,
         Err(why) => child::refuse(Some(&result), &why),
     };
     let entry = match sys::ValidatedEntry::check(&boot) {
         Ok(e) => e,
         Err(why) => child::refuse(Some(&result), &why),
     };
-    child::prepare(&boot.info, server);
+    // What `child::prepare` does, minus PDEATHSIG (the lifeline replaces it: the real
+    // parent is the server, whose death must not take this child with it).
+    crate::current::become_child(&boot.info);
+    crate::current::set_parent_pidfd(Pidfd::from_owned(parent, boot.info.parent_pid));
+    crate::launcher::reset_after_fork();
+    reset_after_fork();
+    sys::replace_env_single_threaded(&vars);
+    if !cwd.as_os_str().is_empty()
+        && let Err(e) = std::env::set_current_dir(&cwd)
+    {
+        child::finish(
+            &result,
+            child::Outcome::Failed(format!(
+                "cannot enter the parent's current directory {}: {e}",
+                cwd.display()
+            )),
+        )
+    }
     let outcome = entry.run(&boot.args, arg_fds);
     child::finish(&result, outcome)
 }

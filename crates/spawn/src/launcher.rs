@@ -72,11 +72,6 @@ pub(crate) fn is_launcher_thread() -> bool {
     t != 0 && t == rustix::thread::gettid().as_raw_nonzero().get()
 }
 
-/// Whether the helper thread exists.
-pub(crate) fn launcher_exists() -> bool {
-    LAUNCHER_TID.load(Ordering::Acquire) != 0
-}
-
 /// In a fork child: the parent's helper thread does not exist here.
 pub(crate) fn reset_after_fork() {
     LAUNCHER.reset();

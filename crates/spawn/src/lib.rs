@@ -21,7 +21,8 @@
 //! - [`Context`] / [`get_context`]: a start method chosen once for many processes.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`],
 //!   [`usable_cpu_count`].
-//! - [`set_forkserver_preload`], [`stop_forkserver`].
+//! - [`set_forkserver_preload`], [`stop_forkserver`], [`set_executable`].
+//! - [`set_join_at_exit`]: Python's "join non-daemon children at exit".
 //!
 //! Spawned children re-execute the program; a constructor in this crate runs before
 //! `main` and turns the copy into the child, so no `if __name__ == "__main__"` guard
@@ -34,6 +35,7 @@ mod context;
 mod cpu;
 mod current;
 mod error;
+mod exit;
 mod forkserver;
 mod launcher;
 mod method;
@@ -44,12 +46,13 @@ mod sys;
 pub mod testing;
 mod wire;
 
-pub use context::{Context, get_context};
+pub use context::{Context, get_context, get_executable, set_executable};
 pub use cpu::{cpu_count, usable_cpu_count};
 pub use current::{
     ChildSummary, CurrentProcess, ParentProcess, active_children, current_process, parent_process,
 };
 pub use error::ProcessError;
+pub use exit::set_join_at_exit;
 pub use forkserver::{set_forkserver_preload, stop_forkserver};
 pub use method::{
     START_METHOD_ENV, StartMethod, UnknownStartMethod, get_start_method, set_start_method,

@@ -12,8 +12,9 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 type EncodeFn = Box<dyn Fn() -> Result<Encoded, CodecError> + Send>;
@@ -55,6 +56,9 @@ pub(crate) struct Started {
     pub(crate) reader: ResultReader,
     /// Forkserver only: where the server writes the exit code after reaping.
     pub(crate) status: Option<OwnedFd>,
+    /// Forkserver only: the write end of the child's lifeline (see
+    /// `sys::arm_lifeline`); the child dies when it closes.
+    pub(crate) lifeline: Option<OwnedFd>,
 }
 
 /// A process running (or about to run) a target: Python's `multiprocessing.Process`.
@@ -88,38 +92,113 @@ pub(crate) struct Started {
 ///
 /// Dropping a started process that was not joined kills it (SIGKILL) and reaps it:
 /// mproc never leaves a zombie or an orphan behind. Join (or wait with
-/// [`join_timeout`](Process::join_timeout)) before dropping what should finish.
+/// [`join_timeout`](Process::join_timeout)) before dropping what should finish, or
+/// call [`set_join_at_exit(true)`](crate::set_join_at_exit) once for Python's
+/// behaviour (a dropped non-daemon child keeps running and the program waits for it
+/// when it exits).
+///
+/// Signals go through the child's pidfd, and its exit status is collected through that
+/// pidfd (`waitid(P_PIDFD)`): neither can reach another process that reuses the pid.
 ///
 /// # Children die with their parent
 ///
 /// Every child receives SIGKILL when its parent exits, whatever the start method and
 /// whatever the `daemon` flag (Python kills daemonic children at exit and joins the
-/// others; mproc never waits implicitly). This uses `PR_SET_PDEATHSIG`, which follows
+/// others; mproc waits only after [`set_join_at_exit`](crate::set_join_at_exit)).
+/// A fork server's child dies with the process that asked for it, not with the
+/// server (a pipe whose only writer is the parent signals it: see the guide). This uses `PR_SET_PDEATHSIG`, which follows
 /// the *thread* that created the child: mproc creates children from the main thread
 /// when `start` is called there, and otherwise from a helper thread that lives as long
 /// as the process, so a child outlives the thread that asked for it.
 pub struct Process<R> {
     job: Option<Job>,
     name: Option<String>,
-    daemon: bool,
+    /// `None`: the creating process's own daemon flag (Python's default).
+    daemon: Option<bool>,
     method: Option<StartMethod>,
+    executable: Option<PathBuf>,
     identity: Vec<u32>,
     default_name: String,
     child: Option<ChildState>,
     joined: bool,
+    /// After `close()`: the pid and exit code it had.
+    closed: Option<(i32, Option<i32>)>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> std::fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.closed.is_some() {
+            "closed"
+        } else if self.child.is_none() {
+            "initial"
+        } else if self.is_alive() {
+            "started"
+        } else {
+            "stopped"
+        };
         f.debug_struct("Process")
             .field("name", &self.process_name())
-            .field("daemon", &self.daemon)
-            .field("method", &self.method)
+            .field("state", &state)
+            .field("daemon", &self.is_daemon())
+            .field("method", &self.method())
             .field("pid", &self.pid())
-            .field("exitcode", &self.child.as_ref().and_then(|c| c.exitcode))
+            .field("exitcode", &ExitCodeDebug(self.exitcode()))
             .finish()
     }
+}
+
+/// `Some(-15 (SIGTERM))`, `Some(0)`, `None`.
+struct ExitCodeDebug(Option<i32>);
+
+impl std::fmt::Debug for ExitCodeDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("None"),
+            Some(c) if c < 0 => match signal_name(-c) {
+                Some(n) => write!(f, "Some({c} ({n}))"),
+                None => write!(f, "Some({c})"),
+            },
+            Some(c) => write!(f, "Some({c})"),
+        }
+    }
+}
+
+/// The name of a standard signal (`SIGTERM` for 15).
+pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
 }
 
 impl<R: Message + 'static> Process<R> {
@@ -142,11 +221,27 @@ impl<R: Message + 'static> Process<R> {
     ///
     /// ```
     /// let data = vec![1u64, 2, 3];
-    /// let mut p = mproc_spawn::Process::fork_closure(move || data.iter().sum::<u64>());
+    /// // SAFETY: this doc test's own threads hold no lock the closure needs.
+    /// let mut p = unsafe { mproc_spawn::Process::fork_closure(move || data.iter().sum::<u64>()) };
     /// p.start().unwrap();
     /// assert_eq!(p.join().unwrap(), 6);
     /// ```
-    pub fn fork_closure<F>(f: F) -> Self
+    ///
+    /// # Safety
+    ///
+    /// The closure runs in a `fork()` child, where only the thread that called
+    /// `start` exists. If another thread of this process holds a lock when `start`
+    /// forks (a `Mutex` of yours, stdout's, a logger's, an allocator's that does not
+    /// repair itself after fork), that lock stays locked for ever in the child, and
+    /// data it guards may be half-updated. The caller promises that nothing the
+    /// closure (or its captures' `Drop`, or what it calls) touches can be held by
+    /// another thread at that moment: for instance, that the program has no other
+    /// threads, or that they never take such locks. glibc's malloc is repaired by
+    /// `fork` and is always safe. mproc's own helper threads hold no lock across a
+    /// fork. For a target without captures use [`Process::new`], which every start
+    /// method runs (forkserver and spawn children start clean).
+    #[allow(unsafe_code)] // an `unsafe fn` for its contract; it contains no unsafe block
+    pub unsafe fn fork_closure<F>(f: F) -> Self
     where
         F: FnOnce() -> R + Send + 'static,
     {
@@ -159,12 +254,14 @@ impl<R: Message + 'static> Process<R> {
         Process {
             job: Some(job),
             name: None,
-            daemon: false,
+            daemon: None,
             method: None,
+            executable: None,
             identity,
             default_name,
             child: None,
             joined: false,
+            closed: None,
             _result: PhantomData,
         }
     }
@@ -180,10 +277,24 @@ impl<R> Process<R> {
     }
 
     /// Marks the process as a daemon (Python's `daemon=`). Recorded and visible to the
-    /// child; every child, daemon or not, is killed when its parent exits. Unlike
-    /// Python, a daemon may start children of its own.
+    /// child; every child, daemon or not, is killed when its parent exits, and with
+    /// [`set_join_at_exit`](crate::set_join_at_exit) only non-daemon children are
+    /// waited for. The default is the creating process's own flag, as in Python: a
+    /// process created inside a daemon is a daemon. Unlike Python, a daemon may start
+    /// children of its own.
     pub fn daemon(mut self, daemon: bool) -> Self {
-        self.daemon = daemon;
+        self.daemon = Some(daemon);
+        self
+    }
+
+    /// The program a [`StartMethod::Spawn`] child runs (Python's `set_executable`, for
+    /// this process only): a copy of this program, or another build of it. The default
+    /// is [`get_executable`](crate::get_executable) (`/proc/self/exe` unless
+    /// [`set_executable`](crate::set_executable) chose another). A program that is
+    /// not this one refuses the bootstrap message, and `join` reports
+    /// [`ProcessError::ChildFailed`] or the exit code. Other start methods ignore it.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.executable = Some(path.into());
         self
     }
 
@@ -199,9 +310,10 @@ impl<R> Process<R> {
         self.name.as_deref().unwrap_or(&self.default_name)
     }
 
-    /// Whether the process is marked as a daemon.
+    /// Whether the process is marked as a daemon (by [`daemon`](Process::daemon), or
+    /// by default because this process is one).
     pub fn is_daemon(&self) -> bool {
-        self.daemon
+        self.daemon.unwrap_or_else(current::own_daemon)
     }
 
     /// The start method it uses (or will use, if not started yet).
@@ -223,6 +335,9 @@ impl<R> Process<R> {
     pub fn start(&mut self) -> Result<(), ProcessError> {
         // Keeps the bootstrap constructor linked into every binary that starts processes.
         std::hint::black_box(bootstrap::link_hook());
+        if self.closed.is_some() {
+            return Err(ProcessError::Closed);
+        }
         if self.child.is_some() {
             return Err(ProcessError::AlreadyStarted);
         }
@@ -269,17 +384,24 @@ impl<R> Process<R> {
                 Prepared::Closure(c)
             }
         };
+        let daemon = self.is_daemon();
         let info = ChildInfo {
             name: self.process_name().to_owned(),
-            daemon: self.daemon,
+            daemon,
             identity: self.identity.clone(),
             parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
             parent_name: current::own_name(),
             method: method.code(),
+            join_at_exit: crate::exit::join_at_exit(),
+        };
+        let exe = match (&self.executable, method) {
+            (Some(p), _) => p.clone(),
+            (None, StartMethod::Spawn) => crate::get_executable(),
+            (None, _) => PathBuf::new(),
         };
         let started = launcher::run_long_lived(move || match method {
             StartMethod::Fork => start_fork(prepared, info),
-            StartMethod::Spawn => start_spawn(prepared, info),
+            StartMethod::Spawn => start_spawn(prepared, info, &exe),
             StartMethod::ForkServer => crate::forkserver::start(prepared, info),
         });
         let started = match started {
@@ -293,40 +415,101 @@ impl<R> Process<R> {
             ChildSummary {
                 pid: started.pid,
                 name: self.process_name().to_owned(),
-                daemon: self.daemon,
+                daemon,
             },
             Arc::clone(&pidfd),
         );
+        let source = match started.status {
+            Some(fd) => StatusSource::Server(fd),
+            None => StatusSource::Own,
+        };
         self.child = Some(ChildState {
             pid: started.pid,
             pidfd,
             method,
-            reader: started.reader,
-            status: started.status,
-            exitcode: None,
+            daemon,
+            live: Mutex::new(Live {
+                reader: started.reader,
+                source,
+                exitcode: None,
+            }),
+            lifeline: started.lifeline,
             reg,
         });
         Ok(())
     }
 
-    /// The OS pid, once started.
+    /// The OS pid, once started (and still after [`close`](Process::close)).
     pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.pid)
+        match (&self.child, self.closed) {
+            (Some(c), _) => Some(c.pid),
+            (None, Some((pid, _))) => Some(pid),
+            (None, None) => None,
+        }
     }
 
     /// The exit code once the process has ended (Python's `exitcode`): `0` after the
     /// target returned, `1` after a panic, `n` after `std::process::exit(n)`, `-N`
-    /// after signal N. `None` while it runs or before it starts. Does not block.
-    pub fn exitcode(&mut self) -> Option<i32> {
-        let c = self.child.as_mut()?;
-        let _ = c.wait(Deadline::now());
-        c.exitcode
+    /// after signal N. `None` while it runs or before it starts. Does not block, and
+    /// takes `&self`, so a `Vec<Process>` can be inspected with `iter()`. After
+    /// [`close`](Process::close) it keeps the code the process ended with.
+    pub fn exitcode(&self) -> Option<i32> {
+        let Some(c) = self.child.as_ref() else {
+            return self.closed.and_then(|(_, code)| code);
+        };
+        let mut live = c.lock();
+        let _ = live.wait(c, Deadline::now());
+        live.exitcode
     }
 
     /// Whether the process has been started and has not ended yet (Python's
-    /// `is_alive()`). Does not block.
-    pub fn is_alive(&mut self) -> bool {
-        self.exitcode().is_none() && self.child.is_some()
+    /// `is_alive()`). Does not block. `false` after [`close`](Process::close).
+    pub fn is_alive(&self) -> bool {
+        self.child.is_some() && self.exitcode().is_none()
+    }
+
+    /// Releases what the parent holds for a process that has ended (Python's
+    /// `close()`): its pidfd, result channel and status fds. Afterwards `start`,
+    /// `join`, the signal methods and `close`'s siblings return
+    /// [`ProcessError::Closed`] (Python's `ValueError: process object is closed`),
+    /// `sentinel` is `None`, `is_alive` is `false`; `pid` and `exitcode` keep their
+    /// values. A second `close` does nothing. A process that was never started can be
+    /// closed too.
+    ///
+    /// ```
+    /// fn nothing(_: ()) {}
+    /// let mut p = mproc_spawn::Process::new(nothing, ());
+    /// p.start().unwrap();
+    /// p.join().unwrap();
+    /// p.close().unwrap();
+    /// assert!(matches!(p.join(), Err(mproc_spawn::ProcessError::Closed)));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::StillRunning`] if the process has not ended (Python's
+    /// `ValueError: Cannot close a process while it is still running`); nothing is
+    /// released then.
+    pub fn close(&mut self) -> Result<(), ProcessError> {
+        if self.closed.is_some() {
+            return Ok(());
+        }
+        let code = match &self.child {
+            Some(c) => {
+                let code = self.exitcode();
+                if code.is_none() {
+                    return Err(ProcessError::StillRunning);
+                }
+                current::unregister(c.reg);
+                code
+            }
+            None => None,
+        };
+        let pid = self.pid().unwrap_or(0);
+        self.child = None;
+        self.job = None;
+        self.closed = Some((pid, code));
+        Ok(())
     }
 
     /// Waits for the process to end and returns its target's value (Python's `join()`,
@@ -360,16 +543,17 @@ impl<R> Process<R> {
     where
         R: Message,
     {
-        let c = self.child.as_mut().ok_or(ProcessError::NotStarted)?;
+        let c = self.child.as_ref().ok_or(self.missing())?;
         if self.joined {
             return Err(ProcessError::AlreadyJoined);
         }
-        if !c.wait(deadline).map_err(ProcessError::Io)? {
+        let mut live = c.lock();
+        if !live.wait(c, deadline).map_err(ProcessError::Io)? {
             return Ok(None);
         }
         self.joined = true;
-        let code = c.exitcode.unwrap_or(255);
-        match c.reader.take() {
+        let code = live.exitcode.unwrap_or(255);
+        match live.reader.take() {
             Some(Received::Value(bytes, fds)) => codec::decode::<R>(bytes, fds)
                 .map(Some)
                 .map_err(ProcessError::Result),
@@ -390,69 +574,138 @@ impl<R> Process<R> {
         self.signal(libc::SIGKILL)
     }
 
+    /// Sends SIGINT (Python 3.14's `interrupt()`): a target that does not handle it
+    /// ends with exit code `-2`. Does nothing once the process has ended.
+    pub fn interrupt(&self) -> Result<(), ProcessError> {
+        self.signal(libc::SIGINT)
+    }
+
     /// Sends signal `sig` to the process (through its pidfd: never to a reused pid).
     pub fn signal(&self, sig: i32) -> Result<(), ProcessError> {
-        let c = self.child.as_ref().ok_or(ProcessError::NotStarted)?;
+        let c = self.child.as_ref().ok_or(self.missing())?;
         c.pidfd.send_signal(sig).map_err(ProcessError::Io)
     }
 
     /// A file descriptor that becomes readable (`POLLIN`) when the process ends
     /// (Python's `sentinel`): its pidfd. Poll many of them to wait for the first of
-    /// several processes. `None` before start.
+    /// several processes. `None` before start and after [`close`](Process::close).
     pub fn sentinel(&self) -> Option<BorrowedFd<'_>> {
         self.child.as_ref().map(|c| c.pidfd.as_fd())
+    }
+
+    /// The error for an operation that needs a started, unclosed process.
+    fn missing(&self) -> ProcessError {
+        if self.closed.is_some() {
+            ProcessError::Closed
+        } else {
+            ProcessError::NotStarted
+        }
     }
 }
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if c.exitcode.is_none() {
-                let _ = c.pidfd.send_signal(libc::SIGKILL);
-                // SIGKILL ends it promptly; the fork server reports within a moment.
-                let limit = match c.method {
-                    StartMethod::ForkServer => Deadline::after(Duration::from_secs(10)),
-                    _ => Deadline::never(),
-                };
-                let _ = c.wait(limit);
-            }
+        let Some(c) = self.child.take() else {
+            return;
+        };
+        if c.lock().exitcode.is_some() {
             current::unregister(c.reg);
+            return;
         }
+        if !c.daemon && crate::exit::join_at_exit() {
+            // Python's behaviour: the child keeps running; the program waits for it
+            // when it exits (and reaps it then, or earlier in `active_children`).
+            crate::exit::keep_until_exit(c);
+            return;
+        }
+        c.kill_and_reap();
     }
 }
 
 /// The parent's view of a started child.
 #[derive(Debug)]
-struct ChildState {
+pub(crate) struct ChildState {
     pid: i32,
     pidfd: Arc<Pidfd>,
     method: StartMethod,
+    daemon: bool,
+    live: Mutex<Live>,
+    /// Forkserver: the write end of the child's lifeline (dropping it kills the child).
+    lifeline: Option<OwnedFd>,
+    pub(crate) reg: u64,
+}
+
+/// Where the exit status comes from.
+#[derive(Debug)]
+enum StatusSource {
+    /// Our own child: `waitid(P_PIDFD)`.
+    Own,
+    /// A fork server's child: the server writes the code on this pipe.
+    Server(OwnedFd),
+    /// The fork server died before reporting; the child (no longer anyone's we can
+    /// wait for) is followed through its pidfd, and its code is inferred.
+    Lost,
+}
+
+/// The part of a child's state that waiting changes.
+#[derive(Debug)]
+struct Live {
     reader: ResultReader,
-    status: Option<OwnedFd>,
+    source: StatusSource,
     exitcode: Option<i32>,
-    reg: u64,
 }
 
 impl ChildState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the child is still running (non-blocking).
+    pub(crate) fn running(&self) -> bool {
+        let mut live = self.lock();
+        let _ = live.wait(self, Deadline::now());
+        live.exitcode.is_none()
+    }
+
+    /// Waits for the child to end (and reaps it), up to `deadline`.
+    pub(crate) fn wait_until(&self, deadline: Deadline) -> bool {
+        self.lock().wait(self, deadline).unwrap_or(true)
+    }
+
+    /// SIGKILL, then reap; forgets the child.
+    pub(crate) fn kill_and_reap(self) {
+        let _ = self.pidfd.send_signal(libc::SIGKILL);
+        // SIGKILL ends it promptly; the fork server reports within a moment.
+        let limit = match self.method {
+            StartMethod::ForkServer => Deadline::after(Duration::from_secs(10)),
+            _ => Deadline::never(),
+        };
+        let _ = self.lock().wait(&self, limit);
+        current::unregister(self.reg);
+        drop(self.lifeline);
+    }
+}
+
+impl Live {
     /// The fd that becomes readable when the exit status can be collected.
-    fn exit_fd(&self) -> BorrowedFd<'_> {
-        match &self.status {
-            Some(s) => s.as_fd(),
-            None => self.pidfd.as_fd(),
+    fn exit_fd<'a>(&'a self, c: &'a ChildState) -> BorrowedFd<'a> {
+        match &self.source {
+            StatusSource::Server(s) => s.as_fd(),
+            StatusSource::Own | StatusSource::Lost => c.pidfd.as_fd(),
         }
     }
 
     /// Waits until the process has ended and its status is collected (true), or the
     /// deadline passes (false). Reads the result as it arrives, so a child writing a
     /// large result never blocks on a parent that waits for its exit.
-    fn wait(&mut self, deadline: Deadline) -> io::Result<bool> {
+    fn wait(&mut self, c: &ChildState, deadline: Deadline) -> io::Result<bool> {
         loop {
             if self.exitcode.is_some() {
                 return Ok(true);
             }
             let want_result = !self.reader.done();
             let (exit_ready, result_ready) = {
-                let exit_fd = self.exit_fd();
+                let exit_fd = self.exit_fd(c);
                 let result_fd = self.reader.fd();
                 let mut fds = vec![PollFd::new(&exit_fd, PollFlags::IN)];
                 if want_result {
@@ -470,53 +723,92 @@ impl ChildState {
                 self.reader.pump()?;
             }
             if exit_ready {
-                self.collect()?;
+                self.collect(c)?;
             }
         }
     }
 
     /// Collects the exit status (the exit fd is readable) and drains the result.
-    fn collect(&mut self) -> io::Result<()> {
-        let code = match &self.status {
-            None => {
-                let pid = rustix::process::Pid::from_raw(self.pid)
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-                match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
-                    Ok(Some((_, st))) => {
-                        if let Some(sig) = st.terminating_signal() {
-                            -sig
-                        } else {
-                            st.exit_status().unwrap_or(255)
-                        }
-                    }
-                    Ok(None) => return Ok(()),
-                    Err(Errno::INTR) => return Ok(()),
-                    // Someone else reaped it (SIGCHLD ignored, or waitpid(-1) elsewhere):
-                    // the status is lost.
-                    Err(Errno::CHILD) => 255,
-                    Err(e) => return Err(e.into()),
+    fn collect(&mut self, c: &ChildState) -> io::Result<()> {
+        let code = match &self.source {
+            StatusSource::Own => match reap_pidfd(&c.pidfd)? {
+                Some(code) => code,
+                None => return Ok(()),
+            },
+            StatusSource::Server(fd) => match crate::forkserver::read_status(fd.as_fd())? {
+                Some(code) => code,
+                None => {
+                    // The server died; the child lives on (it is no longer the
+                    // server's): follow it through its pidfd.
+                    self.source = StatusSource::Lost;
+                    return Ok(());
+                }
+            },
+            StatusSource::Lost => {
+                // Nobody can tell us the code: infer it from what the child reported.
+                self.reader.pump()?;
+                match self.reader.take() {
+                    Some(Received::Value(..)) => 0,
+                    Some(_) => 1,
+                    None => 255,
                 }
             }
-            Some(fd) => crate::forkserver::read_status(fd.as_fd(), &self.pidfd)?,
         };
         self.exitcode = Some(code);
         self.reader.pump()?;
-        current::unregister(self.reg);
+        current::unregister(c.reg);
         Ok(())
     }
 }
 
-/// A Unix stream socket pair, both ends close-on-exec.
+/// Reaps our child through its pidfd (`waitid(P_PIDFD)`, which only ever reaches a
+/// child of this process: never a stranger that reused the pid). `None` while it runs.
+fn reap_pidfd(pidfd: &Pidfd) -> io::Result<Option<i32>> {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    match waitid(
+        WaitId::PidFd(pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {
+        Ok(Some(st)) => Ok(Some(match st.terminating_signal() {
+            Some(sig) => -sig,
+            None => st.exit_status().unwrap_or(255),
+        })),
+        Ok(None) => Ok(None),
+        Err(Errno::INTR) => Ok(None),
+        // Someone else reaped it (SIGCHLD ignored, or waitpid(-1) elsewhere): the
+        // status is lost.
+        Err(Errno::CHILD) => Ok(Some(255)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `pidfd` refers to an unreaped child of this process (`waitid` with
+/// `WNOWAIT` reports ECHILD for anything else). Checked right after `pidfd_open`, so a
+/// pid that was reaped by someone else and reused cannot be taken for our child.
+fn is_own_child(pidfd: &Pidfd) -> bool {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    !matches!(
+        waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        ),
+        Err(Errno::CHILD)
+    )
+}
+
+/// A Unix stream socket pair, both ends close-on-exec and above 2.
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(
+    let (a, b) = socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?;
+    Ok((sys::above_stdio(a)?, sys::above_stdio(b)?))
 }
 
-/// Kills and reaps a child we could not take charge of.
+/// Kills and reaps a child we could not take charge of (its pidfd could not be
+/// opened for lack of fds; `ESRCH` never gets here: that pid may be a stranger's).
 fn abandon(pid: i32) {
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
@@ -524,9 +816,23 @@ fn abandon(pid: i32) {
     }
 }
 
-/// Opens the child's pidfd, or kills and reaps it.
+/// Opens the child's pidfd (and checks that it is still our child: nobody reaped it
+/// behind our back), or kills and reaps it.
 fn take_charge(pid: i32) -> io::Result<Pidfd> {
-    Pidfd::open(pid).inspect_err(|_| abandon(pid))
+    let pidfd = Pidfd::open(pid).inspect_err(|e| {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            abandon(pid);
+        }
+    })?;
+    if !is_own_child(&pidfd) {
+        // Reaped by someone else (SIGCHLD ignored, or a `waitpid(-1)` elsewhere) and
+        // perhaps reused: this pidfd is a stranger's. Never signal it.
+        return Err(io::Error::other(
+            "the new child was reaped by someone else before mproc could take charge \
+             of it (is SIGCHLD ignored?)",
+        ));
+    }
+    Ok(pidfd)
 }
 
 static WARNED_THREADS: AtomicBool = AtomicBool::new(false);
@@ -543,10 +849,22 @@ fn other_threads() -> usize {
         .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(17))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    // This thread, plus the helper thread (idle, or this thread, in which case the
-    // thread that asked waits in mproc's channel).
-    let known = 1 + usize::from(launcher::launcher_exists());
-    total.saturating_sub(known)
+    if total <= 1 {
+        return 0;
+    }
+    // mproc's own helper threads (the launcher, a pool's engine and Ctrl-C threads, a
+    // queue's feeder) are named `mproc-…` and hold no lock across a fork: only the
+    // threads the program made count.
+    let me = rustix::thread::gettid().as_raw_nonzero().get();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return total.saturating_sub(1);
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) != Some(me))
+        .filter(|e| {
+            std::fs::read(e.path().join("comm")).map_or(true, |c| !c.starts_with(b"mproc-"))
+        })
+        .count()
 }
 
 /// When the thread count was last sampled (ms since the first sample + 1; 0: never).
@@ -603,10 +921,14 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
                     let mut keep: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
                     keep.push(theirs.as_raw_fd());
                     sys::close_fds_except(&keep);
+                    sys::stdio_devnull();
                     local(&enc.bytes, enc.fds)
                 }
                 // A closure may use any fd it captured: everything stays open.
-                Prepared::Closure(c) => c(),
+                Prepared::Closure(c) => {
+                    sys::stdio_devnull();
+                    c()
+                }
             };
             child::finish(&theirs, outcome)
         }
@@ -619,12 +941,17 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
                 pidfd,
                 reader: ResultReader::new(mine)?,
                 status: None,
+                lifeline: None,
             })
         }
     }
 }
 
-pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
+pub(crate) fn start_spawn(
+    prepared: Prepared,
+    info: ChildInfo,
+    exe: &std::path::Path,
+) -> io::Result<Started> {
     let Prepared::Target {
         tramp, target, enc, ..
     } = prepared
@@ -635,29 +962,25 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
     let (res_mine, res_theirs) = pair()?;
     let nonce = bootstrap::nonce();
     let parent = rustix::process::getpid().as_raw_nonzero().get();
-    let arg_fds: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let boot = bootstrap::make_boot(
-        nonce,
-        tramp,
-        target,
-        info,
-        enc.bytes.to_vec(),
-        arg_fds.clone(),
-    );
-    let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
-    let mut inherit = arg_fds;
+    // The child receives exactly these fds, renumbered from 3 in this order (see
+    // `sys::spawn_self`): the arguments' handles, then the bootstrap and result ends.
+    let mut inherit: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let n = inherit.len() as i32;
+    let arg_fds: Vec<i32> = (0..n).map(|i| 3 + i).collect();
     inherit.push(boot_theirs.as_raw_fd());
     inherit.push(res_theirs.as_raw_fd());
+    let boot = bootstrap::make_boot(nonce, tramp, target, info, enc.bytes.to_vec(), arg_fds);
+    let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
     let arg0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| "mproc-child".into());
-    let spec = bootstrap::spec_string(
-        nonce,
-        parent,
-        boot_theirs.as_raw_fd(),
-        res_theirs.as_raw_fd(),
-    );
-    let pid = sys::spawn_self(&arg0, (bootstrap::BOOT_ENV, &spec), &inherit)?;
+    let spec = bootstrap::spec_string(nonce, parent, 3 + n, 4 + n);
+    let pid = sys::spawn_self(
+        exe.as_os_str(),
+        &arg0,
+        (bootstrap::BOOT_ENV, &spec),
+        &inherit,
+    )?;
     let pidfd = take_charge(pid)?;
     drop(boot_theirs);
     drop(res_theirs);
@@ -670,6 +993,7 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
         pidfd,
         reader: ResultReader::new(res_mine)?,
         status: None,
+        lifeline: None,
     })
 }
 

@@ -203,9 +203,14 @@ pub(crate) fn adopt_fd(raw: RawFd) -> Option<OwnedFd> {
 }
 
 /// Arranges for the re-executed child to inherit exactly `fds` (their close-on-exec
-/// flag is cleared in the child only, between fork and exec) and to receive SIGKILL
-/// when the thread that spawns it ends.
+/// flag is cleared in the child only, between fork and exec; every other fd above 2 is
+/// made close-on-exec there, so an fd the program left inheritable does not reach it)
+/// and to receive SIGKILL when the thread that spawns it ends.
 pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
+    let mut keep: Vec<u32> = fds.iter().filter_map(|&f| u32::try_from(f).ok()).collect();
+    keep.extend([0, 1, 2]);
+    keep.sort_unstable();
+    keep.dedup();
     let pre = move || -> io::Result<()> {
         for &fd in &fds {
             // SAFETY: the fds are open in the parent for the whole spawn call (it owns
@@ -213,26 +218,31 @@ pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
             let b = unsafe { BorrowedFd::borrow_raw(fd) };
             rustix::io::fcntl_setfd(b, rustix::io::FdFlags::empty())?;
         }
+        close_ranges_except(&keep, CLOSE_RANGE_CLOEXEC);
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
         Ok(())
     };
-    // SAFETY: the closure makes only async-signal-safe raw syscalls (fcntl, prctl)
-    // and does not allocate (the Vec was built before the fork).
+    // SAFETY: the closure makes only async-signal-safe raw syscalls (fcntl, close_range,
+    // prctl) and does not allocate (the Vecs were built before the fork).
     unsafe {
         cmd.pre_exec(pre);
     }
 }
 
-/// Starts `/proc/self/exe` with `posix_spawn` (glibc: `clone(CLONE_VM|CLONE_VFORK)`,
-/// so the parent's page tables are not copied as a fork would), argv `[arg0]`, the
-/// current environment plus `env`, an empty signal mask, and exactly `fds` inherited:
-/// each gets a `dup2(fd, fd)` file action, which clears its close-on-exec flag in the
-/// child only (POSIX 2024; glibc since 2.29). Returns the child's pid.
+/// Starts `exe` (normally `/proc/self/exe`) with `posix_spawn` (glibc:
+/// `clone(CLONE_VM|CLONE_VFORK)`, so the parent's page tables are not copied as a fork
+/// would), argv `[arg0]`, the current environment plus `env`, an empty signal mask, and
+/// exactly `fds` inherited, renumbered: `fds[i]` becomes fd `3 + i` in the child and
+/// every other fd above 2 is closed there, close-on-exec or not (as CPython's spawn
+/// passes only the fds it means to). A closed 0, 1 or 2 in the parent is opened on
+/// `/dev/null` in the child, so none of the child's own fds can land there. Returns the
+/// child's pid.
 ///
 /// PDEATHSIG cannot be armed between fork and exec here: the child arms it first thing
 /// in the bootstrap constructor and then checks that its parent is still the one that
 /// spawned it (the creating thread is its PDEATHSIG parent either way).
 pub(crate) fn spawn_self(
+    exe: &std::ffi::OsStr,
     arg0: &std::ffi::OsStr,
     env: (&str, &str),
     fds: &[RawFd],
@@ -240,7 +250,7 @@ pub(crate) fn spawn_self(
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let nul = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let path = c"/proc/self/exe";
+    let path = nul(exe.as_bytes())?;
     let arg0 = nul(arg0.as_bytes())?;
     let argv = [arg0.as_ptr(), std::ptr::null()];
     let mut vars: Vec<CString> = Vec::new();
@@ -258,6 +268,11 @@ pub(crate) fn spawn_self(
     vars.push(nul(format!("{}={}", env.0, env.1).as_bytes())?);
     let mut envp: Vec<*const libc::c_char> = vars.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // Copies first go above every fd involved, then down to 3.., so that no copy
+    // overwrites a source that is still needed.
+    let k = fds.len() as RawFd;
+    let high = fds.iter().copied().max().unwrap_or(0).max(2 + k) + 1;
+    let closed_stdio: Vec<RawFd> = (0..3).filter(|&fd| !fd_is_open(fd)).collect();
 
     let check = |r: libc::c_int| {
         if r == 0 {
@@ -278,9 +293,39 @@ pub(crate) fn spawn_self(
             return Err(e);
         }
         let mut r = Ok(());
-        for &fd in fds {
+        for (i, &fd) in fds.iter().enumerate() {
             if r.is_ok() {
-                r = check(libc::posix_spawn_file_actions_adddup2(&mut fa, fd, fd));
+                r = check(libc::posix_spawn_file_actions_adddup2(
+                    &mut fa,
+                    fd,
+                    high + i as RawFd,
+                ));
+            }
+        }
+        for i in 0..k {
+            if r.is_ok() {
+                r = check(libc::posix_spawn_file_actions_adddup2(
+                    &mut fa,
+                    high + i,
+                    3 + i,
+                ));
+            }
+        }
+        if r.is_ok() {
+            r = check(libc::posix_spawn_file_actions_addclosefrom_np(
+                &mut fa,
+                3 + k,
+            ));
+        }
+        for &fd in &closed_stdio {
+            if r.is_ok() {
+                r = check(libc::posix_spawn_file_actions_addopen(
+                    &mut fa,
+                    fd,
+                    c"/dev/null".as_ptr(),
+                    libc::O_RDWR,
+                    0,
+                ));
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -308,6 +353,115 @@ pub(crate) fn spawn_self(
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut fa);
         r.map(|()| pid)
+    }
+}
+
+/// Whether `fd` is open in this process.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: a borrow for the duration of the fcntl call only; on a closed fd fcntl
+    // fails with EBADF and touches nothing.
+    rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_ok()
+}
+
+/// Moves an fd of mproc's own above 2 (keeping close-on-exec): if the program closed
+/// its stdin, stdout or stderr, a new fd would take that number, and a `println!` in
+/// this process or in a fork child would then write into mproc's channel.
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+}
+
+/// Opens `/dev/null` on each of 0, 1 and 2 that is closed (in a new child, so that
+/// what it opens later cannot land on them).
+pub(crate) fn stdio_devnull() {
+    for fd in 0..3 {
+        if fd_is_open(fd) {
+            continue;
+        }
+        // SAFETY: open/dup2/close on plain integers; the new fd is this function's own
+        // until it is moved to `fd` (a closed number nobody owns).
+        unsafe {
+            let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if n >= 0 && n != fd {
+                libc::dup2(n, fd);
+                libc::close(n);
+            }
+        }
+    }
+}
+
+/// `fcntl`'s `F_SETSIG` (Linux; missing from the libc crate).
+const F_SETSIG: libc::c_int = 10;
+
+/// Turns the read end of a pipe whose only writer is the logical parent into a
+/// "lifeline": when the parent dies its end closes and the kernel sends this process
+/// SIGKILL (`O_ASYNC` with `F_SETSIG` = SIGKILL, owner = this process). Used by fork
+/// server children, whose real parent is the server, so that they die with the
+/// process that asked for them and not with the server. Returns `false` if the
+/// parent is already gone.
+pub(crate) fn arm_lifeline(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: fcntl on an fd this process owns, with integer arguments only.
+    let ok = unsafe {
+        libc::fcntl(raw, libc::F_SETOWN, me) == 0
+            && libc::fcntl(raw, F_SETSIG, libc::SIGKILL) == 0
+            && libc::fcntl(raw, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return false;
+    }
+    // The parent may have died before the owner was set: then no signal comes.
+    let mut pfd = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    matches!(
+        rustix::event::poll(&mut pfd, Some(&rustix::event::Timespec::default())),
+        Ok(0)
+    )
+}
+
+/// Sets one signal's disposition back to the default.
+pub(crate) fn default_signal(sig: i32) {
+    // SAFETY: installing SIG_DFL runs no code.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
+/// Ignores one signal.
+pub(crate) fn ignore_signal(sig: i32) {
+    // SAFETY: installing SIG_IGN runs no code.
+    unsafe {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+}
+
+/// Replaces the whole environment with `vars`. Only called in a fork server's child,
+/// which is single-threaded (forked from the single-threaded server) until its target
+/// runs.
+pub(crate) fn replace_env_single_threaded(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
+    let old: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+    for k in old {
+        // SAFETY: single-threaded (see above): nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(k) }
+    }
+    for (k, v) in vars {
+        if k.is_empty() {
+            continue;
+        }
+        // SAFETY: as above.
+        unsafe { std::env::set_var(k, v) }
+    }
+}
+
+/// Registers `f` to run at normal exit of the program (`atexit`).
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain `extern "C" fn()` that lives for the whole program.
+    unsafe {
+        libc::atexit(f);
     }
 }
 
@@ -370,6 +524,9 @@ impl<T> ForkLocal<T> {
     }
 }
 
+/// `close_range`'s flag: mark close-on-exec instead of closing.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
 /// Closes every fd except stdin, stdout, stderr and `keep` (used in a fork child, which
 /// otherwise inherits every fd of its parent, close-on-exec or not).
 pub(crate) fn close_fds_except(keep: &[RawFd]) {
@@ -377,14 +534,20 @@ pub(crate) fn close_fds_except(keep: &[RawFd]) {
     keep.extend([0, 1, 2]);
     keep.sort_unstable();
     keep.dedup();
+    close_ranges_except(&keep, 0);
+}
+
+/// `close_range(…, flags)` over every fd not in `keep` (sorted, deduplicated). Does not
+/// allocate unless `close_range` is missing and `flags` is 0.
+fn close_ranges_except(keep: &[u32], flags: u32) {
     let mut lo: u32 = 0;
     for &k in keep.iter().chain(std::iter::once(&u32::MAX)) {
         if k > lo {
             let hi = if k == u32::MAX { u32::MAX } else { k - 1 };
-            // SAFETY: close_range takes plain integers; closing fds this process owns
-            // is what the fork child wants (nothing else runs in it that uses them).
-            let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
-            if r != 0 {
+            // SAFETY: close_range takes plain integers; closing (or marking) fds this
+            // process owns is what the new child wants (nothing else in it uses them).
+            let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, flags) };
+            if r != 0 && flags == 0 {
                 close_slowly(lo, hi);
             }
         }

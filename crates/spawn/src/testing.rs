@@ -49,6 +49,7 @@ where
         parent_pid: parent,
         parent_name: "MainProcess".into(),
         method: crate::StartMethod::Spawn.code(),
+        join_at_exit: false,
     };
     let arg_fds: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut boot = bootstrap::make_boot(

@@ -241,13 +241,15 @@ fn every_method_through_a_context() {
 #[test]
 fn fork_closure_runs_captures_and_only_under_fork() {
     let data: Vec<u64> = (1..=100).collect();
-    let mut p = Process::fork_closure(move || data.iter().sum::<u64>());
+    // SAFETY: the closure touches only its captures, which no other thread holds.
+    let mut p = unsafe { Process::fork_closure(move || data.iter().sum::<u64>()) };
     assert_eq!(p.method(), StartMethod::Fork);
     p.start().unwrap();
     assert_eq!(p.join().unwrap(), 5050);
 
     for m in [StartMethod::Spawn, StartMethod::ForkServer] {
-        let mut p = Process::fork_closure(|| 1u32).start_method(m);
+        // SAFETY: never forked (the start method is refused).
+        let mut p = unsafe { Process::fork_closure(|| 1u32) }.start_method(m);
         assert!(matches!(p.start(), Err(ProcessError::ClosureNeedsFork)));
         assert_eq!(p.pid(), None);
     }
