@@ -56,7 +56,7 @@ pub(crate) fn become_child(info: &ChildInfo) {
     // one). A fork server's child receives it from the parent instead
     // (`set_parent_pidfd`).
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(info.parent_pid)
-        && let Ok(fd) = Pidfd::open(info.parent_pid)
+        && let Ok(fd) = crate::sys::open_pidfd(info.parent_pid)
         && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(info.parent_pid)
     {
         set_parent_pidfd(fd);
@@ -91,6 +91,17 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
 /// Records the logical parent's pidfd (in a child).
 pub(crate) fn set_parent_pidfd(fd: Pidfd) {
     *PARENT_PIDFD.get().lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fd));
+}
+
+/// The raw fd of the parent's pidfd, if open (a fork child keeps it).
+pub(crate) fn parent_sentinel_raw() -> Option<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    PARENT_PIDFD
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|p| p.as_fd().as_raw_fd())
 }
 
 /// Whether this process is a daemon (a new `Process`'s default).

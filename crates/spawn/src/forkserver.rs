@@ -21,7 +21,7 @@
 //!   time of `start()` (after the bootstrap frame, in a section of its own), which the
 //!   child adopts before running anything, as CPython's forkserver does.
 //! - The server receives SIGKILL when its parent dies (PDEATHSIG, armed from a thread
-//!   that lives as long as the parent), ignores SIGINT (a Ctrl-C in the terminal is
+//!   that lives as long as the parent), blocks SIGINT (a Ctrl-C in the terminal is
 //!   for the parent and its children, not for the server), and exits when the parent
 //!   closes the socket.
 //! - Its children do not die with the server: each holds the read end of a "lifeline"
@@ -127,7 +127,7 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
         encode_context(&mut frame);
         let (status_r, status_w) = cloexec_pipe()?;
         let (life_r, life_w) = cloexec_pipe()?;
-        let me = Pidfd::open(rustix::process::getpid().as_raw_nonzero().get())?;
+        let me = sys::open_pidfd(rustix::process::getpid().as_raw_nonzero().get())?;
         let (res_mine, res_theirs) = pair()?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![
             status_w.as_fd(),
@@ -273,7 +273,7 @@ fn request(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Re
     let fd = rfds
         .pop()
         .ok_or_else(|| io::Error::other("the fork server sent no pidfd"))?;
-    Ok((pid, Pidfd::from_owned(fd, pid)))
+    Ok((pid, Pidfd::from_owned(sys::above_stdio(fd)?, pid)))
 }
 
 /// Starts a server. Runs on a long-lived thread (the caller is inside
@@ -305,7 +305,7 @@ fn launch() -> io::Result<Server> {
     let pid = child.id() as i32;
     drop(child);
     drop(theirs);
-    let pidfd = Pidfd::open(pid)?;
+    let pidfd = sys::open_pidfd(pid)?;
     Ok(Server {
         sock: mine,
         nonce,
@@ -375,8 +375,10 @@ pub(crate) fn server_main(spec: &str) -> ! {
     };
     sys::ignore_sigpipe();
     // A Ctrl-C reaches the whole foreground process group: it is for the parent (and
-    // its children, which restore the default), not for the server.
-    sys::ignore_signal(libc::SIGINT);
+    // its children), not for the server. Blocked rather than ignored: a child inherits
+    // the mask, so a SIGINT sent to it before it unblocks stays pending and is then
+    // delivered, where an inherited SIG_IGN would drop it.
+    sys::block_signal(libc::SIGINT, true);
     sys::stdio_devnull();
     mproc_core::code::warm();
     for off in preload {
@@ -589,7 +591,7 @@ fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
     }
     // The lifeline stays open (and armed) for the life of this process.
     std::mem::forget(lifeline);
-    sys::default_signal(libc::SIGINT);
+    sys::block_signal(libc::SIGINT, false);
     let head: Option<[u8; wire::BOOT_HEADER]> = payload
         .get(..wire::BOOT_HEADER)
         .and_then(|h| h.try_into().ok());

@@ -122,7 +122,7 @@ pub struct Process<R> {
     child: Option<ChildState>,
     joined: bool,
     /// After `close()`: the pid and exit code it had.
-    closed: Option<(i32, Option<i32>)>,
+    closed: Option<(Option<i32>, Option<i32>)>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -443,7 +443,7 @@ impl<R> Process<R> {
     pub fn pid(&self) -> Option<i32> {
         match (&self.child, self.closed) {
             (Some(c), _) => Some(c.pid),
-            (None, Some((pid, _))) => Some(pid),
+            (None, Some((pid, _))) => pid,
             (None, None) => None,
         }
     }
@@ -505,7 +505,7 @@ impl<R> Process<R> {
             }
             None => None,
         };
-        let pid = self.pid().unwrap_or(0);
+        let pid = self.pid();
         self.child = None;
         self.job = None;
         self.closed = Some((pid, code));
@@ -747,8 +747,8 @@ impl Live {
             StatusSource::Lost => {
                 // Nobody can tell us the code: infer it from what the child reported.
                 self.reader.pump()?;
-                match self.reader.take() {
-                    Some(Received::Value(..)) => 0,
+                match self.reader.outcome_tag() {
+                    Some(wire::TAG_VALUE) => 0,
                     Some(_) => 1,
                     None => 255,
                 }
@@ -819,7 +819,7 @@ fn abandon(pid: i32) {
 /// Opens the child's pidfd (and checks that it is still our child: nobody reaped it
 /// behind our back), or kills and reaps it.
 fn take_charge(pid: i32) -> io::Result<Pidfd> {
-    let pidfd = Pidfd::open(pid).inspect_err(|e| {
+    let pidfd = sys::open_pidfd(pid).inspect_err(|e| {
         if e.raw_os_error() != Some(libc::ESRCH) {
             abandon(pid);
         }
@@ -836,6 +836,11 @@ fn take_charge(pid: i32) -> io::Result<Pidfd> {
 }
 
 static WARNED_THREADS: AtomicBool = AtomicBool::new(false);
+
+/// Whether the thread warning was printed (for tests).
+pub(crate) fn fork_warned() -> bool {
+    WARNED_THREADS.load(Ordering::Relaxed)
+}
 
 /// Threads of this process that are not known to be idle in mproc's own code.
 fn other_threads() -> usize {
@@ -920,6 +925,7 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
                     // Only what is passed is inherited, as under spawn and forkserver.
                     let mut keep: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
                     keep.push(theirs.as_raw_fd());
+                    keep.extend(current::parent_sentinel_raw());
                     sys::close_fds_except(&keep);
                     sys::stdio_devnull();
                     local(&enc.bytes, enc.fds)

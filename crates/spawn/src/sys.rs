@@ -374,6 +374,14 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
+/// Opens a pidfd for `pid`, above 2 (see [`above_stdio`]).
+pub(crate) fn open_pidfd(pid: i32) -> io::Result<mproc_core::Pidfd> {
+    let p = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?;
+    Ok(mproc_core::Pidfd::from_owned(above_stdio(fd)?, pid))
+}
+
 /// Opens `/dev/null` on each of 0, 1 and 2 that is closed (in a new child, so that
 /// what it opens later cannot land on them).
 pub(crate) fn stdio_devnull() {
@@ -423,19 +431,20 @@ pub(crate) fn arm_lifeline(fd: &OwnedFd) -> bool {
     )
 }
 
-/// Sets one signal's disposition back to the default.
-pub(crate) fn default_signal(sig: i32) {
-    // SAFETY: installing SIG_DFL runs no code.
+/// Blocks (`true`) or unblocks one signal for the calling thread. A blocked signal
+/// stays pending; unblocking it delivers it.
+pub(crate) fn block_signal(sig: i32, block: bool) {
+    // SAFETY: a set initialised by sigemptyset/sigaddset; pthread_sigmask only reads it.
     unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-    }
-}
-
-/// Ignores one signal.
-pub(crate) fn ignore_signal(sig: i32) {
-    // SAFETY: installing SIG_IGN runs no code.
-    unsafe {
-        libc::signal(sig, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        let how = if block {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 

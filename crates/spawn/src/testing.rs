@@ -30,6 +30,11 @@ pub enum Corruption {
     ClosedBootFd,
 }
 
+/// Whether this process printed the "fork with other threads" warning.
+pub fn fork_warned() -> bool {
+    crate::process::fork_warned()
+}
+
 /// Spawns `target(args)` like `StartMethod::Spawn` does, with its bootstrap damaged as
 /// `c` says; returns the child's exit status and captured output.
 pub fn spawn_corrupt<A, R>(target: fn(A) -> R, args: A, c: Corruption) -> io::Result<Output>

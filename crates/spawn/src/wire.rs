@@ -89,7 +89,7 @@ pub(crate) fn decode_boot(nonce: u64, sum: u64, payload: &[u8]) -> Result<Boot, 
 }
 
 /// Outcome tags on the result channel.
-const TAG_VALUE: u8 = 0;
+pub(crate) const TAG_VALUE: u8 = 0;
 const TAG_PANIC: u8 = 1;
 const TAG_FAILED: u8 = 2;
 /// Payload prefix before the data (keeps the data 16-byte aligned in the receiver).
@@ -212,6 +212,12 @@ impl ResultReader {
             }
         }
         Ok(())
+    }
+
+    /// The tag of a complete outcome frame, without taking it.
+    pub(crate) fn outcome_tag(&self) -> Option<u8> {
+        let n = self.frame_len()?;
+        (self.buf.len() >= n && n >= HEADER_LEN + PREFIX).then(|| self.buf[HEADER_LEN])
     }
 
     /// The outcome, if a complete frame arrived.
