@@ -154,7 +154,11 @@ fn main() {
         }
         "kill" => {
             if let Some(pool) = MpiPool::spmd().unwrap() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 println!("ok started");
+                println!("killing at {}", now.as_millis());
                 let r = pool.apply(die, 0);
                 // Under mpirun the job is aborted before this line runs.
                 println!("apply returned {r:?}");

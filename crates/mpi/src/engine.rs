@@ -310,13 +310,29 @@ impl<C: Communicator> Engine<C> {
                 }
             }
         }
-        self.stop_workers();
+        let lost = self.workers.iter().any(|w| !w.alive);
+        if lost {
+            // MPI cannot go on with a dead peer: a disconnect (or `MPI_Finalize`) would
+            // wait for it for ever. Stop the survivors we can reach, keep the
+            // communicator, and skip finalisation at exit.
+            for w in &self.workers {
+                if w.alive
+                    && let Some(p) = &w.pidfd
+                {
+                    let _ = p.send_signal(libc::SIGKILL);
+                }
+            }
+            env::POISONED.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::mem::forget(self.comm);
+        } else {
+            self.stop_workers();
+            let _g = env::lock();
+            drop(self.comm);
+        }
         let mut c = lock(&self.shared.queue);
         c.stopped = true;
         drop(c);
         self.shared.notify.bump();
-        let _g = env::lock();
-        drop(self.comm);
     }
 
     /// One round of receiving, completing sends and dispatching. Whether anything moved.

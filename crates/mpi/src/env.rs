@@ -3,7 +3,7 @@
 use crate::error::MpiError;
 use mpi::Threading;
 use mpi::traits::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// Every MPI call after initialisation is made with this lock held (see `sys`).
@@ -11,6 +11,9 @@ pub(crate) static MPI_LOCK: Mutex<()> = Mutex::new(());
 
 /// Pools whose communication thread still runs (MPI is not finalised under them).
 pub(crate) static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A peer died: finalising MPI would wait for it for ever, so the exit hook skips it.
+pub(crate) static POISONED: AtomicBool = AtomicBool::new(false);
 
 /// The marker argument a spawned worker is started with.
 pub(crate) const WORKER_ARG: &str = "--mproc-mpi-spawned-worker";
@@ -63,7 +66,7 @@ pub(crate) fn init() -> Result<World, MpiError> {
 /// The exit hook: finalises MPI unless a pool's thread still uses it (a leaked pool).
 pub(crate) fn finalize_at_exit() {
     let _ = std::panic::catch_unwind(|| {
-        if ACTIVE.load(Ordering::SeqCst) == 0 {
+        if ACTIVE.load(Ordering::SeqCst) == 0 && !POISONED.load(Ordering::SeqCst) {
             let _g = lock();
             crate::sys::finalize();
         }
