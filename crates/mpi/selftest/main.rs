@@ -33,8 +33,8 @@ fn nap(ms: u64) -> u64 {
 /// directory, or the default) and its node's name.
 fn whereami(_: u64) -> String {
     std::thread::sleep(Duration::from_millis(20));
-    let dir = std::env::var("OMPI_MCA_btl_vader_backing_directory")
-        .unwrap_or_else(|_| "default".into());
+    let dir =
+        std::env::var("OMPI_MCA_btl_vader_backing_directory").unwrap_or_else(|_| "default".into());
     format!("{dir}|{}", mproc_mpi::processor_name().unwrap_or_default())
 }
 
@@ -83,9 +83,14 @@ fn exercise(pool: &MpiPool) {
     check("imap_unordered", un == want[..50]);
     check(
         "starmap",
-        pool.starmap(add, vec![(1u64, 2u64), (3, 4), (5, 6)]).unwrap() == vec![3, 7, 11],
+        pool.starmap(add, vec![(1u64, 2u64), (3, 4), (5, 6)])
+            .unwrap()
+            == vec![3, 7, 11],
     );
-    check("apply_async", pool.apply_async(square, 12).get().unwrap() == 144);
+    check(
+        "apply_async",
+        pool.apply_async(square, 12).get().unwrap() == 144,
+    );
     check("apply", pool.apply(square, 5).unwrap() == 25);
     let e = pool.map(fail_on_3, 0..6u64).unwrap_err();
     check(
@@ -98,7 +103,10 @@ fn exercise(pool: &MpiPool) {
         "imap panic fails one item",
         r.iter().filter(|x| x.is_err()).count() == 1 && r[5] == Ok(5),
     );
-    let futs: Vec<_> = [200u64, 10, 50].iter().map(|&m| pool.submit(nap, m)).collect();
+    let futs: Vec<_> = [200u64, 10, 50]
+        .iter()
+        .map(|&m| pool.submit(nap, m))
+        .collect();
     let order: Vec<usize> = as_completed(&futs, None).map(Result::unwrap).collect();
     check("as_completed", order.len() == 3 && order[0] != 0);
     check(
@@ -108,8 +116,10 @@ fn exercise(pool: &MpiPool) {
     let slow = pool.apply_async(nap, 300);
     check(
         "get_timeout",
-        matches!(slow.get_timeout(Duration::from_millis(10)), Err(GetError::Timeout))
-            && slow.get().unwrap() == 300,
+        matches!(
+            slow.get_timeout(Duration::from_millis(10)),
+            Err(GetError::Timeout)
+        ) && slow.get().unwrap() == 300,
     );
     // Large messages both ways, several in flight per worker: never a deadlock.
     let sums = pool.map_chunked(sum_bytes, (0..6u64).map(big), 1).unwrap();
@@ -122,7 +132,9 @@ fn exercise(pool: &MpiPool) {
     let bigs = pool.map_chunked(big, 0..6u64, 1).unwrap();
     check(
         "large results",
-        bigs.iter().enumerate().all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8),
+        bigs.iter()
+            .enumerate()
+            .all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8),
     );
 }
 
@@ -135,7 +147,10 @@ fn main() {
                 exercise(&pool);
                 pool.close();
                 pool.join();
-                check("closed pool refuses", pool.apply(square, 1) == Err(TaskError::Closed));
+                check(
+                    "closed pool refuses",
+                    pool.apply(square, 1) == Err(TaskError::Closed),
+                );
             }
             // A second pool after the first: the constructor is collective and repeatable.
             if let Some(pool) = MpiPool::spmd().unwrap() {
@@ -169,14 +184,20 @@ fn main() {
             check("spawned workers", pool.processes() == 2);
             exercise(&pool);
             let pids = pool.map_chunked(pid_of, 0..20u64, 1).unwrap();
-            check("spawned are other processes", !pids.contains(&std::process::id()));
+            check(
+                "spawned are other processes",
+                !pids.contains(&std::process::id()),
+            );
         }
         "spawn_kill" => {
             let pool = MpiPool::spawn(2).unwrap();
             check("spawn_kill started", pool.apply(square, 3).unwrap() == 9);
             let r = pool.apply(die, 0);
             println!("lost: {r:?}");
-            check("lost worker is typed", matches!(r, Err(TaskError::WorkerLost { .. })));
+            check(
+                "lost worker is typed",
+                matches!(r, Err(TaskError::WorkerLost { .. })),
+            );
             let r = pool.apply(square, 2);
             check("then broken", matches!(r, Err(TaskError::Broken { .. })));
             drop(pool);
@@ -185,7 +206,10 @@ fn main() {
         "spawn_zero" => {
             check(
                 "zero workers refused",
-                matches!(MpiPool::spawn(0), Err(mproc_mpi::MpiError::InvalidArgument(_))),
+                matches!(
+                    MpiPool::spawn(0),
+                    Err(mproc_mpi::MpiError::InvalidArgument(_))
+                ),
             );
         }
         other => {

@@ -463,7 +463,11 @@ impl<C: Communicator> Engine<C> {
             let _g = env::lock();
             for w in &mut self.workers {
                 if w.alive {
-                    let s = Isend::start(&self.comm.0.process_at_rank(w.info.rank), TAG_STOP, Vec::new());
+                    let s = Isend::start(
+                        &self.comm.0.process_at_rank(w.info.rank),
+                        TAG_STOP,
+                        Vec::new(),
+                    );
                     w.sends.push(s);
                 }
             }

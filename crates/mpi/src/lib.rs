@@ -80,7 +80,7 @@ pub use env::{processor_name, world_rank, world_size};
 #[cfg(feature = "mpi")]
 pub use error::MpiError;
 #[cfg(feature = "mpi")]
-pub use pool::{AsyncResult, Future, IMap, MapResult, MpiPool, as_completed};
-#[cfg(feature = "mpi")]
 #[doc(no_inline)]
 pub use mproc_pool::{GetError, MapError, TaskError};
+#[cfg(feature = "mpi")]
+pub use pool::{AsyncResult, Future, IMap, MapResult, MpiPool, as_completed};

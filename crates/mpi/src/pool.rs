@@ -263,7 +263,12 @@ impl MpiPool {
                 slot: slot.clone(),
             });
             drop(c);
-            if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if let Some(t) = self
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 t.thread().unpark();
             }
         }
@@ -461,10 +466,11 @@ impl MpiPool {
         self.unpark();
     }
 
-    /// Waits until the pool has been closed or terminated and its work is done, and
-    /// releases the workers (Python's `join`). On the SPMD workers, this is when
-    /// [`MpiPool::spmd`] returns.
+    /// Closes the pool if it is not closed yet, waits until its work is done, and
+    /// releases the workers (Python's `join`; as in mproc-pool, it implies `close()`). On
+    /// the SPMD workers, this is when [`MpiPool::spmd`] returns.
     pub fn join(&self) {
+        self.close();
         let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = t {
             let _ = t.join();
@@ -472,7 +478,12 @@ impl MpiPool {
     }
 
     fn unpark(&self) {
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             t.thread().unpark();
         }
     }
@@ -809,9 +820,7 @@ where
                 return;
             }
             let n = chunk.len();
-            let slot = self
-                .pool
-                .submit_chunk(self.f, MpiPool::encode_chunk(chunk));
+            let slot = self.pool.submit_chunk(self.f, MpiPool::encode_chunk(chunk));
             self.pending.push_back((slot, n));
         }
     }

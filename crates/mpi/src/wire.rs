@@ -1,15 +1,16 @@
 //! The messages between the pool's rank and its workers. Each kind has its own MPI tag;
-//! the fixed header comes first, then the payload (rkyv bytes or text).
+//! the fixed header comes first, then the payload (rkyv bytes or text). Tags stay far
+//! below 32767, the smallest `MPI_TAG_UB` the standard allows.
 use crate::error::MpiError;
 
 /// Pool → worker: run a chunk. Header: task id, trampoline offset, function offset, 0.
-pub(crate) const TAG_TASK: i32 = 0x6d70_01;
+pub(crate) const TAG_TASK: i32 = 101;
 /// Worker → pool: a chunk's outcome. Header: task id, status (0 ok, 1 failed), 0.
-pub(crate) const TAG_RESULT: i32 = 0x6d70_02;
+pub(crate) const TAG_RESULT: i32 = 102;
 /// Pool → worker: serve no more (empty).
-pub(crate) const TAG_STOP: i32 = 0x6d70_03;
+pub(crate) const TAG_STOP: i32 = 103;
 /// Worker → pool, once at start: layout fingerprint, pid, then the node's name.
-pub(crate) const TAG_HELLO: i32 = 0x6d70_04;
+pub(crate) const TAG_HELLO: i32 = 104;
 
 pub(crate) const TASK_HEADER: usize = 32;
 pub(crate) const RESULT_HEADER: usize = 16;
@@ -34,7 +35,10 @@ pub(crate) fn task(id: u64, tramp: u64, func: u64, payload: &[u8]) -> Vec<u8> {
 /// Reads a task: (id, trampoline offset, function offset, payload).
 pub(crate) fn parse_task(b: &[u8]) -> Result<(u64, u64, u64, &[u8]), MpiError> {
     if b.len() < TASK_HEADER {
-        return Err(MpiError::Protocol(format!("task message of {} bytes", b.len())));
+        return Err(MpiError::Protocol(format!(
+            "task message of {} bytes",
+            b.len()
+        )));
     }
     Ok((word(b, 0), word(b, 1), word(b, 2), &b[TASK_HEADER..]))
 }
@@ -55,12 +59,18 @@ pub(crate) fn result(id: u64, outcome: &Result<rkyv::util::AlignedVec, String>) 
 /// Reads a result: (id, outcome bytes or the worker's error text).
 pub(crate) fn parse_result(b: &[u8]) -> Result<(u64, Result<&[u8], String>), MpiError> {
     if b.len() < RESULT_HEADER {
-        return Err(MpiError::Protocol(format!("result message of {} bytes", b.len())));
+        return Err(MpiError::Protocol(format!(
+            "result message of {} bytes",
+            b.len()
+        )));
     }
     let payload = &b[RESULT_HEADER..];
     match word(b, 1) {
         0 => Ok((word(b, 0), Ok(payload))),
-        1 => Ok((word(b, 0), Err(String::from_utf8_lossy(payload).into_owned()))),
+        1 => Ok((
+            word(b, 0),
+            Err(String::from_utf8_lossy(payload).into_owned()),
+        )),
         s => Err(MpiError::Protocol(format!("result status {s}"))),
     }
 }
@@ -77,7 +87,10 @@ pub(crate) fn hello(layout: u64, pid: u32, node: &str) -> Vec<u8> {
 /// Reads a hello: (layout fingerprint, pid, node name).
 pub(crate) fn parse_hello(b: &[u8]) -> Result<(u64, i32, String), MpiError> {
     if b.len() < HELLO_HEADER {
-        return Err(MpiError::Protocol(format!("hello message of {} bytes", b.len())));
+        return Err(MpiError::Protocol(format!(
+            "hello message of {} bytes",
+            b.len()
+        )));
     }
     let pid = i32::try_from(word(b, 1)).map_err(|_| MpiError::Protocol("bad pid".into()))?;
     Ok((

@@ -35,7 +35,11 @@ pub(crate) fn serve<C: Communicator>(
     {
         let _g = env::lock();
         let hello = wire::hello(mproc_core::code::layout(), std::process::id(), &node_name());
-        sends.push(Isend::start(&comm.process_at_rank(master), TAG_HELLO, hello));
+        sends.push(Isend::start(
+            &comm.process_at_rank(master),
+            TAG_HELLO,
+            hello,
+        ));
     }
     let mut last = Instant::now();
     let mut checked = Instant::now();
@@ -59,7 +63,11 @@ pub(crate) fn serve<C: Communicator>(
                 let out = sys::call(tramp, func, &input);
                 let frame = wire::result(id, &out);
                 let _g = env::lock();
-                sends.push(Isend::start(&comm.process_at_rank(master), TAG_RESULT, frame));
+                sends.push(Isend::start(
+                    &comm.process_at_rank(master),
+                    TAG_RESULT,
+                    frame,
+                ));
                 last = Instant::now();
             }
             Some((_, TAG_STOP)) => {

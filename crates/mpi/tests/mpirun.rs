@@ -119,8 +119,16 @@ fn a_killed_rank_ends_the_spmd_run_nonzero_within_5s() {
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or_else(|| panic!("no kill time\n{}", text(&o)));
     let abort = Duration::from_millis((ended - killed) as u64);
-    assert!(abort < Duration::from_secs(5), "abort took {abort:?}\n{}", text(&o));
-    assert!(took < Duration::from_secs(30), "took {took:?}\n{}", text(&o));
+    assert!(
+        abort < Duration::from_secs(5),
+        "abort took {abort:?}\n{}",
+        text(&o)
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}\n{}",
+        text(&o)
+    );
 }
 
 fn fake_nodes_dir() -> PathBuf {
@@ -152,7 +160,10 @@ fn two_fake_nodes_on_loopback_each_run_items() {
 
 #[test]
 fn spawn_mode_runs_every_call_from_a_singleton() {
-    let (o, _) = run(Command::new(SELFTEST).tap_arg("spawn"), Duration::from_secs(90));
+    let (o, _) = run(
+        Command::new(SELFTEST).tap_arg("spawn"),
+        Duration::from_secs(90),
+    );
     assert_all_ok(&o, EXERCISED);
     assert_all_ok(&o, &["spawned workers", "spawned are other processes"]);
 }
@@ -165,9 +176,18 @@ fn spawn_mode_turns_a_lost_worker_into_a_typed_error() {
     );
     assert_all_ok(
         &o,
-        &["spawn_kill started", "lost worker is typed", "then broken", "dropped"],
+        &[
+            "spawn_kill started",
+            "lost worker is typed",
+            "then broken",
+            "dropped",
+        ],
     );
-    assert!(took < Duration::from_secs(30), "took {took:?}\n{}", text(&o));
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}\n{}",
+        text(&o)
+    );
 }
 
 #[test]
