@@ -81,20 +81,37 @@ struct SlotState {
     waker: Option<Waker>,
 }
 
+/// Moves a pool's communication forward on the calling thread, if no other thread does
+/// it at this moment. Whether anything moved.
+pub(crate) trait Drive: Send + Sync {
+    fn drive(&self) -> bool;
+}
+
 /// Where one chunk's outcome lands.
-#[derive(Debug)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     cv: Condvar,
     notify: Arc<Notify>,
+    driver: Option<Arc<dyn Drive>>,
 }
 
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+/// How long a waiting caller drives the communication itself after the last thing that
+/// moved, before it sleeps and leaves the work to the communication thread.
+const DRIVE_FOR: Duration = Duration::from_millis(2);
+
 impl Slot {
-    pub(crate) fn new(notify: Arc<Notify>) -> Arc<Slot> {
+    pub(crate) fn new(notify: Arc<Notify>, driver: Option<Arc<dyn Drive>>) -> Arc<Slot> {
         Arc::new(Slot {
             state: Mutex::new(SlotState::default()),
             cv: Condvar::new(),
             notify,
+            driver,
         })
     }
 
@@ -137,12 +154,31 @@ impl Slot {
         lock(&self.state).outcome.is_some()
     }
 
-    /// Waits for the outcome until `deadline`; applies `f` to it if it came.
+    /// Waits for the outcome until `deadline`; applies `f` to it if it came. The waiting
+    /// thread first drives the communication itself for a while (a round trip then
+    /// wakes no other thread), then sleeps.
     pub(crate) fn with<T>(
         &self,
         deadline: Option<Instant>,
         f: impl FnOnce(&Outcome) -> T,
     ) -> Option<T> {
+        if let Some(d) = &self.driver {
+            let mut moved = Instant::now();
+            loop {
+                if let Some(o) = &lock(&self.state).outcome {
+                    return Some(f(o));
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|dl| now >= dl) || now - moved > DRIVE_FOR {
+                    break;
+                }
+                if d.drive() {
+                    moved = now;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
         let mut s = lock(&self.state);
         loop {
             if let Some(o) = &s.outcome {
@@ -227,6 +263,71 @@ struct Worker {
     sends: Vec<Isend>,
 }
 
+/// The communication state of a pool, driven by its communication thread and by
+/// callers waiting for results.
+pub(crate) struct Driver<C> {
+    engine: Mutex<Option<Engine<C>>>,
+    /// A caller drove since the communication thread last looked.
+    caller_drove: std::sync::atomic::AtomicBool,
+}
+
+impl<C: Communicator> Drive for Driver<C> {
+    fn drive(&self) -> bool {
+        let Ok(mut g) = self.engine.try_lock() else {
+            return false;
+        };
+        self.caller_drove
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        g.as_mut().is_some_and(Engine::tick)
+    }
+}
+
+impl<C: Communicator> Driver<C> {
+    pub(crate) fn new(engine: Engine<C>) -> Arc<Self> {
+        Arc::new(Driver {
+            engine: Mutex::new(Some(engine)),
+            caller_drove: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The communication thread: drives while no caller does, until the pool is closed
+    /// and its work is back, then releases the workers.
+    pub(crate) fn run(&self) {
+        let mut last = Instant::now();
+        loop {
+            if self
+                .caller_drove
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                // A waiting caller drives; stay out of its way.
+                std::thread::park_timeout(Duration::from_micros(300));
+                continue;
+            }
+            let (busy, done) = {
+                let mut g = lock(&self.engine);
+                match g.as_mut() {
+                    Some(e) => (e.tick(), e.done()),
+                    None => return,
+                }
+            };
+            if done {
+                break;
+            }
+            if busy {
+                last = Instant::now();
+            } else if last.elapsed() < HOT {
+                std::thread::yield_now();
+            } else {
+                std::thread::park_timeout(Duration::from_micros(200));
+            }
+        }
+        let engine = lock(&self.engine).take();
+        if let Some(e) = engine {
+            e.shutdown();
+        }
+    }
+}
+
 /// The communication thread's state.
 pub(crate) struct Engine<C> {
     comm: SendComm<C>,
@@ -236,6 +337,8 @@ pub(crate) struct Engine<C> {
     inflight: HashMap<u64, (usize, Arc<Slot>)>,
     next_id: u64,
     next_worker: usize,
+    closed: bool,
+    watched: Instant,
 }
 
 impl<C: Communicator> Engine<C> {
@@ -266,6 +369,8 @@ impl<C: Communicator> Engine<C> {
             inflight: HashMap::new(),
             next_id: 1,
             next_worker: 0,
+            closed: false,
+            watched: Instant::now(),
         }
     }
 
@@ -274,42 +379,42 @@ impl<C: Communicator> Engine<C> {
         c.outstanding = c.outstanding.saturating_sub(n);
     }
 
-    /// Runs until the pool is closed (or terminated) and everything sent came back.
-    pub(crate) fn run(mut self) {
-        let mut last = Instant::now();
-        let mut watched = Instant::now();
-        loop {
-            let (closed, terminate) = {
-                let mut c = lock(&self.shared.queue);
-                self.local.extend(c.tasks.drain(..));
-                (c.closed, c.terminate)
-            };
-            if terminate && !self.local.is_empty() {
-                let n = self.local.len();
-                for t in self.local.drain(..) {
-                    t.slot.fill(Err(TaskError::Terminated));
-                }
-                self.finish(n);
+    /// Takes what was submitted; fails it at once after a `terminate`.
+    fn pull(&mut self) {
+        let terminate = {
+            let mut c = lock(&self.shared.queue);
+            self.local.extend(c.tasks.drain(..));
+            self.closed = c.closed;
+            c.terminate
+        };
+        if terminate && !self.local.is_empty() {
+            let n = self.local.len();
+            for t in self.local.drain(..) {
+                t.slot.fill(Err(TaskError::Terminated));
             }
-            let busy = self.step();
-            if busy {
-                last = Instant::now();
-            }
-            if watched.elapsed() >= WATCH_EVERY {
-                watched = Instant::now();
-                self.watch();
-            }
-            if closed && self.local.is_empty() && self.inflight.is_empty() {
-                break;
-            }
-            if !busy {
-                if last.elapsed() < HOT {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::park_timeout(Duration::from_micros(200));
-                }
-            }
+            self.finish(n);
         }
+    }
+
+    /// One round: submissions, MPI traffic, and the watchdog when due. Whether anything
+    /// moved.
+    fn tick(&mut self) -> bool {
+        self.pull();
+        let busy = self.step();
+        if self.watched.elapsed() >= WATCH_EVERY {
+            self.watched = Instant::now();
+            self.watch();
+        }
+        busy
+    }
+
+    /// Closed, and everything sent came back.
+    fn done(&self) -> bool {
+        self.closed && self.local.is_empty() && self.inflight.is_empty()
+    }
+
+    /// Releases the workers (or, after a loss, what can be released).
+    fn shutdown(mut self) {
         let lost = self.workers.iter().any(|w| !w.alive);
         if lost {
             // MPI cannot go on with a dead peer: a disconnect (or `MPI_Finalize`) would

@@ -1,6 +1,8 @@
 //! `MpiPool`: the SPMD and spawn constructors, and the Pool/executor API over the
 //! communication thread.
-use crate::engine::{Control, Engine, Notify, Outcome, Shared, Slot, Task, WorkerInfo};
+use crate::engine::{
+    Control, Drive, Driver, Engine, Notify, Outcome, Shared, Slot, Task, WorkerInfo,
+};
 use crate::env::{self, WORKER_ARG};
 use crate::error::MpiError;
 use crate::sys::{self, SendComm};
@@ -65,6 +67,7 @@ impl FnRef {
 /// workers; [`MpiPool::close`] + [`MpiPool::join`] let the queue drain first.
 pub struct MpiPool {
     shared: Arc<Shared>,
+    driver: Arc<dyn Drive>,
     thread: Mutex<Option<JoinHandle<()>>>,
     workers: Vec<WorkerInfo>,
 }
@@ -211,17 +214,19 @@ impl MpiPool {
             notify: Arc::new(Notify::default()),
         });
         let node = crate::env::processor_name().unwrap_or_default();
-        let engine = Engine::new(comm, workers.clone(), &node, shared.clone());
+        let driver = Driver::new(Engine::new(comm, workers.clone(), &node, shared.clone()));
+        let d = driver.clone();
         env::ACTIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let thread = std::thread::Builder::new()
             .name("mproc-mpi".into())
             .spawn(move || {
-                engine.run();
+                d.run();
                 env::ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             })
             .expect("mproc-mpi: could not start the communication thread");
         MpiPool {
             shared,
+            driver,
             thread: Mutex::new(Some(thread)),
             workers,
         }
@@ -239,7 +244,7 @@ impl MpiPool {
 
     /// Queues one chunk (already encoded) and returns its slot.
     fn submit_chunk(&self, f: FnRef, payload: Result<AlignedVec, TaskError>) -> Arc<Slot> {
-        let slot = Slot::new(self.shared.notify.clone());
+        let slot = Slot::new(self.shared.notify.clone(), Some(self.driver.clone()));
         let payload = match payload {
             Ok(p) => p,
             Err(e) => {
