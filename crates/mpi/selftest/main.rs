@@ -50,6 +50,10 @@ fn pid_of(_: u64) -> u32 {
     std::process::id()
 }
 
+fn region_len(r: mproc_core::Region) -> usize {
+    r.len()
+}
+
 fn check(what: &str, ok: bool) {
     if ok {
         println!("ok {what}");
@@ -121,6 +125,11 @@ fn exercise(pool: &MpiPool) {
             Err(GetError::Timeout)
         ) && slow.get().unwrap() == 300,
     );
+    let region = mproc_core::Region::new(4096).unwrap();
+    check(
+        "handles are refused",
+        matches!(pool.apply(region_len, region), Err(TaskError::Codec { .. })),
+    );
     // Large messages both ways, several in flight per worker: never a deadlock.
     let sums = pool.map_chunked(sum_bytes, (0..6u64).map(big), 1).unwrap();
     check(
@@ -155,6 +164,15 @@ fn main() {
             // A second pool after the first: the constructor is collective and repeatable.
             if let Some(pool) = MpiPool::spmd().unwrap() {
                 check("second pool", pool.apply(square, 9).unwrap() == 81);
+                // terminate: what is queued fails, what runs finishes.
+                let rs: Vec<_> = (0..20).map(|_| pool.apply_async(nap, 100)).collect();
+                std::thread::sleep(Duration::from_millis(30));
+                pool.terminate();
+                let out: Vec<_> = rs.iter().map(|r| r.get()).collect();
+                check(
+                    "terminate fails the queued tasks",
+                    out.contains(&Ok(100)) && out.contains(&Err(TaskError::Terminated)),
+                );
             }
             println!("done rank {}", mproc_mpi::world_rank().unwrap());
         }

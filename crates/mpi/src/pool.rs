@@ -891,3 +891,67 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ok: Vec<u64>, failed: Vec<(u32, String)>) -> Outcome {
+        Ok(codec::encode(&(ok, failed)).unwrap().bytes)
+    }
+
+    #[test]
+    fn unpack_puts_failures_at_their_positions() {
+        let o = outcome(vec![10, 30], vec![(1, "boom".into())]);
+        let r = unpack::<u64>(&o, 3);
+        assert_eq!(r[0], Ok(10));
+        assert_eq!(
+            r[1],
+            Err(TaskError::Panicked {
+                message: "boom".into()
+            })
+        );
+        assert_eq!(r[2], Ok(30));
+    }
+
+    #[test]
+    fn unpack_refuses_a_count_mismatch_and_bad_bytes() {
+        let o = outcome(vec![1, 2], vec![]);
+        assert!(
+            unpack::<u64>(&o, 3)
+                .iter()
+                .all(|r| matches!(r, Err(TaskError::Codec { .. })))
+        );
+        let mut bad = AlignedVec::new();
+        bad.extend_from_slice(&[0xff; 7]);
+        assert!(
+            unpack::<u64>(&Ok(bad), 1)
+                .iter()
+                .all(|r| matches!(r, Err(TaskError::Codec { .. })))
+        );
+        let lost = unpack::<u64>(&Err(TaskError::Terminated), 2);
+        assert_eq!(
+            lost,
+            vec![Err(TaskError::Terminated), Err(TaskError::Terminated)]
+        );
+    }
+
+    #[test]
+    fn a_slot_times_out_then_delivers_once() {
+        let slot = Slot::new(Arc::new(Notify::default()), None);
+        let r: AsyncResult<u64> = AsyncResult {
+            slot: slot.clone(),
+            _r: PhantomData,
+        };
+        assert!(matches!(
+            r.get_timeout(Duration::from_millis(5)),
+            Err(GetError::Timeout)
+        ));
+        assert_eq!(r.successful(), None);
+        slot.fill(outcome(vec![7], vec![]));
+        slot.fill(Err(TaskError::Terminated)); // a second outcome is ignored
+        assert_eq!(r.get(), Ok(7));
+        assert_eq!(r.successful(), Some(true));
+        assert!(r.done());
+    }
+}

@@ -82,6 +82,7 @@ const EXERCISED: &[&str] = &[
     "as_completed",
     "future result",
     "get_timeout",
+    "handles are refused",
     "large messages",
     "large results",
 ];
@@ -90,7 +91,15 @@ const EXERCISED: &[&str] = &[
 fn spmd_pool_runs_every_call_under_mpirun_n3() {
     let (o, _) = run(mpirun(3, &["spmd"]), Duration::from_secs(90));
     assert_all_ok(&o, EXERCISED);
-    assert_all_ok(&o, &["workers", "closed pool refuses", "second pool"]);
+    assert_all_ok(
+        &o,
+        &[
+            "workers",
+            "closed pool refuses",
+            "second pool",
+            "terminate fails the queued tasks",
+        ],
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     for r in 0..3 {
         assert!(out.contains(&format!("done rank {r}")), "{}", text(&o));
