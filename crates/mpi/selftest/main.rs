@@ -221,6 +221,14 @@ fn main() {
             drop(pool);
             println!("ok dropped");
         }
+        "spawn_too_many" => {
+            let r = MpiPool::spawn(8);
+            println!("spawn(8): {r:?}");
+            check(
+                "failed spawn is typed",
+                matches!(r, Err(mproc_mpi::MpiError::Spawn(_))),
+            );
+        }
         "spawn_zero" => {
             check(
                 "zero workers refused",

@@ -197,6 +197,9 @@ impl MpiPool {
         let inter = {
             let _g = env::lock();
             let world = mpi::topology::SimpleCommunicator::world();
+            // A failed spawn (too few slots, missing program) returns instead of
+            // aborting this process.
+            sys::errors_return(&world);
             let inter = world
                 .process_at_rank(0)
                 .spawn(&cmd, n)

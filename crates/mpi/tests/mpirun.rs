@@ -28,13 +28,14 @@ fn run(cmd: Command, limit: Duration) -> (Output, Duration) {
         .arg(format!("{}", limit.as_secs()))
         .arg(cmd.get_program());
     t.args(cmd.get_args());
+    ompi_env(&mut t);
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => t.env(k, v),
             None => t.env_remove(k),
         };
     }
-    ompi_env(&mut t).stdin(Stdio::null());
+    t.stdin(Stdio::null());
     let start = Instant::now();
     let out = t.output().expect("could not run timeout/mpirun");
     (out, start.elapsed())
@@ -197,6 +198,16 @@ fn spawn_mode_turns_a_lost_worker_into_a_typed_error() {
         "took {took:?}\n{}",
         text(&o)
     );
+}
+
+#[test]
+fn a_failed_spawn_is_a_typed_error_not_an_abort() {
+    // Without oversubscription there are not enough slots for 8 workers.
+    let mut c = Command::new(SELFTEST);
+    c.arg("spawn_too_many")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "0");
+    let (o, _) = run(c, Duration::from_secs(60));
+    assert_all_ok(&o, &["failed spawn is typed"]);
 }
 
 #[test]
