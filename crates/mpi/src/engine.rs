@@ -24,6 +24,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 /// How often the watchdog looks at the workers' pidfds.
 const WATCH_EVERY: Duration = Duration::from_millis(20);
+/// How long the stop messages may take to leave before the workers count as lost.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 /// After this long without traffic the thread sleeps between polls.
 const HOT: Duration = Duration::from_millis(2);
 
@@ -415,11 +417,14 @@ impl<C: Communicator> Engine<C> {
 
     /// Releases the workers (or, after a loss, what can be released).
     fn shutdown(mut self) {
-        let lost = self.workers.iter().any(|w| !w.alive);
-        if lost {
-            // MPI cannot go on with a dead peer: a disconnect (or `MPI_Finalize`) would
-            // wait for it for ever. Stop the survivors we can reach, keep the
-            // communicator, and skip finalisation at exit.
+        let clean = self.workers.iter().all(|w| w.alive) && self.stop_workers();
+        if clean {
+            let _g = env::lock();
+            drop(self.comm);
+        } else {
+            // MPI cannot go on with a dead (or unresponsive) peer: a disconnect, or
+            // `MPI_Finalize`, would wait for it for ever. Stop the survivors we can
+            // reach, keep the communicator, and skip finalisation at exit.
             for w in &self.workers {
                 if w.alive
                     && let Some(p) = &w.pidfd
@@ -429,10 +434,6 @@ impl<C: Communicator> Engine<C> {
             }
             env::POISONED.store(true, std::sync::atomic::Ordering::SeqCst);
             std::mem::forget(self.comm);
-        } else {
-            self.stop_workers();
-            let _g = env::lock();
-            drop(self.comm);
         }
         let mut c = lock(&self.shared.queue);
         c.stopped = true;
@@ -563,7 +564,9 @@ impl<C: Communicator> Engine<C> {
     }
 
     /// Tells every live worker to stop and waits until the stops left (or the worker died).
-    fn stop_workers(&mut self) {
+    /// Whether every worker took its stop (false after a death, or past `STOP_WAIT`).
+    fn stop_workers(&mut self) -> bool {
+        let deadline = Instant::now() + STOP_WAIT;
         {
             let _g = env::lock();
             for w in &mut self.workers {
@@ -588,7 +591,10 @@ impl<C: Communicator> Engine<C> {
                 pending
             };
             if !pending {
-                break;
+                return self.workers.iter().all(|w| w.alive);
+            }
+            if Instant::now() > deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_micros(100));
             self.watch();
