@@ -69,6 +69,7 @@ pub(crate) fn run(args: &[String]) -> bool {
         }
         records.extend(collect(&mut cmd));
     }
+    records.extend(crate::mpi::bench_records(quick, filter.as_deref()));
     if let Some(f) = &filter {
         records.retain(|r| {
             r["workload"]
@@ -89,7 +90,7 @@ pub(crate) fn run(args: &[String]) -> bool {
     true
 }
 
-fn target_dir() -> std::path::PathBuf {
+pub(crate) fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .map(|p| {
@@ -103,7 +104,7 @@ fn target_dir() -> std::path::PathBuf {
 }
 
 /// Runs a workload program and keeps every stdout line that is a JSON record.
-fn collect(cmd: &mut Command) -> Vec<Value> {
+pub(crate) fn collect(cmd: &mut Command) -> Vec<Value> {
     let out = match cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output() {
         Ok(o) => o,
         Err(e) => {

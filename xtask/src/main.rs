@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask test-all`: formatting, clippy, every crate's tests under each start
 //!   method, doc tests, examples with their output checked, and a `/dev/shm` leak check.
+//!   With Open MPI installed, also mproc-mpi (feature `mpi`) under `mpirun`.
 //!   Ends with one line `N passed, N failed` and exits non-zero on any failure.
 //! - `cargo xtask bench [--quick] [--json FILE] [--filter S]`: mproc beside CPython and
 //!   the raw OS floor, in one run, with ratios.
@@ -11,6 +12,7 @@
 
 mod bench;
 mod examples;
+mod mpi;
 mod soak;
 mod test_all;
 

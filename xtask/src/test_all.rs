@@ -112,6 +112,9 @@ pub(crate) fn run(args: &[String]) -> bool {
     banner("examples");
     crate::examples::run_all(&mut t);
 
+    banner("MPI (mproc-mpi, feature `mpi`; needs Open MPI)");
+    crate::mpi::test_step(&mut t, nextest);
+
     banner("soak (short): cargo xtask soak --seconds 20");
     t.step(
         "soak (short)",
@@ -151,7 +154,7 @@ fn status(cmd: &mut Command) -> bool {
 }
 
 /// Runs `cmd`, echoing its stdout and stderr while keeping both for parsing.
-fn capture(cmd: &mut Command) -> (bool, String) {
+pub(crate) fn capture(cmd: &mut Command) -> (bool, String) {
     let Ok(mut child) = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() else {
         return (false, String::new());
     };
@@ -180,7 +183,7 @@ fn capture(cmd: &mut Command) -> (bool, String) {
 }
 
 /// From nextest's `Summary [..] N tests run: P passed, F failed, T timed out, S skipped`.
-fn nextest_counts(out: &str) -> (u64, u64) {
+pub(crate) fn nextest_counts(out: &str) -> (u64, u64) {
     let Some(line) = out
         .lines()
         .rev()
