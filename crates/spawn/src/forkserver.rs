@@ -2,15 +2,18 @@
 //! on request.
 //!
 //! - Started on first use by re-executing `/proc/self/exe` with the marker variable
-//!   [`SERVER_ENV`](crate::bootstrap::SERVER_ENV) = `v1:<nonce>:<parent pid>:<socket
-//!   fd>:<layout>:<preload offsets>`. The bootstrap constructor turns the copy into the
-//!   server before `main` runs, so it is single-threaded and holds no lock even when
-//!   the parent is multi-threaded. It runs the preload functions
-//!   ([`set_forkserver_preload`]) once, then serves.
+//!   [`SERVER_ENV`](crate::bootstrap::SERVER_ENV) = `v2:<nonce>:<session key>:<parent
+//!   pid>:<socket fd>`. The bootstrap constructor turns the copy into the server before
+//!   `main` runs, so it is single-threaded and holds no lock even when the parent is
+//!   multi-threaded. It checks that the socket's peer is its parent (`SO_PEERCRED`),
+//!   reads the parent's hello frame (the family secret and the preload functions, with
+//!   their build identity and type fingerprints, authenticated with the session key),
+//!   runs the preload functions ([`set_forkserver_preload`]) once, then serves.
 //! - A request is one frame on a Unix stream socket: a bootstrap message (as for spawn)
 //!   plus, with `SCM_RIGHTS`, the write end of a status pipe, the child's end of the
 //!   result socket, and the argument fds. The server forks; the child checks the message
-//!   exactly as a spawned child does, runs the target and reports on the result socket
+//!   exactly as a spawned child does (MAC under the session key, nonce, build identity,
+//!   code range, type fingerprint), runs the target and reports on the result socket
 //!   itself. The server answers with the child's pid and a pidfd opened right after the
 //!   fork (race-free: only the server reaps its children, by pid).
 //! - The parent cannot `waitpid` a grandchild, so the server reaps each child when its
@@ -43,6 +46,7 @@ use std::time::Duration;
 struct Server {
     sock: OwnedFd,
     nonce: u64,
+    key: [u8; 32],
     pidfd: Pidfd,
 }
 
@@ -115,7 +119,7 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
             enc.bytes.to_vec(),
             Vec::new(),
         );
-        let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
+        let frame = wire::encode_boot(&server.key, &boot).map_err(io::Error::other)?;
         let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (res_mine, res_theirs) = pair()?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![status_w.as_fd(), res_theirs.as_fd()];
@@ -186,19 +190,21 @@ fn request(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Re
 fn launch() -> io::Result<Server> {
     let (mine, theirs) = pair()?;
     let nonce = bootstrap::nonce();
+    let key = mproc_core::code::start_key(nonce);
     let parent = rustix::process::getpid().as_raw_nonzero().get();
-    let layout = mproc_core::code::layout() as i64;
-    let preload: Vec<String> = PRELOAD
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|f| mproc_core::code::offset_of(*f as usize) as i64)
-        .map(|o| o.to_string())
-        .collect();
+    // The hello: family secret, build identity, then (offset, fingerprint) per preload.
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&mproc_core::code::family_secret_for_child());
+    hello.extend_from_slice(&mproc_core::code::layout().to_le_bytes());
+    for f in PRELOAD.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        hello.extend_from_slice(&mproc_core::code::offset_of(*f as usize).to_le_bytes());
+        hello.extend_from_slice(&sys::ValidatedFn::sig().hash.to_le_bytes());
+    }
+    let hello = wire::seal_frame(&key, &wire::HELLO_MAGIC, &hello);
     let spec = format!(
-        "v1:{nonce:x}:{parent}:{}:{layout}:{}",
+        "v2:{nonce:x}:{}:{parent}:{}",
+        bootstrap::key_hex(&key),
         theirs.as_raw_fd(),
-        preload.join(",")
     );
     let mut cmd = std::process::Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
@@ -211,9 +217,18 @@ fn launch() -> io::Result<Server> {
     drop(child);
     drop(theirs);
     let pidfd = Pidfd::open(pid)?;
+    let head = FrameHeader {
+        nfds: 0,
+        len: hello.len() as u64,
+    };
+    let mut framed = head.to_bytes().to_vec();
+    framed.extend_from_slice(&hello);
+    // A server that died at once makes this fail; the first request then reports it.
+    let _ = send_all(mine.as_fd(), &framed);
     Ok(Server {
         sock: mine,
         nonce,
+        key,
         pidfd,
     })
 }
@@ -257,22 +272,16 @@ pub(crate) fn server_main(spec: &str) -> ! {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let mut it = spec.split(':');
     let parsed = (|| {
-        if it.next()? != "v1" {
+        if it.next()? != "v2" {
             return None;
         }
         let nonce = u64::from_str_radix(it.next()?, 16).ok()?;
+        let key = bootstrap::parse_key(it.next()?)?;
         let parent: i32 = it.next()?.parse().ok()?;
         let fd: i32 = it.next()?.parse().ok()?;
-        let layout: i64 = it.next()?.parse().ok()?;
-        let preload = it.next()?;
-        let preload: Option<Vec<i64>> = preload
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().ok())
-            .collect();
-        Some((nonce, parent, fd, layout, preload?))
+        it.next().is_none().then_some((nonce, key, parent, fd))
     })();
-    let Some((nonce, parent, fd, layout, preload)) = parsed else {
+    let Some((nonce, key, parent, fd)) = parsed else {
         server_fail(&format!("malformed {SERVER_ENV} value"))
     };
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
@@ -281,10 +290,22 @@ pub(crate) fn server_main(spec: &str) -> ! {
     let Some(sock) = sys::adopt_fd(fd) else {
         server_fail("the socket fd is not open")
     };
+    if let Err(why) = bootstrap::peer_is(&sock, parent) {
+        server_fail(&why)
+    }
+    // The handshake: nothing runs before the parent's authenticated hello arrived.
+    let hello = match read_request(&sock) {
+        Ok(Some((payload, _))) => payload,
+        _ => server_fail("no hello from the parent"),
+    };
+    let preload = match open_hello(&key, &hello) {
+        Ok(p) => p,
+        Err(why) => server_fail(&why),
+    };
     sys::ignore_sigpipe();
     mproc_core::code::warm();
-    for off in preload {
-        match sys::ValidatedFn::check(layout, off) {
+    for (layout, off, sig) in preload {
+        match sys::ValidatedFn::check(layout, off, sig) {
             Ok(f) => {
                 if std::panic::catch_unwind(|| f.run()).is_err() {
                     eprintln!("mproc: fork server: a preload function panicked");
@@ -293,10 +314,33 @@ pub(crate) fn server_main(spec: &str) -> ! {
             Err(why) => server_fail(&why),
         }
     }
-    serve(sock, nonce)
+    serve(sock, nonce, key)
 }
 
-fn serve(sock: OwnedFd, nonce: u64) -> ! {
+/// Authenticates the parent's hello, adopts its family secret; the preload functions as
+/// (build identity, offset, fingerprint).
+fn open_hello(key: &[u8; 32], frame: &[u8]) -> Result<Vec<(u64, u64, u64)>, String> {
+    let head: &[u8; wire::BOOT_HEADER] = frame
+        .get(..wire::BOOT_HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("short hello")?;
+    let (len, mac) = wire::parse_boot_header(head, &wire::HELLO_MAGIC)?;
+    let payload = &frame[wire::BOOT_HEADER..];
+    if payload.len() as u64 != len || len < 40 || (len - 40) % 16 != 0 {
+        return Err("malformed hello".into());
+    }
+    wire::check_mac(key, &wire::HELLO_MAGIC, &mac, payload)?;
+    let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    let family: [u8; 32] = payload[..32].try_into().expect("32 bytes");
+    mproc_core::code::adopt_family_secret(family).map_err(|e| e.to_string())?;
+    let layout = word(32);
+    Ok((40..payload.len())
+        .step_by(16)
+        .map(|i| (layout, word(i), word(i + 8)))
+        .collect())
+}
+
+fn serve(sock: OwnedFd, nonce: u64, key: [u8; 32]) -> ! {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let mut kids: Vec<Kid> = Vec::new();
     // After the parent closed the connection, keep reaping until the last child ended.
@@ -340,7 +384,7 @@ fn serve(sock: OwnedFd, nonce: u64) -> ! {
                         // on-exec, but fork keeps it) nor its siblings' fds.
                         drop(sock);
                         drop(kids);
-                        child_of_server(job, nonce, me)
+                        child_of_server(job, nonce, &key, me)
                     }
                     Err(_) => closing = true,
                 },
@@ -471,7 +515,7 @@ fn reply_err(sock: &OwnedFd, errno: i32) -> io::Result<()> {
 
 /// In the server's child: check the request like a spawned child checks its bootstrap,
 /// then run it.
-fn child_of_server(job: Job, nonce: u64, server: i32) -> ! {
+fn child_of_server(job: Job, nonce: u64, key: &[u8; 32], server: i32) -> ! {
     let Job {
         payload,
         arg_fds,
@@ -483,8 +527,8 @@ fn child_of_server(job: Job, nonce: u64, server: i32) -> ! {
     let Some(head) = head else {
         child::refuse(Some(&result), "short request")
     };
-    let boot = match wire::parse_boot_header(&head)
-        .and_then(|(_, sum)| wire::decode_boot(nonce, sum, &payload[wire::BOOT_HEADER..]))
+    let boot = match wire::parse_boot_header(&head, &wire::BOOT_MAGIC)
+        .and_then(|(_, mac)| wire::decode_boot(key, nonce, &mac, &payload[wire::BOOT_HEADER..]))
     {
         Ok(b) => b,
         Err(why) => child::refuse(Some(&result), &why),
@@ -493,7 +537,10 @@ fn child_of_server(job: Job, nonce: u64, server: i32) -> ! {
         Ok(e) => e,
         Err(why) => child::refuse(Some(&result), &why),
     };
+    if let Err(e) = mproc_core::code::adopt_family_secret(boot.family) {
+        child::refuse(Some(&result), &e.to_string());
+    }
     child::prepare(&boot.info, server);
-    let outcome = entry.run(&boot.args, arg_fds);
+    let outcome = entry.run(&boot.sig_name, &boot.args, arg_fds);
     child::finish(&result, outcome)
 }

@@ -24,7 +24,7 @@ enum Job {
     /// A `fn(A) -> R` and its arguments.
     Target {
         /// Address of `trampoline::<A, R>` (for spawn and forkserver).
-        tramp: usize,
+        tramp: sys::TargetEntry,
         /// Address of the target fn.
         target: usize,
         /// Encodes the arguments (kept, so a failed start can be retried).
@@ -39,7 +39,7 @@ enum Job {
 /// A job whose arguments are encoded, ready to cross into the child.
 pub(crate) enum Prepared {
     Target {
-        tramp: usize,
+        tramp: sys::TargetEntry,
         target: usize,
         enc: Encoded,
         local: LocalFn,
@@ -375,6 +375,7 @@ impl<R> Process<R> {
                 .map_err(ProcessError::Result),
             Some(Received::Panicked(m)) => Err(ProcessError::Panicked(m)),
             Some(Received::Failed(m)) => Err(ProcessError::ChildFailed(m)),
+            Some(Received::Refused(m)) => Err(ProcessError::Refused(m)),
             None if code < 0 => Err(ProcessError::Signaled(-code)),
             None => Err(ProcessError::Exited(code)),
         }
@@ -644,7 +645,8 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
         enc.bytes.to_vec(),
         arg_fds.clone(),
     );
-    let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
+    let key = mproc_core::code::start_key(nonce);
+    let frame = wire::encode_boot(&key, &boot).map_err(io::Error::other)?;
     let mut inherit = arg_fds;
     inherit.push(boot_theirs.as_raw_fd());
     inherit.push(res_theirs.as_raw_fd());
@@ -653,6 +655,7 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
         .unwrap_or_else(|| "mproc-child".into());
     let spec = bootstrap::spec_string(
         nonce,
+        &key,
         parent,
         boot_theirs.as_raw_fd(),
         res_theirs.as_raw_fd(),

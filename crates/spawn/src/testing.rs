@@ -18,11 +18,22 @@ pub enum Corruption {
     FlipPayloadByte(usize),
     /// The frame is cut after this many bytes.
     Truncate(usize),
-    /// The message was made for another start (different nonce, valid checksum).
+    /// The message was made for another start (different nonce, valid MAC).
     WrongNonce,
-    /// The target offset points outside the executable's code (checksum recomputed).
+    /// The frame is authenticated with another key than the start's (a forger who does
+    /// not hold the parent's secret).
+    WrongMac,
+    /// The target offset is moved to another function of the program, keeping the
+    /// frame's MAC (a forged offset).
+    ForgedTarget,
+    /// The message claims another build identity (valid MAC).
+    ForeignBuild,
+    /// The target's type fingerprint is that of `fn(u64) -> u64` (valid MAC), not of the
+    /// target's type.
+    WrongSignature,
+    /// The target offset points outside the executable's code (MAC recomputed).
     TargetOutsideCode,
-    /// The trampoline offset points outside the executable's code (checksum recomputed).
+    /// The trampoline offset points outside the executable's code (MAC recomputed).
     TrampolineOutsideCode,
     /// The marker variable is malformed.
     BadEnv,
@@ -64,13 +75,26 @@ where
         Corruption::WrongNonce => boot.nonce = nonce ^ 1,
         Corruption::TargetOutsideCode => boot.target = far,
         Corruption::TrampolineOutsideCode => boot.trampoline = -far,
+        Corruption::ForeignBuild => boot.layout ^= 2,
+        Corruption::WrongSignature => {
+            let other = mproc_core::code::FnSig::of::<fn(u64) -> u64, u64, u64>();
+            boot.sig = other.hash;
+            boot.sig_name = other.name.to_owned();
+        }
         _ => {}
     }
-    let mut frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
-    if c == Corruption::WrongNonce {
-        // Recompute the checksum with the wrong nonce, so only the nonce check fails.
-        let sum = wire::checksum(boot.nonce, &frame[wire::BOOT_HEADER..]);
-        frame[16..24].copy_from_slice(&sum.to_le_bytes());
+    let key = mproc_core::code::start_key(nonce);
+    let mut frame = match c {
+        Corruption::WrongMac => wire::encode_boot(&mproc_core::code::start_key(!nonce), &boot),
+        _ => wire::encode_boot(&key, &boot),
+    }
+    .map_err(io::Error::other)?;
+    if c == Corruption::ForgedTarget {
+        // Re-encode with another target offset but keep the original MAC.
+        let mac: [u8; 48] = frame[..wire::BOOT_HEADER].try_into().expect("header");
+        boot.target = mproc_core::code::offset_of(sys::exit_now as fn(i32) -> ! as usize) as i64;
+        frame = wire::encode_boot(&key, &boot).map_err(io::Error::other)?;
+        frame[..wire::BOOT_HEADER].copy_from_slice(&mac);
     }
     match c {
         Corruption::Garbage => {
@@ -94,7 +118,7 @@ where
     let spec = if c == Corruption::BadEnv {
         "v1:not-hex".to_owned()
     } else {
-        bootstrap::spec_string(nonce, parent, boot_fd, res_theirs.as_raw_fd())
+        bootstrap::spec_string(nonce, &key, parent, boot_fd, res_theirs.as_raw_fd())
     };
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.env(bootstrap::BOOT_ENV, spec)

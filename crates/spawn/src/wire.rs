@@ -9,7 +9,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// The bootstrap message a re-executed child (or a fork server's child) reads before
-/// running anything.
+/// running anything. It travels in a frame authenticated with the start's key
+/// ([`seal_frame`]).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 pub(crate) struct Boot {
     /// Must equal the nonce in the marker environment variable (spawn) or the server's
@@ -17,12 +18,19 @@ pub(crate) struct Boot {
     pub(crate) nonce: u64,
     /// The logical parent (the process that called `start`).
     pub(crate) parent_pid: i32,
-    /// `mproc_core::code::layout()` in the parent: the child checks its own.
+    /// `mproc_core::code::layout()` (the build identity) in the parent: the child
+    /// checks its own.
     pub(crate) layout: i64,
     /// Offset of the monomorphised trampoline (`mproc_core::code::offset_of`).
     pub(crate) trampoline: i64,
     /// Offset of the target fn (`mproc_core::code::offset_of`).
     pub(crate) target: i64,
+    /// `FnSig::hash` of the target's type; the trampoline checks it is its own.
+    pub(crate) sig: u64,
+    /// The target type's name, for the error if it is not.
+    pub(crate) sig_name: String,
+    /// The parent's family secret, which the child adopts (`mproc_core::code`).
+    pub(crate) family: [u8; 32],
     /// Name, daemon flag and identity of the child.
     pub(crate) info: ChildInfo,
     /// The encoded arguments.
@@ -33,52 +41,77 @@ pub(crate) struct Boot {
 }
 
 /// Magic of a bootstrap frame.
-pub(crate) const BOOT_MAGIC: [u8; 8] = *b"MPROCBT1";
-/// Bootstrap frame header: magic, payload length (u64 LE), checksum (u64 LE).
-pub(crate) const BOOT_HEADER: usize = 24;
+pub(crate) const BOOT_MAGIC: [u8; 8] = *b"MPROCBT2";
+/// Magic of a fork server's hello frame (family secret and preload functions).
+pub(crate) const HELLO_MAGIC: [u8; 8] = *b"MPROCFS2";
+/// Authenticated frame header: magic, payload length (u64 LE), HMAC-SHA256 of the
+/// magic, the length and the payload under the start's key.
+pub(crate) const BOOT_HEADER: usize = 48;
 /// Largest bootstrap payload accepted (arguments included).
 pub(crate) const BOOT_MAX: u64 = 1 << 32;
 
-/// FNV-1a over `bytes`, seeded with `nonce`: detects corruption and a message that
-/// belongs to another start.
-pub(crate) fn checksum(nonce: u64, bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ nonce;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+fn frame_mac(key: &[u8; 32], magic: &[u8; 8], payload: &[u8]) -> [u8; 32] {
+    mproc_core::code::mac(
+        key,
+        &[magic, &(payload.len() as u64).to_le_bytes(), payload],
+    )
 }
 
-/// The bootstrap frame: header + rkyv payload.
-pub(crate) fn encode_boot(boot: &Boot) -> Result<Vec<u8>, CodecError> {
+/// An authenticated frame: header (magic, length, MAC under `key`) + `payload`.
+pub(crate) fn seal_frame(key: &[u8; 32], magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BOOT_HEADER + payload.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&frame_mac(key, magic, payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The bootstrap frame: header + rkyv payload, authenticated with `key`.
+pub(crate) fn encode_boot(key: &[u8; 32], boot: &Boot) -> Result<Vec<u8>, CodecError> {
     let enc = codec::encode(boot)?;
-    let mut out = Vec::with_capacity(BOOT_HEADER + enc.bytes.len());
-    out.extend_from_slice(&BOOT_MAGIC);
-    out.extend_from_slice(&(enc.bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&checksum(boot.nonce, &enc.bytes).to_le_bytes());
-    out.extend_from_slice(&enc.bytes);
-    Ok(out)
+    Ok(seal_frame(key, &BOOT_MAGIC, &enc.bytes))
 }
 
-/// Parses a bootstrap header; returns (payload length, checksum).
-pub(crate) fn parse_boot_header(h: &[u8; BOOT_HEADER]) -> Result<(u64, u64), String> {
-    if h[..8] != BOOT_MAGIC {
+/// Parses an authenticated frame's header (`magic` expected); returns (payload length,
+/// MAC).
+pub(crate) fn parse_boot_header(
+    h: &[u8; BOOT_HEADER],
+    magic: &[u8; 8],
+) -> Result<(u64, [u8; 32]), String> {
+    if h[..8] != magic[..] {
         return Err("bad magic (not an mproc bootstrap message)".into());
     }
     let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
-    let sum = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    let mac: [u8; 32] = h[16..48].try_into().expect("32 bytes");
     if len == 0 || len > BOOT_MAX {
         return Err(format!("impossible payload length {len}"));
     }
-    Ok((len, sum))
+    Ok((len, mac))
 }
 
-/// Checks and decodes a bootstrap payload.
-pub(crate) fn decode_boot(nonce: u64, sum: u64, payload: &[u8]) -> Result<Boot, String> {
-    if checksum(nonce, payload) != sum {
-        return Err("checksum mismatch (corrupt or foreign data)".into());
+/// Checks a frame's MAC: the payload was written by whoever holds `key`.
+pub(crate) fn check_mac(
+    key: &[u8; 32],
+    magic: &[u8; 8],
+    mac: &[u8; 32],
+    payload: &[u8],
+) -> Result<(), String> {
+    if mproc_core::code::mac_eq(&frame_mac(key, magic, payload), mac) {
+        Ok(())
+    } else {
+        Err("MAC mismatch (not written by the parent: forged, corrupt or foreign data)".into())
     }
+}
+
+/// Authenticates and decodes a bootstrap payload.
+pub(crate) fn decode_boot(
+    key: &[u8; 32],
+    nonce: u64,
+    mac: &[u8; 32],
+    payload: &[u8],
+) -> Result<Boot, String> {
+    check_mac(key, &BOOT_MAGIC, mac, payload)?;
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
     let boot: Boot = codec::decode(&aligned, Vec::new()).map_err(|e| e.to_string())?;
@@ -92,6 +125,7 @@ pub(crate) fn decode_boot(nonce: u64, sum: u64, payload: &[u8]) -> Result<Boot, 
 const TAG_VALUE: u8 = 0;
 const TAG_PANIC: u8 = 1;
 const TAG_FAILED: u8 = 2;
+const TAG_REFUSED: u8 = 3;
 /// Payload prefix before the data (keeps the data 16-byte aligned in the receiver).
 const PREFIX: usize = 16;
 
@@ -101,6 +135,7 @@ pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: Outcome) -> io::Resul
         Outcome::Value(enc) => (TAG_VALUE, enc.bytes.to_vec(), enc.fds),
         Outcome::Panicked(m) => (TAG_PANIC, m.into_bytes(), Vec::new()),
         Outcome::Failed(m) => (TAG_FAILED, m.into_bytes(), Vec::new()),
+        Outcome::Refused(m) => (TAG_REFUSED, m.into_bytes(), Vec::new()),
     };
     let head = FrameHeader {
         nfds: fds.len() as u32,
@@ -131,6 +166,8 @@ pub(crate) enum Received<'a> {
     Panicked(String),
     /// Why the child could not run or report the target.
     Failed(String),
+    /// Why the child refused its bootstrap (nothing ran).
+    Refused(String),
 }
 
 /// The parent's end of the result channel (non-blocking), with what arrived so far.
@@ -226,6 +263,7 @@ impl ResultReader {
             TAG_VALUE => Received::Value(data, std::mem::take(&mut self.fds)),
             TAG_PANIC => Received::Panicked(String::from_utf8_lossy(data).into_owned()),
             TAG_FAILED => Received::Failed(String::from_utf8_lossy(data).into_owned()),
+            TAG_REFUSED => Received::Refused(String::from_utf8_lossy(data).into_owned()),
             t => Received::Failed(format!("corrupt result frame (tag {t})")),
         })
     }

@@ -175,6 +175,10 @@ fn corrupt_bootstrap_data_is_refused_and_nothing_runs() {
         Corruption::Truncate(10),
         Corruption::Truncate(40),
         Corruption::WrongNonce,
+        Corruption::WrongMac,
+        Corruption::ForgedTarget,
+        Corruption::ForeignBuild,
+        Corruption::WrongSignature,
         Corruption::TargetOutsideCode,
         Corruption::TrampolineOutsideCode,
         Corruption::BadEnv,
@@ -190,6 +194,29 @@ fn corrupt_bootstrap_data_is_refused_and_nothing_runs() {
             "{c:?}: stderr was {err:?}"
         );
         assert!(out.stdout.is_empty(), "{c:?}: the harness must not run");
+        assert!(!path.exists(), "{c:?}: the target must never run");
+    }
+}
+
+#[test]
+fn forged_bootstraps_are_refused_with_the_reason() {
+    for (c, needles) in [
+        (Corruption::WrongMac, &["MAC mismatch"][..]),
+        (Corruption::ForgedTarget, &["MAC mismatch"][..]),
+        (Corruption::ForeignBuild, &["another build"][..]),
+        (
+            Corruption::WrongSignature,
+            &["type mismatch", "fn(alloc::string::String) -> u32", "fn(u64) -> u64"][..],
+        ),
+    ] {
+        let path = unique_path("forged");
+        let out = spawn_corrupt(creates_file, path.display().to_string(), c).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(70), "{c:?}: {:?} {err}", out.status);
+        for n in needles {
+            assert!(err.contains(n), "{c:?}: {n:?} not in {err:?}");
+        }
+        assert!(!err.contains("0x"), "{c:?}: no address in {err:?}");
         assert!(!path.exists(), "{c:?}: the target must never run");
     }
 }
