@@ -120,7 +120,10 @@ pub fn secure_mode() -> bool {
 pub fn checked_addr(build: u64, offset: u64) -> Result<usize, CodeError> {
     let ours = layout();
     if build != ours {
-        return Err(CodeError::ForeignBuild { ours, theirs: build });
+        return Err(CodeError::ForeignBuild {
+            ours,
+            theirs: build,
+        });
     }
     code_addr(offset).ok_or(CodeError::OutsideCode)
 }
@@ -189,7 +192,6 @@ fn code_ranges() -> &'static [(usize, usize)] {
             .collect()
     })
 }
-
 
 // ---------------------------------------------------------------------------------
 // Type fingerprints.
@@ -484,7 +486,10 @@ mod tests {
             checked_addr(layout() ^ 2, offset_of(f)),
             Err(CodeError::ForeignBuild { .. })
         ));
-        assert_eq!(checked_addr(layout(), u64::MAX / 2), Err(CodeError::OutsideCode));
+        assert_eq!(
+            checked_addr(layout(), u64::MAX / 2),
+            Err(CodeError::OutsideCode)
+        );
     }
 
     #[test]
@@ -495,7 +500,10 @@ mod tests {
         assert_ne!(a.hash, b.hash);
         let e = a.check(b.hash, Some(b.name)).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("fn(u64) -> u64") && text.contains("String"), "{text}");
+        assert!(
+            text.contains("fn(u64) -> u64") && text.contains("String"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -511,10 +519,15 @@ mod tests {
         };
         assert_eq!(unseal(&moved, sig), Err(CodeError::NotSealed));
         let mut forged = s;
-        forged.tag = mac(&[9u8; 32], &[b"mproc sealed fn"])[..16].try_into().unwrap();
+        forged.tag = mac(&[9u8; 32], &[b"mproc sealed fn"])[..16]
+            .try_into()
+            .unwrap();
         assert_eq!(unseal(&forged, sig), Err(CodeError::NotSealed));
         let other = FnSig::of::<fn() -> u32, (), u32>();
-        assert!(matches!(unseal(&s, other), Err(CodeError::Signature { .. })));
+        assert!(matches!(
+            unseal(&s, other),
+            Err(CodeError::Signature { .. })
+        ));
         // No error text shows an address.
         for e in [CodeError::NotSealed, CodeError::OutsideCode] {
             assert!(!e.to_string().contains("0x"));

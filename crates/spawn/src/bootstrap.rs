@@ -153,7 +153,10 @@ pub(crate) fn spec_string(
     boot_fd: i32,
     result_fd: i32,
 ) -> String {
-    format!("v2:{nonce:x}:{}:{parent}:{boot_fd}:{result_fd}", key_hex(key))
+    format!(
+        "v2:{nonce:x}:{}:{parent}:{boot_fd}:{result_fd}",
+        key_hex(key)
+    )
 }
 
 /// Whether the peer of socket `fd` is the process `pid` (the kernel's `SO_PEERCRED`:
@@ -295,7 +298,10 @@ mod tests {
         let key = code::start_key(5);
         let s = spec_string(0xab, &key, 12, 3, 4);
         let p = parse_spec(&s).unwrap();
-        assert_eq!((p.nonce, p.key, p.parent, p.boot_fd, p.result_fd), (0xab, key, 12, 3, 4));
+        assert_eq!(
+            (p.nonce, p.key, p.parent, p.boot_fd, p.result_fd),
+            (0xab, key, 12, 3, 4)
+        );
         assert!(parse_spec(&s.replacen("v2", "v1", 1)).is_none());
         assert!(parse_key("zz").is_none());
     }

@@ -206,7 +206,11 @@ fn forged_bootstraps_are_refused_with_the_reason() {
         (Corruption::ForeignBuild, &["another build"][..]),
         (
             Corruption::WrongSignature,
-            &["type mismatch", "fn(alloc::string::String) -> u32", "fn(u64) -> u64"][..],
+            &[
+                "type mismatch",
+                "fn(alloc::string::String) -> u32",
+                "fn(u64) -> u64",
+            ][..],
         ),
     ] {
         let path = unique_path("forged");
