@@ -12,9 +12,11 @@
 //! dispatches only after a valid handshake over the bootstrap fd:
 //! - the fd is a Unix socket whose peer is the parent named in the marker, which is the
 //!   process's real parent (the kernel's `SO_PEERCRED` and `getppid`);
-//! - the frame's magic, length and HMAC-SHA256 under the start key (the key is derived
-//!   by the parent from its random family secret and the nonce, and reaches the child
-//!   only through the marker: bytes written by anyone else fail);
+//! - the frame's magic, lengths and HMAC-SHA256 under the start key over the control
+//!   message, everything that decides what runs (the key is derived by the parent from
+//!   its random family secret and the nonce, and reaches the child only through the
+//!   marker: bytes written by anyone else fail); the encoded arguments follow it and
+//!   are validated by the codec like any message;
 //! - rkyv's validation of the payload;
 //! - the nonce inside the payload equals the one in the environment;
 //! - the build identity ([`mproc_core::code::layout`]) equals the parent's;
@@ -188,7 +190,7 @@ fn spawned_child(spec: &str) -> ! {
     if let Err(why) = peer_is(&boot_fd, spec.parent) {
         child::refuse(Some(&result), &why)
     }
-    let boot = match read_boot(boot_fd, &spec.key, spec.nonce) {
+    let (boot, args) = match read_boot(boot_fd, &spec.key, spec.nonce) {
         Ok(b) => b,
         Err(why) => child::refuse(Some(&result), &why),
     };
@@ -212,28 +214,36 @@ fn spawned_child(spec: &str) -> ! {
     }
     sys::ignore_sigpipe();
     child::prepare(&boot.info, spec.parent);
-    let outcome = entry.run(&boot.sig_name, &boot.args, fds);
+    let outcome = entry.run(&boot.sig_name, &args, fds);
     child::finish(&result, outcome)
 }
 
-fn read_boot(fd: OwnedFd, key: &[u8; 32], nonce: u64) -> Result<wire::Boot, String> {
+/// Reads and authenticates the bootstrap message; the message and the arguments.
+fn read_boot(fd: OwnedFd, key: &[u8; 32], nonce: u64) -> Result<(wire::Boot, Vec<u8>), String> {
     let mut f = std::fs::File::from(fd);
     let mut head = [0u8; wire::BOOT_HEADER];
     f.read_exact(&mut head)
         .map_err(|e| format!("short bootstrap header: {e}"))?;
-    let (len, mac) = wire::parse_boot_header(&head, &wire::BOOT_MAGIC)?;
-    let mut payload = Vec::new();
-    (&mut f)
-        .take(len)
-        .read_to_end(&mut payload)
-        .map_err(|e| format!("reading the bootstrap payload: {e}"))?;
-    if payload.len() as u64 != len {
-        return Err(format!(
-            "truncated bootstrap payload ({} of {len} bytes)",
-            payload.len()
-        ));
-    }
-    wire::decode_boot(key, nonce, &mac, &payload)
+    let h = wire::parse_boot_header(&head, &wire::BOOT_MAGIC)?;
+    let mut read = |len: u64, what: &str| -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("reading the bootstrap {what}: {e}"))?;
+        if buf.len() as u64 != len {
+            return Err(format!(
+                "truncated bootstrap {what} ({} of {len} bytes)",
+                buf.len()
+            ));
+        }
+        Ok(buf)
+    };
+    let ctrl = read(h.ctrl_len, "message")?;
+    // Authenticate before reading further.
+    let boot = wire::decode_boot(key, nonce, &h, &ctrl)?;
+    let args = read(h.trailer_len, "arguments")?;
+    Ok((boot, args))
 }
 
 /// Builds the bootstrap message for a target.
@@ -242,7 +252,6 @@ pub(crate) fn make_boot(
     entry: sys::TargetEntry,
     target: usize,
     info: ChildInfo,
-    args: Vec<u8>,
     fds: Vec<i32>,
 ) -> wire::Boot {
     wire::Boot {
@@ -255,7 +264,6 @@ pub(crate) fn make_boot(
         sig_name: entry.sig.name.to_owned(),
         family: code::family_secret_for_child(),
         info,
-        args,
         fds,
     }
 }

@@ -93,8 +93,21 @@ pub(crate) fn reset_after_fork() {
     }
 }
 
+/// Builds a request frame from a bootstrap message and the session key (mproc's own
+/// tests use it to send damaged requests).
+pub(crate) type Tamper<'a> = &'a dyn Fn(wire::Boot, &[u8; 32], &[u8]) -> io::Result<Vec<u8>>;
+
 /// Starts a child through the fork server (starting the server if needed).
 pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
+    start_tampered(prepared, info, None)
+}
+
+/// As [`start`], the request frame built by `tamper` if given.
+pub(crate) fn start_tampered(
+    prepared: Prepared,
+    info: ChildInfo,
+    tamper: Option<Tamper<'_>>,
+) -> io::Result<Started> {
     let Prepared::Target {
         tramp, target, enc, ..
     } = prepared
@@ -111,15 +124,11 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
         }
         let server = guard.as_ref().expect("just set");
         SERVER_FD.store(server.sock.as_raw_fd(), Ordering::Release);
-        let boot = bootstrap::make_boot(
-            server.nonce,
-            tramp,
-            target,
-            info.clone(),
-            enc.bytes.to_vec(),
-            Vec::new(),
-        );
-        let frame = wire::encode_boot(&server.key, &boot).map_err(io::Error::other)?;
+        let boot = bootstrap::make_boot(server.nonce, tramp, target, info.clone(), Vec::new());
+        let frame = match tamper {
+            Some(t) => t(boot, &server.key, &enc.bytes)?,
+            None => wire::encode_boot(&server.key, &boot, &enc.bytes).map_err(io::Error::other)?,
+        };
         let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (res_mine, res_theirs) = pair()?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![status_w.as_fd(), res_theirs.as_fd()];
@@ -200,7 +209,7 @@ fn launch() -> io::Result<Server> {
         hello.extend_from_slice(&mproc_core::code::offset_of(*f as usize).to_le_bytes());
         hello.extend_from_slice(&sys::ValidatedFn::sig().hash.to_le_bytes());
     }
-    let hello = wire::seal_frame(&key, &wire::HELLO_MAGIC, &hello);
+    let hello = wire::seal_frame(&key, &wire::HELLO_MAGIC, &hello, &[]);
     let spec = format!(
         "v2:{nonce:x}:{}:{parent}:{}",
         bootstrap::key_hex(&key),
@@ -320,21 +329,17 @@ pub(crate) fn server_main(spec: &str) -> ! {
 /// Authenticates the parent's hello, adopts its family secret; the preload functions as
 /// (build identity, offset, fingerprint).
 fn open_hello(key: &[u8; 32], frame: &[u8]) -> Result<Vec<(u64, u64, u64)>, String> {
-    let head: &[u8; wire::BOOT_HEADER] = frame
-        .get(..wire::BOOT_HEADER)
-        .and_then(|h| h.try_into().ok())
-        .ok_or("short hello")?;
-    let (len, mac) = wire::parse_boot_header(head, &wire::HELLO_MAGIC)?;
-    let payload = &frame[wire::BOOT_HEADER..];
-    if payload.len() as u64 != len || len < 40 || (len - 40) % 16 != 0 {
+    let (h, payload, trailer) = wire::split_frame(frame, &wire::HELLO_MAGIC)?;
+    let len = payload.len();
+    if !trailer.is_empty() || len < 40 || (len - 40) % 16 != 0 {
         return Err("malformed hello".into());
     }
-    wire::check_mac(key, &wire::HELLO_MAGIC, &mac, payload)?;
+    wire::check_mac(key, &wire::HELLO_MAGIC, &h, payload)?;
     let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
     let family: [u8; 32] = payload[..32].try_into().expect("32 bytes");
     mproc_core::code::adopt_family_secret(family).map_err(|e| e.to_string())?;
     let layout = word(32);
-    Ok((40..payload.len())
+    Ok((40..len)
         .step_by(16)
         .map(|i| (layout, word(i), word(i + 8)))
         .collect())
@@ -521,14 +526,8 @@ fn child_of_server(job: Job, nonce: u64, key: &[u8; 32], server: i32) -> ! {
         arg_fds,
         result,
     } = job;
-    let head: Option<[u8; wire::BOOT_HEADER]> = payload
-        .get(..wire::BOOT_HEADER)
-        .and_then(|h| h.try_into().ok());
-    let Some(head) = head else {
-        child::refuse(Some(&result), "short request")
-    };
-    let boot = match wire::parse_boot_header(&head, &wire::BOOT_MAGIC)
-        .and_then(|(_, mac)| wire::decode_boot(key, nonce, &mac, &payload[wire::BOOT_HEADER..]))
+    let (boot, args) = match wire::split_frame(&payload, &wire::BOOT_MAGIC)
+        .and_then(|(h, ctrl, args)| Ok((wire::decode_boot(key, nonce, &h, ctrl)?, args)))
     {
         Ok(b) => b,
         Err(why) => child::refuse(Some(&result), &why),
@@ -541,6 +540,6 @@ fn child_of_server(job: Job, nonce: u64, key: &[u8; 32], server: i32) -> ! {
         child::refuse(Some(&result), &e.to_string());
     }
     child::prepare(&boot.info, server);
-    let outcome = entry.run(&boot.sig_name, &boot.args, arg_fds);
+    let outcome = entry.run(&boot.sig_name, args, arg_fds);
     child::finish(&result, outcome)
 }

@@ -637,16 +637,9 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
     let nonce = bootstrap::nonce();
     let parent = rustix::process::getpid().as_raw_nonzero().get();
     let arg_fds: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let boot = bootstrap::make_boot(
-        nonce,
-        tramp,
-        target,
-        info,
-        enc.bytes.to_vec(),
-        arg_fds.clone(),
-    );
+    let boot = bootstrap::make_boot(nonce, tramp, target, info, arg_fds.clone());
     let key = mproc_core::code::start_key(nonce);
-    let frame = wire::encode_boot(&key, &boot).map_err(io::Error::other)?;
+    let frame = wire::encode_boot(&key, &boot, &enc.bytes).map_err(io::Error::other)?;
     let mut inherit = arg_fds;
     inherit.push(boot_theirs.as_raw_fd());
     inherit.push(res_theirs.as_raw_fd());

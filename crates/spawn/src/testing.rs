@@ -14,7 +14,7 @@ pub enum Corruption {
     Garbage,
     /// The frame's magic is wrong.
     BadMagic,
-    /// One payload byte is flipped (the checksum no longer matches).
+    /// One byte of the authenticated message is flipped (the MAC no longer matches).
     FlipPayloadByte(usize),
     /// The frame is cut after this many bytes.
     Truncate(usize),
@@ -62,54 +62,15 @@ where
         method: crate::StartMethod::Spawn.code(),
     };
     let arg_fds: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut boot = bootstrap::make_boot(
+    let boot = bootstrap::make_boot(
         nonce,
         sys::trampoline_addr::<A, R>(),
         sys::fn_addr(target),
         info,
-        enc.bytes.to_vec(),
         arg_fds.clone(),
     );
-    let far = i64::MAX / 4;
-    match c {
-        Corruption::WrongNonce => boot.nonce = nonce ^ 1,
-        Corruption::TargetOutsideCode => boot.target = far,
-        Corruption::TrampolineOutsideCode => boot.trampoline = -far,
-        Corruption::ForeignBuild => boot.layout ^= 2,
-        Corruption::WrongSignature => {
-            let other = mproc_core::code::FnSig::of::<fn(u64) -> u64, u64, u64>();
-            boot.sig = other.hash;
-            boot.sig_name = other.name.to_owned();
-        }
-        _ => {}
-    }
     let key = mproc_core::code::start_key(nonce);
-    let mut frame = match c {
-        Corruption::WrongMac => wire::encode_boot(&mproc_core::code::start_key(!nonce), &boot),
-        _ => wire::encode_boot(&key, &boot),
-    }
-    .map_err(io::Error::other)?;
-    if c == Corruption::ForgedTarget {
-        // Re-encode with another target offset but keep the original MAC.
-        let mac: [u8; 48] = frame[..wire::BOOT_HEADER].try_into().expect("header");
-        boot.target = mproc_core::code::offset_of(sys::exit_now as fn(i32) -> ! as usize) as i64;
-        frame = wire::encode_boot(&key, &boot).map_err(io::Error::other)?;
-        frame[..wire::BOOT_HEADER].copy_from_slice(&mac);
-    }
-    match c {
-        Corruption::Garbage => {
-            frame = (0..frame.len())
-                .map(|i| (i as u8).wrapping_mul(73).wrapping_add(11))
-                .collect()
-        }
-        Corruption::BadMagic => frame[0] ^= 0xff,
-        Corruption::FlipPayloadByte(i) => {
-            let n = frame.len() - wire::BOOT_HEADER;
-            frame[wire::BOOT_HEADER + i % n] ^= 0x5a;
-        }
-        Corruption::Truncate(n) => frame.truncate(n.min(frame.len())),
-        _ => {}
-    }
+    let frame = damaged_frame(boot, &key, &enc.bytes, c)?;
     let boot_fd = if c == Corruption::ClosedBootFd {
         1000
     } else {
@@ -138,4 +99,103 @@ where
     let out = child.wait_with_output();
     drop(res_mine);
     out
+}
+
+/// The bootstrap frame of `boot` under `key`, damaged as `c` says.
+fn damaged_frame(
+    mut boot: wire::Boot,
+    key: &[u8; 32],
+    args: &[u8],
+    c: Corruption,
+) -> io::Result<Vec<u8>> {
+    let far = i64::MAX / 4;
+    match c {
+        Corruption::WrongNonce => boot.nonce ^= 1,
+        Corruption::TargetOutsideCode => boot.target = far,
+        Corruption::TrampolineOutsideCode => boot.trampoline = -far,
+        Corruption::ForeignBuild => boot.layout ^= 2,
+        Corruption::WrongSignature => {
+            let other = mproc_core::code::FnSig::of::<fn(u64) -> u64, u64, u64>();
+            boot.sig = other.hash;
+            boot.sig_name = other.name.to_owned();
+        }
+        _ => {}
+    }
+    let mut frame = match c {
+        Corruption::WrongMac => {
+            wire::encode_boot(&mproc_core::code::start_key(!boot.nonce), &boot, args)
+        }
+        _ => wire::encode_boot(key, &boot, args),
+    }
+    .map_err(io::Error::other)?;
+    if c == Corruption::ForgedTarget {
+        // Re-encode with another target offset but keep the original MAC.
+        let mac: [u8; wire::BOOT_HEADER] = frame[..wire::BOOT_HEADER].try_into().expect("header");
+        boot.target = mproc_core::code::offset_of(sys::exit_now as fn(i32) -> ! as usize) as i64;
+        frame = wire::encode_boot(key, &boot, args).map_err(io::Error::other)?;
+        frame[..wire::BOOT_HEADER].copy_from_slice(&mac);
+    }
+    match c {
+        Corruption::Garbage => {
+            frame = (0..frame.len())
+                .map(|i| (i as u8).wrapping_mul(73).wrapping_add(11))
+                .collect()
+        }
+        Corruption::BadMagic => frame[0] ^= 0xff,
+        Corruption::FlipPayloadByte(i) => {
+            let n = frame.len() - wire::BOOT_HEADER - args.len();
+            frame[wire::BOOT_HEADER + i % n] ^= 0x5a;
+        }
+        Corruption::Truncate(n) => frame.truncate(n.min(frame.len())),
+        _ => {}
+    }
+    Ok(frame)
+}
+
+/// Starts `target(args)` through the fork server with its request damaged as `c` says
+/// (the corruptions of the marker variable and fds do not apply); waits for the child
+/// and returns its exit code and, if it reported one, its refusal or failure text.
+pub fn forkserver_corrupt<A, R>(
+    target: fn(A) -> R,
+    args: A,
+    c: Corruption,
+) -> io::Result<(i32, Option<String>)>
+where
+    A: Message + Send + 'static,
+    R: Message + 'static,
+{
+    let enc = codec::encode(&args).map_err(io::Error::other)?;
+    let prepared = crate::process::Prepared::Target {
+        tramp: sys::trampoline_addr::<A, R>(),
+        target: sys::fn_addr(target),
+        enc,
+        local: Box::new(|_, _| crate::child::Outcome::Failed("not local".into())),
+    };
+    let parent = rustix::process::getpid().as_raw_nonzero().get();
+    let info = ChildInfo {
+        name: "corrupt".into(),
+        daemon: false,
+        identity: vec![0],
+        parent_pid: parent,
+        parent_name: "MainProcess".into(),
+        method: crate::StartMethod::ForkServer.code(),
+    };
+    let tamper =
+        move |boot: wire::Boot, key: &[u8; 32], args: &[u8]| damaged_frame(boot, key, args, c);
+    let mut started = crate::launcher::run_long_lived(move || {
+        crate::forkserver::start_tampered(prepared, info, Some(&tamper))
+    })?;
+    let status = started
+        .status
+        .take()
+        .ok_or_else(|| io::Error::other("no status pipe"))?;
+    let code = crate::forkserver::read_status(status.as_fd(), &started.pidfd)?;
+    started.reader.pump()?;
+    let text = match started.reader.take() {
+        Some(wire::Received::Refused(m) | wire::Received::Failed(m)) => Some(m),
+        Some(wire::Received::Panicked(m)) => Some(format!("panicked: {m}")),
+        Some(wire::Received::Value(..)) => Some("returned a value".into()),
+        None => None,
+    };
+    Ok((code, text))
 }

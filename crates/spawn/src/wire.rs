@@ -9,8 +9,11 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// The bootstrap message a re-executed child (or a fork server's child) reads before
-/// running anything. It travels in a frame authenticated with the start's key
-/// ([`seal_frame`]).
+/// running anything: everything that decides what runs. It travels in a frame
+/// authenticated with the start's key ([`seal_frame`]), followed by the encoded
+/// arguments, which the MAC does not cover (hashing megabytes of arguments would cost
+/// more than the start; they are validated by the codec like any message, and cannot
+/// choose what runs).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 pub(crate) struct Boot {
     /// Must equal the nonce in the marker environment variable (spawn) or the server's
@@ -33,8 +36,6 @@ pub(crate) struct Boot {
     pub(crate) family: [u8; 32],
     /// Name, daemon flag and identity of the child.
     pub(crate) info: ChildInfo,
-    /// The encoded arguments.
-    pub(crate) args: Vec<u8>,
     /// Spawn: the raw numbers of the inherited argument fds, in codec order.
     /// Forkserver: empty (the fds arrive with `SCM_RIGHTS`).
     pub(crate) fds: Vec<i32>,
@@ -44,81 +45,124 @@ pub(crate) struct Boot {
 pub(crate) const BOOT_MAGIC: [u8; 8] = *b"MPROCBT2";
 /// Magic of a fork server's hello frame (family secret and preload functions).
 pub(crate) const HELLO_MAGIC: [u8; 8] = *b"MPROCFS2";
-/// Authenticated frame header: magic, payload length (u64 LE), HMAC-SHA256 of the
-/// magic, the length and the payload under the start's key.
-pub(crate) const BOOT_HEADER: usize = 48;
+/// Authenticated frame header: magic, control length (u64 LE), trailer length (u64 LE),
+/// HMAC-SHA256 of the magic, both lengths and the control bytes under the start's key.
+/// The control bytes follow, then the trailer (the arguments).
+pub(crate) const BOOT_HEADER: usize = 56;
 /// Largest bootstrap payload accepted (arguments included).
 pub(crate) const BOOT_MAX: u64 = 1 << 32;
 
-fn frame_mac(key: &[u8; 32], magic: &[u8; 8], payload: &[u8]) -> [u8; 32] {
+fn frame_mac(key: &[u8; 32], magic: &[u8; 8], ctrl: &[u8], trailer_len: u64) -> [u8; 32] {
     mproc_core::code::mac(
         key,
-        &[magic, &(payload.len() as u64).to_le_bytes(), payload],
+        &[
+            magic,
+            &(ctrl.len() as u64).to_le_bytes(),
+            &trailer_len.to_le_bytes(),
+            ctrl,
+        ],
     )
 }
 
-/// An authenticated frame: header (magic, length, MAC under `key`) + `payload`.
-pub(crate) fn seal_frame(key: &[u8; 32], magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(BOOT_HEADER + payload.len());
+/// An authenticated frame: header (magic, lengths, MAC under `key`), `ctrl`, `trailer`.
+pub(crate) fn seal_frame(key: &[u8; 32], magic: &[u8; 8], ctrl: &[u8], trailer: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BOOT_HEADER + ctrl.len() + trailer.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&frame_mac(key, magic, payload));
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&(ctrl.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(trailer.len() as u64).to_le_bytes());
+    out.extend_from_slice(&frame_mac(key, magic, ctrl, trailer.len() as u64));
+    out.extend_from_slice(ctrl);
+    out.extend_from_slice(trailer);
     out
 }
 
-/// The bootstrap frame: header + rkyv payload, authenticated with `key`.
-pub(crate) fn encode_boot(key: &[u8; 32], boot: &Boot) -> Result<Vec<u8>, CodecError> {
+/// The bootstrap frame: header, the rkyv `Boot` (authenticated with `key`), the
+/// encoded arguments.
+pub(crate) fn encode_boot(key: &[u8; 32], boot: &Boot, args: &[u8]) -> Result<Vec<u8>, CodecError> {
     let enc = codec::encode(boot)?;
-    Ok(seal_frame(key, &BOOT_MAGIC, &enc.bytes))
+    Ok(seal_frame(key, &BOOT_MAGIC, &enc.bytes, args))
 }
 
-/// Parses an authenticated frame's header (`magic` expected); returns (payload length,
-/// MAC).
+/// A parsed authenticated frame header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SealedHeader {
+    pub(crate) ctrl_len: u64,
+    pub(crate) trailer_len: u64,
+    pub(crate) mac: [u8; 32],
+}
+
+/// Parses an authenticated frame's header (`magic` expected).
 pub(crate) fn parse_boot_header(
     h: &[u8; BOOT_HEADER],
     magic: &[u8; 8],
-) -> Result<(u64, [u8; 32]), String> {
+) -> Result<SealedHeader, String> {
     if h[..8] != magic[..] {
         return Err("bad magic (not an mproc bootstrap message)".into());
     }
-    let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
-    let mac: [u8; 32] = h[16..48].try_into().expect("32 bytes");
-    if len == 0 || len > BOOT_MAX {
-        return Err(format!("impossible payload length {len}"));
+    let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    let (ctrl_len, trailer_len) = (word(8), word(16));
+    let mac: [u8; 32] = h[24..56].try_into().expect("32 bytes");
+    if ctrl_len == 0 || ctrl_len > BOOT_MAX || trailer_len > BOOT_MAX - ctrl_len {
+        return Err(format!(
+            "impossible payload lengths {ctrl_len}, {trailer_len}"
+        ));
     }
-    Ok((len, mac))
+    Ok(SealedHeader {
+        ctrl_len,
+        trailer_len,
+        mac,
+    })
 }
 
-/// Checks a frame's MAC: the payload was written by whoever holds `key`.
+/// Checks a frame's MAC: the control bytes (and the trailer's length) were written by
+/// whoever holds `key`.
 pub(crate) fn check_mac(
     key: &[u8; 32],
     magic: &[u8; 8],
-    mac: &[u8; 32],
-    payload: &[u8],
+    h: &SealedHeader,
+    ctrl: &[u8],
 ) -> Result<(), String> {
-    if mproc_core::code::mac_eq(&frame_mac(key, magic, payload), mac) {
+    if mproc_core::code::mac_eq(&frame_mac(key, magic, ctrl, h.trailer_len), &h.mac) {
         Ok(())
     } else {
         Err("MAC mismatch (not written by the parent: forged, corrupt or foreign data)".into())
     }
 }
 
-/// Authenticates and decodes a bootstrap payload.
+/// Authenticates and decodes a bootstrap message's control bytes.
 pub(crate) fn decode_boot(
     key: &[u8; 32],
     nonce: u64,
-    mac: &[u8; 32],
-    payload: &[u8],
+    h: &SealedHeader,
+    ctrl: &[u8],
 ) -> Result<Boot, String> {
-    check_mac(key, &BOOT_MAGIC, mac, payload)?;
-    let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
+    check_mac(key, &BOOT_MAGIC, h, ctrl)?;
+    let mut aligned = AlignedVec::<16>::with_capacity(ctrl.len());
+    aligned.extend_from_slice(ctrl);
     let boot: Boot = codec::decode(&aligned, Vec::new()).map_err(|e| e.to_string())?;
     if boot.nonce != nonce {
         return Err("nonce mismatch (message belongs to another start)".into());
     }
     Ok(boot)
+}
+
+/// Splits a whole authenticated frame (as the fork server receives it) into its
+/// checked header, control bytes and trailer.
+pub(crate) fn split_frame<'a>(
+    frame: &'a [u8],
+    magic: &[u8; 8],
+) -> Result<(SealedHeader, &'a [u8], &'a [u8]), String> {
+    let head: &[u8; BOOT_HEADER] = frame
+        .get(..BOOT_HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("short request")?;
+    let h = parse_boot_header(head, magic)?;
+    let rest = &frame[BOOT_HEADER..];
+    if rest.len() as u64 != h.ctrl_len + h.trailer_len {
+        return Err("truncated request".into());
+    }
+    let (ctrl, trailer) = rest.split_at(h.ctrl_len as usize);
+    Ok((h, ctrl, trailer))
 }
 
 /// Outcome tags on the result channel.

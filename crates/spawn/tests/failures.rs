@@ -225,6 +225,38 @@ fn forged_bootstraps_are_refused_with_the_reason() {
     }
 }
 
+#[test]
+fn forged_forkserver_requests_are_refused_and_the_server_goes_on() {
+    for (c, needle) in [
+        (Corruption::WrongMac, "MAC mismatch"),
+        (Corruption::ForgedTarget, "MAC mismatch"),
+        (Corruption::WrongNonce, "nonce mismatch"),
+        (Corruption::ForeignBuild, "another build"),
+        (Corruption::WrongSignature, "fn(u64) -> u64"),
+        (Corruption::TargetOutsideCode, "does not point into"),
+        (Corruption::FlipPayloadByte(5), "MAC mismatch"),
+    ] {
+        let path = unique_path("forged-fs");
+        let (code, text) =
+            mproc_spawn::testing::forkserver_corrupt(creates_file, path.display().to_string(), c)
+                .unwrap();
+        let text = text.unwrap_or_default();
+        assert_eq!(code, 70, "{c:?}: {text}");
+        assert!(text.contains("refusing to run the target"), "{c:?}: {text}");
+        assert!(text.contains(needle), "{c:?}: {needle:?} not in {text}");
+        assert!(!text.contains("0x"), "{c:?}: {text}");
+        assert!(!path.exists(), "{c:?}: the target must never run");
+    }
+    // The server still serves honest requests.
+    let path = unique_path("honest-fs");
+    let mut p = Process::new(creates_file, path.display().to_string())
+        .start_method(mproc_spawn::StartMethod::ForkServer);
+    p.start().unwrap();
+    assert_eq!(p.join().unwrap(), 7);
+    assert!(path.exists());
+    let _ = std::fs::remove_file(path);
+}
+
 fn middle((wr, method): (Handle<OwnedFd>, u8)) -> u32 {
     let _ = method;
     let mut g = Process::new(sleeper, 60_000);
