@@ -23,6 +23,10 @@
 //! - the trampoline and target addresses lie inside this executable's code mapping;
 //! - the trampoline checks the target's type fingerprint before it calls it.
 //!
+//! The child then echoes a proof with its outcome (a MAC under the start key naming the
+//! start and its pid, [`wire::child_proof`]); the parent accepts a value, a panic or a
+//! failure only with it.
+//!
 //! Anything wrong: a message on stderr (and to the parent through the result fd), exit
 //! code [`BOOTSTRAP_EXIT`](crate::child::BOOTSTRAP_EXIT), nothing run.
 use crate::child;
@@ -200,6 +204,7 @@ fn spawned_child(spec: &str) -> ! {
     if let Err(e) = code::adopt_family_secret(boot.family) {
         child::refuse(Some(&result), &e.to_string());
     }
+    wire::set_proof(&spec.key, spec.nonce);
     let entry = match sys::ValidatedEntry::check(&boot) {
         Ok(t) => t,
         Err(why) => child::refuse(Some(&result), &why),

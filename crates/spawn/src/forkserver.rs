@@ -138,7 +138,11 @@ pub(crate) fn start_tampered(
                 return Ok(Started {
                     pid,
                     pidfd,
-                    reader: ResultReader::new(res_mine)?,
+                    reader: ResultReader::new(res_mine)?.with_proof(wire::child_proof(
+                        &server.key,
+                        server.nonce,
+                        pid,
+                    )),
                     status: Some(status_r),
                 });
             }
@@ -539,6 +543,7 @@ fn child_of_server(job: Job, nonce: u64, key: &[u8; 32], server: i32) -> ! {
     if let Err(e) = mproc_core::code::adopt_family_secret(boot.family) {
         child::refuse(Some(&result), &e.to_string());
     }
+    wire::set_proof(key, nonce);
     child::prepare(&boot.info, server);
     let outcome = entry.run(&boot.sig_name, args, arg_fds);
     child::finish(&result, outcome)

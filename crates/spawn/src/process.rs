@@ -664,7 +664,7 @@ pub(crate) fn start_spawn(prepared: Prepared, info: ChildInfo) -> io::Result<Sta
     Ok(Started {
         pid,
         pidfd,
-        reader: ResultReader::new(res_mine)?,
+        reader: ResultReader::new(res_mine)?.with_proof(wire::child_proof(&key, nonce, pid)),
         status: None,
     })
 }

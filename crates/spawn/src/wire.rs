@@ -173,6 +173,34 @@ const TAG_REFUSED: u8 = 3;
 /// Payload prefix before the data (keeps the data 16-byte aligned in the receiver).
 const PREFIX: usize = 16;
 
+/// Length of a child's proof in an outcome frame's prefix.
+pub(crate) const PROOF_LEN: usize = PREFIX - 1;
+
+/// The proof a child authenticated by the start key `key` echoes with its outcome: a
+/// MAC that names the start (`nonce`) and the child (`pid`). The parent accepts a
+/// returned value, panic or failure only with it.
+pub(crate) fn child_proof(key: &[u8; 32], nonce: u64, pid: i32) -> [u8; PROOF_LEN] {
+    let m = mproc_core::code::mac(
+        key,
+        &[
+            b"mproc child proof",
+            &nonce.to_le_bytes(),
+            &pid.to_le_bytes(),
+        ],
+    );
+    m[..PROOF_LEN].try_into().expect("proof length")
+}
+
+/// This child's proof (spawn and forkserver children set it once their bootstrap is
+/// authenticated; fork children need none).
+static PROOF: std::sync::OnceLock<[u8; PROOF_LEN]> = std::sync::OnceLock::new();
+
+/// Sets this child's proof (see [`child_proof`]).
+pub(crate) fn set_proof(key: &[u8; 32], nonce: u64) {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let _ = PROOF.set(child_proof(key, nonce, pid));
+}
+
 /// Writes the outcome frame on the (blocking) result socket.
 pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: Outcome) -> io::Result<()> {
     let (tag, data, fds): (u8, Vec<u8>, Vec<OwnedFd>) = match outcome {
@@ -188,7 +216,7 @@ pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: Outcome) -> io::Resul
     let mut frame = Vec::with_capacity(HEADER_LEN + PREFIX + data.len());
     frame.extend_from_slice(&head.to_bytes());
     frame.push(tag);
-    frame.extend_from_slice(&[0u8; PREFIX - 1]);
+    frame.extend_from_slice(PROOF.get().unwrap_or(&[0u8; PROOF_LEN]));
     frame.extend_from_slice(&data);
     let mut sent = scm::send_with_fds(sock, &[IoSlice::new(&frame)], &scm::borrow_all(&fds))?;
     while sent < frame.len() {
@@ -218,6 +246,8 @@ pub(crate) enum Received<'a> {
 #[derive(Debug)]
 pub(crate) struct ResultReader {
     sock: OwnedFd,
+    /// The proof the child must echo (spawn and forkserver), if any.
+    proof: Option<[u8; PROOF_LEN]>,
     buf: AlignedVec<16>,
     fds: Vec<OwnedFd>,
     eof: bool,
@@ -229,10 +259,18 @@ impl ResultReader {
         rustix::io::ioctl_fionbio(&sock, true)?;
         Ok(ResultReader {
             sock,
+            proof: None,
             buf: AlignedVec::new(),
             fds: Vec::new(),
             eof: false,
         })
+    }
+
+    /// Requires the child to echo `proof` (see [`child_proof`]) with any outcome but a
+    /// bootstrap refusal.
+    pub(crate) fn with_proof(mut self, proof: [u8; PROOF_LEN]) -> Self {
+        self.proof = Some(proof);
+        self
     }
 
     /// The socket, for polling.
@@ -303,6 +341,16 @@ impl ResultReader {
         }
         let tag = self.buf[HEADER_LEN];
         let data = &self.buf[HEADER_LEN + PREFIX..n];
+        let echoed = &self.buf[HEADER_LEN + 1..HEADER_LEN + PREFIX];
+        if tag != TAG_REFUSED
+            && self
+                .proof
+                .is_some_and(|p| !mproc_core::code::mac_eq(&p, echoed))
+        {
+            return Some(Received::Refused(
+                "the outcome did not come from the authenticated child (wrong proof)".into(),
+            ));
+        }
         Some(match tag {
             TAG_VALUE => Received::Value(data, std::mem::take(&mut self.fds)),
             TAG_PANIC => Received::Panicked(String::from_utf8_lossy(data).into_owned()),
@@ -310,5 +358,47 @@ impl ResultReader {
             TAG_REFUSED => Received::Refused(String::from_utf8_lossy(data).into_owned()),
             t => Received::Failed(format!("corrupt result frame (tag {t})")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome_through(proof: Option<[u8; PROOF_LEN]>, outcome: Outcome) -> String {
+        let (a, b) = crate::process::pair().unwrap();
+        write_outcome(a.as_fd(), outcome).unwrap();
+        drop(a);
+        let mut r = ResultReader::new(b).unwrap();
+        if let Some(p) = proof {
+            r = r.with_proof(p);
+        }
+        while !r.done() {
+            r.pump().unwrap();
+        }
+        format!("{:?}", r.take().unwrap())
+    }
+
+    #[test]
+    fn an_outcome_without_the_childs_proof_is_refused() {
+        // This test process never authenticated a bootstrap: it echoes no proof.
+        let key = mproc_core::code::start_key(3);
+        let proof = child_proof(&key, 3, 1234);
+        let value = || Outcome::Value(codec::encode(&5u32).unwrap());
+        let got = outcome_through(Some(proof), value());
+        assert!(
+            got.contains("Refused") && got.contains("wrong proof"),
+            "{got}"
+        );
+        let got = outcome_through(Some(proof), Outcome::Panicked("boom".into()));
+        assert!(got.contains("wrong proof"), "{got}");
+        // A bootstrap refusal is reported whatever the proof.
+        let got = outcome_through(Some(proof), Outcome::Refused("bad MAC".into()));
+        assert!(got.contains("bad MAC"), "{got}");
+        // Without a proof required (fork), or with the echoed one, the value arrives.
+        assert!(outcome_through(None, value()).starts_with("Value"));
+        assert!(outcome_through(Some([0; PROOF_LEN]), value()).starts_with("Value"));
+        assert_ne!(proof, child_proof(&key, 3, 1235));
+        assert_ne!(proof, child_proof(&key, 4, 1234));
     }
 }
