@@ -257,6 +257,61 @@ fn forged_forkserver_requests_are_refused_and_the_server_goes_on() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Removes a directory tree when dropped (even if the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_set_user_id_program_never_dispatches() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = TempDir(unique_path("setuid"));
+    std::fs::create_dir(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.0.join("copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    // A marker that parses and names this process as the parent.
+    let marker = format!("v2:1:{}:{}:1000:1001", "ab".repeat(32), std::process::id());
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .arg("--list")
+            .env("MPROC_BOOTSTRAP", &marker)
+            .env("MPROC_FORKSERVER", "v2:1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Run normally, the copy dispatches and refuses the (fd-less) bootstrap: exit 70.
+    let (code, err) = run(&mut Command::new(&exe));
+    assert_eq!(code, Some(70), "{err}");
+    assert!(err.contains("corrupt bootstrap data"), "{err}");
+    // Set-user-ID root, run by another user, the kernel sets AT_SECURE: the constructor
+    // refuses before looking at the marker (making that copy needs root).
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let (code, err) = run(Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe.to_str().unwrap(),
+        ]));
+        assert_eq!(code, Some(77), "{err}");
+        assert!(
+            err.contains("secure mode") && err.contains("AT_SECURE"),
+            "{err}"
+        );
+        assert!(!err.contains("corrupt bootstrap data"), "{err}");
+    }
+}
+
 fn middle((wr, method): (Handle<OwnedFd>, u8)) -> u32 {
     let _ = method;
     let mut g = Process::new(sleeper, 60_000);
