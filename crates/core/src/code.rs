@@ -129,7 +129,9 @@ pub fn checked_addr(build: u64, offset: u64) -> Result<usize, CodeError> {
 }
 
 /// The identity of the running executable file (device, inode, size, modification
-/// time), hashed; `0` if it cannot be read. Computed once.
+/// time), hashed; `0` if it cannot be read. Computed once. Weaker than [`layout`] (a
+/// copy or a rebuilt file in place differ, the same file run twice does not): [`layout`]
+/// falls back to it only if the loader does not know the program image.
 pub fn exe_identity() -> u64 {
     static ID: OnceLock<u64> = OnceLock::new();
     *ID.get_or_init(|| match rustix::fs::stat("/proc/self/exe") {
@@ -150,8 +152,9 @@ pub fn exe_identity() -> u64 {
     })
 }
 
-/// Reads this program's code ranges now (a process about to fork many children reads
-/// them once, instead of each child reading them again).
+/// Reads this program's code ranges, build identity and family secret now (a process
+/// about to fork many children computes them once, instead of each child doing it
+/// again; fork children share the family secret this way).
 pub fn warm() {
     code_ranges();
     exe_identity();
@@ -309,13 +312,13 @@ pub fn family_secret_for_child() -> [u8; 32] {
 
 /// A freshly started child adopts its parent's family secret (from an authenticated
 /// bootstrap message), before anything else in it has used the secret. Not part of the
-/// API. Fails if this process already has a different secret.
+/// API. Fails (with the reason) if this process already has a different secret.
 #[doc(hidden)]
-pub fn adopt_family_secret(k: [u8; 32]) -> Result<(), CodeError> {
+pub fn adopt_family_secret(k: [u8; 32]) -> Result<(), &'static str> {
     if *FAMILY.get_or_init(|| k) == k {
         Ok(())
     } else {
-        Err(CodeError::NotSealed)
+        Err("this process already uses another family secret than its parent's")
     }
 }
 

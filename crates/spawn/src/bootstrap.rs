@@ -202,7 +202,7 @@ fn spawned_child(spec: &str) -> ! {
         child::refuse(Some(&result), "parent pid mismatch");
     }
     if let Err(e) = code::adopt_family_secret(boot.family) {
-        child::refuse(Some(&result), &e.to_string());
+        child::refuse(Some(&result), e);
     }
     wire::set_proof(&spec.key, spec.nonce);
     let entry = match sys::ValidatedEntry::check(&boot) {

@@ -341,7 +341,7 @@ fn open_hello(key: &[u8; 32], frame: &[u8]) -> Result<Vec<(u64, u64, u64)>, Stri
     wire::check_mac(key, &wire::HELLO_MAGIC, &h, payload)?;
     let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
     let family: [u8; 32] = payload[..32].try_into().expect("32 bytes");
-    mproc_core::code::adopt_family_secret(family).map_err(|e| e.to_string())?;
+    mproc_core::code::adopt_family_secret(family)?;
     let layout = word(32);
     Ok((40..len)
         .step_by(16)
@@ -541,7 +541,7 @@ fn child_of_server(job: Job, nonce: u64, key: &[u8; 32], server: i32) -> ! {
         Err(why) => child::refuse(Some(&result), &why),
     };
     if let Err(e) = mproc_core::code::adopt_family_secret(boot.family) {
-        child::refuse(Some(&result), &e.to_string());
+        child::refuse(Some(&result), e);
     }
     wire::set_proof(key, nonce);
     child::prepare(&boot.info, server);
