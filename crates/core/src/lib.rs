@@ -26,6 +26,8 @@ pub mod codec;
 mod deadline;
 pub mod futex;
 #[allow(unsafe_code)]
+mod image;
+#[allow(unsafe_code)]
 pub mod pid;
 mod pidfd;
 #[allow(unsafe_code)]

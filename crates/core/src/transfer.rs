@@ -65,6 +65,9 @@ pub enum TransferError {
     Malformed(&'static str),
     /// Duplicating or mapping a descriptor failed.
     Io(io::Error),
+    /// A function inside the handle was refused (another build, a foreign peer's
+    /// bytes, another type): see [`crate::code`].
+    Code(crate::code::CodeError),
 }
 
 impl fmt::Display for TransferError {
@@ -81,6 +84,7 @@ impl fmt::Display for TransferError {
             }
             TransferError::Malformed(what) => write!(f, "malformed handle data: {what}"),
             TransferError::Io(e) => write!(f, "handle transfer failed: {e}"),
+            TransferError::Code(e) => write!(f, "handle refused: {e}"),
         }
     }
 }
@@ -89,6 +93,7 @@ impl std::error::Error for TransferError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TransferError::Io(e) => Some(e),
+            TransferError::Code(e) => Some(e),
             _ => None,
         }
     }

@@ -338,6 +338,7 @@ fn spawn_worker(cfg: &Config, shared: &Shared) -> Result<Worker, String> {
     let init = cfg.init.as_ref().map(|(f, p)| InitArgs {
         tramp: f.tramp,
         func: f.func,
+        sig: f.sig,
         bytes: p.bytes.to_vec(),
         fds: p.dup_fds().into_iter().map(Handle).collect(),
     });
@@ -1308,6 +1309,8 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
         fb.put_u64(chunk.func.func);
         fb.put_u64(0);
         fb.put_u64(wire::F_PACKED | timed_flag);
+        fb.put_u64(chunk.func.sig);
+        fb.put_u64(0);
         let fds = p.payload.dup_fds();
         fb.put_u32(0);
         fb.put_u32(fds.len() as u32);
@@ -1357,6 +1360,8 @@ fn send_chunk(w: &mut Worker, id: u64, chunk: Chunk, timed: bool) {
     fb.put_u64(chunk.func.func);
     fb.put_u64(chunk.state.as_ref().map_or(0, |s| s.id));
     fb.put_u64(timed_flag);
+    fb.put_u64(chunk.func.sig);
+    fb.put_u64(0);
     for (pos, it) in chunk.items.iter().enumerate() {
         let fds = it.payload.dup_fds();
         fb.put_u32(pos as u32);

@@ -1,7 +1,15 @@
 //! Task functions: a plain `fn` is sent to a worker as two offsets from an anchor in the
 //! binary (the function itself and a typed trampoline that decodes its arguments and
-//! encodes its result), the same way mproc-spawn identifies process targets.
+//! encodes its result), the same way mproc-spawn identifies process targets, with the
+//! fingerprint of the function's type (`mproc_core::code::FnSig`).
+//!
+//! The worker calls a trampoline only after the checks in [`FnRef::call`]: both offsets
+//! land in this program's code; the trampoline then compares the fingerprint with that
+//! of the type it was made for before it turns the function's address into a typed
+//! pointer. (Workers are this process's own children, started by mproc-spawn, which
+//! checked their build identity; the offsets travel on the pool's private socketpair.)
 use crate::sys;
+use mproc_core::code::FnSig;
 use mproc_core::{Decode, Encode, codec::Encoded};
 use rkyv::util::AlignedVec;
 use std::any::Any;
@@ -11,6 +19,8 @@ use std::os::fd::OwnedFd;
 pub(crate) struct CallCtx<'a> {
     /// Address of the user function in this process.
     pub(crate) func: usize,
+    /// The fingerprint of the user function's type, as the parent sent it.
+    pub(crate) sig: u64,
     /// The encoded arguments (16-byte aligned).
     pub(crate) input: &'a [u8],
     /// The fds of handles inside the arguments.
@@ -24,6 +34,8 @@ pub(crate) struct CallCtx<'a> {
 /// What a packed trampoline works on: a whole chunk encoded as one `Vec<A>`.
 pub(crate) struct PackedCtx<'a> {
     pub(crate) func: usize,
+    /// The fingerprint of the user function's type, as the parent sent it.
+    pub(crate) sig: u64,
     pub(crate) input: &'a [u8],
     pub(crate) fds: Vec<OwnedFd>,
     /// Positions not to run (already done before a re-queue), sorted.
@@ -82,26 +94,34 @@ impl StateSlot {
     }
 }
 
-/// A function as it travels to a worker: the trampoline's offset and the function's.
+/// A function as it travels to a worker: the trampoline's offset and the function's,
+/// and the fingerprint of the function's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FnRef {
     pub(crate) tramp: u64,
     pub(crate) func: u64,
     /// The packed trampoline (a whole chunk as one `Vec<A>`), if there is one.
     pub(crate) packed: Option<u64>,
+    /// `FnSig::hash` of the function's type.
+    pub(crate) sig: u64,
 }
 
-fn off(tramp: sys::Trampoline, func: usize) -> FnRef {
+fn off(tramp: sys::Trampoline, func: usize, sig: FnSig) -> FnRef {
     FnRef {
         tramp: sys::offset_of(tramp as usize),
         func: sys::offset_of(func),
         packed: None,
+        sig: sig.hash,
     }
 }
 
 impl FnRef {
     pub(crate) fn plain<A: Decode, R: Encode>(f: fn(A) -> R) -> Self {
-        let mut r = off(sys::tramp_plain::<A, R>, f as usize);
+        let mut r = off(
+            sys::tramp_plain::<A, R>,
+            f as usize,
+            sys::sig_plain::<A, R>(),
+        );
         r.packed = Some(sys::offset_of(
             sys::tramp_packed::<A, R> as sys::PackedTrampoline as usize,
         ));
@@ -113,7 +133,11 @@ impl FnRef {
         (A, B): Decode,
         R: Encode,
     {
-        off(sys::tramp_star2::<A, B, R>, f as usize)
+        off(
+            sys::tramp_star2::<A, B, R>,
+            f as usize,
+            sys::sig_star2::<A, B, R>(),
+        )
     }
 
     pub(crate) fn star3<A, B, C, R>(f: fn(A, B, C) -> R) -> Self
@@ -121,7 +145,11 @@ impl FnRef {
         (A, B, C): Decode,
         R: Encode,
     {
-        off(sys::tramp_star3::<A, B, C, R>, f as usize)
+        off(
+            sys::tramp_star3::<A, B, C, R>,
+            f as usize,
+            sys::sig_star3::<A, B, C, R>(),
+        )
     }
 
     pub(crate) fn with_state<S, A, R>(f: fn(&S, A) -> R) -> Self
@@ -130,22 +158,89 @@ impl FnRef {
         A: Decode,
         R: Encode,
     {
-        off(sys::tramp_with::<S, A, R>, f as usize)
+        off(
+            sys::tramp_with::<S, A, R>,
+            f as usize,
+            sys::sig_with::<S, A, R>(),
+        )
     }
 
     pub(crate) fn init<I: Decode>(f: fn(I)) -> Self {
-        off(sys::tramp_init::<I>, f as usize)
+        off(sys::tramp_init::<I>, f as usize, sys::sig_init::<I>())
     }
 
     /// Runs a packed chunk (the worker side); `tramp` is the packed trampoline.
     pub(crate) fn call_packed(&self, ctx: &mut PackedCtx<'_>) -> Result<(), String> {
-        ctx.func = mproc_core::code::code_addr(self.func).unwrap_or(0);
-        sys::call_packed_trampoline(self.tramp, ctx)
+        let (tramp, func) = sys::code_addrs(self.tramp, self.func)?;
+        ctx.func = func;
+        ctx.sig = self.sig;
+        sys::call_packed_checked(tramp, ctx)
     }
 
     /// Runs the function on `ctx` in this process (the worker side).
     pub(crate) fn call(&self, ctx: &mut CallCtx<'_>) -> Result<(), String> {
-        ctx.func = mproc_core::code::code_addr(self.func).unwrap_or(0);
-        sys::call_trampoline(self.tramp, ctx)
+        let (tramp, func) = sys::code_addrs(self.tramp, self.func)?;
+        ctx.func = func;
+        ctx.sig = self.sig;
+        sys::call_checked(tramp, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    fn double(x: u64) -> u64 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        x * 2
+    }
+
+    fn ctx(input: &[u8]) -> CallCtx<'_> {
+        CallCtx {
+            func: 0,
+            sig: 0,
+            input,
+            fds: Vec::new(),
+            state: None,
+            out: None,
+        }
+    }
+
+    #[test]
+    fn a_mismatched_signature_is_refused_and_nothing_runs() {
+        let enc = mproc_core::codec::encode(&21u64).unwrap();
+        let good = FnRef::plain(double);
+        let mut c = ctx(&enc.bytes);
+        good.call(&mut c).unwrap();
+        let out = c.out.take().unwrap();
+        assert_eq!(
+            mproc_core::codec::decode::<u64>(&out.bytes, out.fds).unwrap(),
+            42
+        );
+        let before = CALLS.load(Ordering::SeqCst);
+        // The fingerprint of another type, with this function and trampoline.
+        let forged = FnRef {
+            sig: FnRef::plain(|s: String| s.len() as u64).sig,
+            ..good
+        };
+        let e = forged.call(&mut ctx(&enc.bytes)).unwrap_err();
+        assert!(
+            e.contains("type mismatch") && e.contains("fn(u64) -> u64"),
+            "{e}"
+        );
+        assert!(!e.contains("0x"), "{e}");
+        // An offset outside the program's code.
+        let outside = FnRef {
+            func: u64::MAX / 2,
+            ..good
+        };
+        assert_eq!(
+            outside.call(&mut ctx(&enc.bytes)).unwrap_err(),
+            sys::OUTSIDE
+        );
+        assert_eq!(CALLS.load(Ordering::SeqCst), before, "nothing ran");
     }
 }

@@ -3,59 +3,136 @@
 //!
 //! # Safety
 //!
-//! Parent and worker run the same executable image; a function's address minus the
-//! anchor's address is the same in both, whatever ASLR did (the whole image moves
-//! together). The parent only ever sends offsets it computed from real `fn` pointers of
-//! the exact type the matching trampoline expects (see `func.rs`), over a socket private
-//! to the pool; the worker additionally checks that the address lies inside an executable
-//! mapping of its own image before calling it.
+//! Parent and worker run the same executable image (the worker's spawn bootstrap
+//! checked the build identity); a function's address minus the anchor's address is the
+//! same in both, whatever ASLR did (the whole image moves together). The parent only
+//! ever sends offsets it computed from real `fn` pointers, each with the fingerprint of
+//! its type and paired with the trampoline of exactly that type (see `func.rs`), over a
+//! socket private to the pool. The worker checks that both addresses lie inside its own
+//! code before calling a trampoline, and each trampoline checks the fingerprint before
+//! it turns the function's address into a typed pointer.
 use crate::func::{CallCtx, PackedCtx, panic_text};
-use mproc_core::code::{code_addr, is_code};
-
-const OUTSIDE: &str = "task function offset does not point into this program's code";
+use mproc_core::code::FnSig;
 
 /// The offset of `addr` (a function address) from mproc-core's code anchor.
 pub(crate) fn offset_of(addr: usize) -> u64 {
     mproc_core::code::offset_of(addr)
 }
 
-/// A trampoline: decodes the arguments in `ctx`, calls the user function, encodes the
-/// result. All trampolines share this signature whatever their type parameters.
-pub(crate) type Trampoline = fn(&mut CallCtx<'_>) -> Result<(), String>;
+pub(crate) const OUTSIDE: &str = "task function offset does not point into this program's code";
 
-/// Calls the trampoline at `tramp_offset` on `ctx` (whose `func` is the paired
-/// function's address).
-///
-/// Offsets reach this call only from `func::FnRef`, whose constructors pair a typed
-/// trampoline with a function of exactly the type it expects, in the parent (same
-/// executable), over the pool's private socket; both addresses are checked to lie in
-/// this program's code before the call.
-pub(crate) fn call_trampoline(tramp_offset: u64, ctx: &mut CallCtx<'_>) -> Result<(), String> {
-    let (Some(addr), true) = (code_addr(tramp_offset), is_code(ctx.func)) else {
-        return Err(OUTSIDE.into());
-    };
-    // SAFETY: the offset names a `Trampoline` of this image (see above: it was computed
-    // by `offset_of` from one, in a process running this executable, and checked to lie
-    // in its code); fn pointers have the size and representation of `usize`.
-    let f: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(addr) };
-    f(ctx)
+/// The addresses of a trampoline and a function given by their offsets, if both land in
+/// this program's code.
+pub(crate) fn code_addrs(tramp: u64, func: u64) -> Result<(usize, usize), String> {
+    match (
+        mproc_core::code::code_addr(tramp),
+        mproc_core::code::code_addr(func),
+    ) {
+        (Some(t), Some(f)) => Ok((t, f)),
+        _ => Err(OUTSIDE.into()),
+    }
 }
 
-/// A packed trampoline: runs a whole chunk encoded as one `Vec<A>`.
-pub(crate) type PackedTrampoline = fn(&mut PackedCtx<'_>) -> Result<(), String>;
+/// Calls the trampoline at `tramp` (from [`code_addrs`]) on `ctx`, whose `func` (from
+/// [`code_addrs`]) and `sig` come from one `func::FnRef` that the parent sent.
+pub(crate) fn call_checked(tramp: usize, ctx: &mut CallCtx<'_>) -> Result<(), String> {
+    // SAFETY: both addresses lie in this program's code (`code_addrs`); the parent
+    // computed them from a trampoline and a function whose fingerprint is `ctx.sig`,
+    // paired by a `FnRef` constructor, in a process of this build, and sent them on the
+    // pool's private socket (module invariants). The trampoline checks the fingerprint.
+    unsafe { call_trampoline(tramp, ctx) }
+}
+
+/// As [`call_checked`], for a packed trampoline.
+pub(crate) fn call_packed_checked(tramp: usize, ctx: &mut PackedCtx<'_>) -> Result<(), String> {
+    // SAFETY: as in `call_checked`, with the packed trampoline `FnRef::plain` pairs.
+    unsafe { call_packed_trampoline(tramp, ctx) }
+}
+
+/// A trampoline: checks the type fingerprint in `ctx`, decodes the arguments, calls the
+/// user function, encodes the result. All trampolines share this signature whatever
+/// their type parameters.
+///
+/// Calling one is `unsafe`: `ctx.func` must be the address of a function whose type has
+/// the fingerprint `ctx.sig`.
+pub(crate) type Trampoline = unsafe fn(&mut CallCtx<'_>) -> Result<(), String>;
+
+/// Calls the trampoline at address `tramp` on `ctx`.
+///
+/// # Safety
+///
+/// `tramp` must be the address of a [`Trampoline`] of this program, and `ctx.func` the
+/// address of a function whose type has the fingerprint `ctx.sig` (the trampoline
+/// refuses a fingerprint other than that of the type it was made for).
+pub(crate) unsafe fn call_trampoline(tramp: usize, ctx: &mut CallCtx<'_>) -> Result<(), String> {
+    // SAFETY: the caller guarantees `tramp` is a `Trampoline`; fn pointers have the size
+    // and representation of `usize`.
+    let f: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
+    // SAFETY: the caller guarantees the pairing of `ctx.func` and `ctx.sig`.
+    unsafe { f(ctx) }
+}
+
+/// A packed trampoline: runs a whole chunk encoded as one `Vec<A>`. Calling one is
+/// `unsafe` on the terms of [`Trampoline`].
+pub(crate) type PackedTrampoline = unsafe fn(&mut PackedCtx<'_>) -> Result<(), String>;
 
 /// As [`call_trampoline`], for a packed trampoline (`func::FnRef::plain` pairs it).
-pub(crate) fn call_packed_trampoline(
-    tramp_offset: u64,
+///
+/// # Safety
+///
+/// As [`call_trampoline`], with `tramp` a [`PackedTrampoline`].
+pub(crate) unsafe fn call_packed_trampoline(
+    tramp: usize,
     ctx: &mut PackedCtx<'_>,
 ) -> Result<(), String> {
-    let (Some(addr), true) = (code_addr(tramp_offset), is_code(ctx.func)) else {
-        return Err(OUTSIDE.into());
-    };
-    // SAFETY: as in `call_trampoline`: the offset names a `PackedTrampoline` of this
-    // image, paired with `ctx.func` by `FnRef::plain`, and checked to lie in its code.
-    let f: PackedTrampoline = unsafe { std::mem::transmute::<usize, PackedTrampoline>(addr) };
-    f(ctx)
+    // SAFETY: the caller guarantees `tramp` is a `PackedTrampoline`.
+    let f: PackedTrampoline = unsafe { std::mem::transmute::<usize, PackedTrampoline>(tramp) };
+    // SAFETY: the caller guarantees the pairing of `ctx.func` and `ctx.sig`.
+    unsafe { f(ctx) }
+}
+
+/// The fingerprint of a `fn(A) -> R` task.
+pub(crate) fn sig_plain<A: mproc_core::Decode, R: mproc_core::Encode>() -> FnSig {
+    FnSig::of::<fn(A) -> R, A, R>()
+}
+
+/// The fingerprint of a `fn(A, B) -> R` task.
+pub(crate) fn sig_star2<A, B, R>() -> FnSig
+where
+    (A, B): mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    FnSig::of::<fn(A, B) -> R, (A, B), R>()
+}
+
+/// The fingerprint of a `fn(A, B, C) -> R` task.
+pub(crate) fn sig_star3<A, B, C, R>() -> FnSig
+where
+    (A, B, C): mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    FnSig::of::<fn(A, B, C) -> R, (A, B, C), R>()
+}
+
+/// The fingerprint of a `fn(&S, A) -> R` task.
+pub(crate) fn sig_with<S, A, R>() -> FnSig
+where
+    S: mproc_core::Decode,
+    A: mproc_core::Decode,
+    R: mproc_core::Encode,
+{
+    FnSig::of::<fn(&S, A) -> R, (S, A), R>()
+}
+
+/// The fingerprint of an initializer `fn(I)`.
+pub(crate) fn sig_init<I: mproc_core::Decode>() -> FnSig {
+    FnSig::of::<fn(I), I, ()>()
+}
+
+/// Checks a received fingerprint against `expected` (a typed error's text naming the
+/// expected type and the received fingerprint).
+fn check_sig(expected: FnSig, found: u64) -> Result<(), String> {
+    expected.check(found, None).map_err(|e| e.to_string())
 }
 
 /// Turns a function address back into a typed function pointer.
@@ -90,10 +167,16 @@ fn decode_args<A: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result<A, String
 }
 
 /// Trampoline for `fn(A) -> R`.
-pub(crate) fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
+///
+/// # Safety
+///
+/// `ctx.func` must be the address of a function whose type has the fingerprint `ctx.sig`.
+pub(crate) unsafe fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
     ctx: &mut CallCtx<'_>,
 ) -> Result<(), String> {
-    // SAFETY: `FnRef::plain::<A, R>` pairs this trampoline only with a `fn(A) -> R`.
+    check_sig(sig_plain::<A, R>(), ctx.sig)?;
+    // SAFETY: `ctx.func`'s type has the fingerprint `ctx.sig` (the caller's contract),
+    // which is `fn(A) -> R`'s (checked above).
     let f: fn(A) -> R = unsafe { fn_from_addr(ctx.func) };
     let a = decode_args::<A>(ctx)?;
     let r = f(a);
@@ -101,12 +184,17 @@ pub(crate) fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
 }
 
 /// Trampoline for `fn(A, B) -> R` over `(A, B)` arguments.
-pub(crate) fn tramp_star2<A, B, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+///
+/// # Safety
+///
+/// As [`tramp_plain`].
+pub(crate) unsafe fn tramp_star2<A, B, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
 where
     (A, B): mproc_core::Decode,
     R: mproc_core::Encode,
 {
-    // SAFETY: `FnRef::star2::<A, B, R>` pairs this trampoline only with a `fn(A, B) -> R`.
+    check_sig(sig_star2::<A, B, R>(), ctx.sig)?;
+    // SAFETY: as in `tramp_plain`, for `fn(A, B) -> R`.
     let f: fn(A, B) -> R = unsafe { fn_from_addr(ctx.func) };
     let (a, b) = decode_args::<(A, B)>(ctx)?;
     let r = f(a, b);
@@ -114,13 +202,17 @@ where
 }
 
 /// Trampoline for `fn(A, B, C) -> R` over `(A, B, C)` arguments.
-pub(crate) fn tramp_star3<A, B, C, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+///
+/// # Safety
+///
+/// As [`tramp_plain`].
+pub(crate) unsafe fn tramp_star3<A, B, C, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
 where
     (A, B, C): mproc_core::Decode,
     R: mproc_core::Encode,
 {
-    // SAFETY: `FnRef::star3::<A, B, C, R>` pairs this trampoline only with a
-    // `fn(A, B, C) -> R`.
+    check_sig(sig_star3::<A, B, C, R>(), ctx.sig)?;
+    // SAFETY: as in `tramp_plain`, for `fn(A, B, C) -> R`.
     let f: fn(A, B, C) -> R = unsafe { fn_from_addr(ctx.func) };
     let (a, b, c) = decode_args::<(A, B, C)>(ctx)?;
     let r = f(a, b, c);
@@ -128,14 +220,18 @@ where
 }
 
 /// Trampoline for `fn(&S, A) -> R`, the state decoded once per worker and cached.
-pub(crate) fn tramp_with<S, A, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
+///
+/// # Safety
+///
+/// As [`tramp_plain`].
+pub(crate) unsafe fn tramp_with<S, A, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
 where
     S: mproc_core::Decode + Send + 'static,
     A: mproc_core::Decode,
     R: mproc_core::Encode,
 {
-    // SAFETY: `FnRef::with_state::<S, A, R>` pairs this trampoline only with a
-    // `fn(&S, A) -> R`.
+    check_sig(sig_with::<S, A, R>(), ctx.sig)?;
+    // SAFETY: as in `tramp_plain`, for `fn(&S, A) -> R`.
     let f: fn(&S, A) -> R = unsafe { fn_from_addr(ctx.func) };
     let a = decode_args::<A>(ctx)?;
     let slot = ctx
@@ -148,8 +244,15 @@ where
 }
 
 /// Trampoline for an initializer `fn(I)`.
-pub(crate) fn tramp_init<I: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result<(), String> {
-    // SAFETY: `FnRef::init::<I>` pairs this trampoline only with a `fn(I)`.
+///
+/// # Safety
+///
+/// As [`tramp_plain`].
+pub(crate) unsafe fn tramp_init<I: mproc_core::Decode>(
+    ctx: &mut CallCtx<'_>,
+) -> Result<(), String> {
+    check_sig(sig_init::<I>(), ctx.sig)?;
+    // SAFETY: as in `tramp_plain`, for `fn(I)`.
     let f: fn(I) = unsafe { fn_from_addr(ctx.func) };
     let a = decode_args::<I>(ctx)?;
     f(a);
@@ -158,10 +261,15 @@ pub(crate) fn tramp_init<I: mproc_core::Decode>(ctx: &mut CallCtx<'_>) -> Result
 
 /// Packed trampoline for `fn(A) -> R`: decodes the chunk's `Vec<A>` once, runs every
 /// item (a panic fails only its item), encodes the successes as one `Vec<R>`.
-pub(crate) fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
+///
+/// # Safety
+///
+/// `ctx.func` must be the address of a function whose type has the fingerprint `ctx.sig`.
+pub(crate) unsafe fn tramp_packed<A: mproc_core::Decode, R: mproc_core::Encode>(
     ctx: &mut PackedCtx<'_>,
 ) -> Result<(), String> {
-    // SAFETY: `FnRef::plain::<A, R>` pairs this trampoline only with a `fn(A) -> R`.
+    check_sig(sig_plain::<A, R>(), ctx.sig)?;
+    // SAFETY: as in `tramp_plain`.
     let f: fn(A) -> R = unsafe { fn_from_addr(ctx.func) };
     let fds = std::mem::take(&mut ctx.fds);
     let items: Vec<A> = mproc_core::codec::decode(ctx.input, fds)

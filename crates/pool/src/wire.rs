@@ -12,7 +12,7 @@
 //!
 //! Parent → worker:
 //! - `RUN` (count = items, arg = chunk id), then `[tramp u64][func u64]`,
-//!   `[state id u64][flags u64]`, then per item `[pos u32][nfds u32][len u64]` +
+//!   `[state id u64][flags u64]`, `[fn type fingerprint u64][0 u64]`, then per item `[pos u32][nfds u32][len u64]` +
 //!   payload; or, packed, one such record holding the whole chunk as a `Vec<A>`, then
 //!   `[nskip u32][0 u32][0 u64]` and `nskip` positions (u32) not to run.
 //! - `STATE` (arg = state id), one item record: the `map_with` state.

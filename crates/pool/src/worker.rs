@@ -53,6 +53,8 @@ impl Announce<'_> {
 pub(crate) struct InitArgs {
     pub(crate) tramp: u64,
     pub(crate) func: u64,
+    /// The fingerprint of the initializer's type.
+    pub(crate) sig: u64,
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<Handle<OwnedFd>>,
 }
@@ -273,11 +275,13 @@ fn run(args: WorkerArgs) -> io::Result<()> {
             tramp: init.tramp,
             func: init.func,
             packed: None,
+            sig: init.sig,
         };
         let mut bytes = AlignedVec::<16>::new();
         bytes.extend_from_slice(&init.bytes);
         let mut ctx = CallCtx {
             func: 0,
+            sig: 0,
             input: &bytes,
             fds: init.fds.into_iter().map(|h| h.0).collect(),
             state: None,
@@ -322,10 +326,13 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                     let func = c.u64()?;
                     let state_id = c.u64()?;
                     let flags = c.u64()?;
+                    let sig = c.u64()?;
+                    let _ = c.u64()?;
                     let f = FnRef {
                         tramp,
                         func,
                         packed: None,
+                        sig,
                     };
                     let timed = flags & wire::F_TIMED != 0;
                     if flags & wire::F_PACKED != 0 {
@@ -347,6 +354,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                         progress.begin(arg, 0, timed);
                         let mut ctx = PackedCtx {
                             func: 0,
+                            sig: 0,
                             input,
                             fds,
                             skip: &skip,
@@ -395,6 +403,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                                 frame.fds.drain(..nfds.min(frame.fds.len())).collect();
                             let mut ctx = CallCtx {
                                 func: 0,
+                                sig: 0,
                                 input,
                                 fds,
                                 state: if state_id == 0 {

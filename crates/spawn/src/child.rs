@@ -20,6 +20,9 @@ pub(crate) enum Outcome {
     Panicked(String),
     /// It could not be run or its result could not be reported.
     Failed(String),
+    /// The bootstrap was refused before anything ran (authentication, build identity,
+    /// code range or type fingerprint).
+    Refused(String),
 }
 
 impl Outcome {
@@ -28,6 +31,7 @@ impl Outcome {
         match self {
             Outcome::Value(_) => 0,
             Outcome::Panicked(_) | Outcome::Failed(_) => 1,
+            Outcome::Refused(_) => BOOTSTRAP_EXIT,
         }
     }
 }
@@ -90,6 +94,9 @@ pub(crate) fn prepare(info: &ChildInfo, real_parent: i32) {
 /// Sends the outcome, flushes stdio and exits with Python's exit code.
 pub(crate) fn finish(result: &OwnedFd, outcome: Outcome) -> ! {
     let code = outcome.exit_code();
+    if let Outcome::Refused(msg) = &outcome {
+        let _ = catch_unwind(AssertUnwindSafe(|| writeln!(std::io::stderr(), "{msg}")));
+    }
     crate::exit::join_children();
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let _ = wire::write_outcome(result.as_fd(), outcome);
@@ -99,14 +106,19 @@ pub(crate) fn finish(result: &OwnedFd, outcome: Outcome) -> ! {
     sys::exit_now(code)
 }
 
+/// The text of a bootstrap refusal (on stderr and to the parent).
+pub(crate) fn refusal_text(why: &str) -> String {
+    format!("mproc: corrupt bootstrap data, refusing to run the target: {why}")
+}
+
 /// Reports a bootstrap failure: on stderr, and to the parent if the result channel is
 /// known; then exits with [`BOOTSTRAP_EXIT`] without running anything.
 pub(crate) fn refuse(result: Option<&OwnedFd>, why: &str) -> ! {
-    let msg = format!("mproc: corrupt bootstrap data, refusing to run the target: {why}");
+    let msg = refusal_text(why);
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let _ = writeln!(std::io::stderr(), "{msg}");
         if let Some(fd) = result {
-            let _ = wire::write_outcome(fd.as_fd(), Outcome::Failed(msg.clone()));
+            let _ = wire::write_outcome(fd.as_fd(), Outcome::Refused(msg.clone()));
         }
     }));
     sys::exit_now(BOOTSTRAP_EXIT)

@@ -38,6 +38,11 @@ pub enum ProcessError {
     /// The child could not run the target or report its result: corrupt bootstrap
     /// data, arguments that did not decode, a result that did not serialise.
     ChildFailed(String),
+    /// The child refused to run the target, and nothing ran: its bootstrap message
+    /// failed authentication (MAC), came from another build, named code outside the
+    /// program, or named a function of another type than the trampoline expects (the
+    /// message names both types).
+    Refused(String),
     /// The result arrived but did not decode.
     Result(CodecError),
     /// Waiting for or signalling the process failed.
@@ -63,6 +68,7 @@ impl fmt::Display for ProcessError {
             ProcessError::Exited(c) => write!(f, "the process exited with code {c}"),
             ProcessError::Signaled(s) => write!(f, "the process was killed by signal {s}"),
             ProcessError::ChildFailed(m) => write!(f, "the process failed: {m}"),
+            ProcessError::Refused(m) => write!(f, "the process refused to run the target: {m}"),
             ProcessError::Result(e) => write!(f, "the result could not be decoded: {e}"),
             ProcessError::Io(e) => write!(f, "waiting for the process failed: {e}"),
         }

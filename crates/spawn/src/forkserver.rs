@@ -2,15 +2,19 @@
 //! on request.
 //!
 //! - Started on first use by re-executing `/proc/self/exe` with the marker variable
-//!   [`SERVER_ENV`](crate::bootstrap::SERVER_ENV) = `v1:<nonce>:<parent pid>:<socket
-//!   fd>:<layout>:<preload offsets>`. The bootstrap constructor turns the copy into the
-//!   server before `main` runs, so it is single-threaded and holds no lock even when
-//!   the parent is multi-threaded. It runs the preload functions
-//!   ([`set_forkserver_preload`]) once, then serves.
-//! - A request is one frame on a Unix stream socket: a bootstrap message (as for spawn)
-//!   plus, with `SCM_RIGHTS`, the write end of a status pipe, the child's end of the
-//!   result socket, and the argument fds. The server forks; the child checks the message
-//!   exactly as a spawned child does, runs the target and reports on the result socket
+//!   [`SERVER_ENV`](crate::bootstrap::SERVER_ENV) = `v2:<nonce>:<session key>:<parent
+//!   pid>:<socket fd>`. The bootstrap constructor turns the copy into the server before
+//!   `main` runs, so it is single-threaded and holds no lock even when the parent is
+//!   multi-threaded. It checks that the socket's peer is its parent (`SO_PEERCRED`),
+//!   reads the parent's hello frame (the family secret and the preload functions, with
+//!   their build identity and type fingerprints, authenticated with the session key),
+//!   runs the preload functions ([`set_forkserver_preload`]) once, then serves.
+//! - A request is one frame on a Unix stream socket: a bootstrap message (as for spawn),
+//!   then a context section, plus, with `SCM_RIGHTS`, four fixed fds (the write end of a
+//!   status pipe, the child's end of the result socket, the read end of the lifeline
+//!   pipe, a pidfd of the parent), then the argument fds. The server forks; the child checks the message
+//!   exactly as a spawned child does (MAC under the session key, nonce, build identity,
+//!   code range, type fingerprint), runs the target and reports on the result socket
 //!   itself. The server answers with the child's pid and a pidfd opened right after the
 //!   fork (race-free: only the server reaps its children, by pid).
 //! - The parent cannot `waitpid` a grandchild, so the server reaps each child when its
@@ -18,8 +22,9 @@
 //!   that child's status pipe. The parent polls the status pipe; the pidfd serves for
 //!   signals and as the sentinel.
 //! - Each request also carries the parent's current directory and environment at the
-//!   time of `start()` (after the bootstrap frame, in a section of its own), which the
-//!   child adopts before running anything, as CPython's forkserver does.
+//!   time of `start()` (after the bootstrap frame, in a section of its own, authenticated
+//!   under the session key and bound to its bootstrap frame), which the child adopts
+//!   before running the target, as CPython's forkserver does.
 //! - The server receives SIGKILL when its parent dies (PDEATHSIG, armed from a thread
 //!   that lives as long as the parent), blocks SIGINT (a Ctrl-C in the terminal is
 //!   for the parent and its children, not for the server), and exits when the parent
@@ -51,6 +56,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 struct Server {
     sock: OwnedFd,
     nonce: u64,
+    key: [u8; 32],
     pidfd: Pidfd,
 }
 
@@ -97,8 +103,21 @@ pub(crate) fn reset_after_fork() {
     }
 }
 
+/// Builds a whole request (bootstrap frame and context section) from a bootstrap
+/// message and the session key (mproc's own tests use it to send damaged requests).
+pub(crate) type Tamper<'a> = &'a dyn Fn(wire::Boot, &[u8; 32], &[u8]) -> io::Result<Vec<u8>>;
+
 /// Starts a child through the fork server (starting the server if needed).
 pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
+    start_tampered(prepared, info, None)
+}
+
+/// As [`start`], the request frame built by `tamper` if given.
+pub(crate) fn start_tampered(
+    prepared: Prepared,
+    info: ChildInfo,
+    tamper: Option<Tamper<'_>>,
+) -> io::Result<Started> {
     let Prepared::Target {
         tramp, target, enc, ..
     } = prepared
@@ -115,16 +134,16 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
         }
         let server = guard.as_ref().expect("just set");
         SERVER_FD.store(server.sock.as_raw_fd(), Ordering::Release);
-        let boot = bootstrap::make_boot(
-            server.nonce,
-            tramp,
-            target,
-            info.clone(),
-            enc.bytes.to_vec(),
-            Vec::new(),
-        );
-        let mut frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
-        encode_context(&mut frame);
+        let boot = bootstrap::make_boot(server.nonce, tramp, target, info.clone(), Vec::new());
+        let frame = match tamper {
+            Some(t) => t(boot, &server.key, &enc.bytes)?,
+            None => {
+                let mut frame =
+                    wire::encode_boot(&server.key, &boot, &enc.bytes).map_err(io::Error::other)?;
+                encode_context(&server.key, &mut frame);
+                frame
+            }
+        };
         let (status_r, status_w) = cloexec_pipe()?;
         let (life_r, life_w) = cloexec_pipe()?;
         let me = sys::open_pidfd(rustix::process::getpid().as_raw_nonzero().get())?;
@@ -141,7 +160,11 @@ pub(crate) fn start(prepared: Prepared, info: ChildInfo) -> io::Result<Started> 
                 return Ok(Started {
                     pid,
                     pidfd,
-                    reader: ResultReader::new(res_mine)?,
+                    reader: ResultReader::new(res_mine)?.with_proof(wire::child_proof(
+                        &server.key,
+                        server.nonce,
+                        pid,
+                    )),
                     status: Some(status_r),
                     lifeline: Some(life_w),
                 });
@@ -168,29 +191,39 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 const CTX_MAX: u64 = 1 << 26;
 
 /// Magic of the context section that follows the bootstrap frame in a request.
-const CTX_MAGIC: [u8; 8] = *b"MPROCCWD";
+const CTX_MAGIC: [u8; 8] = *b"MPROCCX2";
 
-/// Appends the context section: the current directory and the environment, as
-/// length-prefixed byte strings (`u32` LE): magic, cwd, count, then `KEY=VALUE` each.
-/// An unreadable current directory (deleted) is sent empty: the child keeps the
-/// server's.
-fn encode_context(out: &mut Vec<u8>) {
+/// Appends the context section to the request `frame` (a bootstrap frame): an
+/// authenticated frame under the session `key` whose control bytes are the MAC of the
+/// bootstrap frame before it (so that a section cannot be moved to another request),
+/// then the current directory and the environment, as length-prefixed byte strings
+/// (`u32` LE): cwd, count, then `KEY=VALUE` each. An unreadable current directory
+/// (deleted) is sent empty: the child keeps the server's.
+pub(crate) fn encode_context(key: &[u8; 32], frame: &mut Vec<u8>) {
+    let boot_mac = wire::frame_mac_field(frame).unwrap_or_default();
+    encode_context_for(key, boot_mac, frame)
+}
+
+/// As [`encode_context`], bound to the bootstrap frame whose MAC is `boot_mac`.
+pub(crate) fn encode_context_for(key: &[u8; 32], boot_mac: [u8; 32], frame: &mut Vec<u8>) {
     use std::os::unix::ffi::OsStrExt;
     let put = |out: &mut Vec<u8>, b: &[u8]| {
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);
     };
-    out.extend_from_slice(&CTX_MAGIC);
+    let mut ctx = Vec::new();
+    ctx.extend_from_slice(&boot_mac);
     let cwd = std::env::current_dir().unwrap_or_default();
-    put(out, cwd.as_os_str().as_bytes());
+    put(&mut ctx, cwd.as_os_str().as_bytes());
     let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
-    out.extend_from_slice(&(vars.len() as u32).to_le_bytes());
+    ctx.extend_from_slice(&(vars.len() as u32).to_le_bytes());
     for (k, v) in vars {
         let mut kv = k.as_bytes().to_vec();
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
-        put(out, &kv);
+        put(&mut ctx, &kv);
     }
+    frame.extend_from_slice(&wire::seal_frame(key, &CTX_MAGIC, &ctx, &[]));
 }
 
 /// The parent's directory and environment at `start()`.
@@ -199,22 +232,29 @@ type Context = (
     Vec<(std::ffi::OsString, std::ffi::OsString)>,
 );
 
-/// Parses the context section (see [`encode_context`]).
-fn decode_context(b: &[u8]) -> Result<Context, String> {
+/// Authenticates and parses the context section `b` (see [`encode_context`]) that
+/// follows the bootstrap frame whose header is `boot`.
+fn decode_context(key: &[u8; 32], boot: &wire::SealedHeader, b: &[u8]) -> Result<Context, String> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
+    let (h, ctrl, trailer) =
+        wire::split_frame(b, &CTX_MAGIC).map_err(|e| format!("context section: {e}"))?;
+    if !trailer.is_empty() {
+        return Err("malformed context section".into());
+    }
+    wire::check_mac(key, &CTX_MAGIC, &h, ctrl).map_err(|e| format!("context section: {e}"))?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
         let end = at
             .checked_add(n)
-            .filter(|&e| e <= b.len())
+            .filter(|&e| e <= ctrl.len())
             .ok_or("malformed context section")?;
-        let piece = &b[at..end];
+        let piece = &ctrl[at..end];
         at = end;
         Ok(piece)
     };
-    if take(8)? != CTX_MAGIC {
-        return Err("malformed context section".into());
+    if !mproc_core::code::mac_eq(take(32)?, &boot.mac) {
+        return Err("the context section belongs to another request".into());
     }
     let len = |h: &[u8]| u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
     let n = len(take(4)?);
@@ -281,19 +321,21 @@ fn request(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Re
 fn launch() -> io::Result<Server> {
     let (mine, theirs) = pair()?;
     let nonce = bootstrap::nonce();
+    let key = mproc_core::code::start_key(nonce);
     let parent = rustix::process::getpid().as_raw_nonzero().get();
-    let layout = mproc_core::code::layout() as i64;
-    let preload: Vec<String> = PRELOAD
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|f| mproc_core::code::offset_of(*f as usize) as i64)
-        .map(|o| o.to_string())
-        .collect();
+    // The hello: family secret, build identity, then (offset, fingerprint) per preload.
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&mproc_core::code::family_secret_for_child());
+    hello.extend_from_slice(&mproc_core::code::layout().to_le_bytes());
+    for f in PRELOAD.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        hello.extend_from_slice(&mproc_core::code::offset_of(*f as usize).to_le_bytes());
+        hello.extend_from_slice(&sys::ValidatedFn::sig().hash.to_le_bytes());
+    }
+    let hello = wire::seal_frame(&key, &wire::HELLO_MAGIC, &hello, &[]);
     let spec = format!(
-        "v1:{nonce:x}:{parent}:{}:{layout}:{}",
+        "v2:{nonce:x}:{}:{parent}:{}",
+        bootstrap::key_hex(&key),
         theirs.as_raw_fd(),
-        preload.join(",")
     );
     let mut cmd = std::process::Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
@@ -306,9 +348,18 @@ fn launch() -> io::Result<Server> {
     drop(child);
     drop(theirs);
     let pidfd = sys::open_pidfd(pid)?;
+    let head = FrameHeader {
+        nfds: 0,
+        len: hello.len() as u64,
+    };
+    let mut framed = head.to_bytes().to_vec();
+    framed.extend_from_slice(&hello);
+    // A server that died at once makes this fail; the first request then reports it.
+    let _ = send_all(mine.as_fd(), &framed);
     Ok(Server {
         sock: mine,
         nonce,
+        key,
         pidfd,
     })
 }
@@ -349,22 +400,16 @@ pub(crate) fn server_main(spec: &str) -> ! {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let mut it = spec.split(':');
     let parsed = (|| {
-        if it.next()? != "v1" {
+        if it.next()? != "v2" {
             return None;
         }
         let nonce = u64::from_str_radix(it.next()?, 16).ok()?;
+        let key = bootstrap::parse_key(it.next()?)?;
         let parent: i32 = it.next()?.parse().ok()?;
         let fd: i32 = it.next()?.parse().ok()?;
-        let layout: i64 = it.next()?.parse().ok()?;
-        let preload = it.next()?;
-        let preload: Option<Vec<i64>> = preload
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().ok())
-            .collect();
-        Some((nonce, parent, fd, layout, preload?))
+        it.next().is_none().then_some((nonce, key, parent, fd))
     })();
-    let Some((nonce, parent, fd, layout, preload)) = parsed else {
+    let Some((nonce, key, parent, fd)) = parsed else {
         server_fail(&format!("malformed {SERVER_ENV} value"))
     };
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
@@ -372,6 +417,18 @@ pub(crate) fn server_main(spec: &str) -> ! {
     }
     let Some(sock) = sys::adopt_fd(fd) else {
         server_fail("the socket fd is not open")
+    };
+    if let Err(why) = bootstrap::peer_is(&sock, parent) {
+        server_fail(&why)
+    }
+    // The handshake: nothing runs before the parent's authenticated hello arrived.
+    let hello = match read_request(&sock) {
+        Ok(Some((payload, _))) => payload,
+        _ => server_fail("no hello from the parent"),
+    };
+    let preload = match open_hello(&key, &hello) {
+        Ok(p) => p,
+        Err(why) => server_fail(&why),
     };
     sys::ignore_sigpipe();
     // A Ctrl-C reaches the whole foreground process group: it is for the parent (and
@@ -381,8 +438,8 @@ pub(crate) fn server_main(spec: &str) -> ! {
     sys::block_signal(libc::SIGINT, true);
     sys::stdio_devnull();
     mproc_core::code::warm();
-    for off in preload {
-        match sys::ValidatedFn::check(layout, off) {
+    for (layout, off, sig) in preload {
+        match sys::ValidatedFn::check(layout, off, sig) {
             Ok(f) => {
                 if std::panic::catch_unwind(|| f.run()).is_err() {
                     eprintln!("mproc: fork server: a preload function panicked");
@@ -391,11 +448,29 @@ pub(crate) fn server_main(spec: &str) -> ! {
             Err(why) => server_fail(&why),
         }
     }
-    serve(sock, nonce)
+    serve(sock, nonce, key)
 }
 
-fn serve(sock: OwnedFd, nonce: u64) -> ! {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
+/// Authenticates the parent's hello, adopts its family secret; the preload functions as
+/// (build identity, offset, fingerprint).
+fn open_hello(key: &[u8; 32], frame: &[u8]) -> Result<Vec<(u64, u64, u64)>, String> {
+    let (h, payload, trailer) = wire::split_frame(frame, &wire::HELLO_MAGIC)?;
+    let len = payload.len();
+    if !trailer.is_empty() || len < 40 || (len - 40) % 16 != 0 {
+        return Err("malformed hello".into());
+    }
+    wire::check_mac(key, &wire::HELLO_MAGIC, &h, payload)?;
+    let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    let family: [u8; 32] = payload[..32].try_into().expect("32 bytes");
+    mproc_core::code::adopt_family_secret(family)?;
+    let layout = word(32);
+    Ok((40..len)
+        .step_by(16)
+        .map(|i| (layout, word(i), word(i + 8)))
+        .collect())
+}
+
+fn serve(sock: OwnedFd, nonce: u64, key: [u8; 32]) -> ! {
     let mut kids: Vec<Kid> = Vec::new();
     // After the parent closed the connection, keep reaping until the last child ended.
     let mut closing = false;
@@ -438,7 +513,7 @@ fn serve(sock: OwnedFd, nonce: u64) -> ! {
                         // on-exec, but fork keeps it) nor its siblings' fds.
                         drop(sock);
                         drop(kids);
-                        child_of_server(job, nonce, me)
+                        child_of_server(job, nonce, &key)
                     }
                     Err(_) => closing = true,
                 },
@@ -469,8 +544,11 @@ fn read_request(sock: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     if !read_exact_fds(sock, &mut head, &mut fds)? {
         return Ok(None);
     }
-    let h = FrameHeader::parse(&head, wire::BOOT_MAX + wire::BOOT_HEADER as u64 + CTX_MAX)
-        .map_err(io::Error::other)?;
+    let h = FrameHeader::parse(
+        &head,
+        wire::BOOT_MAX + 2 * wire::BOOT_HEADER as u64 + CTX_MAX,
+    )
+    .map_err(io::Error::other)?;
     // Exactly the announced size (a large zeroed scratch buffer per request would cost
     // a page fault per page).
     let mut payload = vec![0u8; h.len as usize];
@@ -577,7 +655,7 @@ fn reply_err(sock: &OwnedFd, errno: i32) -> io::Result<()> {
 
 /// In the server's child: check the request like a spawned child checks its bootstrap,
 /// then run it.
-fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
+fn child_of_server(job: Job, nonce: u64, key: &[u8; 32]) -> ! {
     let Job {
         payload,
         arg_fds,
@@ -592,25 +670,15 @@ fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
     // The lifeline stays open (and armed) for the life of this process.
     std::mem::forget(lifeline);
     sys::block_signal(libc::SIGINT, false);
-    let head: Option<[u8; wire::BOOT_HEADER]> = payload
-        .get(..wire::BOOT_HEADER)
-        .and_then(|h| h.try_into().ok());
-    let Some(head) = head else {
-        child::refuse(Some(&result), "short request")
-    };
-    let (boot, rest) = match wire::parse_boot_header(&head).and_then(|(len, sum)| {
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| l.checked_add(wire::BOOT_HEADER))
-            .filter(|&e| e <= payload.len())
-            .ok_or("truncated request")?;
-        let boot = wire::decode_boot(nonce, sum, &payload[wire::BOOT_HEADER..end])?;
-        Ok((boot, &payload[end..]))
-    }) {
+    // The authenticated bootstrap frame, then the (authenticated) context section.
+    let (head, boot, args, rest) = match wire::split_frame_prefix(&payload, &wire::BOOT_MAGIC)
+        .and_then(|(h, ctrl, args, rest)| {
+            Ok((h, wire::decode_boot(key, nonce, &h, ctrl)?, args, rest))
+        }) {
         Ok(b) => b,
         Err(why) => child::refuse(Some(&result), &why),
     };
-    let (cwd, vars) = match decode_context(rest) {
+    let (cwd, vars) = match decode_context(key, &head, rest) {
         Ok(c) => c,
         Err(why) => child::refuse(Some(&result), &why),
     };
@@ -618,6 +686,10 @@ fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
         Ok(e) => e,
         Err(why) => child::refuse(Some(&result), &why),
     };
+    if let Err(e) = mproc_core::code::adopt_family_secret(boot.family) {
+        child::refuse(Some(&result), e);
+    }
+    wire::set_proof(key, nonce);
     // What `child::prepare` does, minus PDEATHSIG (the lifeline replaces it: the real
     // parent is the server, whose death must not take this child with it).
     crate::current::become_child(&boot.info);
@@ -636,6 +708,6 @@ fn child_of_server(job: Job, nonce: u64, _server: i32) -> ! {
             )),
         )
     }
-    let outcome = entry.run(&boot.args, arg_fds);
+    let outcome = entry.run(&boot.sig_name, args, arg_fds);
     child::finish(&result, outcome)
 }

@@ -25,7 +25,7 @@ enum Job {
     /// A `fn(A) -> R` and its arguments.
     Target {
         /// Address of `trampoline::<A, R>` (for spawn and forkserver).
-        tramp: usize,
+        tramp: sys::TargetEntry,
         /// Address of the target fn.
         target: usize,
         /// Encodes the arguments (kept, so a failed start can be retried).
@@ -40,7 +40,7 @@ enum Job {
 /// A job whose arguments are encoded, ready to cross into the child.
 pub(crate) enum Prepared {
     Target {
-        tramp: usize,
+        tramp: sys::TargetEntry,
         target: usize,
         enc: Encoded,
         local: LocalFn,
@@ -559,6 +559,7 @@ impl<R> Process<R> {
                 .map_err(ProcessError::Result),
             Some(Received::Panicked(m)) => Err(ProcessError::Panicked(m)),
             Some(Received::Failed(m)) => Err(ProcessError::ChildFailed(m)),
+            Some(Received::Refused(m)) => Err(ProcessError::Refused(m)),
             None if code < 0 => Err(ProcessError::Signaled(-code)),
             None => Err(ProcessError::Exited(code)),
         }
@@ -749,6 +750,7 @@ impl Live {
                 self.reader.pump()?;
                 match self.reader.outcome_tag() {
                     Some(wire::TAG_VALUE) => 0,
+                    Some(wire::TAG_REFUSED) => crate::child::BOOTSTRAP_EXIT,
                     Some(_) => 1,
                     None => 255,
                 }
@@ -970,17 +972,19 @@ pub(crate) fn start_spawn(
     let parent = rustix::process::getpid().as_raw_nonzero().get();
     // The child receives exactly these fds, renumbered from 3 in this order (see
     // `sys::spawn_self`): the arguments' handles, then the bootstrap and result ends.
+    // The (authenticated) bootstrap names the child's numbers.
     let mut inherit: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let n = inherit.len() as i32;
     let arg_fds: Vec<i32> = (0..n).map(|i| 3 + i).collect();
+    let boot = bootstrap::make_boot(nonce, tramp, target, info, arg_fds);
+    let key = mproc_core::code::start_key(nonce);
+    let frame = wire::encode_boot(&key, &boot, &enc.bytes).map_err(io::Error::other)?;
     inherit.push(boot_theirs.as_raw_fd());
     inherit.push(res_theirs.as_raw_fd());
-    let boot = bootstrap::make_boot(nonce, tramp, target, info, enc.bytes.to_vec(), arg_fds);
-    let frame = wire::encode_boot(&boot).map_err(io::Error::other)?;
     let arg0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| "mproc-child".into());
-    let spec = bootstrap::spec_string(nonce, parent, 3 + n, 4 + n);
+    let spec = bootstrap::spec_string(nonce, &key, parent, 3 + n, 4 + n);
     let pid = sys::spawn_self(
         exe.as_os_str(),
         &arg0,
@@ -997,7 +1001,7 @@ pub(crate) fn start_spawn(
     Ok(Started {
         pid,
         pidfd,
-        reader: ResultReader::new(res_mine)?,
+        reader: ResultReader::new(res_mine)?.with_proof(wire::child_proof(&key, nonce, pid)),
         status: None,
         lifeline: None,
     })

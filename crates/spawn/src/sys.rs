@@ -7,8 +7,9 @@
 //!   child routine of [`crate::child`] and ends with [`exit_now`]; it never returns into
 //!   the caller's stack frames beyond that routine.
 //! - Code addresses ([`call_trampoline`]) are either taken in this very process, or come
-//!   from a bootstrap message that [`crate::bootstrap`] validated (nonce, checksum,
-//!   layout check, both addresses inside this executable's code mapping).
+//!   from a bootstrap message that [`crate::bootstrap`] validated (MAC under the start's
+//!   key, nonce, build identity, both addresses inside this executable's code mapping,
+//!   the target's type fingerprint checked by its trampoline).
 //! - Raw fds adopted by [`adopt_fd`] are handed to this process by the bootstrap
 //!   protocol (inherited on purpose, with their numbers in the bootstrap message).
 use crate::child::Outcome;
@@ -19,29 +20,49 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// The generic entry every target is reached through: decodes `A` from the argument
-/// bytes and fds, calls the `fn(A) -> R` at `target`, and encodes the outcome.
-pub(crate) type Trampoline = unsafe fn(usize, &[u8], Vec<OwnedFd>) -> Outcome;
+/// The generic entry every target is reached through: checks the target's type
+/// fingerprint, decodes `A` from the argument bytes and fds, calls the `fn(A) -> R` at
+/// `target`, and encodes the outcome.
+pub(crate) type Trampoline = unsafe fn(usize, (u64, &str), &[u8], Vec<OwnedFd>) -> Outcome;
 
-/// Monomorphised entry for a `fn(A) -> R` target.
+/// Monomorphised entry for a `fn(A) -> R` target. Refuses (without calling anything) a
+/// `sig` other than the fingerprint of `fn(A) -> R`.
 ///
 /// # Safety
 ///
-/// `target` must be the address of a `fn(A) -> R` of exactly these `A` and `R`.
+/// `target` must be the address of a function whose type has the fingerprint `sig.0`
+/// (`FnSig::hash`): then, if that is `fn(A) -> R`'s, it is a `fn(A) -> R` of exactly
+/// these `A` and `R`.
 unsafe fn trampoline<A: Message, R: Message>(
     target: usize,
+    sig: (u64, &str),
     args: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Outcome {
-    // SAFETY: the caller guarantees `target` is a `fn(A) -> R`; fn pointers and usize
-    // have the same size.
+    if let Err(e) = code::FnSig::of::<fn(A) -> R, A, R>().check(sig.0, Some(sig.1)) {
+        return Outcome::Refused(crate::child::refusal_text(&e.to_string()));
+    }
+    // SAFETY: the caller guarantees `target` has the type fingerprinted by `sig`, which
+    // is `fn(A) -> R`'s (checked above); fn pointers and usize have the same size.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(target) };
     crate::child::run_target(f, args, fds)
 }
 
-/// The address of `trampoline::<A, R>`.
-pub(crate) fn trampoline_addr<A: Message, R: Message>() -> usize {
-    trampoline::<A, R> as Trampoline as usize
+/// A target's trampoline and the fingerprint of the `fn(A) -> R` it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TargetEntry {
+    /// The address of `trampoline::<A, R>`.
+    pub(crate) tramp: usize,
+    /// `FnSig::of::<fn(A) -> R, A, R>()`.
+    pub(crate) sig: code::FnSig,
+}
+
+/// The trampoline of a `fn(A) -> R` target, with its fingerprint.
+pub(crate) fn trampoline_addr<A: Message, R: Message>() -> TargetEntry {
+    TargetEntry {
+        tramp: trampoline::<A, R> as Trampoline as usize,
+        sig: code::FnSig::of::<fn(A) -> R, A, R>(),
+    }
 }
 
 /// The address of a target fn.
@@ -55,34 +76,36 @@ pub(crate) fn fn_addr<A, R>(f: fn(A) -> R) -> usize {
 pub(crate) struct ValidatedEntry {
     tramp: usize,
     target: usize,
+    sig: u64,
 }
 
 impl ValidatedEntry {
-    /// Checks the layout probe and that both code addresses lie in this executable's
-    /// code mapping. (The message itself was checked by the caller: checksum, nonce,
-    /// validated archive.)
+    /// Checks the build identity and that both code addresses lie in this executable's
+    /// code mapping. (The message itself was checked by the caller: MAC under the
+    /// start's key, nonce, validated archive.)
     pub(crate) fn check(boot: &crate::wire::Boot) -> Result<Self, String> {
-        if boot.layout != code::layout() as i64 {
-            return Err("layout check failed (not the parent's executable?)".into());
-        }
         let at = |what: &str, off: i64| {
-            code::code_addr(off as u64)
-                .ok_or_else(|| format!("{what} offset points outside this executable's code"))
+            code::checked_addr(boot.layout as u64, off as u64).map_err(|e| format!("{what}: {e}"))
         };
         let tramp = at("trampoline", boot.trampoline)?;
         let target = at("target", boot.target)?;
-        Ok(ValidatedEntry { tramp, target })
+        Ok(ValidatedEntry {
+            tramp,
+            target,
+            sig: boot.sig,
+        })
     }
 
-    /// Runs the target through its trampoline.
-    pub(crate) fn run(self, args: &[u8], fds: Vec<OwnedFd>) -> Outcome {
-        // SAFETY: both addresses lie in this executable's code (checked), at the offsets
-        // the parent computed from a `trampoline::<A, R>` and a `fn(A) -> R` of the same
-        // executable (same layout probe), in a message the parent wrote (checksum,
-        // nonce, validated archive): see the module invariants.
+    /// Runs the target through its trampoline (which checks the type fingerprint first).
+    pub(crate) fn run(self, sig_name: &str, args: &[u8], fds: Vec<OwnedFd>) -> Outcome {
+        // SAFETY: both addresses lie in this executable's code and come from this build
+        // (checked), at the offsets the parent computed from a `trampoline::<A, R>` and
+        // a `fn(A) -> R` whose fingerprint is `sig`, in a message the parent wrote (MAC
+        // under the start's key, nonce, validated archive): see the module invariants.
         let t = unsafe { std::mem::transmute::<usize, Trampoline>(self.tramp) };
-        // SAFETY: as above; `target` is the `fn(A) -> R` the trampoline expects.
-        unsafe { t(self.target, args, fds) }
+        // SAFETY: as above; `target` has the type fingerprinted by `sig` (the contract of
+        // `trampoline`, which refuses any other fingerprint than its own).
+        unsafe { t(self.target, (self.sig, sig_name), args, fds) }
     }
 }
 
@@ -92,21 +115,24 @@ impl ValidatedEntry {
 pub(crate) struct ValidatedFn(usize);
 
 impl ValidatedFn {
-    /// Checks the layout probe and that the address lies in this executable's code.
-    pub(crate) fn check(layout: i64, offset: i64) -> Result<Self, String> {
-        if code::layout() as i64 != layout {
-            return Err("layout check failed (not the parent's executable?)".into());
-        }
-        let addr = code::code_addr(offset as u64)
-            .ok_or("preload offset points outside this executable's code")?;
+    /// The fingerprint of a preload function's type.
+    pub(crate) fn sig() -> code::FnSig {
+        code::FnSig::of::<fn(), (), ()>()
+    }
+
+    /// Checks the build identity, the type fingerprint and that the address lies in
+    /// this executable's code.
+    pub(crate) fn check(layout: u64, offset: u64, sig: u64) -> Result<Self, String> {
+        Self::sig().check(sig, None).map_err(|e| e.to_string())?;
+        let addr = code::checked_addr(layout, offset).map_err(|e| format!("preload: {e}"))?;
         Ok(ValidatedFn(addr))
     }
 
     /// Calls it.
     pub(crate) fn run(self) {
-        // SAFETY: the address lies in this executable's code, at the offset the parent
-        // computed from a `fn()` of the same executable (same layout probe); it came on
-        // an inherited fd's companion variable that only the parent sets.
+        // SAFETY: the address lies in this executable's code and comes from this build,
+        // at the offset the parent computed from a `fn()` (fingerprint checked), in the
+        // server's hello message authenticated with the session key.
         let f = unsafe { std::mem::transmute::<usize, fn()>(self.0) };
         f()
     }

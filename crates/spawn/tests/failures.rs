@@ -175,6 +175,10 @@ fn corrupt_bootstrap_data_is_refused_and_nothing_runs() {
         Corruption::Truncate(10),
         Corruption::Truncate(40),
         Corruption::WrongNonce,
+        Corruption::WrongMac,
+        Corruption::ForgedTarget,
+        Corruption::ForeignBuild,
+        Corruption::WrongSignature,
         Corruption::TargetOutsideCode,
         Corruption::TrampolineOutsideCode,
         Corruption::BadEnv,
@@ -191,6 +195,122 @@ fn corrupt_bootstrap_data_is_refused_and_nothing_runs() {
         );
         assert!(out.stdout.is_empty(), "{c:?}: the harness must not run");
         assert!(!path.exists(), "{c:?}: the target must never run");
+    }
+}
+
+#[test]
+fn forged_bootstraps_are_refused_with_the_reason() {
+    for (c, needles) in [
+        (Corruption::WrongMac, &["MAC mismatch"][..]),
+        (Corruption::ForgedTarget, &["MAC mismatch"][..]),
+        (Corruption::ForeignBuild, &["another build"][..]),
+        (
+            Corruption::WrongSignature,
+            &[
+                "type mismatch",
+                "fn(alloc::string::String) -> u32",
+                "fn(u64) -> u64",
+            ][..],
+        ),
+    ] {
+        let path = unique_path("forged");
+        let out = spawn_corrupt(creates_file, path.display().to_string(), c).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(70), "{c:?}: {:?} {err}", out.status);
+        for n in needles {
+            assert!(err.contains(n), "{c:?}: {n:?} not in {err:?}");
+        }
+        assert!(!err.contains("0x"), "{c:?}: no address in {err:?}");
+        assert!(!path.exists(), "{c:?}: the target must never run");
+    }
+}
+
+#[test]
+fn forged_forkserver_requests_are_refused_and_the_server_goes_on() {
+    for (c, needle) in [
+        (Corruption::WrongMac, "MAC mismatch"),
+        (Corruption::ForgedTarget, "MAC mismatch"),
+        (Corruption::WrongNonce, "nonce mismatch"),
+        (Corruption::ForeignBuild, "another build"),
+        (Corruption::WrongSignature, "fn(u64) -> u64"),
+        (Corruption::TargetOutsideCode, "does not point into"),
+        (Corruption::FlipPayloadByte(5), "MAC mismatch"),
+        (Corruption::ForgedContext, "context section: MAC mismatch"),
+        (Corruption::MovedContext, "belongs to another request"),
+    ] {
+        let path = unique_path("forged-fs");
+        let (code, text) =
+            mproc_spawn::testing::forkserver_corrupt(creates_file, path.display().to_string(), c)
+                .unwrap();
+        let text = text.unwrap_or_default();
+        assert_eq!(code, 70, "{c:?}: {text}");
+        assert!(text.contains("refusing to run the target"), "{c:?}: {text}");
+        assert!(text.contains(needle), "{c:?}: {needle:?} not in {text}");
+        assert!(!text.contains("0x"), "{c:?}: {text}");
+        assert!(!path.exists(), "{c:?}: the target must never run");
+    }
+    // The server still serves honest requests.
+    let path = unique_path("honest-fs");
+    let mut p = Process::new(creates_file, path.display().to_string())
+        .start_method(mproc_spawn::StartMethod::ForkServer);
+    p.start().unwrap();
+    assert_eq!(p.join().unwrap(), 7);
+    assert!(path.exists());
+    let _ = std::fs::remove_file(path);
+}
+
+/// Removes a directory tree when dropped (even if the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_set_user_id_program_never_dispatches() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = TempDir(unique_path("setuid"));
+    std::fs::create_dir(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.0.join("copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    // A marker that parses and names this process as the parent.
+    let marker = format!("v2:1:{}:{}:1000:1001", "ab".repeat(32), std::process::id());
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .arg("--list")
+            .env("MPROC_BOOTSTRAP", &marker)
+            .env("MPROC_FORKSERVER", "v2:1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Run normally, the copy dispatches and refuses the (fd-less) bootstrap: exit 70.
+    let (code, err) = run(&mut Command::new(&exe));
+    assert_eq!(code, Some(70), "{err}");
+    assert!(err.contains("corrupt bootstrap data"), "{err}");
+    // Set-user-ID root, run by another user, the kernel sets AT_SECURE: the constructor
+    // refuses before looking at the marker (making that copy needs root).
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let (code, err) = run(Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe.to_str().unwrap(),
+        ]));
+        assert_eq!(code, Some(77), "{err}");
+        assert!(
+            err.contains("secure mode") && err.contains("AT_SECURE"),
+            "{err}"
+        );
+        assert!(!err.contains("corrupt bootstrap data"), "{err}");
     }
 }
 

@@ -6,7 +6,7 @@
 //! the others. `reset` advances the round by two, so that waiters of the round it
 //! interrupts can tell it from a normal release and report [`BrokenBarrier`].
 use crate::error::CreateError;
-use crate::sys::{Shared, SharedState, exe_identity, fn_from_offset, fn_to_offset};
+use crate::sys::{Shared, SharedState, action_from_sealed, seal_action};
 use mproc_core::futex;
 use mproc_core::futex::Spinner;
 use mproc_core::transfer::{Exporter, Importer, TransferError};
@@ -230,8 +230,16 @@ impl RawBarrier {
 ///
 /// `wait` returns an index unique among the parties of one round (`0..parties`); the
 /// optional action (a plain `fn()`) runs exactly once per round, in the last process
-/// to arrive, before anyone is released. A handle with an action can be sent only to
-/// processes running the same executable (checked on import).
+/// to arrive, before anyone is released.
+///
+/// A handle with an action carries that function as an offset in the program's code,
+/// sealed with the process tree's secret (see `mproc_core::code`): it can be sent only
+/// to processes of the same tree (children started by any start method, their
+/// children, and back), which run the same build. A handle with an action that
+/// arrives from anywhere else (a `Listener`'s peer, another program, another run of
+/// this one) is refused on import with `TransferError::Code`, so bytes a foreign peer
+/// chose never become a callable function. A handle without an action travels
+/// anywhere.
 ///
 /// ```
 /// use mproc_sync::Barrier;
@@ -411,9 +419,11 @@ impl Transfer for Barrier {
         self.state.export(out)?;
         match self.action {
             Some(f) => {
+                let sealed = seal_action(f);
                 out.put_u64(1);
-                out.put_u64(fn_to_offset(f));
-                out.put_u64(exe_identity());
+                out.put_u64(sealed.offset);
+                out.put_u64(sealed.sig);
+                out.put_bytes(&sealed.tag);
             }
             None => out.put_u64(0),
         }
@@ -428,12 +438,13 @@ impl Transfer for Barrier {
             0 => None,
             1 => {
                 let offset = input.get_u64()?;
-                let identity = input.get_u64()?;
-                Some(
-                    fn_from_offset(offset, identity).ok_or(TransferError::Malformed(
-                        "barrier action from another executable",
-                    ))?,
-                )
+                let sig = input.get_u64()?;
+                let tag: [u8; 16] = input
+                    .get_bytes()?
+                    .try_into()
+                    .map_err(|_| TransferError::Malformed("barrier action seal"))?;
+                let sealed = mproc_core::code::SealedFn { offset, sig, tag };
+                Some(action_from_sealed(&sealed).map_err(TransferError::Code)?)
             }
             _ => return Err(TransferError::Malformed("barrier action flag")),
         };

@@ -231,29 +231,33 @@ pub(crate) fn current_tid() -> u32 {
 }
 
 // ---------------------------------------------------------------------------------
-// A plain `fn()` carried into another process as an offset from mproc-core's code
-// anchor, valid between processes running the same executable file (checked by the
-// file's identity) and only if it lands in that file's code.
+// A Barrier's action: a plain `fn()` carried into another process as an offset from
+// mproc-core's code anchor, sealed with the process family's secret
+// (`mproc_core::code::seal`), so that only processes of the same tree (same build) can
+// turn it back into a function.
 
-pub(crate) use mproc_core::code::exe_identity;
-
-/// `f` as an offset from the code anchor.
-pub(crate) fn fn_to_offset(f: fn()) -> u64 {
-    mproc_core::code::offset_of(f as usize)
+/// The fingerprint of an action's type.
+fn action_sig() -> mproc_core::code::FnSig {
+    mproc_core::code::FnSig::of::<fn(), (), ()>()
 }
 
-/// The `fn()` at `offset` from the anchor, if `identity` names this executable and the
-/// address lies in its code.
-pub(crate) fn fn_from_offset(offset: u64, identity: u64) -> Option<fn()> {
-    if identity != exe_identity() || identity == 0 {
-        return None;
-    }
-    let addr = mproc_core::code::code_addr(offset)?;
-    // SAFETY: `offset` was computed by `fn_to_offset` from a `fn()` of the same
-    // executable file (identity checked above: same device, inode, size and mtime), the
-    // image keeps its internal layout under ASLR, and `addr` lies in this file's code:
-    // `addr` is that function.
-    Some(unsafe { std::mem::transmute::<usize, fn()>(addr) })
+/// `f`, sealed for travel.
+pub(crate) fn seal_action(f: fn()) -> mproc_core::code::SealedFn {
+    mproc_core::code::seal(f as usize, action_sig())
+}
+
+/// The `fn()` a sealed action names, if this process's family sealed it (same build,
+/// not a foreign peer), it is a `fn()`, and it lies in this program's code.
+pub(crate) fn action_from_sealed(
+    s: &mproc_core::code::SealedFn,
+) -> Result<fn(), mproc_core::code::CodeError> {
+    let addr = mproc_core::code::unseal(s, action_sig())?;
+    // SAFETY: the seal (a MAC under the family secret, over the build identity, the
+    // offset and the fingerprint) proves that a process of this family, running this
+    // build, computed `offset` from a `fn()` with `seal_action`; the image keeps its
+    // internal layout under ASLR, and `addr` lies in this program's code: `addr` is
+    // that function.
+    Ok(unsafe { std::mem::transmute::<usize, fn()>(addr) })
 }
 
 // ---------------------------------------------------------------------------------
