@@ -68,6 +68,9 @@ impl Region {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        // Record this process's pid namespace (and owner tag) while it still has the
+        // memory it was created with: a fork child compares its own with it.
+        let _ = crate::pid::current();
         let map = MmapOptions::new().len(len).map_raw(&fd)?;
         Ok(Region { map, fd, len })
     }
@@ -119,23 +122,166 @@ impl Region {
         Some(unsafe { AtomicU64::from_ptr(p.cast()) })
     }
 
-    /// Copies `src` into the region at `offset`. Concurrent writers of the same bytes
-    /// produce a mix of both, never undefined behaviour on this side.
+    /// Copies `src` into the region at `offset`.
+    ///
+    /// The copy is made of relaxed atomic stores (8 bytes at a time where aligned, else
+    /// byte by byte), so it never races in the undefined-behaviour sense with atomic
+    /// views of the same bytes (`atomic_u32`, the locks and queues built on regions)
+    /// nor with other processes' copies. Concurrent writers of the same bytes leave a
+    /// mix of both, and a reader racing a writer may see a mix of old and new bytes
+    /// (no tearing guarantee beyond single aligned 8-byte words).
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, src.len(), 1).ok_or(OutOfBounds)?;
-        // SAFETY: the destination is in bounds of a live mapping; `src` is a separate
-        // allocation (a Rust slice cannot alias a mapping we never hand out as a slice).
-        // Volatile-free copy is acceptable: the bytes are plain data.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        // SAFETY: `p..p + src.len()` is in bounds of a live mapping (checked) that we
+        // only ever access atomically or through these atomic copies.
+        unsafe { atomic_copy::store(p, src) };
         Ok(())
     }
 
-    /// Copies bytes out of the region at `offset` into `dst`.
+    /// Copies bytes out of the region at `offset` into `dst`, with relaxed atomic loads
+    /// (see [`Region::write_bytes`]).
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, dst.len(), 1).ok_or(OutOfBounds)?;
-        // SAFETY: the source is in bounds of a live mapping; `dst` is a separate allocation.
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: as in `write_bytes`.
+        unsafe { atomic_copy::load(p, dst) };
         Ok(())
+    }
+}
+
+/// Byte copies between private memory and shared memory made of relaxed atomic
+/// accesses: a plain `memcpy` racing an atomic access of another thread or process is
+/// a data race (undefined behaviour), an atomic copy is not. Relaxed atomic loads and
+/// stores compile to plain moves, so this costs little more than a simple copy loop.
+pub mod atomic_copy {
+    use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+    /// The widest access (8, 4, 2 or 1 bytes) aligned at `addr` that fits in `left`.
+    #[inline(always)]
+    fn width(addr: usize, left: usize) -> usize {
+        if addr.is_multiple_of(8) && left >= 8 {
+            8
+        } else if addr.is_multiple_of(4) && left >= 4 {
+            4
+        } else if addr.is_multiple_of(2) && left >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Copies `src` to the shared bytes at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `src.len()` bytes, and those bytes must be
+    /// accessed (by anyone) only atomically while this runs.
+    #[inline]
+    pub unsafe fn store(dst: *mut u8, src: &[u8]) {
+        let n = src.len();
+        let mut i = 0;
+        while i < n {
+            let d = dst.wrapping_add(i);
+            let w = width(d as usize, n - i);
+            let s = &src[i..i + w];
+            // SAFETY: `d..d + w` is inside the caller's range and aligned for the atomic
+            // of width `w` (`width` checked it); only atomic accesses reach it.
+            unsafe {
+                match w {
+                    8 => AtomicU64::from_ptr(d.cast()).store(
+                        u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]),
+                        Ordering::Relaxed,
+                    ),
+                    4 => AtomicU32::from_ptr(d.cast()).store(
+                        u32::from_ne_bytes([s[0], s[1], s[2], s[3]]),
+                        Ordering::Relaxed,
+                    ),
+                    2 => AtomicU16::from_ptr(d.cast())
+                        .store(u16::from_ne_bytes([s[0], s[1]]), Ordering::Relaxed),
+                    _ => AtomicU8::from_ptr(d).store(s[0], Ordering::Relaxed),
+                }
+            }
+            i += w;
+        }
+    }
+
+    /// Copies the shared bytes at `src` into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `src` must be valid for reads of `dst.len()` bytes, and those bytes must be
+    /// accessed (by anyone) only atomically while this runs.
+    #[inline]
+    pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
+        let n = dst.len();
+        let src = src.cast_mut();
+        let mut i = 0;
+        while i < n {
+            let p = src.wrapping_add(i);
+            let w = width(p as usize, n - i);
+            let d = &mut dst[i..i + w];
+            // SAFETY: as in `store`.
+            unsafe {
+                match w {
+                    8 => d.copy_from_slice(
+                        &AtomicU64::from_ptr(p.cast())
+                            .load(Ordering::Relaxed)
+                            .to_ne_bytes(),
+                    ),
+                    4 => d.copy_from_slice(
+                        &AtomicU32::from_ptr(p.cast())
+                            .load(Ordering::Relaxed)
+                            .to_ne_bytes(),
+                    ),
+                    2 => d.copy_from_slice(
+                        &AtomicU16::from_ptr(p.cast())
+                            .load(Ordering::Relaxed)
+                            .to_ne_bytes(),
+                    ),
+                    _ => d[0] = AtomicU8::from_ptr(p).load(Ordering::Relaxed),
+                }
+            }
+            i += w;
+        }
+    }
+
+    /// Sets `len` shared bytes at `dst` to `byte`.
+    ///
+    /// # Safety
+    ///
+    /// As [`store`], for `len` bytes.
+    pub unsafe fn fill(dst: *mut u8, len: usize, byte: u8) {
+        let chunk = [byte; 256];
+        let mut i = 0;
+        while i < len {
+            let k = (len - i).min(chunk.len());
+            // SAFETY: `dst + i .. dst + i + k` is inside the caller's range.
+            unsafe { store(dst.wrapping_add(i), &chunk[..k]) };
+            i += k;
+        }
+    }
+
+    /// Reads a plain-data value from shared bytes at `src` (any alignment).
+    ///
+    /// # Safety
+    ///
+    /// As [`load`], for `size_of::<P>()` bytes.
+    #[inline]
+    pub unsafe fn load_pod<P: bytemuck::Pod>(src: *const u8) -> P {
+        let mut v = P::zeroed();
+        // SAFETY: the caller's contract; `v` is private memory of the right size.
+        unsafe { load(src, bytemuck::bytes_of_mut(&mut v)) };
+        v
+    }
+
+    /// Writes a plain-data value to shared bytes at `dst` (any alignment).
+    ///
+    /// # Safety
+    ///
+    /// As [`store`], for `size_of::<P>()` bytes.
+    #[inline]
+    pub unsafe fn store_pod<P: bytemuck::Pod>(dst: *mut u8, value: P) {
+        // SAFETY: the caller's contract.
+        unsafe { store(dst, bytemuck::bytes_of(&value)) };
     }
 }
 
@@ -154,15 +300,24 @@ impl std::error::Error for OutOfBounds {}
 impl Transfer for Region {
     const KIND: &'static str = "mproc_core::Region";
 
+    /// Writes the length, the exporter's pid namespace and the fd.
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         out.put_u64(self.len as u64);
+        out.put_u64(crate::pid::namespace());
         out.put_fd(self.fd.as_fd())
     }
 
+    /// Refuses a region sent from another pid namespace
+    /// ([`TransferError::ForeignPidNamespace`]): the locks and queues built on regions
+    /// record holders by pid, and a pid means nothing across namespaces.
     fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
         let len =
             usize::try_from(input.get_u64()?).map_err(|_| TransferError::Malformed("length"))?;
+        let ns = input.get_u64()?;
         let fd = input.take_fd()?;
+        if ns != crate::pid::namespace() {
+            return Err(TransferError::ForeignPidNamespace);
+        }
         let actual = fstat(&fd).map_err(io::Error::from)?.st_size;
         if actual < 0 || (actual as u64) < len as u64 || len == 0 {
             return Err(TransferError::Malformed("region smaller than announced"));

@@ -212,7 +212,7 @@ fn holder_killed_while_locked_is_reported_then_lock_is_clean() {
     p.kill().unwrap();
     let _ = p.join_timeout(Duration::from_secs(30));
     match v.lock() {
-        Err(mproc_shm::HolderDied { pid: dead }) => assert_eq!(dead, pid),
+        Err(e) => assert_eq!(e.pid, pid),
         Ok(_) => panic!("a dead holder must be reported"),
     }
     // Reported once; the lock was released again and the value is what it left.
