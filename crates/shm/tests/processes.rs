@@ -211,12 +211,50 @@ fn holder_killed_while_locked_is_reported_then_lock_is_clean() {
     let pid = p.pid().expect("started") as u32;
     p.kill().unwrap();
     let _ = p.join_timeout(Duration::from_secs(30));
+    // The report carries the guard: the survivor holds the lock and repairs the value.
     match v.lock() {
-        Err(e) => assert_eq!(e.pid, pid),
+        Err(e) => {
+            assert_eq!(e.pid, pid);
+            let mut g = e.into_inner();
+            assert_eq!(*g, 7);
+            *g = 10; // repaired under the lock
+        }
         Ok(_) => panic!("a dead holder must be reported"),
     }
-    // Reported once; the lock was released again and the value is what it left.
-    assert_eq!(*v.lock().unwrap(), 7);
+    // Reported once; the repair was written back and the lock released.
+    assert_eq!(*v.lock().unwrap(), 10);
+    *v.lock().unwrap() = 7;
     *v.lock().unwrap() += 1;
     assert_eq!(v.get().unwrap(), 8);
+}
+
+fn panic_in_value_guard(v: Value<u64>) -> u32 {
+    let mut g = v.lock().unwrap();
+    *g = 41;
+    panic!("a holder that panics with the value's guard");
+}
+
+#[test]
+fn a_value_guard_dropped_by_a_panic_reports_the_holder_with_the_guard() {
+    let v: Value<u64> = Value::new(1).unwrap();
+    let mut p = start(panic_in_value_guard, v.clone());
+    assert!(p.join_timeout(Duration::from_secs(120)).is_err(), "the child panics");
+    let pid = p.pid().expect("started") as u32;
+    let t0 = Instant::now();
+    match v.lock() {
+        Err(e) => {
+            assert_eq!(e.pid, pid);
+            let mut g = e.into_inner();
+            assert_eq!(*g, 41, "the guard's change was written back before the release");
+            *g = 1;
+        }
+        Ok(_) => panic!("a panicking holder must be reported, as std's poisoning"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(v.get().unwrap(), 1);
+    // The one-shot calls report once and release.
+    let mut p = start(panic_in_value_guard, v.clone());
+    assert!(p.join_timeout(Duration::from_secs(120)).is_err());
+    assert!(v.get().is_err());
+    assert_eq!(v.get().unwrap(), 41);
 }

@@ -213,6 +213,13 @@ impl Lock {
     /// [`Lock::release`] releases the lock whoever holds it, so the returned state must
     /// not be relied on for exclusive access (e.g. by a `lock_api`-style mutex guarding
     /// data) while any `Lock` handle on the same state exists.
+    ///
+    /// Reaching it from safe code does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let lock = mproc_sync::Lock::new().unwrap();
+    /// let _raw = lock.raw();
+    /// ```
     #[inline]
     #[allow(unsafe_code)]
     pub unsafe fn raw(&self) -> &RawMutex {

@@ -297,6 +297,13 @@ impl RawMutex {
     /// No acquisition that is still relied on for exclusive access (a guard, a
     /// `lock_api`-style mutex over this lock) may be released this way: only an
     /// acquisition that guards nothing, as Python's `Lock` does.
+    ///
+    /// Safe code cannot call it:
+    ///
+    /// ```compile_fail,E0133
+    /// let raw = mproc_sync::RawMutex::new();
+    /// raw.release_any();
+    /// ```
     #[allow(unsafe_code)]
     pub unsafe fn release_any(&self) -> bool {
         let mut w = self.word.load(Ordering::Relaxed);
