@@ -63,4 +63,4 @@ pub use locked::{
 pub use raw::{RawArray, RawValue};
 pub use segment::{SharedMemory, SharedMemoryBuilder, View, unlink};
 pub use sys::ShmAtomic;
-pub use tracker::start_tracker;
+pub use tracker::{start_tracker, tracker_pid};

@@ -328,7 +328,13 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
 /// surprise for code that waits for "any child"); it starts a new session (process-group
 /// signals aimed at the creator never reach it) and does not ask for PDEATHSIG (it must
 /// outlive the creator).
-pub(crate) fn spawn_tracker(reader: OwnedFd, table: &'static mproc_core::Region) -> io::Result<()> {
+/// Forks the tracker (through an intermediate child, so that it is nobody's child) on
+/// `reader`, the far end of `writer`; returns the tracker's pid, which it sends first.
+pub(crate) fn spawn_tracker(
+    reader: OwnedFd,
+    writer: BorrowedFd<'_>,
+    table: &'static mproc_core::Region,
+) -> io::Result<i32> {
     let rfd = reader.as_raw_fd();
     // SAFETY: `fork` from a possibly multi-threaded process. The child below only calls
     // async-signal-safe functions (`setsid`, `fork`, `_exit`, `close_range`, `signal`)
@@ -358,20 +364,49 @@ pub(crate) fn spawn_tracker(reader: OwnedFd, table: &'static mproc_core::Region)
             rustix::process::WaitOptions::empty(),
         ) {
             Ok(Some((_, status))) => {
-                return if status.exit_status() == Some(0) {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(
+                if status.exit_status() != Some(0) {
+                    return Err(io::Error::other(
                         "the resource tracker could not be started",
-                    ))
-                };
+                    ));
+                }
+                break;
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => break,
             Err(rustix::io::Errno::INTR) => continue,
             // Someone else reaped it (a `waitpid(-1)` elsewhere).
-            Err(rustix::io::Errno::CHILD) => return Ok(()),
+            Err(rustix::io::Errno::CHILD) => break,
             Err(e) => return Err(e.into()),
         }
+    }
+    // The tracker's first message is its pid; EOF means it died at once.
+    let mut buf = [0u8; 4];
+    loop {
+        match rustix::net::recv(writer, &mut buf[..], rustix::net::RecvFlags::empty()) {
+            Ok((4, _)) => return Ok(i32::from_ne_bytes(buf)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => return Err(io::Error::other("the resource tracker died at start")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the tracker at the other end of `writer` is gone (its end was closed).
+pub(crate) fn tracker_gone(writer: RawFd) -> bool {
+    if writer < 0 {
+        return true;
+    }
+    // SAFETY: `writer` is this process's open end of the tracker socket (the caller
+    // holds it in `WRITER` and does not close it during this call).
+    let fd = unsafe { BorrowedFd::borrow_raw(writer) };
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::empty(),
+    )];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR),
+        _ => false,
     }
 }
 
@@ -414,6 +449,12 @@ fn tracker_main(rfd: RawFd, table: &'static mproc_core::Region) -> ! {
     let _ = rustix::process::chdir(c"/");
     // SAFETY: the socket stays open until `_exit` (closed above were all the others).
     let sock = unsafe { BorrowedFd::borrow_raw(rfd) };
+    // Tell the creator who we are (so that it can tell when we are gone).
+    let me = rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .to_ne_bytes();
+    let _ = rustix::net::send(sock, &me, rustix::net::SendFlags::NOSIGNAL);
     let mut buf = [0u8; 16];
     loop {
         match rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::empty()) {

@@ -238,14 +238,20 @@ fn panic_in_value_guard(v: Value<u64>) -> u32 {
 fn a_value_guard_dropped_by_a_panic_reports_the_holder_with_the_guard() {
     let v: Value<u64> = Value::new(1).unwrap();
     let mut p = start(panic_in_value_guard, v.clone());
-    assert!(p.join_timeout(Duration::from_secs(120)).is_err(), "the child panics");
+    assert!(
+        p.join_timeout(Duration::from_secs(120)).is_err(),
+        "the child panics"
+    );
     let pid = p.pid().expect("started") as u32;
     let t0 = Instant::now();
     match v.lock() {
         Err(e) => {
             assert_eq!(e.pid, pid);
             let mut g = e.into_inner();
-            assert_eq!(*g, 41, "the guard's change was written back before the release");
+            assert_eq!(
+                *g, 41,
+                "the guard's change was written back before the release"
+            );
             *g = 1;
         }
         Ok(_) => panic!("a panicking holder must be reported, as std's poisoning"),
