@@ -45,6 +45,7 @@ mod element;
 mod error;
 mod list;
 mod locked;
+mod manager;
 mod name;
 mod raw;
 mod segment;
@@ -54,12 +55,14 @@ mod tracker;
 
 pub use element::Element;
 pub use error::{
-    AccessError, AllocError, CreateError, IndexError, NameError, OpenError, UnlinkError,
+    AccessError, AllocError, CreateError, CreateOrOpenError, IndexError, NameError, OpenError,
+    UnlinkError,
 };
 pub use list::{Item, ListError, ListOpenError, ShareableList};
 pub use locked::{
     Acquisition, Array, ArrayError, ArrayGuard, HolderDied, ShmLock, Value, ValueGuard,
 };
+pub use manager::SharedMemoryManager;
 pub use raw::{RawArray, RawValue};
 pub use segment::{SharedMemory, SharedMemoryBuilder, View, unlink};
 pub use sys::ShmAtomic;

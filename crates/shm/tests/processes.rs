@@ -264,3 +264,91 @@ fn a_value_guard_dropped_by_a_panic_reports_the_holder_with_the_guard() {
     assert!(v.get().is_err());
     assert_eq!(v.get().unwrap(), 41);
 }
+
+// ------------------------------------------------- create-or-open, owner scope (#15)
+
+fn create_or_open_and_mark(args: (String, mproc_sync::Barrier, u32)) -> bool {
+    let (name, start, i) = args;
+    let _ = start.wait(); // all at once: they race to create
+    let shm = SharedMemory::create_or_open(&name, 4096).expect("create or open");
+    shm.atomic::<std::sync::atomic::AtomicU64>(8 * i as usize)
+        .unwrap()
+        .store(u64::from(i) + 1, std::sync::atomic::Ordering::SeqCst);
+    let _ = start.wait(); // every mark is written
+    let _ = start.wait(); // nobody leaves (and unlinks through its tracker) early
+    shm.is_creator()
+}
+
+#[test]
+fn create_or_open_racing_processes_make_exactly_one_segment() {
+    let mut c = Cleanup::default();
+    let name = c.name("create_or_open");
+    const N: u32 = 4;
+    let start_line = mproc_sync::Barrier::new(N + 1).unwrap();
+    let mut ps: Vec<_> = (0..N)
+        .map(|i| {
+            start(
+                create_or_open_and_mark,
+                (name.clone(), start_line.clone(), i),
+            )
+        })
+        .collect();
+    start_line.wait().unwrap();
+    start_line.wait().unwrap();
+    // Everyone has written; read the marks through our own attachment.
+    let mine = SharedMemory::create_or_open(&name, 4096).unwrap();
+    assert!(!mine.is_creator(), "a child created it");
+    for i in 0..N {
+        let v = mine.read_at::<u64>(8 * i as usize).unwrap();
+        assert_eq!(v, u64::from(i) + 1, "child {i} wrote into another segment");
+    }
+    // A size other than the segment's is refused, not silently attached.
+    assert!(matches!(
+        SharedMemory::create_or_open(&name, 8192),
+        Err(mproc_shm::CreateOrOpenError::Open(
+            mproc_shm::OpenError::SizeMismatch { .. }
+        ))
+    ));
+    start_line.wait().unwrap();
+    let creators = ps.iter_mut().map(join).filter(|&c| c).count();
+    assert_eq!(creators, 1, "exactly one process creates the segment");
+}
+
+fn write_through_name(args: (String, u64)) -> u64 {
+    let shm = SharedMemory::open(&args.0).expect("attach by name");
+    shm.write_at(0, args.1).unwrap();
+    args.1
+}
+
+#[test]
+fn shared_memory_manager_unlinks_everything_it_created_when_it_ends() {
+    let mut c = Cleanup::default();
+    let smm = mproc_shm::SharedMemoryManager::new();
+    let shm = smm.shared_memory(4096).unwrap();
+    let list = smm
+        .shareable_list(&[mproc_shm::Item::Int(1), "two".into()])
+        .unwrap();
+    let (a, b) = (shm.name().to_owned(), list.name().to_owned());
+    c.add(&a);
+    c.add(&b);
+    // Another process attaches by name while the manager lives.
+    let mut p = start(write_through_name, (a.clone(), 77u64));
+    assert_eq!(join(&mut p), 77);
+    assert_eq!(shm.read_at::<u64>(0).unwrap(), 77);
+    assert!(exists(&a) && exists(&b));
+    assert_eq!(smm.names().len(), 2);
+    drop(smm);
+    assert!(
+        !exists(&a) && !exists(&b),
+        "the manager's end unlinks its segments"
+    );
+    // The handles stay usable; only the names are gone.
+    shm.write_at(8, 5u64).unwrap();
+    assert_eq!(shm.read_at::<u64>(8).unwrap(), 5);
+    assert_eq!(list.get(0).unwrap(), mproc_shm::Item::Int(1));
+    let mut p = start(write_through_name, (a.clone(), 1u64));
+    assert!(
+        p.join_timeout(Duration::from_secs(120)).is_err(),
+        "nobody can attach any more"
+    );
+}
