@@ -10,7 +10,7 @@
 //! | `shm.close()` / `shm.unlink()` | `drop(shm)` / [`shm.unlink()`](SharedMemory::unlink) |
 //! | `Value('d', 0.0)` / `RawValue('d', 0.0)` | [`Value::new(0.0f64)`](Value::new) / [`RawValue::new`] |
 //! | `Array('i', 10)` / `Array('i', range(10))` | [`Array::zeroed(10)`](Array::zeroed) / [`Array::from_slice`] |
-//! | `with v.get_lock(): v.value += 1` | `*v.lock()? += 1` ([`Value::lock`]) |
+//! | `with v.get_lock(): v.value += 1` | `*v.lock().unwrap() += 1` ([`Value::lock`]) |
 //! | `ShareableList(['a', 1, None])` | [`ShareableList::new`] with [`Item`]s |
 //!
 //! # Nothing leaks

@@ -167,7 +167,8 @@ impl ShmLock for mproc_sync::RLock {
 /// `lock()` returns a guard that reads the value once, lets you change it through
 /// `*guard`, and writes it back before the lock is released, so read-modify-write is
 /// atomic with respect to every process that also uses the lock:
-/// `*v.lock()? += 1.0`. [`get`](Self::get) and [`set`](Self::set) take the lock for
+/// `*v.lock().unwrap() += 1.0` (the error carries the guard, as std's `PoisonError`
+/// does, so it borrows the value: `unwrap`, or recover with `into_inner`). [`get`](Self::get) and [`set`](Self::set) take the lock for
 /// one access (as Python's `.value` does). [`raw`](Self::raw) reaches the value without
 /// the lock (Python's `get_obj()`).
 ///
@@ -177,9 +178,9 @@ impl ShmLock for mproc_sync::RLock {
 /// ```
 /// use mproc_shm::Value;
 /// let v: Value<f64> = Value::new(0.0)?;
-/// *v.lock()? += 1.5;               // with v.get_lock(): v.value += 1.5
+/// *v.lock().unwrap() += 1.5;       // with v.get_lock(): v.value += 1.5
 /// {
-///     let mut g = v.lock()?;        // several steps under one acquisition
+///     let mut g = v.lock().unwrap(); // several steps under one acquisition
 ///     *g = *g * 2.0;
 /// }
 /// assert_eq!(v.get()?, 3.0);
@@ -358,7 +359,7 @@ impl<T: Element, L: ShmLock> Drop for ValueGuard<'_, T, L> {
 /// use mproc_shm::Array;
 /// let a: Array<i32> = Array::from_slice(&[1, 2, 3])?;
 /// {
-///     let g = a.lock()?;
+///     let g = a.lock().unwrap();
 ///     g.update(0, |x| x + 10)?;
 ///     g.map_in_place(|x| -x);
 /// }
