@@ -352,3 +352,34 @@ fn shared_memory_manager_unlinks_everything_it_created_when_it_ends() {
         "nobody can attach any more"
     );
 }
+
+// --------------------------------------------- copies beside atomic views (#11 item 4)
+
+fn flip_words(args: (SharedMemory, u32)) -> u32 {
+    let (shm, rounds) = args;
+    // Unaligned start: the copy's head, its 8-byte middle and its tail all run.
+    let mut ones = vec![0xFFu8; 4093];
+    for r in 0..rounds {
+        ones.fill(if r % 2 == 0 { 0xFF } else { 0 });
+        shm.write(3, &ones).unwrap();
+    }
+    rounds
+}
+
+#[test]
+fn byte_copies_racing_atomic_views_never_tear_an_aligned_word() {
+    let shm = SharedMemory::create(4096).unwrap();
+    let mut p = start(flip_words, (shm.try_clone().unwrap(), 2_000));
+    let words = shm.atomics::<std::sync::atomic::AtomicU64>(8, 500).unwrap();
+    let mut seen = 0u64;
+    while p.exitcode().is_none() {
+        for w in words {
+            let v = w.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(v == 0 || v == u64::MAX, "torn word {v:#x}");
+            seen += 1;
+        }
+    }
+    assert_eq!(join(&mut p), 2_000);
+    assert!(seen > 0);
+    shm.unlink().unwrap();
+}
