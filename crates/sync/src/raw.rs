@@ -58,6 +58,10 @@ pub enum Acquired {
 /// between acquisitions, and safe code cannot release a lock it does not hold (the
 /// Python-style release of [`Lock`](crate::Lock) goes through its own API, and a
 /// `Lock`'s raw state is reachable only through `unsafe` [`Lock::raw`](crate::Lock::raw)).
+/// State placed in a region you share ([`SharedState::in_region`]) is another matter:
+/// whoever holds the region can rewrite its bytes (`Region::write_bytes`, a
+/// `Lock::in_region` at the same offset), so a data-guarding wrapper over such state
+/// must be `unsafe` to construct, as [`Mutex::in_region`](crate::Mutex::in_region) is.
 ///
 /// # Safety
 ///
