@@ -132,9 +132,12 @@ pub fn holder_dead(tag: u32) -> bool {
 /// No page: compute every time (rare, an old kernel).
 fn uncached(index: usize) -> u32 {
     let pid = getpid_raw();
-    // Without a wiped page the namespace is never recorded: compare with the one
-    // inherited (conservative: a fork child of a foreign process counts as foreign).
-    if index == W_TAG && foreign(read_namespace()) {
+    // Without a wiped page a fork child cannot tell it has not recorded its namespace
+    // yet: the first one recorded stays, and every later process compares with it
+    // (conservative: a fork child of a foreign process counts as foreign too).
+    let mine = read_namespace();
+    let _ = INHERITED_NS.compare_exchange(0, mine, Ordering::SeqCst, Ordering::SeqCst);
+    if index == W_TAG && foreign(mine) {
         pid | FOREIGN_TAG
     } else {
         pid
