@@ -169,19 +169,18 @@ pub mod atomic_copy {
         }
     }
 
-    /// Copies `src` to the shared bytes at `dst`.
+    /// Copies `src[from..to]` to `dst + from` one aligned atomic at a time (the widest
+    /// that fits): the unaligned head and the tail of a copy.
     ///
     /// # Safety
     ///
-    /// `dst` must be valid for writes of `src.len()` bytes, and those bytes must be
-    /// accessed (by anyone) only atomically while this runs.
-    #[inline]
-    pub unsafe fn store(dst: *mut u8, src: &[u8]) {
-        let n = src.len();
-        let mut i = 0;
-        while i < n {
+    /// As [`store`].
+    #[inline(always)]
+    unsafe fn store_steps(dst: *mut u8, src: &[u8], from: usize, to: usize) {
+        let mut i = from;
+        while i < to {
             let d = dst.wrapping_add(i);
-            let w = width(d as usize, n - i);
+            let w = width(d as usize, to - i);
             let s = &src[i..i + w];
             // SAFETY: `d..d + w` is inside the caller's range and aligned for the atomic
             // of width `w` (`width` checked it); only atomic accesses reach it.
@@ -204,22 +203,20 @@ pub mod atomic_copy {
         }
     }
 
-    /// Copies the shared bytes at `src` into `dst`.
+    /// Copies the shared bytes `src + from .. src + to` into `dst[from..to]`, as
+    /// [`store_steps`] does the other way.
     ///
     /// # Safety
     ///
-    /// `src` must be valid for reads of `dst.len()` bytes, and those bytes must be
-    /// accessed (by anyone) only atomically while this runs.
-    #[inline]
-    pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
-        let n = dst.len();
-        let src = src.cast_mut();
-        let mut i = 0;
-        while i < n {
+    /// As [`load`].
+    #[inline(always)]
+    unsafe fn load_steps(src: *mut u8, dst: &mut [u8], from: usize, to: usize) {
+        let mut i = from;
+        while i < to {
             let p = src.wrapping_add(i);
-            let w = width(p as usize, n - i);
+            let w = width(p as usize, to - i);
             let d = &mut dst[i..i + w];
-            // SAFETY: as in `store`.
+            // SAFETY: as in `store_steps`.
             unsafe {
                 match w {
                     8 => d.copy_from_slice(
@@ -242,6 +239,61 @@ pub mod atomic_copy {
             }
             i += w;
         }
+    }
+
+    /// Copies `src` to the shared bytes at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `src.len()` bytes, and those bytes must be
+    /// accessed (by anyone) only atomically while this runs.
+    #[inline]
+    pub unsafe fn store(dst: *mut u8, src: &[u8]) {
+        let n = src.len();
+        let head = dst.align_offset(8).min(n);
+        let words = (n - head) / 8;
+        // SAFETY: the head lies in the caller's range.
+        unsafe { store_steps(dst, src, 0, head) };
+        let base = dst.wrapping_add(head).cast::<u64>();
+        let from = src[head..head + words * 8].as_ptr().cast::<u64>();
+        for k in 0..words {
+            // SAFETY: word `k` of the body lies in `src` (read unaligned: `src` is private
+            // memory of any alignment) and in the caller's range, 8-aligned past the head.
+            unsafe {
+                let w = from.add(k).read_unaligned();
+                AtomicU64::from_ptr(base.add(k)).store(w, Ordering::Relaxed);
+            }
+        }
+        // SAFETY: the tail lies in the caller's range.
+        unsafe { store_steps(dst, src, head + words * 8, n) };
+    }
+
+    /// Copies the shared bytes at `src` into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `src` must be valid for reads of `dst.len()` bytes, and those bytes must be
+    /// accessed (by anyone) only atomically while this runs.
+    #[inline]
+    pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
+        let n = dst.len();
+        let src = src.cast_mut();
+        let head = src.align_offset(8).min(n);
+        let words = (n - head) / 8;
+        // SAFETY: the head lies in the caller's range.
+        unsafe { load_steps(src, dst, 0, head) };
+        let base = src.wrapping_add(head).cast::<u64>();
+        let to = dst[head..head + words * 8].as_mut_ptr().cast::<u64>();
+        for k in 0..words {
+            // SAFETY: word `k` of the body lies in the caller's range, 8-aligned past the
+            // head, and in `dst` (written unaligned: private memory of any alignment).
+            unsafe {
+                let w = AtomicU64::from_ptr(base.add(k)).load(Ordering::Relaxed);
+                to.add(k).write_unaligned(w);
+            }
+        }
+        // SAFETY: the tail lies in the caller's range.
+        unsafe { load_steps(src, dst, head + words * 8, n) };
     }
 
     /// Sets `len` shared bytes at `dst` to `byte`.
@@ -342,3 +394,37 @@ impl Transfer for OwnedFd {
 
 // `OwnedFd` is foreign to this crate, so inside an rkyv message it travels wrapped in
 // [`Handle`](crate::Handle): `Handle(fd)`.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_copies_move_every_byte_at_every_alignment() {
+        let r = Region::new(4096).unwrap();
+        for off in 0..17 {
+            for len in 0..70 {
+                let src: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ off as u8)
+                    .collect();
+                r.write_bytes(0, &[0xAA; 128]).unwrap();
+                r.write_bytes(off, &src).unwrap();
+                let mut back = vec![0u8; 128];
+                r.read_bytes(0, &mut back).unwrap();
+                assert!(
+                    back[..off].iter().all(|&b| b == 0xAA),
+                    "before, off {off} len {len}"
+                );
+                assert_eq!(&back[off..off + len], &src[..], "off {off} len {len}");
+                assert!(
+                    back[off + len..].iter().all(|&b| b == 0xAA),
+                    "after, off {off} len {len}"
+                );
+                let mut part = vec![0u8; len];
+                r.read_bytes(off, &mut part).unwrap();
+                assert_eq!(part, src);
+            }
+        }
+        assert_eq!(r.write_bytes(4090, &[0; 7]), Err(OutOfBounds));
+    }
+}
