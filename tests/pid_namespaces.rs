@@ -84,6 +84,104 @@ fn queues_and_values_sent_into_another_pid_namespace_are_refused() {
     assert_eq!(v.get().unwrap(), 9);
 }
 
+const FORK_ENV: &str = "MPROC_TEST_NS_FORK";
+
+/// In the fork child: its owner tag, and whether it would call a pid that exists in no
+/// namespace dead.
+fn report_tag(_: u32) -> (u32, bool) {
+    (
+        mproc::core::pid::owner_tag(),
+        mproc::core::pid::holder_dead(4_000_000),
+    )
+}
+
+#[test]
+fn a_process_forked_into_a_new_pid_namespace_neither_judges_nor_is_judged() {
+    if !unshare_works() {
+        eprintln!("unprivileged user+pid namespaces unavailable: nothing to check here");
+        return;
+    }
+    // The helper runs in a new user namespace (root there), makes a new pid namespace
+    // for its children, and forks one with the fork start method.
+    let out = Command::new("unshare")
+        .arg("-Ur")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_forks_into_a_new_pid_namespace",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FORK_ENV, "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helper failed: {:?}\n{text}",
+        out.status
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("TAG ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no report from the helper:\n{text}"));
+    let mut it = line.split_whitespace();
+    let tag: u32 = it.next().unwrap().parse().unwrap();
+    let judged_dead: bool = it.next().unwrap().parse().unwrap();
+    assert_ne!(
+        tag & mproc::core::pid::FOREIGN_TAG,
+        0,
+        "the child's locks must be tagged foreign, its pid means nothing outside"
+    );
+    assert!(
+        !judged_dead,
+        "a foreign process must never call anyone dead"
+    );
+}
+
+/// Runs only under `unshare -Ur` (a plain no-op otherwise).
+#[test]
+fn helper_forks_into_a_new_pid_namespace() {
+    if std::env::var_os(FORK_ENV).is_none() {
+        return;
+    }
+    let before = mproc::core::pid::owner_tag();
+    assert_eq!(before & mproc::core::pid::FOREIGN_TAG, 0);
+    assert!(mproc::core::pid::holder_dead(4_000_000));
+    // SAFETY: only a new pid namespace for later children; no fd table is unshared.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }
+        .expect("unshare(CLONE_NEWPID) as root of a user namespace");
+    // A raw fork: mproc's own fork start checks that its parent is still its parent,
+    // which a child in a new pid namespace cannot see (getppid() is 0 there).
+    let (mut rx, mut tx) = std::io::pipe().unwrap();
+    use std::io::Write;
+    // SAFETY: the child only computes its tag (two raw system calls and a stat), writes
+    // to a pipe and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let (tag, dead) = report_tag(0);
+        let ok = tx.write_all(format!("{tag} {dead}").as_bytes()).is_ok();
+        // SAFETY: ends the fork child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    drop(tx);
+    let mut text = String::new();
+    use std::io::Read;
+    rx.read_to_string(&mut text).unwrap();
+    let mut status = 0;
+    // SAFETY: reaps the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "the fork child failed");
+    let mut it = text.split_whitespace();
+    let (tag, dead): (u32, bool) = (
+        it.next().unwrap().parse().unwrap(),
+        it.next().unwrap().parse().unwrap(),
+    );
+    println!("TAG {tag} {dead}");
+}
+
 /// Runs only inside the namespace child (a plain no-op otherwise).
 #[test]
 fn helper_in_other_namespace() {
