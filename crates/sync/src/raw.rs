@@ -136,9 +136,11 @@ pub unsafe trait RawLock {
 }
 
 /// Whether the owner recorded in a lock word is certainly gone (never for a holder that
-/// may be alive, in particular one in another pid namespace).
+/// may be alive, in particular one in another pid namespace). A held word that names no
+/// owner at all (only the WAITERS bit: memory written by something else) has no holder
+/// to wait for, so it is taken over too.
 fn owner_dead(tag: u32) -> bool {
-    mproc_core::pid::holder_dead(tag)
+    tag == 0 || mproc_core::pid::holder_dead(tag)
 }
 
 /// The pid to report for an owner tag.
