@@ -265,7 +265,8 @@ pub(crate) fn for_each_registered(table: &Region, mut f: impl FnMut(&[u8])) {
 ///
 /// The tracker is forked from this process and shares its memory pages as they are at
 /// that moment (copy-on-write); a program with a large heap that it keeps rewriting
-/// should call this early, while it is small. Calling it again does nothing.
+/// should call this early, while it is small. Calling it again does nothing while the
+/// tracker runs, and starts a new one (on the same registrations) if it was killed.
 ///
 /// # Errors
 /// The system refused a socket, a memfd or a fork.
