@@ -36,7 +36,7 @@ pub mod transfer;
 pub use codec::{Decode, Encode, Message};
 pub use deadline::Deadline;
 pub use pidfd::{Pidfd, process_alive};
-pub use region::{OutOfBounds, Region};
+pub use region::{OutOfBounds, Region, atomic_copy};
 pub use transfer::{Handle, Transfer, TransferError};
 
 #[doc(hidden)]

@@ -65,6 +65,10 @@ pub enum TransferError {
     Malformed(&'static str),
     /// Duplicating or mapping a descriptor failed.
     Io(io::Error),
+    /// The handle comes from a process in another pid namespace. Locks and queues
+    /// record their holders by pid, which means nothing across namespaces, so shared
+    /// memory never crosses between them.
+    ForeignPidNamespace,
 }
 
 impl fmt::Display for TransferError {
@@ -81,6 +85,10 @@ impl fmt::Display for TransferError {
             }
             TransferError::Malformed(what) => write!(f, "malformed handle data: {what}"),
             TransferError::Io(e) => write!(f, "handle transfer failed: {e}"),
+            TransferError::ForeignPidNamespace => f.write_str(
+                "the handle comes from a process in another pid namespace (shared memory \
+                 is not shared across pid namespaces)",
+            ),
         }
     }
 }

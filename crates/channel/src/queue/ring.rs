@@ -20,7 +20,10 @@
 //! after its claim never stalls the others. A slot whose holder has died is reclaimed
 //! by the first waiter that finds it in the way: a dead producer's slot is skipped (its
 //! message was never complete), a dead consumer's slot is released (its message was
-//! taken). Sequence numbers are compared with wrapping arithmetic, so 32 bits suffice.
+//! taken). "Dead" is `mproc_core::pid::holder_dead`: never said of a holder that may
+//! live (a ring is never shared across pid namespaces: its region is refused on import
+//! from another one, and a process forked into one tags its claims as foreign).
+//! Sequence numbers are compared with wrapping arithmetic, so 32 bits suffice.
 //!
 //! Waiting: two futex words, "not empty" and "not full", each with a count of sleepers.
 //! A waker bumps the word and calls `FUTEX_WAKE` only when the count is non-zero, so
@@ -390,7 +393,7 @@ impl Ring {
         let st = self.state(q);
         let s = st.load(Ordering::Acquire);
         let (seq, holder) = unpack(s);
-        if holder == 0 || seq != seq_free(q) || mproc_core::process_alive(holder as i32) {
+        if seq != seq_free(q) || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
         let done = pack(seq_free(q + self.cap), 0);
@@ -414,7 +417,7 @@ impl Ring {
         let s = st.load(Ordering::Acquire);
         let (seq, holder) = unpack(s);
         let lap_before = seq_published(p.wrapping_sub(self.cap));
-        if holder == 0 || seq != lap_before || mproc_core::process_alive(holder as i32) {
+        if seq != lap_before || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
         st.compare_exchange(s, pack(seq_free(p), 0), Ordering::AcqRel, Ordering::Relaxed)
