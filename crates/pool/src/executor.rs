@@ -98,6 +98,23 @@ impl<R: Decode> std::future::Future for Future<R> {
 /// Python's `concurrent.futures.ProcessPoolExecutor`.
 ///
 /// Dropping it is `shutdown(wait=True)`, as leaving its `with` block is.
+///
+/// ```
+/// use mproc_pool::Executor;
+///
+/// fn cube(x: u64) -> u64 {
+///     x * x * x
+/// }
+///
+/// let ex = Executor::new(2).unwrap();
+/// // submit: one task, one Future (also a std Future: `.await` it in async code).
+/// let f = ex.submit(cube, 3);
+/// assert_eq!(f.result(None).unwrap(), 27);
+/// // map: results in input order; each item is its own Result.
+/// let cubes: Vec<u64> = ex.map(cube, 1..=4u64, 1).map(Result::unwrap).collect();
+/// assert_eq!(cubes, [1, 8, 27, 64]);
+/// ex.shutdown(true, false);
+/// ```
 pub struct Executor {
     pool: Option<Pool>,
     submitted: Mutex<Vec<Weak<Job>>>,
