@@ -247,3 +247,38 @@ mod tracing_events {
         assert!(events.contains(&want), "want {want}\n got {events:#?}");
     }
 }
+
+fn log_many(n: u32) -> u32 {
+    let pad = "y".repeat(1000);
+    for i in 0..n {
+        log::warn!(target: "many", "{i} {pad}");
+    }
+    n
+}
+
+#[test]
+fn children_never_block_on_a_parent_that_stopped_forwarding() {
+    let _g = serial();
+    let fwd = start();
+    // Far more than a socket buffer holds: a child that waited for a reader would hang.
+    let mut p = Process::new(log_many, 20_000);
+    p.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(fwd);
+    let t = Instant::now();
+    let r = p.join_timeout(Duration::from_secs(60));
+    if !matches!(r, Ok(Some(20_000))) {
+        let _ = p.kill();
+        let _ = p.join();
+        panic!("the child did not finish: {r:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(60));
+    // What arrived before the stop is whole and in order.
+    for (n, l) in take_lines().iter().enumerate() {
+        assert!(l.starts_with("WARN many [Process-1 "), "{l:.60}");
+        assert!(
+            l.contains(&format!("] {n} y")),
+            "out of order at {n}: {l:.60}"
+        );
+    }
+}
