@@ -47,6 +47,7 @@
 //! fn f(x: NotAMessage) -> u8 { x.0 }
 //! let _p = mproc::spawn::Process::new(f, NotAMessage(1));
 //! ```
+//!
 //! With the feature `serde`, `Serde<T>` carries any serde type
 //! (`#[derive(serde::Serialize, serde::Deserialize)]`) instead.
 
