@@ -47,7 +47,8 @@ mod wire;
 pub use context::{Context, get_context};
 pub use cpu::{cpu_count, usable_cpu_count};
 pub use current::{
-    ChildSummary, CurrentProcess, ParentProcess, active_children, current_process, parent_process,
+    ChildSummary, CurrentProcess, ParentProcess, active_children, at_child_start, current_process,
+    parent_process,
 };
 pub use error::ProcessError;
 pub use forkserver::{set_forkserver_preload, stop_forkserver};
