@@ -231,10 +231,32 @@ fn child_start() {
         return;
     }
     ROOT.store(parent, Ordering::Relaxed);
+    mproc_spawn::at_child_start(on_child_start);
     if log::set_logger(&ChildLogger).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }
     use tracing_subscriber::layer::SubscriberExt;
     let _ =
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(ForwardLayer));
+}
+
+/// Runs in every new child of a forwarding process once it knows its name (mproc-spawn's
+/// child start-up hook): if the parent captures output, this child's stdout and stderr
+/// become byte streams to it. Only fds 1 and 2 are kept, which a fork child keeps.
+pub(crate) fn on_child_start() {
+    if !forwarding() {
+        return;
+    }
+    let root = ROOT.load(Ordering::Relaxed);
+    let name = mproc_spawn::current_process().name().to_owned();
+    for stream in [1u8, 2] {
+        use std::io::Write;
+        // Nothing buffered may follow the redirection to the wrong place.
+        let _ = std::io::stdout().flush();
+        let header = format!("{stream}\t{name}\n");
+        if sys::redirect_output(root, stream, header.as_bytes()).is_err() {
+            // The parent does not capture output (or is gone): stdio stays as it is.
+            return;
+        }
+    }
 }

@@ -36,6 +36,9 @@
 //!   your `tracing` subscriber (it does nothing in the parent itself), with your printing
 //!   layers filtered by [`parent_only`].
 //!
+//! [`Forwarding::capture_output`] also brings children's stdout and stderr lines to the
+//! parent's, tagged the same way.
+//!
 //! Limits: call [`forward`] before the first process is started (a fork server started
 //! earlier does not forward); grandchildren forward when their parent was started by
 //! `fork`, not when it is a spawned child.
@@ -71,6 +74,7 @@ pub fn forward() -> Result<Forwarder, ForwardError> {
 pub struct Forwarding {
     logger: Option<Box<dyn log::Log>>,
     max_level: log::LevelFilter,
+    capture: bool,
 }
 
 impl fmt::Debug for Forwarding {
@@ -78,6 +82,7 @@ impl fmt::Debug for Forwarding {
         f.debug_struct("Forwarding")
             .field("logger", &self.logger.is_some())
             .field("max_level", &self.max_level)
+            .field("capture_output", &self.capture)
             .finish()
     }
 }
@@ -94,7 +99,17 @@ impl Forwarding {
         Forwarding {
             logger: None,
             max_level: log::LevelFilter::Info,
+            capture: false,
         }
+    }
+
+    /// Also capture what children write to their stdout and stderr: each line comes out
+    /// of the parent's own stdout or stderr as `[name pid] line`, whole lines only (a
+    /// child killed mid-line gives its partial line, marked). Off by default; applies to
+    /// children started after `start`.
+    pub fn capture_output(mut self, on: bool) -> Self {
+        self.capture = on;
+        self
     }
 
     /// This process's own `log` logger (say, an `env_logger::Logger`). mproc installs it
@@ -152,11 +167,18 @@ impl Forwarding {
             Ok(l) => l,
             Err(e) => return undo(ForwardError::Io(e)),
         };
+        let output = match self.capture.then(|| sys::listen_output(me)).transpose() {
+            Ok(o) => o,
+            Err(e) => return undo(ForwardError::Io(e)),
+        };
+        // Children (under every start method) learn of the parent's output sink when
+        // they start.
+        mproc_spawn::at_child_start(child::on_child_start);
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("mproc-log".into())
-            .spawn(move || parent::run(listener, s));
+            .spawn(move || parent::run(listener, output, s));
         match thread {
             Ok(t) => Ok(Forwarder {
                 stop,

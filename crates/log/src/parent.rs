@@ -13,15 +13,31 @@ struct Peer {
     name: String,
 }
 
+/// A child's stdout or stderr, as a byte stream.
+struct OutPeer {
+    fd: OwnedFd,
+    pid: i32,
+    /// 1 stdout, 2 stderr; 0 until the header line arrived.
+    stream: u8,
+    name: String,
+    pending: Vec<u8>,
+}
+
+/// A line longer than this is passed on in pieces.
+const MAX_LINE: usize = 64 * 1024;
+
 /// Runs until `stop` is set, then drains what is already queued and returns.
-pub(crate) fn run(listener: OwnedFd, stop: Arc<AtomicBool>) {
+pub(crate) fn run(listener: OwnedFd, output: Option<OwnedFd>, stop: Arc<AtomicBool>) {
     let mut peers: Vec<Peer> = Vec::new();
+    let mut outs: Vec<OutPeer> = Vec::new();
     let mut buf = vec![0u8; wire::MAX_RECORD + 1];
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if !stopping {
             let mut fds = vec![listener.as_fd()];
+            fds.extend(output.as_ref().map(|o| o.as_fd()));
             fds.extend(peers.iter().map(|p| p.fd.as_fd()));
+            fds.extend(outs.iter().map(|p| p.fd.as_fd()));
             let _ = sys::poll(&fds, Duration::from_millis(50));
         }
         while let Ok(Some((fd, pid))) = sys::accept(&listener) {
@@ -33,11 +49,76 @@ pub(crate) fn run(listener: OwnedFd, stop: Arc<AtomicBool>) {
                 });
             }
         }
+        if let Some(o) = &output {
+            while let Ok(Some((fd, pid))) = sys::accept(o) {
+                if pid > 0 {
+                    outs.push(OutPeer {
+                        fd,
+                        pid,
+                        stream: 0,
+                        name: String::new(),
+                        pending: Vec::new(),
+                    });
+                }
+            }
+        }
         peers.retain_mut(|p| drain(p, &mut buf));
+        outs.retain_mut(|p| drain_output(p, &mut buf));
         if stopping {
             return;
         }
     }
+}
+
+/// Passes on the whole lines `p` sent; `false` once it is closed (its last partial line
+/// is passed on, marked).
+fn drain_output(p: &mut OutPeer, buf: &mut [u8]) -> bool {
+    loop {
+        match sys::read_stream(&p.fd, buf) {
+            Ok(0) => {
+                if !p.pending.is_empty() {
+                    let rest = std::mem::take(&mut p.pending);
+                    emit_line(p, &rest, " [no newline at end]");
+                }
+                return false;
+            }
+            Ok(n) => {
+                p.pending.extend_from_slice(&buf[..n]);
+                while let Some(i) = p.pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = p.pending.drain(..=i).collect();
+                    let line = &line[..line.len() - 1];
+                    if p.stream == 0 {
+                        // The header: `stream \t name`.
+                        let h = String::from_utf8_lossy(line);
+                        let (s, name) = h.split_once('\t').unwrap_or(("1", ""));
+                        p.stream = if s == "2" { 2 } else { 1 };
+                        p.name = name.to_owned();
+                    } else {
+                        emit_line(p, line, "");
+                    }
+                }
+                if p.pending.len() > MAX_LINE {
+                    let piece = std::mem::take(&mut p.pending);
+                    emit_line(p, &piece, "");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn emit_line(p: &OutPeer, line: &[u8], mark: &str) {
+    use std::io::Write;
+    let text = String::from_utf8_lossy(line);
+    let line = format!("[{} {}] {text}{mark}\n", p.name, p.pid);
+    // One write of the whole line, so that lines of the parent's own threads and of
+    // different children never interleave within a line.
+    let _ = if p.stream == 2 {
+        std::io::stderr().lock().write_all(line.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(line.as_bytes())
+    };
 }
 
 /// Replays what `p` has queued; `false` once it is closed or sent garbage.

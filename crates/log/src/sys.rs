@@ -22,6 +22,65 @@ fn socket() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// The output sink of process `root`: a byte stream per child stream (stdout, stderr).
+fn out_addr(root: u32) -> io::Result<SocketAddrUnix> {
+    Ok(SocketAddrUnix::new_abstract_name(
+        format!("mproc-log.{root}.out").as_bytes(),
+    )?)
+}
+
+/// Binds and listens (non-blocking) on the output sink of process `root`.
+pub(crate) fn listen_output(root: u32) -> io::Result<OwnedFd> {
+    let s = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&s, &out_addr(root)?)?;
+    rustix::net::listen(&s, 256)?;
+    rustix::io::ioctl_fionbio(&s, true)?;
+    Ok(s)
+}
+
+/// In a child: connects to the output sink of `root` (if it captures output), sends
+/// `header`, and makes the connection this process's stdout (`stream` 1) or stderr (2).
+pub(crate) fn redirect_output(root: u32, stream: u8, header: &[u8]) -> io::Result<()> {
+    let s = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&s, &out_addr(root)?)?;
+    let mut h = header;
+    while !h.is_empty() {
+        match rustix::net::send(&s, h, SendFlags::NOSIGNAL) {
+            Ok(n) => h = &h[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // dup2 clears close-on-exec on the new fd, as a stdio fd should be.
+    match stream {
+        1 => rustix::stdio::dup2_stdout(&s)?,
+        _ => rustix::stdio::dup2_stderr(&s)?,
+    }
+    Ok(())
+}
+
+/// Reads what a stream peer has without blocking: `Ok(0)` at end of stream, `Err` with
+/// `WouldBlock` when nothing is pending.
+pub(crate) fn read_stream(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::recv(fd.as_fd(), &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Binds and listens on the sink of process `root` (this process).
 pub(crate) fn listen(root: u32) -> io::Result<OwnedFd> {
     let s = socket()?;
@@ -40,7 +99,8 @@ pub(crate) fn connect(root: u32) -> io::Result<OwnedFd> {
     Ok(s)
 }
 
-/// Accepts a connection without blocking; `None` when none is pending.
+/// Accepts a connection without blocking; `None` when none is pending. The pid is the
+/// kernel's word for the peer (-1: another user's process).
 pub(crate) fn accept(l: &OwnedFd) -> io::Result<Option<(OwnedFd, i32)>> {
     match rustix::net::accept_with(l, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
         Ok(c) => {
