@@ -65,8 +65,25 @@ pub(crate) fn run(listener: OwnedFd, output: Option<OwnedFd>, stop: Arc<AtomicBo
         peers.retain_mut(|p| drain(p, &mut buf));
         outs.retain_mut(|p| drain_output(p, &mut buf));
         if stopping {
+            if !outs.is_empty() {
+                // Children already running keep their redirected stdout and stderr: keep
+                // relaying until they close them (they exit), so that a late write
+                // neither fails (EPIPE) nor blocks on a full socket.
+                let _ = std::thread::Builder::new()
+                    .name("mproc-log-output".into())
+                    .spawn(move || relay_until_closed(outs));
+            }
             return;
         }
+    }
+}
+
+fn relay_until_closed(mut outs: Vec<OutPeer>) {
+    let mut buf = vec![0u8; MAX_LINE];
+    while !outs.is_empty() {
+        let fds: Vec<_> = outs.iter().map(|p| p.fd.as_fd()).collect();
+        let _ = sys::poll(&fds, Duration::from_millis(500));
+        outs.retain_mut(|p| drain_output(p, &mut buf));
     }
 }
 

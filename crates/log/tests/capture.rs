@@ -13,6 +13,13 @@ fn talk(_: ()) -> u32 {
     std::process::id()
 }
 
+fn late_writer(_: ()) {
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..20_000 {
+        println!("late line {i}");
+    }
+}
+
 fn partial_then_hang(_: ()) {
     use std::io::Write;
     print!("partial");
@@ -35,7 +42,17 @@ fn children_output_lines_reach_the_parent_tagged() {
         std::thread::sleep(Duration::from_millis(500));
         b.kill().unwrap();
         let _ = b.join();
+        // A child still writing when forwarding stops: it neither dies of SIGPIPE nor
+        // blocks (far more than a socket buffer holds).
+        let mut c = mproc_spawn::Process::new(late_writer, ());
+        c.start().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
         drop(fwd);
+        let r = c.join_timeout(Duration::from_secs(60));
+        if r.is_err() || c.exitcode() != Some(0) {
+            let _ = c.kill();
+            panic!("the late writer ended {r:?}, exit code {:?}", c.exitcode());
+        }
         println!("pids {pid_a} {}", b.pid().unwrap());
         return;
     }
