@@ -21,8 +21,8 @@
 //!
 //! How it works, and what it costs:
 //! - The parent listens on an abstract `SOCK_SEQPACKET` socket named after its pid (no
-//!   file, nothing to clean up) and a thread replays what arrives. The kernel reports
-//!   each sender's pid, so the tag cannot be forged by the child.
+//!   file, nothing to clean up) and a thread replays what arrives. The pid in the tag is
+//!   the kernel's word for the sender (`SO_PEERCRED`); the name is what the child says.
 //! - A child sends each record as one message on its own connection: one `send` per
 //!   record, and records of one process arrive in order. A child killed while writing
 //!   leaves a whole record or none; a parent that stops listening makes the children drop
