@@ -24,6 +24,11 @@ use std::os::fd::OwnedFd;
 
 /// A type that [`encode`] can serialise (any `#[derive(rkyv::Serialize)]` type, handles
 /// included).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an mproc message: it cannot be sent",
+    label = "not an mproc message",
+    note = "derive rkyv's `Archive`, `Serialize` and `Deserialize` (`#[derive(mproc::Archive, mproc::Serialize, mproc::Deserialize)]` with `#[rkyv(crate = mproc::rkyv)]`), or wrap a serde type in `mproc::Serde` (feature `serde`)"
+)]
 pub trait Encode:
     for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, BoxedError>>
 {
@@ -35,6 +40,11 @@ impl<T> Encode for T where
 
 /// A type that [`decode`] can validate and rebuild (any `#[derive(rkyv::Deserialize)]`
 /// type whose archive is checkable; the derive provides both by default).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an mproc message: it cannot be received",
+    label = "not an mproc message",
+    note = "derive rkyv's `Archive`, `Serialize` and `Deserialize` (`#[derive(mproc::Archive, mproc::Serialize, mproc::Deserialize)]` with `#[rkyv(crate = mproc::rkyv)]`), or wrap a serde type in `mproc::Serde` (feature `serde`)"
+)]
 pub trait Decode:
     Archive<
         Archived: for<'a> CheckBytes<HighValidator<'a, BoxedError>>
@@ -51,6 +61,11 @@ where
 }
 
 /// A type that can travel between processes both ways: [`Encode`] + [`Decode`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an mproc message: it cannot be sent between processes",
+    label = "not an mproc message",
+    note = "derive rkyv's `Archive`, `Serialize` and `Deserialize` (`#[derive(mproc::Archive, mproc::Serialize, mproc::Deserialize)]` with `#[rkyv(crate = mproc::rkyv)]`), or wrap a serde type in `mproc::Serde` (feature `serde`)"
+)]
 pub trait Message: Encode + Decode {}
 impl<T: Encode + Decode> Message for T {}
 

@@ -9,13 +9,64 @@
 //! | `shared_memory.SharedMemory`, `Value`, `Array` | [`shm`] (`mproc-shm`) |
 //! | `Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `connection` | [`channel`] (`mproc-channel`) |
 //! | `Pool`, `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
+//! | `logging.handlers.QueueHandler`/`QueueListener`, `%(processName)s` | [`logging`] (`mproc-log`) |
 //!
 //! See `docs/guide.md` for the full Python-to-Rust map.
+//!
+//! # Messages
+//!
+//! Arguments, results and queue/pipe messages are rkyv types. This crate re-exports
+//! rkyv and its derives, so no rkyv dependency of your own (of the matching version) is
+//! needed: derive them through `mproc` and point them at the re-export.
+//!
+//! ```
+//! use mproc::spawn::Process;
+//!
+//! #[derive(mproc::Archive, mproc::Serialize, mproc::Deserialize, Debug, PartialEq)]
+//! #[rkyv(crate = mproc::rkyv)]
+//! struct Job {
+//!     id: u32,
+//!     words: Vec<String>,
+//! }
+//!
+//! fn count(job: Job) -> (u32, usize) {
+//!     (job.id, job.words.len())
+//! }
+//!
+//! let job = Job { id: 7, words: vec!["to".into(), "be".into()] };
+//! let mut p = Process::new(count, job);
+//! p.start().unwrap();
+//! assert_eq!(p.join().unwrap(), (7, 2));
+//! ```
+//!
+//! A type that is not a message is refused at compile time ("`NotAMessage` is not an
+//! mproc message"), with a note saying how to make it one:
+//!
+//! ```compile_fail
+//! struct NotAMessage(u8);
+//! fn f(x: NotAMessage) -> u8 { x.0 }
+//! let _p = mproc::spawn::Process::new(f, NotAMessage(1));
+//! ```
+//!
+//! With the feature `serde`, `Serde<T>` carries any serde type
+//! (`#[derive(serde::Serialize, serde::Deserialize)]`) instead.
 
 #[doc(inline)]
 pub use mproc_channel as channel;
 #[doc(inline)]
 pub use mproc_core as core;
+#[doc(no_inline)]
+pub use mproc_core::Message;
+#[cfg(feature = "serde")]
+#[doc(inline)]
+pub use mproc_core::Serde;
+/// The rkyv crate mproc's messages use (derive through `mproc::{Archive, Serialize,
+/// Deserialize}` with `#[rkyv(crate = mproc::rkyv)]`).
+pub use mproc_core::rkyv;
+#[doc(no_inline)]
+pub use mproc_core::rkyv::{Archive, Deserialize, Serialize};
+#[doc(inline)]
+pub use mproc_log as logging;
 #[doc(inline)]
 pub use mproc_pool as pool;
 #[doc(inline)]

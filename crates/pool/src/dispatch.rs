@@ -359,7 +359,13 @@ fn spawn_worker(cfg: &Config, shared: &Shared) -> Result<Worker, String> {
             .try_clone()
             .map_err(|e| format!("bell region: {e}"))?,
     };
-    let mut proc = Process::new(worker::worker_main, args).daemon(true);
+    // Python's pool names its workers `ForkPoolWorker-N`/`SpawnPoolWorker-N`; the
+    // name shows in forwarded log records and `current_process()`.
+    static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let mut proc = Process::new(worker::worker_main, args)
+        .daemon(true)
+        .name(format!("PoolWorker-{n}"));
     if let Some(m) = cfg.start_method {
         proc = proc.start_method(m);
     }

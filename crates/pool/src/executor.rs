@@ -98,6 +98,23 @@ impl<R: Decode> std::future::Future for Future<R> {
 /// Python's `concurrent.futures.ProcessPoolExecutor`.
 ///
 /// Dropping it is `shutdown(wait=True)`, as leaving its `with` block is.
+///
+/// ```
+/// use mproc_pool::Executor;
+///
+/// fn cube(x: u64) -> u64 {
+///     x * x * x
+/// }
+///
+/// let ex = Executor::new(2).unwrap();
+/// // submit: one task, one Future (also a std Future: `.await` it in async code).
+/// let f = ex.submit(cube, 3);
+/// assert_eq!(f.result(None).unwrap(), 27);
+/// // map: results in input order; each item is its own Result.
+/// let cubes: Vec<u64> = ex.map(cube, 1..=4u64, 1).map(Result::unwrap).collect();
+/// assert_eq!(cubes, [1, 8, 27, 64]);
+/// ex.shutdown(true, false);
+/// ```
 pub struct Executor {
     pool: Option<Pool>,
     submitted: Mutex<Vec<Weak<Job>>>,
@@ -279,13 +296,32 @@ pub fn wait<R: Decode>(
     }
 }
 
-/// Yields the indices of `futures` as they finish (Python:
+/// Yields the futures of `futures` as they finish, each with its index (Python:
 /// `concurrent.futures.as_completed`). With a `timeout`, iteration ends with
 /// `Err(GetError::Timeout)` if some are still pending when it passes.
+///
+/// ```
+/// use mproc_pool::{Executor, as_completed};
+/// use std::time::Duration;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let ex = Executor::new(2).unwrap();
+/// let fs: Vec<_> = [300, 10].into_iter().map(|ms| ex.submit(nap, ms)).collect();
+/// let mut order = Vec::new();
+/// for done in as_completed(&fs, Some(Duration::from_secs(30))) {
+///     let (i, f) = done.unwrap();
+///     order.push((i, f.result(None).unwrap()));
+/// }
+/// assert_eq!(order, [(1, 10), (0, 300)]);
+/// ```
 pub fn as_completed<R: Decode>(
     futures: &[Future<R>],
     timeout: Option<Duration>,
-) -> impl Iterator<Item = Result<usize, GetError>> + '_ {
+) -> impl Iterator<Item = Result<(usize, &Future<R>), GetError>> + '_ {
     let deadline = Deadline::from_timeout(timeout);
     let notify = Notify::new();
     let waker = Waker::from(notify.clone());
@@ -295,7 +331,7 @@ pub fn as_completed<R: Decode>(
     std::iter::from_fn(move || {
         loop {
             if let Some(i) = ready.pop_front() {
-                return Some(Ok(i));
+                return Some(Ok((i, &futures[i])));
             }
             if pending.is_empty() || timed_out {
                 return None;

@@ -102,6 +102,28 @@ pub fn Pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
 /// checked: a corrupt, oversized or truncated frame is a typed [`RecvError`], never a
 /// panic or a hang. Methods take `&self`: sends are serialised by one lock and receives
 /// by another, so one thread may send while another receives. Dropping closes the socket.
+///
+/// ```
+/// use mproc_channel::{Connection, Pipe};
+/// use mproc_spawn::Process;
+///
+/// // The child's end travels as the argument; the child echoes until the pipe closes.
+/// fn echo(conn: Connection) {
+///     while let Ok(words) = conn.recv::<Vec<String>>() {
+///         conn.send(&words.join(" ")).unwrap();
+///     }
+/// }
+///
+/// let (parent, child) = Pipe(true).unwrap();
+/// let mut p = Process::new(echo, child);
+/// p.start().unwrap();
+/// parent.send(&vec!["hello".to_string(), "pipe".into()]).unwrap();
+/// assert_eq!(parent.recv::<String>().unwrap(), "hello pipe");
+/// // Raw bytes, and a timeout-bounded poll.
+/// assert!(!parent.poll(Some(std::time::Duration::from_millis(10))).unwrap());
+/// drop(parent); // the child's recv fails: it returns
+/// p.join().unwrap();
+/// ```
 pub struct Connection {
     pub(super) fd: Option<OwnedFd>,
     readable: bool,
