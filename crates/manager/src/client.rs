@@ -116,7 +116,14 @@ impl Session {
             .pop();
         let c = match pooled {
             Some(c) => c,
-            None => self.open()?,
+            // The session reached the server before: failing to reach it now means it
+            // is gone.
+            None => self.open().map_err(|e| match e {
+                ManagerError::Connect(mproc_channel::ConnectError::Io(_)) => {
+                    ManagerError::ServerGone
+                }
+                other => other,
+            })?,
         };
         let r = round_trip(&c, &Request { obj, op });
         match r {

@@ -46,3 +46,5 @@ pub use proxy::{
     Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
 };
 pub use server::Server;
+#[doc(hidden)]
+pub use server::fuzz_request;

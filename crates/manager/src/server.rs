@@ -1250,3 +1250,211 @@ fn try_acquire(s: &mut State, who: u64, me: u64) -> bool {
         _ => true,
     }
 }
+
+/// Decodes `data` as a request and runs it against a scratch server state, as a
+/// connection of another build would (so no request can make the server run code by
+/// offset); blocking requests end at once, their client being gone. For the fuzz target.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    use std::sync::OnceLock;
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| Shared {
+        table: Mutex::new(Table::default()),
+        next_id: AtomicU64::new(1),
+        stop: AtomicBool::new(false),
+        address: Address::abstract_name("mproc-manager-fuzz-unbound"),
+    });
+    let Ok((conn, peer)) = mproc_channel::Pipe(true) else {
+        return;
+    };
+    drop(peer);
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    let Ok(req) = mproc_core::codec::decode::<Request>(&aligned, Vec::new()) else {
+        return;
+    };
+    if matches!(req.op, Op::Shutdown | Op::Hello { .. }) {
+        return;
+    }
+    let ctx = Ctx {
+        shared,
+        conn: &conn,
+        session: 1,
+        same_build: false,
+    };
+    let _ = ctx.handle(req);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mproc_core::codec;
+
+    fn serve() -> (Address, std::thread::JoinHandle<std::io::Result<()>>) {
+        let name = format!("mproc-manager-test-{}", crate::client::random_u64());
+        let s = Server::bind(Address::abstract_name(name), b"key").unwrap();
+        let a = s.address().clone();
+        (a, std::thread::spawn(move || s.serve_forever()))
+    }
+
+    fn hello(c: &Connection, layout: u64) {
+        let h = Request {
+            obj: 0,
+            op: Op::Hello {
+                session: crate::client::random_u64(),
+                layout,
+                exe: mproc_core::code::exe_identity(),
+            },
+        };
+        c.send(&h).unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+    }
+
+    fn create_list(c: &Connection) -> u64 {
+        let r = Request {
+            obj: 0,
+            op: Op::Create {
+                kind: Kind::List,
+                init: None,
+                n: 0,
+            },
+        };
+        c.send(&r).unwrap();
+        match c.recv::<Reply>().unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_and_the_server_goes_on() {
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for i in 0..500usize {
+            let mut junk = vec![0u8; i % 97];
+            for b in &mut junk {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            c.send_bytes(&junk).unwrap();
+            match c.recv::<Reply>().unwrap() {
+                Reply::Fault(FaultKind::BadRequest, _) => {}
+                // Bytes that happen to decode as a request get an answer of their own.
+                Reply::Fault(..) | Reply::Unit | Reply::Int(_) | Reply::Id(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // A request for an object that does not exist, and one of the wrong kind.
+        c.send(&Request {
+            obj: 77,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::NoSuchObject, _)
+        ));
+        let id = create_list(&c);
+        c.send(&Request {
+            obj: id,
+            op: Op::EventSet,
+        })
+        .unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        c.send(&Request {
+            obj: id,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Int(0)));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn another_build_cannot_run_code_in_the_server() {
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout() ^ 1);
+        let id = create_list(&c);
+        let (tramp, func) = crate::sys::ctor_refs(|n: i64| n);
+        let req = Request {
+            obj: 0,
+            op: Op::CreateCustom {
+                tramp,
+                func,
+                args: crate::client::enc(&1i64).unwrap(),
+            },
+        };
+        c.send(&req).unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        let sort = Request {
+            obj: id,
+            op: Op::Sort {
+                tramp: crate::sys::sort_tramp::<u8>(),
+            },
+        };
+        c.send(&sort).unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_fuzz_entry_survives_encoded_requests_of_every_kind() {
+        let ops = vec![
+            Op::Create {
+                kind: Kind::Queue,
+                init: None,
+                n: 1,
+            },
+            Op::Take {
+                block: true,
+                timeout: None,
+            },
+            Op::Acquire {
+                block: true,
+                timeout: None,
+                owner: 3,
+            },
+            Op::Wait {
+                timeout: None,
+                owner: 0,
+            },
+            Op::Call {
+                tramp: 1,
+                func: 2,
+                args: Val::default(),
+            },
+            Op::Sort { tramp: 5 },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let e = codec::encode(&Request { obj: i as u64, op }).unwrap();
+            fuzz_request(&e.bytes);
+        }
+        fuzz_request(&[0xff; 40]);
+    }
+}
