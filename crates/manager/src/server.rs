@@ -771,9 +771,8 @@ impl Ctx<'_> {
             (State::Dict(d), Op::DictGet(k)) => {
                 let v = d.get(&k.bytes).cloned();
                 drop(st);
-                Ok(Reply::MaybeVal(v.map(|v| {
+                Ok(Reply::MaybeVal(v.inspect(|v| {
                     self.shared.hold_for(self.session, &v.refs);
-                    v
                 })))
             }
             (State::Dict(d), Op::DictInsert(k, v)) => {
@@ -784,10 +783,9 @@ impl Ctx<'_> {
                     dropped.push(kb);
                 }
                 drop(st);
-                Ok(Reply::MaybeVal(old.map(|v| {
+                Ok(Reply::MaybeVal(old.inspect(|v| {
                     self.shared.hold_for(self.session, &v.refs);
                     dropped.push(v.clone());
-                    v
                 })))
             }
             (State::Dict(d), Op::DictRemove(k)) => {
@@ -843,10 +841,7 @@ impl Ctx<'_> {
                 Ok(Reply::Unit)
             }
             (State::Ns(n), Op::AttrGet(name)) => {
-                let v = n
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| (FaultKind::KeyMissing, name))?;
+                let v = n.get(&name).cloned().ok_or((FaultKind::KeyMissing, name))?;
                 drop(st);
                 Ok(self.out(v))
             }

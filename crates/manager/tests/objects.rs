@@ -5,7 +5,7 @@
 //! `_TestBarrier`, `_TestMyManager`).
 use mproc_manager::{
     BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
-    ManagerError, NamespaceProxy, Proxy, QueueProxy, RLockProxy, ValueProxy,
+    ManagerError, NamespaceProxy, Proxy, QueueProxy, RLockProxy,
 };
 use mproc_spawn::Process;
 use std::time::{Duration, Instant};
@@ -358,10 +358,6 @@ fn custom_objects_typed_calls_and_panics() {
     assert_eq!(c.call(Counter::note, "b".to_string()).unwrap(), 2);
 }
 
-fn list_len(l: ListProxy<u8>) -> usize {
-    l.len().unwrap()
-}
-
 #[test]
 fn proxies_travel_through_a_channel_queue_to_a_running_process() {
     let m = Manager::start().unwrap();
@@ -380,5 +376,4 @@ fn proxies_travel_through_a_channel_queue_to_a_running_process() {
         q.put(l).unwrap();
     }
     assert_eq!(p.join().unwrap(), 2);
-    let _ = list_len;
 }
