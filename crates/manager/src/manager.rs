@@ -273,6 +273,52 @@ impl Manager {
         }
     }
 
+    /// Publishes `value` (usually a proxy) under `name` in the server, for clients that
+    /// know only the address and key: the analogue of Python's
+    /// `BaseManager.register('get_queue', callable=lambda: queue)`. The server keeps
+    /// the objects a published value refers to until it is replaced or withdrawn.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub fn publish<P: Encode>(&self, name: &str, value: &P) -> Result<()> {
+        match self.session.call(
+            crate::server::ROOT,
+            Op::AttrSet(name.to_owned(), enc(value)?),
+        )? {
+            Reply::Unit => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The value published under `name` (see [`publish`](Self::publish)).
+    ///
+    /// # Errors
+    /// [`ManagerError::KeyMissing`] if nothing is published under `name`; `Codec` if it
+    /// is not a `P`.
+    pub fn lookup<P: Decode>(&self, name: &str) -> Result<P> {
+        match self
+            .session
+            .call(crate::server::ROOT, Op::AttrGet(name.to_owned()))?
+        {
+            Reply::Val(v) => crate::client::dec(&self.session, v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Withdraws what was published under `name`.
+    ///
+    /// # Errors
+    /// [`ManagerError::KeyMissing`] if nothing is published under `name`.
+    pub fn unpublish(&self, name: &str) -> Result<()> {
+        match self
+            .session
+            .call(crate::server::ROOT, Op::AttrDel(name.to_owned()))?
+        {
+            Reply::Unit => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A new empty list (Python's `manager.list()`).
     ///
     /// # Errors

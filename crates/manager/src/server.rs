@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+/// The id of the server's registry of published objects.
+pub(crate) const ROOT: u64 = 1;
+
 /// How often a blocked request checks that its client is still there.
 const SLICE: Duration = Duration::from_millis(50);
 
@@ -296,11 +299,24 @@ impl Server {
     pub(crate) fn bind(address: Address, authkey: &[u8]) -> std::io::Result<Self> {
         let listener = Listener::bind(address, Some(authkey))?;
         let address = listener.address().clone();
+        let mut table = Table::default();
+        // The registry of published objects: held by the server itself, never freed.
+        table.objs.insert(
+            ROOT,
+            Entry {
+                obj: Arc::new(Obj {
+                    kind: Kind::Namespace,
+                    st: Mutex::new(State::Ns(BTreeMap::new())),
+                    cv: Condvar::new(),
+                }),
+                refs: 1,
+            },
+        );
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
-                table: Mutex::new(Table::default()),
-                next_id: AtomicU64::new(crate::client::random_u64() >> 8 | 1),
+                table: Mutex::new(table),
+                next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
                 stop: AtomicBool::new(false),
                 address,
             }),
@@ -310,11 +326,6 @@ impl Server {
     /// The address clients connect to (for TCP port 0, the port chosen).
     pub fn address(&self) -> &Address {
         self.listener.address()
-    }
-
-    /// How many objects the server holds (for leak checks).
-    pub fn object_count(&self) -> usize {
-        lock(&self.shared.table).objs.len()
     }
 
     /// Serves clients until one asks the server to shut down (Python's
@@ -528,7 +539,7 @@ impl Ctx<'_> {
                     )))
                 }
                 Op::Shutdown => Ok(Reply::Unit),
-                Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64)),
+                Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
                 _ => Err((FaultKind::BadRequest, "no object named".into())),
             };
         }

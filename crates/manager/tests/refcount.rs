@@ -144,3 +144,34 @@ fn a_proxy_given_to_a_process_keeps_the_object_until_it_is_done() {
     assert_eq!(p.join().unwrap(), 1);
     eventually(&m, 0);
 }
+
+fn look_up((name, key): (Vec<u8>, Vec<u8>)) -> Vec<u32> {
+    let m = Manager::connect(&mproc_channel::Address::abstract_name(name), &key).unwrap();
+    let l: ListProxy<u32> = m.lookup("numbers").unwrap();
+    l.push(&4).unwrap();
+    l.to_vec().unwrap()
+}
+
+#[test]
+fn published_objects_live_until_withdrawn() {
+    let m = Manager::start().unwrap();
+    let mproc_channel::Address::Abstract(name) = m.address().clone() else {
+        panic!("the default address is an abstract socket")
+    };
+    m.publish("numbers", &m.list_from(&[1u32, 2, 3]).unwrap())
+        .unwrap();
+    // Only the registry holds the list now.
+    assert_eq!(m.number_of_objects().unwrap(), 1);
+    let mut p = start(look_up, (name, m.authkey().to_vec()));
+    assert_eq!(p.join().unwrap(), [1, 2, 3, 4]);
+    assert!(matches!(
+        m.lookup::<ListProxy<u32>>("missing"),
+        Err(mproc_manager::ManagerError::KeyMissing)
+    ));
+    assert!(matches!(
+        m.lookup::<ListProxy<u8>>("numbers"),
+        Err(mproc_manager::ManagerError::Codec(_))
+    ));
+    m.unpublish("numbers").unwrap();
+    eventually(&m, 0);
+}

@@ -9,6 +9,7 @@
 //! | `shared_memory.SharedMemory`, `Value`, `Array` | [`shm`] (`mproc-shm`) |
 //! | `Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `connection` | [`channel`] (`mproc-channel`) |
 //! | `Pool`, `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
+//! | `Manager`, `managers.BaseManager`, `SyncManager` | [`manager`] (`mproc-manager`) |
 //!
 //! See `docs/guide.md` for the full Python-to-Rust map.
 
@@ -16,6 +17,8 @@
 pub use mproc_channel as channel;
 #[doc(inline)]
 pub use mproc_core as core;
+#[doc(inline)]
+pub use mproc_manager as manager;
 #[doc(inline)]
 pub use mproc_pool as pool;
 #[doc(inline)]
