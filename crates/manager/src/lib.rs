@@ -22,6 +22,8 @@
 //! - Reference counting as in CPython: an object lives while a proxy to it lives in any
 //!   process or inside another manager object; a client that dies releases its
 //!   references, and the locks it held.
+//! - [`SharedMemoryManager`]: segments made by the server, unlinked at its shutdown or
+//!   when its owner dies.
 //! - Errors are [`ManagerError`]s: a dead server is `ServerGone` at once, never a hang.
 //!
 //! Trust: an authenticated client may make the server run functions of this program
@@ -35,6 +37,7 @@ mod error;
 mod manager;
 mod proxy;
 mod server;
+mod shm;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
@@ -48,3 +51,4 @@ pub use proxy::{
 pub use server::Server;
 #[doc(hidden)]
 pub use server::fuzz_request;
+pub use shm::SharedMemoryManager;

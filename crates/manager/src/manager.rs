@@ -201,6 +201,10 @@ impl Manager {
         Server::bind(address, authkey)?.serve_forever()
     }
 
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// The server's address.
     pub fn address(&self) -> &Address {
         &self.session.address

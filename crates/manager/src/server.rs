@@ -138,8 +138,31 @@ struct Table {
     floating: HashMap<u64, u64>,
 }
 
+/// A segment a `SharedMemoryManager`'s server made (it holds the creator's handle).
+enum Segment {
+    Mem(mproc_shm::SharedMemory),
+    List(mproc_shm::ShareableList),
+}
+
+impl Segment {
+    fn name(&self) -> &str {
+        match self {
+            Segment::Mem(s) => s.name(),
+            Segment::List(l) => l.name(),
+        }
+    }
+
+    fn unlink(&self) {
+        let _ = match self {
+            Segment::Mem(s) => s.unlink(),
+            Segment::List(l) => l.unlink(),
+        };
+    }
+}
+
 pub(crate) struct Shared {
     table: Mutex<Table>,
+    segments: Mutex<Vec<Segment>>,
     next_id: AtomicU64,
     stop: AtomicBool,
     address: Address,
@@ -316,6 +339,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 table: Mutex::new(table),
+                segments: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
                 stop: AtomicBool::new(false),
                 address,
@@ -347,6 +371,10 @@ impl Server {
             let _ = std::thread::Builder::new()
                 .name("mproc-manager-conn".into())
                 .spawn(move || serve_conn(&shared, conn));
+        }
+        // Python's SharedMemoryManager: every segment made through the server goes with it.
+        for seg in lock(&self.shared.segments).drain(..) {
+            seg.unlink();
         }
         Ok(())
     }
@@ -539,6 +567,25 @@ impl Ctx<'_> {
                     )))
                 }
                 Op::Shutdown => Ok(Reply::Unit),
+                Op::ShmCreate { size } => {
+                    let size = usize::try_from(size)
+                        .map_err(|_| (FaultKind::BadRequest, "size too large".into()))?;
+                    let seg = mproc_shm::SharedMemory::create(size)
+                        .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                    Ok(self.keep(Segment::Mem(seg)))
+                }
+                Op::ShmList { items } => {
+                    let items: Vec<mproc_shm::Item> = items.into_iter().map(Into::into).collect();
+                    let l = mproc_shm::ShareableList::new(&items)
+                        .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                    Ok(self.keep(Segment::List(l)))
+                }
+                Op::ShmNames => Ok(Reply::Names(
+                    lock(&sh.segments)
+                        .iter()
+                        .map(|s| s.name().to_owned())
+                        .collect(),
+                )),
                 Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
                 _ => Err((FaultKind::BadRequest, "no object named".into())),
             };
@@ -591,6 +638,12 @@ impl Ctx<'_> {
         }
         let o = sh.obj(id)?;
         self.object(&o, req.op)
+    }
+
+    fn keep(&self, seg: Segment) -> Reply {
+        let name = seg.name().to_owned();
+        lock(&self.shared.segments).push(seg);
+        Reply::Names(vec![name])
     }
 
     fn exists(&self, id: u64) -> Res {
@@ -1266,6 +1319,7 @@ pub fn fuzz_request(data: &[u8]) {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     let shared = SHARED.get_or_init(|| Shared {
         table: Mutex::new(Table::default()),
+        segments: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         address: Address::abstract_name("mproc-manager-fuzz-unbound"),
@@ -1279,7 +1333,10 @@ pub fn fuzz_request(data: &[u8]) {
     let Ok(req) = mproc_core::codec::decode::<Request>(&aligned, Vec::new()) else {
         return;
     };
-    if matches!(req.op, Op::Shutdown | Op::Hello { .. }) {
+    if matches!(
+        req.op,
+        Op::Shutdown | Op::Hello { .. } | Op::ShmCreate { .. } | Op::ShmList { .. }
+    ) {
         return;
     }
     let ctx = Ctx {

@@ -128,6 +128,16 @@ pub(crate) enum Op {
         func: u64,
         args: Val,
     },
+    /// Creates a shared memory segment in the server, which unlinks it at shutdown.
+    ShmCreate {
+        size: u64,
+    },
+    /// Creates a `ShareableList` segment in the server.
+    ShmList {
+        items: Vec<WireItem>,
+    },
+    /// The names of the segments the server made.
+    ShmNames,
     Shutdown,
 }
 
@@ -170,4 +180,43 @@ pub(crate) enum Reply {
     Ints(Vec<i64>),
     Names(Vec<String>),
     Fault(FaultKind, String),
+}
+
+/// A `ShareableList` item on the wire (mproc-shm's `Item` is not an rkyv type).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum WireItem {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+
+impl From<&mproc_shm::Item> for WireItem {
+    fn from(i: &mproc_shm::Item) -> Self {
+        use mproc_shm::Item;
+        match i {
+            Item::None => WireItem::None,
+            Item::Bool(b) => WireItem::Bool(*b),
+            Item::Int(n) => WireItem::Int(*n),
+            Item::Float(f) => WireItem::Float(*f),
+            Item::Str(s) => WireItem::Str(s.clone()),
+            Item::Bytes(b) => WireItem::Bytes(b.clone()),
+        }
+    }
+}
+
+impl From<WireItem> for mproc_shm::Item {
+    fn from(i: WireItem) -> Self {
+        use mproc_shm::Item;
+        match i {
+            WireItem::None => Item::None,
+            WireItem::Bool(b) => Item::Bool(b),
+            WireItem::Int(n) => Item::Int(n),
+            WireItem::Float(f) => Item::Float(f),
+            WireItem::Str(s) => Item::Str(s),
+            WireItem::Bytes(b) => Item::Bytes(b),
+        }
+    }
 }
