@@ -30,7 +30,10 @@ fn proxies_go_to_pool_tasks() {
     let outer = m.list::<ListProxy<u32>>().unwrap();
     outer.push(&m.list::<u32>().unwrap()).unwrap();
     let lens = pool
-        .map(make_list, (0..4).map(|n| (outer.clone(), n)).collect::<Vec<_>>())
+        .map(
+            make_list,
+            (0..4).map(|n| (outer.clone(), n)).collect::<Vec<_>>(),
+        )
         .unwrap();
     assert_eq!(lens.iter().max(), Some(&4));
     let mut got = outer.get(0).unwrap().to_vec().unwrap();
@@ -40,7 +43,11 @@ fn proxies_go_to_pool_tasks() {
     // The workers are gone: only the parent's references remain (d, outer, its list).
     let t = std::time::Instant::now();
     while m.number_of_objects().unwrap() != 3 {
-        assert!(t.elapsed().as_secs() < 10, "{} objects", m.number_of_objects().unwrap());
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "{} objects",
+            m.number_of_objects().unwrap()
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

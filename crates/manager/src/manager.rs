@@ -386,6 +386,20 @@ impl Manager {
         Ok(QueueProxy::from_ref(self.new_ref(Kind::Queue, None, n)?))
     }
 
+    /// A new joinable queue (Python's `manager.JoinableQueue(maxsize)`): a queue with
+    /// [`task_done`](QueueProxy::task_done) and [`join`](QueueProxy::join).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub fn joinable_queue<T: Encode + Decode>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        let n = i64::try_from(maxsize).unwrap_or(0);
+        Ok(QueueProxy::from_ref(self.new_ref(
+            Kind::JoinableQueue,
+            None,
+            n,
+        )?))
+    }
+
     /// A new lock (Python's `manager.Lock()`).
     ///
     /// # Errors

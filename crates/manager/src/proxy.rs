@@ -701,6 +701,28 @@ impl<T: Encode + Decode> QueueProxy<T> {
         Ok(int(self.r.call(Op::Len)?)? as usize)
     }
 
+    /// Marks one item taken with `get` as processed (Python's
+    /// `JoinableQueue.task_done()`).
+    ///
+    /// # Errors
+    /// [`ManagerError::NotFound`] if called more often than items were put;
+    /// [`ManagerError::WrongKind`] on a queue made by [`Manager::queue`](crate::Manager::queue).
+    pub fn task_done(&self) -> Result<()> {
+        unit(self.r.call(Op::TaskDone)?)
+    }
+
+    /// Waits until every item put has been marked done (Python's
+    /// `JoinableQueue.join()`), at most `timeout`; returns whether they all were.
+    ///
+    /// # Errors
+    /// [`ManagerError::WrongKind`] on a queue made by [`Manager::queue`](crate::Manager::queue).
+    pub fn join(&self, timeout: Option<Duration>) -> Result<bool> {
+        boolean(self.r.call(Op::Wait {
+            timeout: micros(timeout),
+            owner: 0,
+        })?)
+    }
+
     /// Whether no item waits (Python's `empty`).
     ///
     /// # Errors

@@ -62,6 +62,9 @@ enum State {
     Queue {
         items: VecDeque<Val>,
         max: usize,
+        /// Items put and not yet marked done (JoinableQueue).
+        unfinished: u64,
+        joinable: bool,
     },
     Lock {
         held: bool,
@@ -667,9 +670,11 @@ impl Ctx<'_> {
             }),
             Kind::Value => State::Value(init.unwrap_or_default()),
             Kind::Namespace => State::Ns(BTreeMap::new()),
-            Kind::Queue => State::Queue {
+            Kind::Queue | Kind::JoinableQueue => State::Queue {
                 items: VecDeque::new(),
                 max: if n <= 0 { usize::MAX } else { n as usize },
+                unfinished: 0,
+                joinable: kind == Kind::JoinableQueue,
             },
             Kind::Lock => State::Lock {
                 held: false,
@@ -926,12 +931,18 @@ impl Ctx<'_> {
                     Some(Instant::now())
                 };
                 let (mut st, end) = self.wait(o, st, until, |s| match s {
-                    State::Queue { items, max } => items.len() < *max,
+                    State::Queue { items, max, .. } => items.len() < *max,
                     _ => true,
                 })?;
                 match (&mut *st, end) {
-                    (State::Queue { items, .. }, WaitEnd::Ready) => {
+                    (
+                        State::Queue {
+                            items, unfinished, ..
+                        },
+                        WaitEnd::Ready,
+                    ) => {
                         items.push_back(v);
+                        *unfinished += 1;
                         drop(st);
                         o.cv.notify_all();
                         Ok(Reply::Unit)
@@ -960,6 +971,31 @@ impl Ctx<'_> {
                     }
                     _ => Err(fault(FaultKind::Empty)),
                 }
+            }
+            (
+                State::Queue {
+                    unfinished,
+                    joinable: true,
+                    ..
+                },
+                Op::TaskDone,
+            ) => {
+                if *unfinished == 0 {
+                    return Err((
+                        FaultKind::NotFound,
+                        "task_done() called too many times".into(),
+                    ));
+                }
+                *unfinished -= 1;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (State::Queue { joinable: true, .. }, Op::Wait { timeout, .. }) => {
+                let (_st, end) = self.wait(o, st, deadline(timeout), |s| {
+                    matches!(s, State::Queue { unfinished: 0, .. })
+                })?;
+                Ok(Reply::Bool(matches!(end, WaitEnd::Ready)))
             }
             // ------------------------------------------------------------ locks
             (

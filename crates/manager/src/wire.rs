@@ -25,6 +25,7 @@ pub(crate) enum Kind {
     Value,
     Namespace,
     Queue,
+    JoinableQueue,
     Lock,
     RLock,
     Semaphore,
@@ -109,6 +110,7 @@ pub(crate) enum Op {
     Release {
         owner: u64,
     },
+    TaskDone,
     EventSet,
     EventClear,
     EventIsSet,

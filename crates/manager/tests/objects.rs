@@ -377,3 +377,29 @@ fn proxies_travel_through_a_channel_queue_to_a_running_process() {
     }
     assert_eq!(p.join().unwrap(), 2);
 }
+
+fn consume_and_mark(q: QueueProxy<u32>) -> u32 {
+    let mut sum = 0;
+    for _ in 0..5 {
+        sum += q.get_timeout(Some(Duration::from_secs(30))).unwrap();
+        q.task_done().unwrap();
+    }
+    sum
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done() {
+    let m = Manager::start().unwrap();
+    let q = m.joinable_queue::<u32>(0).unwrap();
+    assert!(q.join(Some(Duration::from_millis(10))).unwrap());
+    for i in 1..=5 {
+        q.put(&i).unwrap();
+    }
+    assert!(!q.join(Some(Duration::from_millis(20))).unwrap());
+    let mut p = start(consume_and_mark, q.clone());
+    assert!(q.join(Some(Duration::from_secs(30))).unwrap());
+    assert_eq!(p.join().unwrap(), 15);
+    assert!(matches!(q.task_done(), Err(ManagerError::NotFound)));
+    let plain = m.queue::<u32>(0).unwrap();
+    assert!(matches!(plain.task_done(), Err(ManagerError::WrongKind)));
+}

@@ -24,7 +24,12 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             }
             l.clear().unwrap();
         });
-        emit(Record::from_samples("manager.list_append", "mproc", "µs", &s));
+        emit(Record::from_samples(
+            "manager.list_append",
+            "mproc",
+            "µs",
+            &s,
+        ));
     }
     if opts.wants("manager.list_len") {
         l.append(&1).unwrap();
