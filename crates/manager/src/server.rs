@@ -1483,6 +1483,40 @@ mod tests {
     }
 
     #[test]
+    fn an_unauthenticated_request_is_never_read() {
+        let (a, t) = serve();
+        for key in [None, Some(&b"wrong"[..])] {
+            // Without the key, or with a wrong one, a well-formed request is never run.
+            if let Ok(c) = Client(&a, key) {
+                let _ = c.send(&Request {
+                    obj: 0,
+                    op: Op::Create {
+                        kind: Kind::List,
+                        init: None,
+                        n: 0,
+                    },
+                });
+                assert!(c.recv::<Reply>().is_err());
+            }
+        }
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        c.send(&Request {
+            obj: 0,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Int(0)));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
     fn another_build_cannot_run_code_in_the_server() {
         let (a, t) = serve();
         let c = Client(&a, Some(b"key")).unwrap();

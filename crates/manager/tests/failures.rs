@@ -183,3 +183,18 @@ fn a_server_in_this_process_over_a_unix_socket() {
     assert!(!path.exists(), "the socket file is removed");
     let _ = std::fs::remove_dir(&dir);
 }
+
+#[test]
+fn an_address_in_use_is_a_start_error() {
+    let first = Manager::builder()
+        .address(Address::tcp("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .unwrap();
+    let taken = first.address().clone();
+    match Manager::builder().address(taken).start() {
+        Err(ManagerError::Start(msg)) => assert!(msg.contains("in use"), "{msg}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    // The first server is unharmed.
+    assert_eq!(first.number_of_objects().unwrap(), 0);
+}
