@@ -1590,4 +1590,57 @@ mod tests {
         }
         fuzz_request(&[0xff; 40]);
     }
+
+    #[test]
+    fn mutated_requests_are_errors_not_crashes() {
+        let ops = || {
+            vec![
+                Op::Create {
+                    kind: Kind::Dict,
+                    init: Some(Val::default()),
+                    n: 3,
+                },
+                Op::DictInsert(Val::default(), Val::default()),
+                Op::Push(Val {
+                    bytes: vec![1, 2, 3],
+                    refs: vec![5, 6],
+                    ty: 9,
+                }),
+                Op::Put {
+                    v: Val::default(),
+                    block: false,
+                    timeout: Some(1),
+                },
+                Op::Acquire {
+                    block: true,
+                    timeout: Some(10),
+                    owner: 1,
+                },
+                Op::Adopt { token: 4 },
+                Op::DictUpdate(vec![(Val::default(), Val::default())]),
+            ]
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            for (i, op) in ops().into_iter().enumerate() {
+                let obj = if round % 3 == 0 {
+                    0
+                } else {
+                    (i as u64 % 4) + 1
+                };
+                let mut bytes = codec::encode(&Request { obj, op }).unwrap().bytes.to_vec();
+                for _ in 0..(next() % 4) {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] ^= next() as u8;
+                }
+                fuzz_request(&bytes);
+            }
+        }
+    }
 }
