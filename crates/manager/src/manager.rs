@@ -256,6 +256,11 @@ impl Manager {
         let Some(mut p) = self.process.take() else {
             return Ok(());
         };
+        if self.session.pid != crate::client::my_pid() {
+            // A copy of the manager in a forked child: the server belongs to the parent.
+            std::mem::forget(p);
+            return Ok(());
+        }
         let r = self.shutdown_server();
         match p.join_timeout(Duration::from_secs(5)) {
             Ok(Some(())) => {}
