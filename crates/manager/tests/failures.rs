@@ -198,3 +198,20 @@ fn an_address_in_use_is_a_start_error() {
     // The first server is unharmed.
     assert_eq!(first.number_of_objects().unwrap(), 0);
 }
+
+#[test]
+fn every_start_method_starts_a_server() {
+    use mproc_spawn::StartMethod;
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ] {
+        let m = Manager::builder().start_method(method).start().unwrap();
+        let v = m.value(&format!("{method:?}")).unwrap();
+        assert_eq!(v.get().unwrap(), format!("{method:?}"));
+        let pid = m.pid().unwrap();
+        m.shutdown().unwrap();
+        assert!(wait_dead(pid, Duration::from_secs(10)), "{method:?}");
+    }
+}
