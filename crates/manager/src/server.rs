@@ -359,12 +359,23 @@ impl Server {
     /// `serve_forever`); each connection runs on a thread of its own. A client that
     /// fails authentication is refused before any request is read.
     ///
+    /// On return no new client is accepted and every segment a
+    /// [`SharedMemoryManager`](crate::SharedMemoryManager) made is unlinked; connections
+    /// already open keep being served by their threads until they close (a server
+    /// process started by [`Manager::start`](crate::Manager::start) exits right away).
+    ///
     /// # Errors
     /// Never returns an error today; the `Result` leaves room for listener failures.
     pub fn serve_forever(self) -> std::io::Result<()> {
         while !self.shared.stop.load(Ordering::SeqCst) {
             let conn = match self.listener.accept() {
                 Ok(c) => c,
+                // A failed handshake costs nothing more; a failing socket (out of fds)
+                // is retried without spinning.
+                Err(mproc_channel::ConnectError::Io(_)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
                 Err(_) => continue,
             };
             if self.shared.stop.load(Ordering::SeqCst) {
