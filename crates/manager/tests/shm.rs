@@ -60,21 +60,23 @@ fn dropping_the_manager_unlinks_too() {
     assert!(gone_within(&names, Duration::from_secs(5)), "{names:?}");
 }
 
-fn own_segments(report: QueueProxy<Vec<String>>) {
+fn own_segments(report: QueueProxy<(Vec<String>, i32)>) {
     let smm = SharedMemoryManager::start().unwrap();
     let _a = smm.shared_memory(1000).unwrap();
     let _b = smm.shareable_list(&[Item::Int(7)]).unwrap();
-    report.put(&smm.segment_names().unwrap()).unwrap();
+    report
+        .put(&(smm.segment_names().unwrap(), smm.pid().unwrap()))
+        .unwrap();
     std::thread::sleep(Duration::from_secs(60));
 }
 
 #[test]
 fn the_owners_sigkill_unlinks_every_segment() {
     let m = Manager::start().unwrap();
-    let q = m.queue::<Vec<String>>(0).unwrap();
+    let q = m.queue::<(Vec<String>, i32)>(0).unwrap();
     let mut p = Process::new(own_segments, q.clone());
     p.start().unwrap();
-    let names = q.get_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (names, server) = q.get_timeout(Some(Duration::from_secs(30))).unwrap();
     assert_eq!(names.len(), 2);
     assert!(names.iter().all(|n| exists(n)));
     p.kill().unwrap();
