@@ -85,4 +85,20 @@ fn the_owners_sigkill_unlinks_every_segment() {
         gone_within(&names, Duration::from_secs(10)),
         "{names:?} left in /dev/shm"
     );
+    // The server died with its owner.
+    let t = Instant::now();
+    while server_alive(server) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the server outlived its owner"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn server_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0
 }
