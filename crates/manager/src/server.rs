@@ -762,7 +762,6 @@ impl Ctx<'_> {
     }
 
     fn apply(&self, o: &Obj, op: Op, dropped: &mut Vec<Val>) -> Res {
-        let wrong = || Err(fault(FaultKind::WrongKind));
         let mut st = lock(&o.st);
         match (&mut *st, op) {
             // ------------------------------------------------------------ common
@@ -1186,10 +1185,10 @@ impl Ctx<'_> {
                     Err(p) => Err((FaultKind::Panicked, panic_text(&*p))),
                 }
             }
-            _ => {
-                let _ = o.kind;
-                wrong()
-            }
+            _ => Err((
+                FaultKind::WrongKind,
+                format!("a {:?} object does not take this request", o.kind),
+            )),
         }
     }
 
