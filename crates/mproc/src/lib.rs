@@ -10,6 +10,7 @@
 //! | `Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `connection` | [`channel`] (`mproc-channel`) |
 //! | `Pool`, `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
 //! | `logging.handlers.QueueHandler`/`QueueListener`, `%(processName)s` | [`logging`] (`mproc-log`) |
+//! | `Manager`, `managers.BaseManager`, `SyncManager` | [`manager`] (`mproc-manager`) |
 //!
 //! See `docs/guide.md` for the full Python-to-Rust map.
 //!
@@ -67,6 +68,8 @@ pub use mproc_core::rkyv;
 pub use mproc_core::rkyv::{Archive, Deserialize, Serialize};
 #[doc(inline)]
 pub use mproc_log as logging;
+#[doc(inline)]
+pub use mproc_manager as manager;
 #[doc(inline)]
 pub use mproc_pool as pool;
 #[doc(inline)]

@@ -62,7 +62,7 @@ pub use list::{Item, ListError, ListOpenError, ShareableList};
 pub use locked::{
     Acquisition, Array, ArrayError, ArrayGuard, HolderDied, ShmLock, Value, ValueGuard,
 };
-pub use manager::SharedMemoryManager;
+pub use manager::SegmentScope;
 pub use raw::{RawArray, RawValue};
 pub use segment::{SharedMemory, SharedMemoryBuilder, View, unlink};
 pub use sys::ShmAtomic;

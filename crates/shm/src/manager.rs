@@ -1,5 +1,6 @@
-//! [`SharedMemoryManager`]: an owner scope that unlinks every segment it created when
-//! it ends (Python's `multiprocessing.managers.SharedMemoryManager`).
+//! [`SegmentScope`]: an owner scope that unlinks every segment it created when
+//! it ends (the cleanup of Python's `multiprocessing.managers.SharedMemoryManager`,
+//! without its server process; `mproc::manager::SharedMemoryManager` is the one with a server).
 use crate::error::CreateError;
 use crate::list::{Item, ShareableList};
 use crate::segment::SharedMemory;
@@ -31,7 +32,7 @@ impl Owned {
 }
 
 /// Creates segments and lists and unlinks all of them when it is shut down or dropped
-/// (Python's `SharedMemoryManager`: `with SharedMemoryManager() as smm:` … the block's
+/// (the cleanup of Python's `SharedMemoryManager`: `with SharedMemoryManager() as smm:` … the block's
 /// end unlinks everything `smm.SharedMemory(...)` / `smm.ShareableList(...)` made).
 ///
 /// Unlike Python's, it runs no server process: the scope lives in the process that
@@ -40,10 +41,10 @@ impl Owned {
 /// only the names go, so nobody can attach any more.
 ///
 /// ```
-/// use mproc_shm::{SharedMemory, SharedMemoryManager};
+/// use mproc_shm::{SharedMemory, SegmentScope};
 /// let name;
 /// {
-///     let smm = SharedMemoryManager::new();
+///     let smm = SegmentScope::new();
 ///     let shm = smm.shared_memory(128)?;
 ///     name = shm.name().to_owned();
 ///     assert!(SharedMemory::open(&name).is_ok()); // another process could attach
@@ -51,20 +52,21 @@ impl Owned {
 /// assert!(SharedMemory::open(&name).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[doc(alias = "SharedMemoryManager")]
 #[derive(Default)]
-pub struct SharedMemoryManager {
+pub struct SegmentScope {
     owned: Mutex<Vec<Owned>>,
 }
 
-impl fmt::Debug for SharedMemoryManager {
+impl fmt::Debug for SegmentScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedMemoryManager")
+        f.debug_struct("SegmentScope")
             .field("names", &self.names())
             .finish()
     }
 }
 
-impl SharedMemoryManager {
+impl SegmentScope {
     /// A manager that owns nothing yet.
     pub fn new() -> Self {
         Self::default()
@@ -127,7 +129,7 @@ impl SharedMemoryManager {
     }
 }
 
-impl Drop for SharedMemoryManager {
+impl Drop for SegmentScope {
     fn drop(&mut self) {
         self.shutdown();
     }

@@ -323,7 +323,7 @@ fn write_through_name(args: (String, u64)) -> u64 {
 #[test]
 fn shared_memory_manager_unlinks_everything_it_created_when_it_ends() {
     let mut c = Cleanup::default();
-    let smm = mproc_shm::SharedMemoryManager::new();
+    let smm = mproc_shm::SegmentScope::new();
     let shm = smm.shared_memory(4096).unwrap();
     let list = smm
         .shareable_list(&[mproc_shm::Item::Int(1), "two".into()])
