@@ -237,12 +237,10 @@ impl Shared {
         let mut q = self.lock();
         let refuse = if let Some(r) = &q.broken {
             Some(TaskError::Broken { reason: r.clone() })
-        } else if q.terminate {
-            Some(TaskError::Terminated)
-        } else if q.closed {
+        } else if q.terminate || q.closed || q.finished {
+            // Nothing was submitted: as after `close()`, "pool not running" (Python's
+            // ValueError), whether the pool was closed, terminated or has finished.
             Some(TaskError::Closed)
-        } else if q.finished {
-            Some(TaskError::Terminated)
         } else {
             None
         };
