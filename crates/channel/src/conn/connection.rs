@@ -25,7 +25,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The default [`Connection::max_message_size`]: 256 MiB.
@@ -108,8 +108,10 @@ pub struct Connection {
     writable: bool,
     unix: bool,
     max_len: u64,
-    pub(super) rx: Mutex<Rx>,
-    tx: Mutex<()>,
+    /// Shared with this end's clones ([`Connection::try_clone`]): one stream, one
+    /// receive state, one send lock, so clones in one process never interleave frames.
+    pub(super) rx: Arc<Mutex<Rx>>,
+    tx: Arc<Mutex<()>>,
 }
 
 /// Receive state: a frame may be read in several steps (a timed receive can stop
@@ -286,8 +288,8 @@ impl Connection {
             writable,
             unix,
             max_len: DEFAULT_MAX_MESSAGE_SIZE as u64,
-            rx: Mutex::new(Rx::new()),
-            tx: Mutex::new(()),
+            rx: Arc::new(Mutex::new(Rx::new())),
+            tx: Arc::new(Mutex::new(())),
         }
     }
 
@@ -350,6 +352,49 @@ impl Connection {
     /// `Closed`; the peer sees end of stream once every copy of this end is closed.
     pub fn close(&mut self) {
         self.fd = None;
+    }
+
+    /// Another handle to this end of the stream, on a duplicate of its socket (as
+    /// `socket.dup()`; Python hands one connection end to several children).
+    ///
+    /// In this process the clone shares this end's receive state and send lock:
+    /// messages never interleave and bytes read ahead by one are received by either.
+    /// Closing one leaves the other open; the peer sees end of stream once every copy
+    /// is closed. Each copy can be sent to another process (in a child's arguments or
+    /// inside a message). Processes that write to one stream at the same time must
+    /// agree on who writes when, as in Python: their frames are not serialised across
+    /// processes.
+    ///
+    /// ```
+    /// use mproc_channel::Pipe;
+    /// let (a, b) = Pipe(true).unwrap();
+    /// let a2 = a.try_clone().unwrap();
+    /// a2.send(&1u32).unwrap();
+    /// a.send(&2u32).unwrap();
+    /// assert_eq!((b.recv::<u32>().unwrap(), b.recv::<u32>().unwrap()), (1, 2));
+    /// drop(a);
+    /// a2.send(&3u32).unwrap(); // still open
+    /// assert_eq!(b.recv::<u32>().unwrap(), 3);
+    /// ```
+    ///
+    /// # Errors
+    /// `NotConnected` if this end is closed; `dup(2)` failed (out of fds).
+    #[doc(alias = "dup")]
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection is closed"))?
+            .try_clone()?;
+        Ok(Connection {
+            fd: Some(fd),
+            readable: self.readable,
+            writable: self.writable,
+            unix: self.unix,
+            max_len: self.max_len,
+            rx: Arc::clone(&self.rx),
+            tx: Arc::clone(&self.tx),
+        })
     }
 
     // ---------------------------------------------------------------- sending
