@@ -1,7 +1,6 @@
 //! Python parity of the pool (issue 15) and callback re-entrancy (issue 11, item 8):
 //! `starmap` of any arity, `Closed` after `terminate()`, callbacks that use their own pool.
 use mproc_pool::{Executor, Pool, ResultError, TaskError};
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
