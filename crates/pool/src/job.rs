@@ -320,6 +320,10 @@ pub(crate) struct Job {
     after: Mutex<Option<Vec<DoneHook>>>,
     /// The pool whose dispatcher a waiter may run (see `Shared::drive`).
     driver: OnceLock<Weak<Shared>>,
+    /// This job, for finishing it later: a job completed by a thread that holds the
+    /// pool's engine runs its callbacks once the engine is released (see
+    /// `dispatch::defer_finish`), so a callback may use its own pool.
+    me: Weak<Job>,
 }
 
 impl std::fmt::Debug for Job {
@@ -334,7 +338,11 @@ impl std::fmt::Debug for Job {
 impl Job {
     /// A job of `n` items. With `fail_fast`, it finishes at the first failure (as
     /// Python's `MapResult` does); otherwise when every item is in.
-    pub(crate) fn new(n: usize, fail_fast: bool) -> Self {
+    pub(crate) fn new(n: usize, fail_fast: bool) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::with_self(n, fail_fast, me.clone()))
+    }
+
+    fn with_self(n: usize, fail_fast: bool, me: Weak<Job>) -> Self {
         Job {
             n,
             fail_fast,
@@ -352,6 +360,7 @@ impl Job {
             on_done: Mutex::new(None),
             after: Mutex::new(Some(Vec::new())),
             driver: OnceLock::new(),
+            me,
         }
     }
 
@@ -395,6 +404,11 @@ impl Job {
     /// Waits until finished or `deadline`; `true` when finished.
     pub(crate) fn wait(&self, deadline: Deadline) -> bool {
         if self.is_finished() {
+            return true;
+        }
+        // A callback of this job that waits on it: its outcomes are in (the callback
+        // runs before the job is marked finished).
+        if self.lock().finisher == Some(std::thread::current().id()) {
             return true;
         }
         // Run the pool's dispatcher on this thread while waiting, if nobody else does.
@@ -513,8 +527,20 @@ impl Job {
             return;
         }
         g.finishing = true;
-        g.finisher = Some(std::thread::current().id());
         drop(g);
+        // Inside the dispatcher, callbacks wait until it is released: one that submits
+        // to or waits on its own pool would otherwise wait for itself.
+        if let Some(me) = self.me.upgrade()
+            && crate::dispatch::defer_finish(me)
+        {
+            return;
+        }
+        self.finish_now();
+    }
+
+    /// Runs the callbacks of a job whose outcomes are all in, then wakes its waiters.
+    pub(crate) fn finish_now(&self) {
+        self.lock().finisher = Some(std::thread::current().id());
         let hook = self
             .on_done
             .lock()

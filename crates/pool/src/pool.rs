@@ -334,7 +334,7 @@ impl Pool {
         let collected: Option<Vec<A>> = (hi != Some(lo)).then(|| it.by_ref().collect());
         let n = collected.as_ref().map_or(lo, Vec::len);
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(n, self.processes));
-        let job = Arc::new(Job::new(n, fail_fast));
+        let job = Job::new(n, fail_fast);
         job.set_driver(&self.shared);
         if let Some(h) = hook {
             job.on_done(h);

@@ -1,6 +1,7 @@
 //! Python parity of the pool (issue 15) and callback re-entrancy (issue 11, item 8):
 //! `starmap` of any arity, `Closed` after `terminate()`, callbacks that use their own pool.
 use mproc_pool::{Executor, Pool, ResultError, TaskError};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -137,4 +138,131 @@ fn a_task_after_terminate_is_closed_not_terminated() {
         ex.submit(one, 1).result(Some(LONG)),
         Err(ResultError::Failed(TaskError::Closed))
     );
+}
+
+fn sqr(x: u64) -> u64 {
+    x * x
+}
+
+fn boom(x: u64) -> u64 {
+    panic!("boom {x}")
+}
+
+/// A callback that uses its own pool (`apply`, `map`, `apply_async(..).get()`), on
+/// the pool's thread (nobody waits) — it used to wait for ever on the engine its own
+/// thread held.
+#[test]
+fn callbacks_may_use_their_own_pool_when_nobody_waits() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let (tx, rx) = mpsc::channel::<(&str, u64)>();
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let (p2, t2) = (pool.clone(), tx.clone());
+    let _r = pool.apply_async_with(
+        sqr,
+        3,
+        move |v| t.send(("apply ok", p.apply(sqr, v).unwrap())).unwrap(),
+        move |_| t2.send(("apply err", p2.apply(sqr, 0).unwrap())).unwrap(),
+    );
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), ("apply ok", 81));
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let (p2, t2) = (pool.clone(), tx.clone());
+    let _r = pool.apply_async_with(
+        boom,
+        1,
+        move |_| t.send(("boom ok?", p.apply(sqr, 0).unwrap())).unwrap(),
+        move |e| {
+            assert!(matches!(e, TaskError::Panicked { .. }));
+            let nested = p2.apply_async(sqr, 5).get().unwrap();
+            t2.send(("apply err", nested)).unwrap()
+        },
+    );
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), ("apply err", 25));
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let (p2, t2) = (pool.clone(), tx.clone());
+    let _m = pool.map_async_with(
+        sqr,
+        0..4u64,
+        move |v| {
+            let again = p.map(sqr, v).unwrap();
+            t.send(("map ok", again.iter().sum())).unwrap()
+        },
+        move |_| t2.send(("map err?", p2.apply(sqr, 0).unwrap())).unwrap(),
+    );
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), ("map ok", 1 + 16 + 81));
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let (p2, t2) = (pool.clone(), tx);
+    let _m = pool.map_async_with(
+        boom,
+        0..4u64,
+        move |_| t.send(("map ok?", p.apply(sqr, 0).unwrap())).unwrap(),
+        move |e| {
+            let n = p2.map(sqr, 0..e.index as u64 + 2).unwrap().len() as u64;
+            t2.send(("map err", n)).unwrap()
+        },
+    );
+    let (what, n) = rx.recv_timeout(LONG).unwrap();
+    assert_eq!(what, "map err");
+    assert!(n >= 2);
+}
+
+/// The same while a caller waits on the result and so drives the pool itself: the
+/// callback runs on the caller's thread, before `get()` returns, outside the engine.
+#[test]
+fn callbacks_may_use_their_own_pool_while_a_caller_drives() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let (tx, rx) = mpsc::channel::<u64>();
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let r = pool.apply_async_with(
+        sqr,
+        4,
+        move |v| t.send(p.apply(sqr, v).unwrap()).unwrap(),
+        |_| {},
+    );
+    assert_eq!(r.get_timeout(LONG), Ok(16));
+    // `get` returned after the callback ran.
+    assert_eq!(rx.try_recv(), Ok(256));
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let r = pool.apply_async_with(
+        boom,
+        4,
+        |_| {},
+        move |_| t.send(p.map(sqr, 0..3u64).unwrap().iter().sum()).unwrap(),
+    );
+    assert!(matches!(
+        r.get_timeout(LONG),
+        Err(ResultError::Failed(TaskError::Panicked { .. }))
+    ));
+    assert_eq!(rx.try_recv(), Ok(5));
+
+    let (p, t) = (pool.clone(), tx.clone());
+    let m = pool.map_async_with(
+        sqr,
+        1..4u64,
+        move |v| {
+            let nested = p.apply_async(sqr, v[2]).get().unwrap();
+            t.send(nested).unwrap()
+        },
+        |_| {},
+    );
+    assert_eq!(m.get().unwrap(), vec![1, 4, 9]);
+    assert_eq!(rx.try_recv(), Ok(81));
+
+    let (p, t) = (pool.clone(), tx);
+    let m = pool.map_async_with(
+        boom,
+        1..4u64,
+        |_| {},
+        move |e| t.send(p.apply(sqr, e.index as u64 + 10).unwrap()).unwrap(),
+    );
+    assert!(m.get().is_err());
+    let v = rx.try_recv().unwrap();
+    assert!((100..=144).contains(&v), "{v}");
+    // The pool is still whole.
+    assert_eq!(pool.map(sqr, 0..100u64).unwrap().len(), 100);
 }
