@@ -160,7 +160,10 @@ fn decode_error_leaves_connection_usable() {
     let (a, b) = Pipe(true).unwrap();
     a.send_bytes(b"not an archive at all").unwrap();
     a.send(&String::from("after")).unwrap();
-    assert!(matches!(b.recv::<String>(), Err(RecvError::TypeMismatch(_))));
+    assert!(matches!(
+        b.recv::<String>(),
+        Err(RecvError::TypeMismatch(_))
+    ));
     assert_eq!(b.recv::<String>().unwrap(), "after");
     let (c, raw) = raw_pair();
     write_raw(&raw, &typed_frame::<String>(b"not an archive at all"));

@@ -133,7 +133,10 @@ fn typed_messages_read_as_bytes_are_their_archive() {
     let p: Point = codec::decode(&aligned, vec![]).unwrap();
     assert_eq!(p, Point { x: 1.5, y: -2.0 });
     // Into a buffer, and too small a buffer leaves the message queued.
-    a.send(&Named { name: "x".repeat(100) }).unwrap();
+    a.send(&Named {
+        name: "x".repeat(100),
+    })
+    .unwrap();
     let mut small = [0u8; 8];
     let needed = match b.recv_bytes_into(&mut small) {
         Err(RecvError::BufferTooSmall { needed }) => needed,

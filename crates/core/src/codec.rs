@@ -89,7 +89,11 @@ impl CodecError {
 
 impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid message: {}", without_addresses(&self.0.to_string()))
+        write!(
+            f,
+            "invalid message: {}",
+            without_addresses(&self.0.to_string())
+        )
     }
 }
 
@@ -250,10 +254,7 @@ impl FrameHeader {
     ///
     /// # Errors
     /// As [`FrameHeader::parse`].
-    pub fn parse_kind(
-        b: &[u8; HEADER_LEN],
-        max_len: u64,
-    ) -> Result<(Self, FrameKind), FrameError> {
+    pub fn parse_kind(b: &[u8; HEADER_LEN], max_len: u64) -> Result<(Self, FrameKind), FrameError> {
         if b[..4] == TYPED_MAGIC {
             let mut plain = *b;
             plain[..4].copy_from_slice(&MAGIC);
@@ -445,13 +446,17 @@ pub const MAX_TYPE_NAME: usize = 512;
 ///
 /// # Errors
 /// The payload is shorter than its block announces.
-pub fn read_type_block(payload: &[u8]) -> Result<(u64, std::borrow::Cow<'_, str>, usize), CodecError> {
+pub fn read_type_block(
+    payload: &[u8],
+) -> Result<(u64, std::borrow::Cow<'_, str>, usize), CodecError> {
     let short = || CodecError::msg("typed frame shorter than its type block");
     let head = payload.get(..16).ok_or_else(short)?;
     let hash = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
     let n = u16::from_le_bytes(head[8..10].try_into().expect("2 bytes")) as usize;
     if n > MAX_TYPE_NAME {
-        return Err(CodecError::msg("typed frame announces an overlong type name"));
+        return Err(CodecError::msg(
+            "typed frame announces an overlong type name",
+        ));
     }
     let off = 16 + n.next_multiple_of(16);
     let name = payload.get(16..16 + n).ok_or_else(short)?;

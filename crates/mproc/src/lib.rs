@@ -54,17 +54,17 @@ pub mod prelude {
         Client, Connection, JoinableQueue, Listener, Pipe, Queue, SimpleQueue, wait,
     };
     #[doc(no_inline)]
-    pub use mproc_core::{Decode, Deadline, Encode, Handle, Message, Region, Transfer};
+    pub use mproc_core::{Deadline, Decode, Encode, Handle, Message, Region, Transfer};
     #[doc(no_inline)]
     pub use mproc_pool::{
         AsyncResult, Executor, IMap, MapResult, Pool, StarFn, TaskFuture, wait_futures,
     };
     #[doc(no_inline)]
-    pub use mproc_shm::{Array, SharedMemory, ShareableList, Value};
+    pub use mproc_shm::{Array, ShareableList, SharedMemory, Value};
     #[doc(no_inline)]
     pub use mproc_spawn::{
-        Context, Process, StartMethod, active_children, cpu_count, current_process,
-        get_context, parent_process,
+        Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
+        parent_process,
     };
     #[doc(no_inline)]
     pub use mproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};

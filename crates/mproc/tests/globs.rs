@@ -37,7 +37,11 @@ fn all_crates_glob_imported_together() {
     let ex = Executor::new(1).unwrap();
     let f: TaskFuture<u64> = ex.submit(double, 5);
     assert!(is_future(&f));
-    let (done, _) = wait_futures(&[f.clone()], Some(LONG), ReturnWhen::AllCompleted);
+    let (done, _) = wait_futures(
+        std::slice::from_ref(&f),
+        Some(LONG),
+        ReturnWhen::AllCompleted,
+    );
     assert_eq!(done, vec![0]);
     assert_eq!(f.result(None), Ok(10));
     // … beside the channel's.

@@ -1,5 +1,5 @@
 //! [`Executor`]: Python's `concurrent.futures.ProcessPoolExecutor`, over a [`Pool`].
-use crate::error::{ResultError, PoolError, TaskError};
+use crate::error::{PoolError, ResultError, TaskError};
 use crate::job::Job;
 use crate::pool::{Pool, PoolBuilder};
 use crate::result::{AsyncResult, IMap};

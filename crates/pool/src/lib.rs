@@ -85,8 +85,8 @@ mod sys;
 mod wire;
 mod worker;
 
-pub use error::{ResultError, MapError, PoolError, TaskError};
-pub use executor::{Executor, TaskFuture, ReturnWhen, as_completed, wait_futures};
+pub use error::{MapError, PoolError, ResultError, TaskError};
+pub use executor::{Executor, ReturnWhen, TaskFuture, as_completed, wait_futures};
 pub use pool::{Pool, PoolBuilder, default_chunksize};
 pub use result::{AsyncResult, IMap, MapResult};
 pub use star::StarFn;

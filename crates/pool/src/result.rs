@@ -1,7 +1,7 @@
 //! Typed handles on submitted work: [`AsyncResult`] (one call), [`MapResult`] (a map),
 //! [`IMap`] (a stream of results). They decode results on demand in the caller's thread.
 use crate::dispatch::{Chunk, Item, Shared};
-use crate::error::{ResultError, MapError, TaskError};
+use crate::error::{MapError, ResultError, TaskError};
 use crate::func::FnRef;
 use crate::job::{At, Job, Outcomes, Payload, Raw, Stream};
 use mproc_core::{Deadline, Decode, Encode};

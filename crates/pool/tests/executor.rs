@@ -1,7 +1,7 @@
 //! `concurrent.futures.ProcessPoolExecutor` behaviours (ported in spirit from
 //! Lib/test/test_concurrent_futures), callbacks, `map_with`, and results awaited as
 //! `std::future::Future`s.
-use mproc_pool::{Executor, ResultError, Pool, ReturnWhen, TaskError, as_completed, wait_futures};
+use mproc_pool::{Executor, Pool, ResultError, ReturnWhen, TaskError, as_completed, wait_futures};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -110,7 +110,10 @@ fn shutdown_cancels_pending_futures() {
     assert_eq!(running.result(None).unwrap(), 300);
     for q in &queued {
         assert!(q.cancelled());
-        assert_eq!(q.result(None), Err(ResultError::Failed(TaskError::Cancelled)));
+        assert_eq!(
+            q.result(None),
+            Err(ResultError::Failed(TaskError::Cancelled))
+        );
     }
     assert_eq!(
         ex.submit(sqr, 1).result(None),

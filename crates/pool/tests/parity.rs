@@ -52,7 +52,10 @@ fn starmap_takes_any_arity_up_to_twelve() {
         vec![1, 2, 3, 4, 5]
     );
     let r = pool
-        .starmap(three, vec![(1u8, "x".to_string(), -1i64), (2, "y".into(), 7)])
+        .starmap(
+            three,
+            vec![(1u8, "x".to_string(), -1i64), (2, "y".into(), 7)],
+        )
         .unwrap();
     assert_eq!(r, vec!["1-x--1".to_string(), "2-y-7".to_string()]);
     let t = (1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12u32);
@@ -64,7 +67,10 @@ fn starmap_takes_any_arity_up_to_twelve() {
     assert_eq!(r, vec![1024, 9]);
     // The items really run in the workers.
     let me = std::process::id();
-    for (sum, pid) in pool.starmap_chunked(pid_of, (0..20u64).map(|x| (x, 1)), 3).unwrap() {
+    for (sum, pid) in pool
+        .starmap_chunked(pid_of, (0..20u64).map(|x| (x, 1)), 3)
+        .unwrap()
+    {
         assert!(sum >= 1);
         assert_ne!(pid, me);
     }
@@ -92,7 +98,9 @@ fn starmap_async_failure_and_callbacks() {
     )
     .wait();
     assert_eq!(rx.recv_timeout(LONG).unwrap(), Ok(vec![5, 10]));
-    let it: Vec<_> = pool.istarmap(pair_fails, (0..5u64).map(|x| (x, 1)), 2).collect();
+    let it: Vec<_> = pool
+        .istarmap(pair_fails, (0..5u64).map(|x| (x, 1)), 2)
+        .collect();
     assert_eq!(it[..3], [Ok(0), Ok(1), Ok(2)]);
     assert!(matches!(it[3], Err(TaskError::Panicked { .. })));
     assert_eq!(it[4], Ok(4));
@@ -102,7 +110,11 @@ fn starmap_async_failure_and_callbacks() {
 fn executor_starmap_zips_arguments() {
     let ex = Executor::new(2).unwrap();
     let got: Vec<u64> = ex
-        .starmap(twelve, (0..10u64).map(|x| (x, x, x, x, x, x, x, x, x, x, x, 1u32)), 4)
+        .starmap(
+            twelve,
+            (0..10u64).map(|x| (x, x, x, x, x, x, x, x, x, x, x, 1u32)),
+            4,
+        )
         .map(Result::unwrap)
         .collect();
     let want: Vec<u64> = (0..10u64).map(|x| 11 * x + 1).collect();

@@ -2,7 +2,7 @@
 //! time limits, terminate with pending work, huge panic messages, maxtasksperchild,
 //! initializers. Ported in spirit from `_TestPool` / `_TestPoolWorkerLifetime` in
 //! Lib/test/_test_multiprocessing.py.
-use mproc_pool::{ResultError, Pool, TaskError};
+use mproc_pool::{Pool, ResultError, TaskError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
