@@ -317,29 +317,14 @@ pub struct TypeTag {
 
 /// The word-at-a-time hash behind [`TypeTag`] (stable: never change it without
 /// changing the frame and queue versions).
-const fn hash_bytes(mut h: u64, b: &[u8]) -> u64 {
-    let mut i = 0;
-    while i + 8 <= b.len() {
-        let w = u64::from_le_bytes([
-            b[i],
-            b[i + 1],
-            b[i + 2],
-            b[i + 3],
-            b[i + 4],
-            b[i + 5],
-            b[i + 6],
-            b[i + 7],
-        ]);
-        h = mix(h, w);
-        i += 8;
+fn hash_bytes(mut h: u64, b: &[u8]) -> u64 {
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
     }
-    let mut last = 0u64;
-    let mut j = 0;
-    while i + j < b.len() {
-        last |= (b[i + j] as u64) << (8 * j);
-        j += 1;
-    }
-    mix(h, last ^ ((b.len() as u64) << 56))
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    mix(h, u64::from_le_bytes(last) ^ ((b.len() as u64) << 56))
 }
 
 const fn mix(h: u64, w: u64) -> u64 {
@@ -353,19 +338,52 @@ const fn finish(mut h: u64) -> u64 {
     h
 }
 
+/// Entries of the per-thread [`TypeTag::of`] cache (direct-mapped).
+const TAG_CACHE: usize = 32;
+
+type TagEntry = std::cell::Cell<([usize; 6], u64)>;
+
+thread_local! {
+    static TAGS: [TagEntry; TAG_CACHE] =
+        const { [const { std::cell::Cell::new(([0; 6], 0)) }; TAG_CACHE] };
+}
+
 impl TypeTag {
-    /// The fingerprint of message type `T`.
+    /// The fingerprint of message type `T`: hashed on first use in a thread, then
+    /// found in a small per-thread cache (a few nanoseconds).
     #[inline]
     pub fn of<T: Archive>() -> TypeTag {
         let name = std::any::type_name::<T>();
-        let mut h = hash_bytes(0x6D70_726F_635F_7431, name.as_bytes()); // "mproc_t1"
-        h = hash_bytes(h, std::any::type_name::<T::Archived>().as_bytes());
-        h = mix(h, std::mem::size_of::<T::Archived>() as u64);
-        h = mix(h, std::mem::align_of::<T::Archived>() as u64);
-        TypeTag {
-            hash: finish(h),
-            name,
-        }
+        let archived = std::any::type_name::<T::Archived>();
+        let size = std::mem::size_of::<T::Archived>();
+        let align = std::mem::align_of::<T::Archived>();
+        // The key is everything the hash depends on: two equal keys name equal strings
+        // (the same `&'static str`) and equal layouts, so a hit is always right.
+        let key = [
+            name.as_ptr() as usize,
+            name.len(),
+            archived.as_ptr() as usize,
+            archived.len(),
+            size,
+            align,
+        ];
+        let slot = (key[0] >> 3 ^ key[2] >> 5) % TAG_CACHE;
+        let cached = TAGS.with(|c| {
+            let e = c[slot].get();
+            (e.0 == key).then_some(e.1)
+        });
+        let hash = match cached {
+            Some(h) => h,
+            None => {
+                let mut h = hash_bytes(0x6D70_726F_635F_7431, name.as_bytes()); // "mproc_t1"
+                h = hash_bytes(h, archived.as_bytes());
+                h = mix(h, size as u64);
+                h = finish(mix(h, align as u64));
+                TAGS.with(|c| c[slot].set((key, h)));
+                h
+            }
+        };
+        TypeTag { hash, name }
     }
 
     /// The fingerprint of a handle type by its name alone (`std::any::type_name`, so
