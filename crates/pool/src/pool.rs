@@ -488,7 +488,7 @@ impl Pool {
     }
 
     /// Python's `starmap`: `f(a, b, …)` for every tuple `(a, b, …)` of `items`, results in
-    /// input order. `f` is any `fn` item (or closure without captures) of 1 to 12
+    /// input order. `f` is any `fn` item (not a closure) of 1 to 12
     /// arguments; see [`StarFn`](crate::StarFn).
     ///
     /// ```no_run

@@ -9,16 +9,21 @@
 //! closure that captures nothing are zero-sized and hold no state: the shim recreates
 //! one from no bytes in the worker (the same binary, so the same type) and calls it.
 //! The shim refuses at compile time any `F` that is not zero-sized (a `fn` pointer, a
-//! closure with captures of any size); [`StarFn`] cannot be implemented outside this
-//! crate, so `F` is always a function type.
+//! closure with captures of non-zero size); [`StarFn`] cannot be implemented outside
+//! this crate, so `F` is always a function or closure type. Closures are refused before
+//! the value is made (by their type name, `{{closure}}`): one that captures only
+//! zero-sized values would have them recreated from no bytes, and a zero-sized token
+//! type's own guarantees would not hold. What is left is a `fn` item, which has no state.
 
 /// A function whose arguments come as one tuple `Args`: what [`Pool::starmap`]
 /// (Python's `starmap`) takes.
 ///
-/// Implemented for every `fn` item (and closure that captures nothing) of 1 to 12
-/// arguments: `fn(A, B) -> R` is a `StarFn<(A, B)>`. A `fn` *pointer* is not accepted
-/// (it is not known at compile time which function it points to): pass the function
-/// itself. The trait is sealed.
+/// Implemented for every `fn` item of 1 to 12 arguments: `fn(A, B) -> R` is a
+/// `StarFn<(A, B)>`. Pass the function itself: a `fn` *pointer* or a closure with
+/// captures is refused at compile time (its value, not only its type, would have to
+/// travel), and a closure without captures fails each item with
+/// [`TaskError::Panicked`](crate::TaskError::Panicked) ("starmap takes a `fn` item"),
+/// since the worker recreates the function from its type alone. The trait is sealed.
 ///
 /// ```no_run
 /// use mproc_pool::Pool;
@@ -78,14 +83,19 @@ pub(crate) fn shim<F: StarFn<Args>, Args>(args: Args) -> F::Output {
     const {
         assert!(
             std::mem::size_of::<F>() == 0,
-            "starmap takes a fn item or a closure without captures, not a fn pointer"
+            "starmap takes a fn item, not a fn pointer or a closure"
         )
     };
+    assert!(
+        !std::any::type_name::<F>().contains("{{closure}}"),
+        "starmap takes a `fn` item, not a closure: {}",
+        std::any::type_name::<F>()
+    );
     // SAFETY: `F` is zero-sized (checked at compile time above) and, the trait being
     // sealed, a `fn` item or a closure type (`Fn` cannot be implemented by other types
-    // on stable Rust): a zero-sized value of it holds no bytes and no state, so one made
-    // from nothing is the function itself. The caller (`Pool::starmap*`) held a value of
-    // `F`, so `F` is inhabited.
+    // on stable Rust), not a closure (checked above): a `fn` item holds no bytes and no
+    // state, so one made from nothing is the function itself. The caller
+    // (`Pool::starmap*`) held a value of `F`, so `F` is inhabited.
     let f: F = unsafe { std::mem::zeroed() };
     f.call_star(args, private::Token)
 }

@@ -60,11 +60,16 @@ fn starmap_takes_any_arity_up_to_twelve() {
     assert_eq!(r, vec!["1-x--1".to_string(), "2-y-7".to_string()]);
     let t = (1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12u32);
     assert_eq!(pool.starmap(twelve, vec![t; 3]).unwrap(), vec![78; 3]);
-    // A closure without captures is a function too.
-    let r = pool
+    // A closure (even one without captures) is refused, item by item.
+    let e = pool
         .starmap(|a: u64, b: u64| a.pow(b as u32), vec![(2, 10), (3, 2)])
-        .unwrap();
-    assert_eq!(r, vec![1024, 9]);
+        .unwrap_err();
+    match e.error {
+        TaskError::Panicked { message } => {
+            assert!(message.contains("starmap takes a `fn` item"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
     // The items really run in the workers.
     let me = std::process::id();
     for (sum, pid) in pool
