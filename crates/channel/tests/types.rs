@@ -153,3 +153,45 @@ fn typed_messages_read_as_bytes_are_their_archive() {
     a.send(&Named { name: "v".into() }).unwrap();
     assert_eq!(b.recv_view::<Named>().unwrap().name.as_str(), "v");
 }
+
+fn client_sends(name: String) {
+    let addr = mproc_channel::Address::abstract_name(name);
+    let c = mproc_channel::Client(&addr, Some(b"types-key")).unwrap();
+    c.send(&Named {
+        name: "from a client".into(),
+    })
+    .unwrap();
+    c.send(&Point { x: 3.0, y: 4.0 }).unwrap();
+    // Wait for the server's word before leaving.
+    let _: u8 = c.recv().unwrap();
+}
+
+/// Over a Listener (a process that was not started with the connection, as another
+/// build of the same code would be): the fingerprints agree, and a mismatch is named.
+#[test]
+fn fingerprints_over_a_listener() {
+    let name = format!("mproc-test-types-{}", std::process::id());
+    let l = mproc_channel::Listener::bind(
+        mproc_channel::Address::abstract_name(name.clone()),
+        Some(b"types-key"),
+    )
+    .unwrap();
+    let mut p = Process::new(client_sends, name);
+    p.start().unwrap();
+    let c = l.accept().unwrap();
+    assert_eq!(
+        c.recv_timeout::<Named>(LONG).unwrap(),
+        Named {
+            name: "from a client".into()
+        }
+    );
+    match c.recv_timeout::<Named>(LONG) {
+        Err(RecvError::TypeMismatch(e)) => {
+            assert_eq!(e.expected, "types::Named");
+            assert_eq!(e.found, "types::Point");
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send(&0u8).unwrap();
+    p.join().unwrap();
+}
