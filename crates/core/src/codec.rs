@@ -517,3 +517,50 @@ impl fmt::Display for TypeMismatch {
 }
 
 impl std::error::Error for TypeMismatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_hide_addresses() {
+        assert_eq!(
+            without_addresses("pointer 0x7ffd1234abcd out of range 0x55aa00000000..0x55aa00000010"),
+            "pointer <address> out of range <address>..<address>"
+        );
+        // Short hex numbers (lengths, tags) stay.
+        assert_eq!(without_addresses("tag 0x1f at 0x10"), "tag 0x1f at 0x10");
+        assert_eq!(without_addresses("ends with 0x"), "ends with 0x");
+        // A real validation error of a forged message.
+        let mut bad = rkyv::util::AlignedVec::<16>::new();
+        bad.extend_from_slice(&[0u8; 12]);
+        bad[4] = 0x80 | 100;
+        bad[8..12].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+        let e = decode::<(u32, String)>(&bad, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("0x7f") && !e.contains("0x5"), "{e}");
+    }
+
+    #[test]
+    fn type_blocks_round_trip() {
+        let t = TypeTag::of::<(u8, String)>();
+        let mut block = t.block_head().to_vec();
+        block.extend_from_slice(t.wire_name());
+        block.resize(t.block_len(), 0);
+        block.extend_from_slice(b"archive");
+        let (hash, name, off) = read_type_block(&block).unwrap();
+        assert_eq!(
+            (hash, name.as_ref(), off),
+            (t.hash(), t.name(), t.block_len())
+        );
+        assert_eq!(off % 16, 0);
+        assert!(read_type_block(&block[..10]).is_err());
+        assert!(read_type_block(&block[..20]).is_err());
+        // The cache returns what a fresh hash gives, type after type.
+        for _ in 0..3 {
+            assert_eq!(TypeTag::of::<(u8, String)>(), t);
+            assert_ne!(TypeTag::of::<(u8, u16)>().hash(), t.hash());
+        }
+    }
+}

@@ -481,6 +481,9 @@ pub(crate) fn run(
     let _ = ready.send(Ok(()));
     drop(ready);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| background(&shared)));
+    // Jobs this thread finished inside the engine before a panic still get their
+    // callbacks and wake their waiters.
+    run_deferred(&shared);
     // Taking the dispatcher out breaks the cycle between it and `shared`.
     let d = shared.engine().take();
     if let (Err(p), Some(mut d)) = (r, d) {
