@@ -366,8 +366,10 @@ impl Pool {
     }
 
     /// Submits `f(args)` with Python's `callback` and `error_callback`: one of them runs
-    /// in the parent, on the pool's thread, when the task finishes (before `get()`
-    /// returns). Keep them short: they hold up the delivery of other results.
+    /// in the parent when the task finishes (before `get()` returns), on the pool's
+    /// thread or on a thread waiting in `get()`, outside the dispatcher: a callback may
+    /// use this pool (`apply`, `map`, waiting on its own result) or terminate it. Keep
+    /// them short: they hold up the delivery of other results.
     pub fn apply_async_with<A, R>(
         &self,
         f: fn(A) -> R,
