@@ -51,6 +51,27 @@
 //!
 //! With the feature `serde`, `Serde<T>` carries any serde type
 //! (`#[derive(serde::Serialize, serde::Deserialize)]`) instead.
+//!
+//! # Imports
+//!
+//! [`prelude`] brings the everyday names into scope at once; the crates' own globs
+//! (`use mproc::pool::*; use mproc::channel::*; …`) can also be combined, their names do
+//! not clash (the pool's `ResultError`, `TaskFuture` and `wait_futures` are named apart
+//! from the channel's `GetError` and `wait` and from `std::future::Future`).
+//!
+//! ```no_run
+//! use mproc::prelude::*;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(2).unwrap();
+//! assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9]);
+//! let (a, b) = Pipe(true).unwrap();
+//! a.send(&String::from("hi")).unwrap();
+//! assert_eq!(b.recv::<String>().unwrap(), "hi");
+//! ```
 
 #[doc(inline)]
 pub use mproc_channel as channel;
@@ -78,3 +99,29 @@ pub use mproc_shm as shm;
 pub use mproc_spawn as spawn;
 #[doc(inline)]
 pub use mproc_sync as sync;
+
+/// The everyday names of every mproc crate, for `use mproc::prelude::*`: processes,
+/// locks and events, shared memory, pipes and queues, pools, and the message traits.
+/// Error types stay in their crates (`mproc::channel::GetError`,
+/// `mproc::pool::TaskError` …).
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use mproc_channel::{
+        Client, Connection, JoinableQueue, Listener, Pipe, Queue, SimpleQueue, wait,
+    };
+    #[doc(no_inline)]
+    pub use mproc_core::{Deadline, Decode, Encode, Handle, Message, Region, Transfer};
+    #[doc(no_inline)]
+    pub use mproc_pool::{
+        AsyncResult, Executor, IMap, MapResult, Pool, StarFn, TaskFuture, wait_futures,
+    };
+    #[doc(no_inline)]
+    pub use mproc_shm::{Array, ShareableList, SharedMemory, Value};
+    #[doc(no_inline)]
+    pub use mproc_spawn::{
+        Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
+        parent_process,
+    };
+    #[doc(no_inline)]
+    pub use mproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
+}

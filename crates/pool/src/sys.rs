@@ -100,33 +100,6 @@ pub(crate) fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
     encode_into(ctx, &r)
 }
 
-/// Trampoline for `fn(A, B) -> R` over `(A, B)` arguments.
-pub(crate) fn tramp_star2<A, B, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
-where
-    (A, B): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    // SAFETY: `FnRef::star2::<A, B, R>` pairs this trampoline only with a `fn(A, B) -> R`.
-    let f: fn(A, B) -> R = unsafe { fn_from_addr(ctx.func) };
-    let (a, b) = decode_args::<(A, B)>(ctx)?;
-    let r = f(a, b);
-    encode_into(ctx, &r)
-}
-
-/// Trampoline for `fn(A, B, C) -> R` over `(A, B, C)` arguments.
-pub(crate) fn tramp_star3<A, B, C, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
-where
-    (A, B, C): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    // SAFETY: `FnRef::star3::<A, B, C, R>` pairs this trampoline only with a
-    // `fn(A, B, C) -> R`.
-    let f: fn(A, B, C) -> R = unsafe { fn_from_addr(ctx.func) };
-    let (a, b, c) = decode_args::<(A, B, C)>(ctx)?;
-    let r = f(a, b, c);
-    encode_into(ctx, &r)
-}
-
 /// Trampoline for `fn(&S, A) -> R`, the state decoded once per worker and cached.
 pub(crate) fn tramp_with<S, A, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
 where

@@ -36,7 +36,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = 4;
@@ -50,6 +50,8 @@ pub(crate) const H_CONS_LOCK: usize = 40;
 /// Flags fixed at creation: bit 0 = unbounded (Python's `Queue()` without `maxsize`).
 const H_FLAGS: usize = 44;
 const FLAG_UNBOUNDED: u32 = 1;
+/// The message type's fingerprint (`TypeTag::hash`), fixed at creation.
+const H_TYPE: usize = 48;
 const H_ENQ: usize = 64;
 const H_DEQ: usize = 128;
 const H_NOT_EMPTY: usize = 192;
@@ -139,7 +141,12 @@ fn region_len(cap: u64, slot_size: usize) -> Option<(usize, usize)> {
 
 impl Ring {
     /// Creates a fresh ring of `cap` slots of `slot_size` payload bytes each.
-    pub(crate) fn create(cap: u64, slot_size: usize, unbounded: bool) -> io::Result<Ring> {
+    pub(crate) fn create(
+        cap: u64,
+        slot_size: usize,
+        unbounded: bool,
+        type_hash: u64,
+    ) -> io::Result<Ring> {
         let bad = |m| io::Error::new(io::ErrorKind::InvalidInput, m);
         if cap == 0 || cap > MAX_CAPACITY {
             return Err(bad("queue capacity must be between 1 and 2^30 slots"));
@@ -164,6 +171,7 @@ impl Ring {
         if unbounded {
             ring.a32(H_FLAGS).store(FLAG_UNBOUNDED, Ordering::Relaxed);
         }
+        ring.a64(H_TYPE).store(type_hash, Ordering::Relaxed);
         ring.a32(H_VERSION).store(VERSION, Ordering::Relaxed);
         ring.a32(H_MAGIC).store(MAGIC, Ordering::Release);
         Ok(ring)
@@ -208,6 +216,11 @@ impl Ring {
     /// The region behind the ring.
     pub(crate) fn region(&self) -> &Region {
         self.map.region()
+    }
+
+    /// The fingerprint of the message type the ring was created for.
+    pub(crate) fn type_hash(&self) -> u64 {
+        self.a64(H_TYPE).load(Ordering::Relaxed)
     }
 
     /// Number of slots.
