@@ -15,8 +15,9 @@ fn main() {
     let mut sum = 0;
     let mut n = 0;
     for (k, done) in as_completed(&futures, Some(Duration::from_secs(60))).enumerate() {
-        let i = done.expect("within the timeout");
-        let v = futures[i].result(None).expect("task");
+        // Python's `for f in as_completed(fs): f.result()`, with the index beside it.
+        let (i, future) = done.expect("within the timeout");
+        let v = future.result(None).expect("task");
         if k == 0 {
             println!("done: {} -> {v}", i + 1);
         }

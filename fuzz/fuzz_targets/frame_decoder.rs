@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mproc_channel::{Connection, RecvError};
-use mproc_core::codec;
+use mproc_core::codec::{self, FrameHeader, FrameKind, TypeTag};
 use rkyv::util::AlignedVec;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::time::Duration;
@@ -13,10 +13,40 @@ use std::time::Duration;
 /// Types whose decoders the fuzzer exercises (strings, vectors, options, handles).
 type Msg = (u32, Option<String>, Vec<u64>);
 
+/// A typed frame of `Msg` around `archive`, as `send::<Msg>` writes one, so that the
+/// archive's validation is reached without guessing the type's fingerprint.
+fn typed_frame(archive: &[u8]) -> Vec<u8> {
+    let tag = TypeTag::of::<Msg>();
+    let mut payload = tag.block_head().to_vec();
+    payload.extend_from_slice(tag.wire_name());
+    payload.resize(tag.block_len(), 0);
+    payload.extend_from_slice(archive);
+    let head = FrameHeader {
+        nfds: 0,
+        len: payload.len() as u64,
+    };
+    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
+    f.extend_from_slice(&payload);
+    f.resize(16 + head.padded_len() as usize, 0);
+    f
+}
+
 fuzz_target!(|data: &[u8]| {
+    let data = &data[..data.len().min(32 << 10)];
+    receive_all(data);
+    // The input as the archive of a well-typed frame: rkyv validation and decoding.
+    receive_all(&typed_frame(data));
+    // The codec on its own, from an aligned copy.
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(data);
+    let _ = codec::decode::<Msg>(&aligned, Vec::new());
+    let _ = codec::access::<Msg>(&aligned);
+});
+
+/// Writes `data` into a socket and receives from it until the stream ends or breaks.
+fn receive_all(data: &[u8]) {
     // The whole input fits in the socket buffer, so writing it and then reading never
     // blocks; the peer is closed so a short frame ends in EOF, not a wait.
-    let data = &data[..data.len().min(32 << 10)];
     let (a, b) = socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
@@ -45,13 +75,11 @@ fuzz_target!(|data: &[u8]| {
             _ => conn.recv_timeout::<String>(Duration::from_millis(50)).map(drop),
         };
         match r {
-            Ok(()) | Err(RecvError::Decode(_)) | Err(RecvError::FdMismatch { .. }) => {}
+            Ok(())
+            | Err(RecvError::Decode(_))
+            | Err(RecvError::TypeMismatch(_))
+            | Err(RecvError::FdMismatch { .. }) => {}
             Err(_) => break,
         }
     }
-    // The codec on its own, from an aligned copy.
-    let mut aligned = AlignedVec::<16>::new();
-    aligned.extend_from_slice(data);
-    let _ = codec::decode::<Msg>(&aligned, Vec::new());
-    let _ = codec::access::<Msg>(&aligned);
-});
+}

@@ -29,6 +29,13 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "fuzz" => fuzz(rest),
         "soak" => soak::run(rest),
+        // The examples step of test-all, run alone (test-all runs it in a copy of itself
+        // so that the examples' output goes to its log).
+        "examples" => {
+            let mut t = test_all::Tally::default();
+            examples::run_all(&mut t);
+            t.failed == 0
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  test-all [--quick]                    everything CI checks\n  bench [--quick] [--json F] [--filter S]  benchmarks beside CPython and the raw floor\n  fuzz [--seconds N]                     run the frame-decoder fuzz target\n  soak [--seconds N]                     fault injection: killed workers, holders, parents; bad frames"

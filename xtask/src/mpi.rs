@@ -2,7 +2,7 @@
 //! feature `mpi`). Both run only where Open MPI is installed (`.ci/run` installs it)
 //! and say "skipped" plainly otherwise. Every `mpirun` runs under coreutils' `timeout`,
 //! with at most 4 ranks.
-use crate::test_all::Tally;
+use crate::test_all::{Log, Tally};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -50,7 +50,7 @@ fn mpirun(secs: u32, n: u32, program: &std::path::Path, args: &[&str]) -> Comman
 
 /// The test-all step: clippy on mproc-mpi with the feature, its tests (SPMD, spawn,
 /// two fake nodes, faults), and the `mpi_map` example under `mpirun -n 3`.
-pub(crate) fn test_step(t: &mut Tally, nextest: bool) {
+pub(crate) fn test_step(t: &mut Tally, nextest: bool, log: &Log) {
     if !open_mpi_present() {
         println!(
             "MPI step skipped: Open MPI not found (mpirun and `pkg-config ompi`; \
@@ -59,23 +59,21 @@ pub(crate) fn test_step(t: &mut Tally, nextest: bool) {
         return;
     }
     let started = Instant::now();
-    t.step(
+    let (ok, _) = log.run(
         "clippy mproc-mpi --features mpi",
-        crate::cargo()
-            .args([
-                "clippy",
-                "--package",
-                "mproc-mpi",
-                "--features",
-                "mpi",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .status()
-            .is_ok_and(|s| s.success()),
+        crate::cargo().args([
+            "clippy",
+            "--package",
+            "mproc-mpi",
+            "--features",
+            "mpi",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     );
+    t.step("clippy mproc-mpi --features mpi", ok);
     let mut cmd = crate::cargo();
     ompi_env(&mut cmd);
     if nextest {
@@ -98,12 +96,13 @@ pub(crate) fn test_step(t: &mut Tally, nextest: bool) {
             "--no-fail-fast",
         ]);
     }
-    let (ok, out) = crate::test_all::capture(&mut cmd);
+    let (ok, out) = log.run("mproc-mpi tests", &mut cmd);
     let (p, f) = if nextest {
         crate::test_all::nextest_counts(&out)
     } else {
         crate::test_all::libtest_counts(&out)
     };
+    println!("mproc-mpi tests: {p} passed, {f} failed");
     t.passed += p;
     t.failed += f;
     if !ok {
@@ -113,8 +112,9 @@ pub(crate) fn test_step(t: &mut Tally, nextest: bool) {
         t.failures.push("mproc-mpi tests".into());
     }
 
-    let built = crate::cargo()
-        .args([
+    let (built, _) = log.run(
+        "build example mpi_map",
+        crate::cargo().args([
             "build",
             "--package",
             "mproc-workspace",
@@ -122,9 +122,8 @@ pub(crate) fn test_step(t: &mut Tally, nextest: bool) {
             "mpi",
             "--example",
             "mpi_map",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
+        ]),
+    );
     let ok = built && {
         let bin = crate::bench::target_dir().join("debug/examples/mpi_map");
         match mpirun(60, 3, &bin, &[]).output() {

@@ -173,3 +173,71 @@ fn wait_sees_a_process_sentinel() {
     assert_eq!(ready, vec![1]);
     p.join().unwrap();
 }
+
+fn send_my_pid(c: Connection) {
+    c.send(&std::process::id()).unwrap();
+    // Wait for the parent's word, then leave (closing this copy).
+    let _: u8 = c.recv().unwrap();
+}
+
+/// Python hands one connection end to several children: `try_clone` gives each its own
+/// copy; the peer sees end of stream only when every copy is gone.
+#[test]
+fn one_end_cloned_into_two_children() {
+    let (ours, theirs) = Pipe(true).unwrap();
+    let t2 = theirs.try_clone().unwrap();
+    let mut p1 = Process::new(send_my_pid, theirs);
+    let mut p2 = Process::new(send_my_pid, t2);
+    p1.start().unwrap();
+    p2.start().unwrap();
+    let mut pids = vec![
+        ours.recv_timeout::<u32>(LONG).unwrap(),
+        ours.recv_timeout::<u32>(LONG).unwrap(),
+    ];
+    pids.sort();
+    let mut want = vec![p1.pid().unwrap() as u32, p2.pid().unwrap() as u32];
+    want.sort();
+    assert_eq!(pids, want);
+    // One child leaves: the stream is still open through the other's copy.
+    ours.send(&0u8).unwrap();
+    let t = Instant::now();
+    while p1.is_alive() && p2.is_alive() {
+        assert!(t.elapsed() < LONG, "no child left");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!ours.poll(Duration::from_millis(50)).unwrap());
+    ours.send(&0u8).unwrap();
+    p1.join().unwrap();
+    p2.join().unwrap();
+    drop((p1, p2));
+    assert!(matches!(
+        ours.recv_timeout::<u32>(LONG),
+        Err(RecvError::Disconnected)
+    ));
+}
+
+#[test]
+fn clones_share_read_ahead_and_close_apart() {
+    let (a, b) = Pipe(true).unwrap();
+    // Several messages arrive in one read: whichever clone receives gets them in order.
+    for i in 0..5u32 {
+        a.send(&i).unwrap();
+    }
+    let b2 = b.try_clone().unwrap();
+    assert_eq!(b.recv::<u32>().unwrap(), 0);
+    assert_eq!(b2.recv::<u32>().unwrap(), 1);
+    assert_eq!(b.recv::<u32>().unwrap(), 2);
+    assert_eq!(b2.recv::<u32>().unwrap(), 3);
+    assert_eq!(b2.recv::<u32>().unwrap(), 4);
+    let mut b = b;
+    b.close();
+    assert_eq!(
+        b.try_clone().unwrap_err().kind(),
+        std::io::ErrorKind::NotConnected
+    );
+    assert!(b2.poll(Duration::ZERO).is_ok());
+    b2.send(&9u32).unwrap();
+    assert_eq!(a.recv::<u32>().unwrap(), 9);
+    drop(b2);
+    assert!(matches!(a.recv::<u32>(), Err(RecvError::Disconnected)));
+}

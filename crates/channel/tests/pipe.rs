@@ -5,7 +5,7 @@
 //! checks of our own for frame validation.
 use mproc_channel::{Connection, Pipe, RecvError, SendError, Waitable, wait};
 use mproc_core::Region;
-use mproc_core::codec::{FrameError, FrameHeader};
+use mproc_core::codec::{FrameError, FrameHeader, FrameKind, TypeTag};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,23 @@ fn raw_pair() -> (Connection, OwnedFd) {
     )
     .unwrap();
     (Connection::from_fd(a).unwrap(), b)
+}
+
+/// A typed frame (as `send::<T>` writes one) whose archive is `archive`, any bytes.
+fn typed_frame<T: rkyv::Archive>(archive: &[u8]) -> Vec<u8> {
+    let tag = TypeTag::of::<T>();
+    let mut payload = tag.block_head().to_vec();
+    payload.extend_from_slice(tag.wire_name());
+    payload.resize(tag.block_len(), 0);
+    payload.extend_from_slice(archive);
+    let head = FrameHeader {
+        nfds: 0,
+        len: payload.len() as u64,
+    };
+    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
+    f.extend_from_slice(&payload);
+    f.resize(16 + head.padded_len() as usize, 0);
+    f
 }
 
 fn write_raw(fd: &OwnedFd, bytes: &[u8]) {
@@ -94,21 +111,32 @@ fn in_place_view_is_validated() {
         assert_eq!(v.0.to_native(), 7);
         assert_eq!(v.1.as_str(), "in place");
     }
-    // Bytes that are not a (u32, String) archive (too short; then an out-of-line
-    // string pointing far outside the message): typed error, frame consumed.
+    // Raw bytes are no typed message.
     a.send_bytes(&[1, 2, 3]).unwrap();
     assert!(matches!(
         b.recv_view::<(u32, String)>(),
+        Err(RecvError::TypeMismatch(_))
+    ));
+    // Typed frames whose bytes are not a (u32, String) archive (too short; then an
+    // out-of-line string pointing far outside the message): typed error, frame consumed,
+    // and no raw address in the message.
+    let (c, raw) = raw_pair();
+    write_raw(&raw, &typed_frame::<(u32, String)>(&[1, 2, 3]));
+    assert!(matches!(
+        c.recv_view::<(u32, String)>(),
         Err(RecvError::Decode(_))
     ));
     let mut bad = [0u8; 12];
     bad[4] = 0x80 | 100; // out-of-line string of 100 bytes …
     bad[8..12].copy_from_slice(&0x4000_0000u32.to_le_bytes()); // … far away
-    a.send_bytes(&bad).unwrap();
-    assert!(matches!(
-        b.recv_view::<(u32, String)>(),
-        Err(RecvError::Decode(_))
-    ));
+    write_raw(&raw, &typed_frame::<(u32, String)>(&bad));
+    match c.recv_view::<(u32, String)>() {
+        Err(e @ RecvError::Decode(_)) => {
+            let text = e.to_string();
+            assert!(!text.contains("0x7f") && !text.contains("0x5"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
     a.send(&vec![9u8; 100]).unwrap();
     let v = b.recv_view::<Vec<u8>>().unwrap();
     assert_eq!(&v[..], &[9u8; 100][..]);
@@ -132,8 +160,16 @@ fn decode_error_leaves_connection_usable() {
     let (a, b) = Pipe(true).unwrap();
     a.send_bytes(b"not an archive at all").unwrap();
     a.send(&String::from("after")).unwrap();
-    assert!(matches!(b.recv::<String>(), Err(RecvError::Decode(_))));
+    assert!(matches!(
+        b.recv::<String>(),
+        Err(RecvError::TypeMismatch(_))
+    ));
     assert_eq!(b.recv::<String>().unwrap(), "after");
+    let (c, raw) = raw_pair();
+    write_raw(&raw, &typed_frame::<String>(b"not an archive at all"));
+    write_raw(&raw, &typed_frame::<u8>(&[0; 1]));
+    assert!(matches!(c.recv::<String>(), Err(RecvError::Decode(_))));
+    assert_eq!(c.recv::<u8>().unwrap(), 0);
 }
 
 #[test]

@@ -304,7 +304,7 @@ const SLOT_HEADER: usize = 32;
 const STRIDE_DEFAULT: usize = 256;
 const ENQ: usize = 64;
 
-fn ring_region<T>(q: &Queue<T>) -> Region {
+fn ring_region<T: rkyv::Archive>(q: &Queue<T>) -> Region {
     let enc = codec::encode(q).unwrap();
     Region::from_fd(enc.fds.into_iter().next().unwrap()).unwrap()
 }

@@ -12,6 +12,7 @@
 //! - [`pid`]: the calling process's pid, cached and fork-safe.
 //! - [`code`]: functions carried to another process as offsets, checked on arrival.
 //! - [`scm`]: fd passing over Unix sockets.
+//! - `Serde<T>` (feature `serde`): any serde type as a message, in bincode's format.
 //!
 //! ```
 //! use mproc_core::{codec, Region};
@@ -33,12 +34,16 @@ mod pidfd;
 #[allow(unsafe_code)]
 mod region;
 pub mod scm;
+#[cfg(feature = "serde")]
+mod serde;
 pub mod transfer;
 
 pub use codec::{Decode, Encode, Message};
 pub use deadline::Deadline;
 pub use pidfd::{Pidfd, process_alive};
-pub use region::{OutOfBounds, Region};
+pub use region::{OutOfBounds, Region, atomic_copy};
+#[cfg(feature = "serde")]
+pub use serde::{Serde, SerdeResolver};
 pub use transfer::{Handle, Transfer, TransferError};
 
 #[doc(hidden)]

@@ -22,6 +22,7 @@
 //! assert_eq!(text, "hello");
 //! assert_eq!(region2.atomic_u32(0).unwrap().load(std::sync::atomic::Ordering::Relaxed), 5);
 //! ```
+use crate::codec::{TypeMismatch, TypeTag};
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
 use rkyv::{Archive, Deserialize, Place, Serialize};
@@ -39,6 +40,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 pub trait Transfer: Sized {
     /// A unique, stable name for this handle type (e.g. `"mproc_sync::Lock"`).
     const KIND: &'static str;
+    /// The fingerprint carried beside the handle's bytes and checked on import, so a
+    /// handle is never imported at another type (a `Value<f64>` as a `Value<u64>`).
+    /// By default the type's full name, generic parameters included; a handle that
+    /// carries messages (a queue) adds the message type's archived layout with
+    /// [`TypeTag::of_carrier`].
+    fn type_tag() -> TypeTag {
+        TypeTag::of_name::<Self>()
+    }
     /// Writes the handle's bytes and fds.
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError>;
     /// Rebuilds the handle from what `export` wrote.
@@ -59,6 +68,9 @@ pub enum TransferError {
         /// The type named in the message.
         found: String,
     },
+    /// The handle was sent at another type (a `Queue<Named>` received as a
+    /// `Queue<Point>`): both types are named.
+    TypeMismatch(TypeMismatch),
     /// The message refers to an fd that did not arrive or was already taken.
     MissingFd(u32),
     /// The handle's bytes ended early or held an impossible value.
@@ -68,6 +80,10 @@ pub enum TransferError {
     /// A function inside the handle was refused (another build, a foreign peer's
     /// bytes, another type): see [`crate::code`].
     Code(crate::code::CodeError),
+    /// The handle comes from a process in another pid namespace. Locks and queues
+    /// record their holders by pid, which means nothing across namespaces, so shared
+    /// memory never crosses between them.
+    ForeignPidNamespace,
 }
 
 impl fmt::Display for TransferError {
@@ -79,12 +95,17 @@ impl fmt::Display for TransferError {
             TransferError::KindMismatch { expected, found } => {
                 write!(f, "expected a {expected} handle, found a {found} handle")
             }
+            TransferError::TypeMismatch(e) => write!(f, "handle {e}"),
             TransferError::MissingFd(i) => {
                 write!(f, "file descriptor #{i} missing from the message")
             }
             TransferError::Malformed(what) => write!(f, "malformed handle data: {what}"),
             TransferError::Io(e) => write!(f, "handle transfer failed: {e}"),
             TransferError::Code(e) => write!(f, "handle refused: {e}"),
+            TransferError::ForeignPidNamespace => f.write_str(
+                "the handle comes from a process in another pid namespace (shared memory \
+                 is not shared across pid namespaces)",
+            ),
         }
     }
 }
@@ -214,6 +235,9 @@ pub(crate) fn with_import<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
 #[rkyv(derive(Debug))]
 pub struct HandleRepr {
     kind: String,
+    /// [`Transfer::type_tag`] of the sender's type: its hash and name.
+    tag: u64,
+    tag_name: String,
     bytes: Vec<u8>,
     fds: Vec<u32>,
 }
@@ -232,8 +256,11 @@ fn export_repr<T: Transfer>(value: &T) -> Result<HandleRepr, TransferError> {
         let r = value.export(&mut ex);
         let (bytes, fds) = (ex.bytes, ex.fd_indices);
         *c.borrow_mut() = Some(table);
+        let tag = T::type_tag();
         r.map(|()| HandleRepr {
             kind: T::KIND.to_owned(),
+            tag: tag.hash(),
+            tag_name: tag.name().to_owned(),
             bytes,
             fds,
         })
@@ -254,6 +281,9 @@ impl ArchivedHandleRepr {
                 found: self.kind.as_str().to_owned(),
             });
         }
+        T::type_tag()
+            .check(self.tag.to_native(), self.tag_name.as_str())
+            .map_err(TransferError::TypeMismatch)?;
         IMPORT.with(|c| {
             let mut table = c.borrow_mut().take().ok_or(TransferError::NoContext)?;
             let mut im = Importer {
@@ -360,6 +390,9 @@ pub struct Handle<T>(pub T);
 
 impl<T: Transfer> Transfer for Handle<T> {
     const KIND: &'static str = T::KIND;
+    fn type_tag() -> TypeTag {
+        T::type_tag()
+    }
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         self.0.export(out)
     }

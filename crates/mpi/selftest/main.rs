@@ -1,6 +1,6 @@
 //! The program the MPI tests run under `mpirun` (or alone, for spawn mode): one
 //! scenario per first argument, each printing `ok <what>` lines the tests check.
-use mproc_mpi::{GetError, MpiPool, TaskError, as_completed};
+use mproc_mpi::{MpiPool, ResultError, TaskError, as_completed};
 use std::time::Duration;
 
 fn square(x: u64) -> u64 {
@@ -122,7 +122,7 @@ fn exercise(pool: &MpiPool) {
         "get_timeout",
         matches!(
             slow.get_timeout(Duration::from_millis(10)),
-            Err(GetError::Timeout)
+            Err(ResultError::Timeout)
         ) && slow.get().unwrap() == 300,
     );
     let region = mproc_core::Region::new(4096).unwrap();

@@ -81,6 +81,6 @@ pub use env::{processor_name, world_rank, world_size};
 pub use error::MpiError;
 #[cfg(feature = "mpi")]
 #[doc(no_inline)]
-pub use mproc_pool::{GetError, MapError, TaskError};
+pub use mproc_pool::{MapError, ResultError, TaskError};
 #[cfg(feature = "mpi")]
 pub use pool::{AsyncResult, Future, IMap, MapResult, MpiPool, as_completed};

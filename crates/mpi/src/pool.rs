@@ -10,7 +10,7 @@ use crate::wire::{self, TAG_HELLO};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::traits::*;
 use mproc_core::{Decode, Encode, Message, codec};
-use mproc_pool::{GetError, MapError, TaskError};
+use mproc_pool::{MapError, ResultError, TaskError};
 use rkyv::util::AlignedVec;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -594,11 +594,11 @@ impl<R: Decode> AsyncResult<R> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Timeout`] first, or the task's failure.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<R, GetError> {
+    /// [`ResultError::Timeout`] first, or the task's failure.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, ResultError> {
         match self.slot.with(Some(Instant::now() + timeout), one::<R>) {
-            None => Err(GetError::Timeout),
-            Some(r) => r.map_err(GetError::Failed),
+            None => Err(ResultError::Timeout),
+            Some(r) => r.map_err(ResultError::Failed),
         }
     }
 
@@ -607,9 +607,9 @@ impl<R: Decode> AsyncResult<R> {
     /// # Errors
     ///
     /// As [`get_timeout`](Self::get_timeout).
-    pub fn result(&self, timeout: Option<Duration>) -> Result<R, GetError> {
+    pub fn result(&self, timeout: Option<Duration>) -> Result<R, ResultError> {
         match timeout {
-            None => self.get().map_err(GetError::Failed),
+            None => self.get().map_err(ResultError::Failed),
             Some(t) => self.get_timeout(t),
         }
     }
@@ -665,11 +665,11 @@ impl<R: Decode> std::future::Future for AsyncResult<R> {
 }
 
 /// Yields the indices of `futures` as they finish (`concurrent.futures.as_completed`);
-/// after `timeout` (if given) it yields one `Err(GetError::Timeout)` and ends.
+/// after `timeout` (if given) it yields one `Err(ResultError::Timeout)` and ends.
 pub fn as_completed<R: Decode>(
     futures: &[AsyncResult<R>],
     timeout: Option<Duration>,
-) -> impl Iterator<Item = Result<usize, GetError>> + '_ {
+) -> impl Iterator<Item = Result<usize, ResultError>> + '_ {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut left: Vec<usize> = (0..futures.len()).collect();
     let mut timed_out = false;
@@ -687,7 +687,7 @@ pub fn as_completed<R: Decode>(
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 timed_out = true;
-                return Some(Err(GetError::Timeout));
+                return Some(Err(ResultError::Timeout));
             }
             // Every future of one pool shares a notifier; waiting on the first one's
             // with a short slice also covers futures of other pools.
@@ -759,11 +759,11 @@ impl<R: Decode> MapResult<R> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Timeout`] first, or the first failed item.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, GetError<MapError>> {
+    /// [`ResultError::Timeout`] first, or the first failed item.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, ResultError<MapError>> {
         match self.collect(Some(Instant::now() + timeout)) {
-            None => Err(GetError::Timeout),
-            Some(r) => r.map_err(GetError::Failed),
+            None => Err(ResultError::Timeout),
+            Some(r) => r.map_err(ResultError::Failed),
         }
     }
 
@@ -834,10 +834,10 @@ where
     }
 
     /// The next result, waiting at most until `deadline`; `None` at the end.
-    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, GetError>> {
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, ResultError>> {
         loop {
             if let Some(r) = self.ready.pop_front() {
-                return Some(r.map_err(GetError::Failed));
+                return Some(r.map_err(ResultError::Failed));
             }
             self.fill();
             if self.pending.is_empty() {
@@ -851,7 +851,7 @@ where
                     Some(i) => i,
                     None => {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Some(Err(GetError::Timeout));
+                            return Some(Err(ResultError::Timeout));
                         }
                         self.pool.shared.notify.wait_past(seen, deadline);
                         continue;
@@ -862,7 +862,7 @@ where
             let n = *n;
             let rs = slot.with(deadline, |o| unpack::<R>(o, n));
             match rs {
-                None => return Some(Err(GetError::Timeout)),
+                None => return Some(Err(ResultError::Timeout)),
                 Some(rs) => {
                     self.pending.remove(idx);
                     self.ready.extend(rs);
@@ -872,7 +872,7 @@ where
     }
 
     /// The next result, waiting at most `timeout` (Python's `next(timeout)`).
-    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, GetError>> {
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, ResultError>> {
         self.next_until(Some(Instant::now() + timeout))
     }
 }
@@ -888,8 +888,8 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         self.next_until(None).map(|r| {
             r.map_err(|e| match e {
-                GetError::Failed(e) => e,
-                GetError::Timeout => TaskError::Terminated,
+                ResultError::Failed(e) => e,
+                ResultError::Timeout => TaskError::Terminated,
             })
         })
     }
@@ -948,7 +948,7 @@ mod tests {
         };
         assert!(matches!(
             r.get_timeout(Duration::from_millis(5)),
-            Err(GetError::Timeout)
+            Err(ResultError::Timeout)
         ));
         assert_eq!(r.successful(), None);
         slot.fill(outcome(vec![7], vec![]));

@@ -11,7 +11,7 @@
 //! thread sleeps through a caller's round trips.
 use crate::error::TaskError;
 use crate::func::FnRef;
-use crate::job::{Payload, Raw, Sink};
+use crate::job::{Job, Payload, Raw, Sink};
 use crate::wire::{self, Cursor, FrameBuf, InBuf, OutQueue};
 use crate::worker::{self, InitArgs, PROGRESS_LEN, Progress, WorkerArgs};
 use mproc_core::Deadline;
@@ -106,6 +106,48 @@ pub(crate) struct Shared {
 thread_local! {
     /// The pool whose engine this thread holds, if any (see [`Shared::holds_engine`]).
     static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The pool whose callbacks this thread is running, if any.
+    static CALLING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Jobs this thread completed while holding an engine: their callbacks run once the
+    /// engine is released ([`run_deferred`]).
+    static DEFERRED: std::cell::RefCell<Vec<Arc<Job>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Called by a job whose outcomes are all in: if this thread holds a pool's engine, the
+/// job is kept to be finished (callbacks, then waiters woken) once the engine is
+/// released, and `true` is returned; otherwise the caller finishes it at once.
+///
+/// Callbacks run outside the engine so that one may submit to its own pool and wait
+/// (Python allows `apply` from a callback): run inside, the wait would need the engine
+/// its own thread holds.
+pub(crate) fn defer_finish(job: Arc<Job>) -> bool {
+    if HOLDING.with(std::cell::Cell::get) == 0 {
+        return false;
+    }
+    DEFERRED.with(|d| d.borrow_mut().push(job));
+    true
+}
+
+fn has_deferred() -> bool {
+    DEFERRED.with(|d| !d.borrow().is_empty())
+}
+
+/// Finishes the jobs this thread completed while it held `shared`'s engine (which it
+/// no longer holds). Returns whether there were any.
+fn run_deferred(shared: &Shared) -> bool {
+    let mut any = false;
+    loop {
+        let jobs = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if jobs.is_empty() {
+            return any;
+        }
+        any = true;
+        let prev = CALLING.with(|c| c.replace(shared as *const Shared as usize));
+        for j in jobs {
+            j.finish_now();
+        }
+        CALLING.with(|c| c.set(prev));
+    }
 }
 
 /// Marks the calling thread as holding `shared`'s engine while it lives.
@@ -191,36 +233,49 @@ impl Shared {
         }
     }
 
-    /// Whether the calling thread holds this pool's engine (it runs a callback from
-    /// inside the dispatcher): it must not wait for the pool's thread.
+    /// Whether the calling thread holds this pool's engine or runs this pool's
+    /// callbacks (perhaps on the pool's own thread): it must not wait for the pool's
+    /// thread.
     pub(crate) fn holds_engine(&self) -> bool {
-        HOLDING.with(|h| h.get() == self as *const Shared as usize)
+        let me = self as *const Shared as usize;
+        HOLDING.with(|h| h.get() == me) || CALLING.with(|c| c.get() == me)
     }
 
     /// Runs the dispatcher on this thread until `ready()` or `deadline`, if no other
     /// thread holds it; returns `ready()`. `false` also means "wait the ordinary way".
+    ///
+    /// Jobs finished meanwhile run their callbacks after the engine is released; then,
+    /// if `ready()` is still false, it drives again.
     pub(crate) fn drive(&self, ready: &dyn Fn() -> bool, deadline: Deadline) -> bool {
-        let Some(mut g) = self.try_engine() else {
-            return false;
-        };
-        let Some(d) = g.as_mut() else {
-            return false;
-        };
-        let _holding = Holding::new(self);
-        // Workers now leave their results on the socket without ringing `wake`.
-        self.driving().store(1, Ordering::SeqCst);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.drive(ready, deadline)));
-        self.driving().store(0, Ordering::SeqCst);
-        // Results that arrive from now on ring `wake`; what arrived unannounced while
-        // this thread drove is still held (unread): hand it to the pool's thread.
-        let handover = d.outstanding();
-        drop(g);
-        if handover {
-            self.wake();
-        }
-        match r {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
+        loop {
+            let Some(mut g) = self.try_engine() else {
+                return false;
+            };
+            let Some(d) = g.as_mut() else {
+                return false;
+            };
+            let holding = Holding::new(self);
+            // Workers now leave their results on the socket without ringing `wake`.
+            self.driving().store(1, Ordering::SeqCst);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                d.drive(&|| ready() || has_deferred(), deadline)
+            }));
+            self.driving().store(0, Ordering::SeqCst);
+            // Results that arrive from now on ring `wake`; what arrived unannounced while
+            // this thread drove is still held (unread): hand it to the pool's thread.
+            let handover = d.outstanding();
+            drop(holding);
+            drop(g);
+            if handover {
+                self.wake();
+            }
+            let ran = run_deferred(self);
+            match r {
+                Ok(_) if ready() => return true,
+                Ok(_) if ran && !deadline.is_expired() => continue,
+                Ok(_) => return false,
+                Err(p) => std::panic::resume_unwind(p),
+            }
         }
     }
 
@@ -237,12 +292,10 @@ impl Shared {
         let mut q = self.lock();
         let refuse = if let Some(r) = &q.broken {
             Some(TaskError::Broken { reason: r.clone() })
-        } else if q.terminate {
-            Some(TaskError::Terminated)
-        } else if q.closed {
+        } else if q.terminate || q.closed || q.finished {
+            // Nothing was submitted: as after `close()`, "pool not running" (Python's
+            // ValueError), whether the pool was closed, terminated or has finished.
             Some(TaskError::Closed)
-        } else if q.finished {
-            Some(TaskError::Terminated)
         } else {
             None
         };
@@ -261,17 +314,19 @@ impl Shared {
                 // holder learns of it from `submitted` or `wake`.
                 match self.try_engine() {
                     Some(mut g) => {
-                        let _holding = Holding::new(self);
+                        let holding = Holding::new(self);
                         let Some(d) = g.as_mut() else { return };
                         d.step();
                         // The pool's thread sleeps with a poll set made before this
                         // dispatch: it must look again if writes are pending or a time
                         // limit now needs watching.
                         let look = d.needs_pool_thread();
+                        drop(holding);
                         drop(g);
                         if look {
                             self.wake();
                         }
+                        run_deferred(self);
                     }
                     None => self.wake(),
                 }
@@ -360,7 +415,13 @@ fn spawn_worker(cfg: &Config, shared: &Shared) -> Result<Worker, String> {
             .try_clone()
             .map_err(|e| format!("bell region: {e}"))?,
     };
-    let mut proc = Process::new(worker::worker_main, args).daemon(true);
+    // Python's pool names its workers `ForkPoolWorker-N`/`SpawnPoolWorker-N`; the
+    // name shows in forwarded log records and `current_process()`.
+    static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let mut proc = Process::new(worker::worker_main, args)
+        .daemon(true)
+        .name(format!("PoolWorker-{n}"));
     if let Some(m) = cfg.start_method {
         proc = proc.start_method(m);
     }
@@ -427,6 +488,9 @@ pub(crate) fn run(
     let _ = ready.send(Ok(()));
     drop(ready);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| background(&shared)));
+    // Jobs this thread finished inside the engine before a panic still get their
+    // callbacks and wake their waiters.
+    run_deferred(&shared);
     // Taking the dispatcher out breaks the cycle between it and `shared`.
     let d = shared.engine().take();
     if let (Err(p), Some(mut d)) = (r, d) {
@@ -474,10 +538,17 @@ fn background(shared: &Shared) {
             d.read_and_reap(ready);
             d.read_rung();
             if d.step() {
+                drop(_holding);
+                drop(g);
+                run_deferred(shared);
                 return;
             }
             (d.watch_set(), d.check_time_limits())
         };
+        // Callbacks of the jobs finished above, outside the engine.
+        if run_deferred(shared) {
+            continue;
+        }
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(watch.len() + 1);
         fds.push(PollFd::new(&shared.wake, PollFlags::IN));
         for (fd, flags, _) in &watch {

@@ -32,7 +32,8 @@ pub enum TaskError {
     Cancelled,
     /// The pool was terminated (or dropped) before the task finished.
     Terminated,
-    /// The task was submitted after `close()` (Python: `ValueError: Pool not running`).
+    /// The task was submitted after `close()` or `terminate()`, so it never ran
+    /// (Python: `ValueError: Pool not running`).
     Closed,
     /// The pool can no longer run work: a worker's initializer failed, or a worker
     /// could not be started (`concurrent.futures.process.BrokenProcessPool`).
@@ -71,7 +72,7 @@ impl fmt::Display for TaskError {
             ),
             TaskError::Cancelled => f.write_str("task was cancelled"),
             TaskError::Terminated => f.write_str("pool was terminated before the task finished"),
-            TaskError::Closed => f.write_str("pool not running (closed)"),
+            TaskError::Closed => f.write_str("pool not running"),
             TaskError::Broken { reason } => write!(f, "pool is broken: {reason}"),
             TaskError::Codec { message } => write!(f, "{message}"),
         }
@@ -104,7 +105,7 @@ impl std::error::Error for MapError {
 
 /// Why a `get_timeout`/`result(timeout)` returned without a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GetError<E = TaskError> {
+pub enum ResultError<E = TaskError> {
     /// The timeout passed first (Python: `multiprocessing.TimeoutError`). The task goes
     /// on; ask again later.
     Timeout,
@@ -112,20 +113,20 @@ pub enum GetError<E = TaskError> {
     Failed(E),
 }
 
-impl<E: fmt::Display> fmt::Display for GetError<E> {
+impl<E: fmt::Display> fmt::Display for ResultError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GetError::Timeout => f.write_str("timed out waiting for the result"),
-            GetError::Failed(e) => e.fmt(f),
+            ResultError::Timeout => f.write_str("timed out waiting for the result"),
+            ResultError::Failed(e) => e.fmt(f),
         }
     }
 }
 
-impl<E: std::error::Error + 'static> std::error::Error for GetError<E> {
+impl<E: std::error::Error + 'static> std::error::Error for ResultError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            GetError::Timeout => None,
-            GetError::Failed(e) => Some(e),
+            ResultError::Timeout => None,
+            ResultError::Failed(e) => Some(e),
         }
     }
 }

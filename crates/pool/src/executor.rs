@@ -1,5 +1,5 @@
 //! [`Executor`]: Python's `concurrent.futures.ProcessPoolExecutor`, over a [`Pool`].
-use crate::error::{GetError, PoolError, TaskError};
+use crate::error::{PoolError, ResultError, TaskError};
 use crate::job::Job;
 use crate::pool::{Pool, PoolBuilder};
 use crate::result::{AsyncResult, IMap};
@@ -12,43 +12,43 @@ use std::time::Duration;
 /// A pending call submitted to an [`Executor`] (Python's `concurrent.futures.Future`).
 ///
 /// It implements `std::future::Future` (await it from any async runtime) and has the
-/// blocking [`Future::result`].
-pub struct Future<R> {
+/// blocking [`TaskFuture::result`].
+pub struct TaskFuture<R> {
     inner: AsyncResult<R>,
 }
 
-impl<R> std::fmt::Debug for Future<R> {
+impl<R> std::fmt::Debug for TaskFuture<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Future")
+        f.debug_struct("TaskFuture")
             .field("done", &self.inner.job.is_finished())
             .finish()
     }
 }
 
-impl<R> Clone for Future<R> {
+impl<R> Clone for TaskFuture<R> {
     fn clone(&self) -> Self {
-        Future {
+        TaskFuture {
             inner: self.inner.clone(),
         }
     }
 }
 
-impl<R: Decode> Future<R> {
-    /// Waits for the value (`None`: no limit); [`GetError::Timeout`] if `timeout` passes
+impl<R: Decode> TaskFuture<R> {
+    /// Waits for the value (`None`: no limit); [`ResultError::Timeout`] if `timeout` passes
     /// first (Python: `result(timeout)`).
-    pub fn result(&self, timeout: Option<Duration>) -> Result<R, GetError> {
+    pub fn result(&self, timeout: Option<Duration>) -> Result<R, ResultError> {
         match timeout {
-            None => self.inner.get().map_err(GetError::Failed),
+            None => self.inner.get().map_err(ResultError::Failed),
             Some(t) => self.inner.get_timeout(t),
         }
     }
 
     /// The error the call failed with, `None` if it succeeded (Python: `exception()`).
-    pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<TaskError>, GetError> {
+    pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<TaskError>, ResultError> {
         match self.result(timeout) {
             Ok(_) => Ok(None),
-            Err(GetError::Failed(e)) => Ok(Some(e)),
-            Err(GetError::Timeout) => Err(GetError::Timeout),
+            Err(ResultError::Failed(e)) => Ok(Some(e)),
+            Err(ResultError::Timeout) => Err(ResultError::Timeout),
         }
     }
 
@@ -74,7 +74,7 @@ impl<R: Decode> Future<R> {
 
     /// Python's `add_done_callback(fn)`: `f(&future)` runs when the call finishes (on the
     /// pool's thread), or at once on this thread if it already has.
-    pub fn add_done_callback(&self, f: impl FnOnce(&Future<R>) + Send + 'static)
+    pub fn add_done_callback(&self, f: impl FnOnce(&TaskFuture<R>) + Send + 'static)
     where
         R: 'static,
     {
@@ -87,7 +87,7 @@ impl<R: Decode> Future<R> {
     }
 }
 
-impl<R: Decode> std::future::Future for Future<R> {
+impl<R: Decode> std::future::Future for TaskFuture<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -98,6 +98,23 @@ impl<R: Decode> std::future::Future for Future<R> {
 /// Python's `concurrent.futures.ProcessPoolExecutor`.
 ///
 /// Dropping it is `shutdown(wait=True)`, as leaving its `with` block is.
+///
+/// ```
+/// use mproc_pool::Executor;
+///
+/// fn cube(x: u64) -> u64 {
+///     x * x * x
+/// }
+///
+/// let ex = Executor::new(2).unwrap();
+/// // submit: one task, one Future (also a std Future: `.await` it in async code).
+/// let f = ex.submit(cube, 3);
+/// assert_eq!(f.result(None).unwrap(), 27);
+/// // map: results in input order; each item is its own Result.
+/// let cubes: Vec<u64> = ex.map(cube, 1..=4u64, 1).map(Result::unwrap).collect();
+/// assert_eq!(cubes, [1, 8, 27, 64]);
+/// ex.shutdown(true, false);
+/// ```
 pub struct Executor {
     pool: Option<Pool>,
     submitted: Mutex<Vec<Weak<Job>>>,
@@ -139,12 +156,12 @@ impl Executor {
     /// Schedules `f(args)`; after [`Executor::shutdown`] the future fails with
     /// [`TaskError::Closed`]; after a worker's initializer failed, with
     /// [`TaskError::Broken`].
-    pub fn submit<A: Message, R: Message>(&self, f: fn(A) -> R, args: A) -> Future<R> {
+    pub fn submit<A: Message, R: Message>(&self, f: fn(A) -> R, args: A) -> TaskFuture<R> {
         let inner = self.pool().apply_async(f, args);
         let mut list = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|w| w.upgrade().is_some_and(|j| !j.is_finished()));
         list.push(Arc::downgrade(&inner.job));
-        Future { inner }
+        TaskFuture { inner }
     }
 
     /// Results of `f` over `items`, in order, computed ahead lazily (Python:
@@ -156,6 +173,24 @@ impl Executor {
         R: Message,
     {
         self.pool().imap_chunked(f, items, chunksize)
+    }
+
+    /// [`Executor::map`] over tuples: `f(a, b, …)` for every `(a, b, …)` of `items`
+    /// (Python: `Executor.map(f, as_, bs)`, the iterables zipped into tuples). `f` is any
+    /// `fn` of 1 to 12 arguments; see [`StarFn`](crate::StarFn).
+    pub fn starmap<I, F, Args>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<I::IntoIter, F::Output>
+    where
+        I: IntoIterator<Item = Args>,
+        F: crate::StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
+    {
+        self.pool().istarmap(f, items, chunksize)
     }
 
     /// Python's `shutdown(wait, cancel_futures)`: no more submissions; with
@@ -189,7 +224,7 @@ impl Drop for Executor {
     }
 }
 
-/// When [`wait`] returns (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
+/// When [`wait_futures`] returns (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
 /// `ALL_COMPLETED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReturnWhen {
@@ -248,8 +283,12 @@ impl Notify {
 
 /// Waits on `futures` (Python: `concurrent.futures.wait`); returns the indices of
 /// those done and those not done when the condition held or `timeout` passed.
-pub fn wait<R: Decode>(
-    futures: &[Future<R>],
+///
+/// Named apart from `mproc_channel::wait` (Python's
+/// `multiprocessing.connection.wait`) so both can be glob-imported together.
+#[doc(alias = "wait")]
+pub fn wait_futures<R: Decode>(
+    futures: &[TaskFuture<R>],
     timeout: Option<Duration>,
     return_when: ReturnWhen,
 ) -> (Vec<usize>, Vec<usize>) {
@@ -279,13 +318,32 @@ pub fn wait<R: Decode>(
     }
 }
 
-/// Yields the indices of `futures` as they finish (Python:
+/// Yields the futures of `futures` as they finish, each with its index (Python:
 /// `concurrent.futures.as_completed`). With a `timeout`, iteration ends with
-/// `Err(GetError::Timeout)` if some are still pending when it passes.
+/// `Err(ResultError::Timeout)` if some are still pending when it passes.
+///
+/// ```
+/// use mproc_pool::{Executor, as_completed};
+/// use std::time::Duration;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let ex = Executor::new(2).unwrap();
+/// let fs: Vec<_> = [300, 10].into_iter().map(|ms| ex.submit(nap, ms)).collect();
+/// let mut order = Vec::new();
+/// for done in as_completed(&fs, Some(Duration::from_secs(30))) {
+///     let (i, f) = done.unwrap();
+///     order.push((i, f.result(None).unwrap()));
+/// }
+/// assert_eq!(order, [(1, 10), (0, 300)]);
+/// ```
 pub fn as_completed<R: Decode>(
-    futures: &[Future<R>],
+    futures: &[TaskFuture<R>],
     timeout: Option<Duration>,
-) -> impl Iterator<Item = Result<usize, GetError>> + '_ {
+) -> impl Iterator<Item = Result<(usize, &TaskFuture<R>), ResultError>> + '_ {
     let deadline = Deadline::from_timeout(timeout);
     let notify = Notify::new();
     let waker = Waker::from(notify.clone());
@@ -295,7 +353,7 @@ pub fn as_completed<R: Decode>(
     std::iter::from_fn(move || {
         loop {
             if let Some(i) = ready.pop_front() {
-                return Some(Ok(i));
+                return Some(Ok((i, &futures[i])));
             }
             if pending.is_empty() || timed_out {
                 return None;
@@ -311,7 +369,7 @@ pub fn as_completed<R: Decode>(
             });
             if ready.is_empty() && !notify.sleep(deadline) {
                 timed_out = true;
-                return Some(Err(GetError::Timeout));
+                return Some(Err(ResultError::Timeout));
             }
         }
     })

@@ -128,30 +128,6 @@ impl FnRef {
         r
     }
 
-    pub(crate) fn star2<A, B, R>(f: fn(A, B) -> R) -> Self
-    where
-        (A, B): Decode,
-        R: Encode,
-    {
-        off(
-            sys::tramp_star2::<A, B, R>,
-            f as usize,
-            sys::sig_star2::<A, B, R>(),
-        )
-    }
-
-    pub(crate) fn star3<A, B, C, R>(f: fn(A, B, C) -> R) -> Self
-    where
-        (A, B, C): Decode,
-        R: Encode,
-    {
-        off(
-            sys::tramp_star3::<A, B, C, R>,
-            f as usize,
-            sys::sig_star3::<A, B, C, R>(),
-        )
-    }
-
     pub(crate) fn with_state<S, A, R>(f: fn(&S, A) -> R) -> Self
     where
         S: Decode + Send + 'static,

@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Waker;
 
@@ -299,9 +299,6 @@ pub(crate) struct JobInner {
     pub(crate) first_err: Option<usize>,
     waker: Option<Waker>,
     finishing: bool,
-    /// The thread running the job's callbacks: a callback that waits on its own job
-    /// finds it complete instead of waiting for itself.
-    finisher: Option<std::thread::ThreadId>,
 }
 
 /// The outcomes of a fixed number of items.
@@ -320,6 +317,14 @@ pub(crate) struct Job {
     after: Mutex<Option<Vec<DoneHook>>>,
     /// The pool whose dispatcher a waiter may run (see `Shared::drive`).
     driver: OnceLock<Weak<Shared>>,
+    /// The thread running the job's callbacks ([`thread_token`]; 0: none yet): a
+    /// callback that waits on its own job finds it complete instead of waiting for
+    /// itself.
+    finisher: AtomicUsize,
+    /// This job, for finishing it later: a job completed by a thread that holds the
+    /// pool's engine runs its callbacks once the engine is released (see
+    /// `dispatch::defer_finish`), so a callback may use its own pool.
+    me: Weak<Job>,
 }
 
 impl std::fmt::Debug for Job {
@@ -334,7 +339,11 @@ impl std::fmt::Debug for Job {
 impl Job {
     /// A job of `n` items. With `fail_fast`, it finishes at the first failure (as
     /// Python's `MapResult` does); otherwise when every item is in.
-    pub(crate) fn new(n: usize, fail_fast: bool) -> Self {
+    pub(crate) fn new(n: usize, fail_fast: bool) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::with_self(n, fail_fast, me.clone()))
+    }
+
+    fn with_self(n: usize, fail_fast: bool, me: Weak<Job>) -> Self {
         Job {
             n,
             fail_fast,
@@ -346,12 +355,13 @@ impl Job {
                 first_err: None,
                 waker: None,
                 finishing: false,
-                finisher: None,
             }),
             cv: Condvar::new(),
             on_done: Mutex::new(None),
             after: Mutex::new(Some(Vec::new())),
             driver: OnceLock::new(),
+            finisher: AtomicUsize::new(0),
+            me,
         }
     }
 
@@ -397,6 +407,11 @@ impl Job {
         if self.is_finished() {
             return true;
         }
+        // A callback of this job that waits on it: its outcomes are in (the callback
+        // runs before the job is marked finished).
+        if self.finisher.load(Ordering::Acquire) == thread_token() {
+            return true;
+        }
         // Run the pool's dispatcher on this thread while waiting, if nobody else does.
         if let Some(s) = self.driver.get().and_then(Weak::upgrade)
             && s.drive(&|| self.is_finished(), deadline)
@@ -411,7 +426,7 @@ impl Job {
         let slept = std::time::Instant::now();
         let mut g = self.lock();
         loop {
-            if self.is_finished() || g.finisher == Some(std::thread::current().id()) {
+            if self.is_finished() || self.finisher.load(Ordering::Acquire) == thread_token() {
                 SPIN.after_sleep(slept.elapsed(), true);
                 return true;
             }
@@ -513,8 +528,20 @@ impl Job {
             return;
         }
         g.finishing = true;
-        g.finisher = Some(std::thread::current().id());
         drop(g);
+        // Inside the dispatcher, callbacks wait until it is released: one that submits
+        // to or waits on its own pool would otherwise wait for itself.
+        if let Some(me) = self.me.upgrade()
+            && crate::dispatch::defer_finish(me)
+        {
+            return;
+        }
+        self.finish_now();
+    }
+
+    /// Runs the callbacks of a job whose outcomes are all in, then wakes its waiters.
+    pub(crate) fn finish_now(&self) {
+        self.finisher.store(thread_token(), Ordering::Release);
         let hook = self
             .on_done
             .lock()
@@ -640,6 +667,15 @@ impl Sink for Stream {
     fn start(&self) -> bool {
         !self.cancelled.load(Ordering::Acquire)
     }
+}
+
+/// A number unique to the calling thread among live threads, never 0 (the address of a
+/// thread-local).
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| t as *const u8 as usize)
 }
 
 #[cfg(test)]

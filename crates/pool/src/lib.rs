@@ -15,12 +15,13 @@
 //! ```
 //!
 //! - [`Pool`] (built with [`Pool::builder`]): `apply`, `apply_async`, `map`,
-//!   `map_async`, `imap`, `imap_unordered`, `starmap`, `starmap_async`, `map_with`
+//!   `map_async`, `imap`, `imap_unordered`, `starmap` / `starmap_async` / `istarmap`
+//!   (any arity up to 12, [`StarFn`]), `map_with`
 //!   (Python's `functools.partial` case), `map_results` (every item's outcome), `close`,
 //!   `terminate`, `join`.
 //! - [`AsyncResult`], [`MapResult`], [`IMap`]: Python's result objects; `AsyncResult`
 //!   is also a `std::future::Future`.
-//! - [`Executor`] (`ProcessPoolExecutor`), its [`Future`], [`as_completed`], [`wait`].
+//! - [`Executor`] (`ProcessPoolExecutor`), its [`TaskFuture`], [`as_completed`], [`wait_futures`].
 //!
 //! Task functions are plain `fn`s (no captures); arguments and results are rkyv
 //! messages ([`mproc_core::Message`]), handles (locks, queues, regions…) included.
@@ -78,14 +79,17 @@ mod pool;
 mod progress;
 mod result;
 #[allow(unsafe_code)]
+mod star;
+#[allow(unsafe_code)]
 mod sys;
 mod wire;
 mod worker;
 
-pub use error::{GetError, MapError, PoolError, TaskError};
-pub use executor::{Executor, Future, ReturnWhen, as_completed, wait};
+pub use error::{MapError, PoolError, ResultError, TaskError};
+pub use executor::{Executor, ReturnWhen, TaskFuture, as_completed, wait_futures};
 pub use pool::{Pool, PoolBuilder, default_chunksize};
 pub use result::{AsyncResult, IMap, MapResult};
+pub use star::StarFn;
 
 #[doc(no_inline)]
 pub use mproc_spawn::StartMethod;

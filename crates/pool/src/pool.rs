@@ -4,6 +4,7 @@ use crate::error::{MapError, PoolError, TaskError};
 use crate::func::FnRef;
 use crate::job::{Job, Payload, Raw, Sink};
 use crate::result::{AsyncResult, IMap, MapResult, collect_each, collect_map};
+use crate::star::{self, StarFn};
 use mproc_core::{Encode, Message};
 use mproc_spawn::StartMethod;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -333,7 +334,7 @@ impl Pool {
         let collected: Option<Vec<A>> = (hi != Some(lo)).then(|| it.by_ref().collect());
         let n = collected.as_ref().map_or(lo, Vec::len);
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(n, self.processes));
-        let job = Arc::new(Job::new(n, fail_fast));
+        let job = Job::new(n, fail_fast);
         job.set_driver(&self.shared);
         if let Some(h) = hook {
             job.on_done(h);
@@ -365,8 +366,10 @@ impl Pool {
     }
 
     /// Submits `f(args)` with Python's `callback` and `error_callback`: one of them runs
-    /// in the parent, on the pool's thread, when the task finishes (before `get()`
-    /// returns). Keep them short: they hold up the delivery of other results.
+    /// in the parent when the task finishes (before `get()` returns), on the pool's
+    /// thread or on a thread waiting in `get()`, outside the dispatcher: a callback may
+    /// use this pool (`apply`, `map`, waiting on its own result) or terminate it. Keep
+    /// them short: they hold up the delivery of other results.
     pub fn apply_async_with<A, R>(
         &self,
         f: fn(A) -> R,
@@ -486,62 +489,111 @@ impl Pool {
         collect_map(&job)
     }
 
-    /// Python's `starmap` for two-argument functions: `f(a, b)` for every `(a, b)`.
-    /// (For more arguments see [`Pool::starmap3`], or take a tuple in a plain `map`.)
-    pub fn starmap<A, B, R>(
+    /// Python's `starmap`: `f(a, b, …)` for every tuple `(a, b, …)` of `items`, results in
+    /// input order. `f` is any `fn` item (not a closure) of 1 to 12
+    /// arguments; see [`StarFn`](crate::StarFn).
+    ///
+    /// ```no_run
+    /// # use mproc_pool::Pool;
+    /// fn mul(a: u64, b: u64) -> u64 {
+    ///     a * b
+    /// }
+    /// fn affine(a: f64, x: f64, b: f64) -> f64 {
+    ///     a * x + b
+    /// }
+    /// let pool = Pool::new(2).unwrap();
+    /// assert_eq!(pool.starmap(mul, [(2, 3), (4, 5)]).unwrap(), vec![6, 20]);
+    /// assert_eq!(pool.starmap(affine, [(2.0, 1.0, 0.5)]).unwrap(), vec![2.5]);
+    /// ```
+    pub fn starmap<F, Args>(
         &self,
-        f: fn(A, B) -> R,
-        items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<Vec<R>, MapError>
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+    ) -> Result<Vec<F::Output>, MapError>
     where
-        (A, B): Message,
-        R: Message,
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
     {
-        self.starmap_async(f, items).get()
+        self.starmap_async_chunked(f, items, None).get()
     }
 
     /// [`Pool::starmap`], submitted without waiting (Python: `starmap_async`).
-    pub fn starmap_async<A, B, R>(
+    pub fn starmap_async<F, Args>(
         &self,
-        f: fn(A, B) -> R,
-        items: impl IntoIterator<Item = (A, B)>,
-    ) -> MapResult<R>
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+    ) -> MapResult<F::Output>
     where
-        (A, B): Message,
-        R: Message,
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
     {
-        MapResult::new(self.map_job::<(A, B)>(FnRef::star2(f), None, items, None, true, None))
+        self.starmap_async_chunked(f, items, None)
     }
 
     /// [`Pool::starmap`] with an explicit chunk size.
-    pub fn starmap_chunked<A, B, R>(
+    pub fn starmap_chunked<F, Args>(
         &self,
-        f: fn(A, B) -> R,
-        items: impl IntoIterator<Item = (A, B)>,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
         chunksize: usize,
-    ) -> Result<Vec<R>, MapError>
+    ) -> Result<Vec<F::Output>, MapError>
     where
-        (A, B): Message,
-        R: Message,
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
     {
-        let job = self.map_job::<(A, B)>(FnRef::star2(f), None, items, Some(chunksize), true, None);
-        job.wait(mproc_core::Deadline::never());
-        collect_map(&job)
+        self.starmap_async_chunked(f, items, Some(chunksize)).get()
     }
 
-    /// `starmap` for three-argument functions.
-    pub fn starmap3<A, B, C, R>(
+    /// [`Pool::starmap_async`] with an explicit chunk size (`None`: Python's default).
+    pub fn starmap_async_chunked<F, Args>(
         &self,
-        f: fn(A, B, C) -> R,
-        items: impl IntoIterator<Item = (A, B, C)>,
-    ) -> Result<Vec<R>, MapError>
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+        chunksize: Option<usize>,
+    ) -> MapResult<F::Output>
     where
-        (A, B, C): Message,
-        R: Message,
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
     {
-        let job = self.map_job::<(A, B, C)>(FnRef::star3(f), None, items, None, true, None);
-        job.wait(mproc_core::Deadline::never());
-        collect_map(&job)
+        self.map_async_chunked(star::as_task(f), items, chunksize)
+    }
+
+    /// [`Pool::starmap_async`] with Python's `callback` and `error_callback`; see
+    /// [`Pool::map_async_with`].
+    pub fn starmap_async_with<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+        callback: impl FnOnce(Vec<F::Output>) + Send + 'static,
+        error_callback: impl FnOnce(MapError) + Send + 'static,
+    ) -> MapResult<F::Output>
+    where
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
+    {
+        self.map_async_with(star::as_task(f), items, callback, error_callback)
+    }
+
+    /// Lazily applies `f` to every tuple of `items` (Python: `imap` over
+    /// `itertools.starmap`), in input order, `chunksize` tuples at a time.
+    pub fn istarmap<I, F, Args>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<I::IntoIter, F::Output>
+    where
+        I: IntoIterator<Item = Args>,
+        F: StarFn<Args>,
+        Args: Message,
+        F::Output: Message,
+    {
+        self.imap_chunked(star::as_task(f), items, chunksize)
     }
 
     /// Lazily maps `f` over `items`, yielding results in input order (Python: `imap`,
@@ -625,7 +677,8 @@ impl Pool {
         self.shared.wake();
     }
 
-    /// Kills the workers at once; unfinished tasks fail with [`TaskError::Terminated`].
+    /// Kills the workers at once; unfinished tasks fail with [`TaskError::Terminated`],
+    /// later submissions with [`TaskError::Closed`].
     /// Returns promptly however much work is pending (Python: `terminate`).
     pub fn terminate(&self) {
         self.shared.lock().terminate = true;

@@ -1,7 +1,7 @@
 //! Typed handles on submitted work: [`AsyncResult`] (one call), [`MapResult`] (a map),
 //! [`IMap`] (a stream of results). They decode results on demand in the caller's thread.
 use crate::dispatch::{Chunk, Item, Shared};
-use crate::error::{GetError, MapError, TaskError};
+use crate::error::{MapError, ResultError, TaskError};
 use crate::func::FnRef;
 use crate::job::{At, Job, Outcomes, Payload, Raw, Stream};
 use mproc_core::{Deadline, Decode, Encode};
@@ -110,13 +110,13 @@ impl<R: Decode> AsyncResult<R> {
         self.take()
     }
 
-    /// Waits at most `timeout` (Python: `get(timeout)`); [`GetError::Timeout`] if the
+    /// Waits at most `timeout` (Python: `get(timeout)`); [`ResultError::Timeout`] if the
     /// task has not finished by then (it goes on).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<R, GetError> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, ResultError> {
         if !self.job.wait(Deadline::after(timeout)) {
-            return Err(GetError::Timeout);
+            return Err(ResultError::Timeout);
         }
-        self.take().map_err(GetError::Failed)
+        self.take().map_err(ResultError::Failed)
     }
 
     /// Waits until the task has finished.
@@ -269,11 +269,11 @@ impl<R: Decode> MapResult<R> {
     }
 
     /// As [`MapResult::get`], waiting at most `timeout`.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, GetError<MapError>> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, ResultError<MapError>> {
         if !self.job.wait(Deadline::after(timeout)) {
-            return Err(GetError::Timeout);
+            return Err(ResultError::Timeout);
         }
-        collect_map(&self.job).map_err(GetError::Failed)
+        collect_map(&self.job).map_err(ResultError::Failed)
     }
 
     /// Waits until finished.
@@ -443,21 +443,21 @@ where
     R: Decode,
 {
     /// The next result, waiting at most `timeout` (Python: `IMapIterator.next(timeout)`).
-    /// `None` at the end; `Some(Err(GetError::Timeout))` if nothing arrived in time (the
+    /// `None` at the end; `Some(Err(ResultError::Timeout))` if nothing arrived in time (the
     /// iterator stays usable).
-    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, GetError>> {
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, ResultError>> {
         self.next_until(Deadline::after(timeout))
     }
 
     /// The next outcome from the stash of a decoded packed chunk, if it is next.
-    fn next_stashed(&mut self) -> Option<Result<R, GetError>> {
+    fn next_stashed(&mut self) -> Option<Result<R, ResultError>> {
         let (i, _) = self.stash.front()?;
         if self.ordered && *i != self.yielded {
             return None;
         }
         let (_, r) = self.stash.pop_front()?;
         self.yielded += 1;
-        Some(r.map_err(GetError::Failed))
+        Some(r.map_err(ResultError::Failed))
     }
 
     /// Decodes a packed chunk's successes into the stash.
@@ -477,7 +477,7 @@ where
         }
     }
 
-    fn next_until(&mut self, deadline: Deadline) -> Option<Result<R, GetError>> {
+    fn next_until(&mut self, deadline: Deadline) -> Option<Result<R, ResultError>> {
         self.feed();
         if let Some(r) = self.next_stashed() {
             return Some(r);
@@ -501,13 +501,13 @@ where
                     continue;
                 }
                 self.yielded += 1;
-                return Some(self.unpack.take(&raw).map_err(GetError::Failed));
+                return Some(self.unpack.take(&raw).map_err(ResultError::Failed));
             }
             if self.input_done && self.yielded == self.submitted {
                 return None;
             }
             if deadline.remaining().is_some_and(|l| l.is_zero()) {
-                return Some(Err(GetError::Timeout));
+                return Some(Err(ResultError::Timeout));
             }
             // Run the pool's dispatcher on this thread while waiting, if nobody else does.
             drop(g);
@@ -519,7 +519,7 @@ where
                 continue;
             }
             match deadline.remaining() {
-                Some(left) if left.is_zero() => return Some(Err(GetError::Timeout)),
+                Some(left) if left.is_zero() => return Some(Err(ResultError::Timeout)),
                 Some(left) => {
                     g = stream
                         .cv
@@ -545,8 +545,8 @@ where
         // Without a deadline the only error is the item's own.
         self.next_until(Deadline::never()).map(|r| {
             r.map_err(|e| match e {
-                GetError::Failed(e) => e,
-                GetError::Timeout => TaskError::Terminated,
+                ResultError::Failed(e) => e,
+                ResultError::Timeout => TaskError::Terminated,
             })
         })
     }

@@ -96,24 +96,6 @@ pub(crate) fn sig_plain<A: mproc_core::Decode, R: mproc_core::Encode>() -> FnSig
     FnSig::of::<fn(A) -> R, A, R>()
 }
 
-/// The fingerprint of a `fn(A, B) -> R` task.
-pub(crate) fn sig_star2<A, B, R>() -> FnSig
-where
-    (A, B): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    FnSig::of::<fn(A, B) -> R, (A, B), R>()
-}
-
-/// The fingerprint of a `fn(A, B, C) -> R` task.
-pub(crate) fn sig_star3<A, B, C, R>() -> FnSig
-where
-    (A, B, C): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    FnSig::of::<fn(A, B, C) -> R, (A, B, C), R>()
-}
-
 /// The fingerprint of a `fn(&S, A) -> R` task.
 pub(crate) fn sig_with<S, A, R>() -> FnSig
 where
@@ -180,42 +162,6 @@ pub(crate) unsafe fn tramp_plain<A: mproc_core::Decode, R: mproc_core::Encode>(
     let f: fn(A) -> R = unsafe { fn_from_addr(ctx.func) };
     let a = decode_args::<A>(ctx)?;
     let r = f(a);
-    encode_into(ctx, &r)
-}
-
-/// Trampoline for `fn(A, B) -> R` over `(A, B)` arguments.
-///
-/// # Safety
-///
-/// As [`tramp_plain`].
-pub(crate) unsafe fn tramp_star2<A, B, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
-where
-    (A, B): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    check_sig(sig_star2::<A, B, R>(), ctx.sig)?;
-    // SAFETY: as in `tramp_plain`, for `fn(A, B) -> R`.
-    let f: fn(A, B) -> R = unsafe { fn_from_addr(ctx.func) };
-    let (a, b) = decode_args::<(A, B)>(ctx)?;
-    let r = f(a, b);
-    encode_into(ctx, &r)
-}
-
-/// Trampoline for `fn(A, B, C) -> R` over `(A, B, C)` arguments.
-///
-/// # Safety
-///
-/// As [`tramp_plain`].
-pub(crate) unsafe fn tramp_star3<A, B, C, R>(ctx: &mut CallCtx<'_>) -> Result<(), String>
-where
-    (A, B, C): mproc_core::Decode,
-    R: mproc_core::Encode,
-{
-    check_sig(sig_star3::<A, B, C, R>(), ctx.sig)?;
-    // SAFETY: as in `tramp_plain`, for `fn(A, B, C) -> R`.
-    let f: fn(A, B, C) -> R = unsafe { fn_from_addr(ctx.func) };
-    let (a, b, c) = decode_args::<(A, B, C)>(ctx)?;
-    let r = f(a, b, c);
     encode_into(ctx, &r)
 }
 

@@ -1,7 +1,7 @@
 //! `concurrent.futures.ProcessPoolExecutor` behaviours (ported in spirit from
 //! Lib/test/test_concurrent_futures), callbacks, `map_with`, and results awaited as
 //! `std::future::Future`s.
-use mproc_pool::{Executor, GetError, Pool, ReturnWhen, TaskError, as_completed, wait};
+use mproc_pool::{Executor, Pool, ResultError, ReturnWhen, TaskError, as_completed, wait_futures};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -68,35 +68,38 @@ fn as_completed_and_wait() {
         .iter()
         .map(|&ms| ex.submit(sleep_ms, ms))
         .collect();
-    let order: Vec<usize> = as_completed(&fs, Some(Duration::from_secs(30)))
-        .map(Result::unwrap)
+    let order: Vec<(usize, u64)> = as_completed(&fs, Some(Duration::from_secs(30)))
+        .map(|r| {
+            let (i, f) = r.unwrap();
+            (i, f.result(None).unwrap())
+        })
         .collect();
-    assert_eq!(order, vec![1, 0]);
+    assert_eq!(order, vec![(1, 10), (0, 400)]);
 
     let fs: Vec<_> = [1000u64, 10]
         .iter()
         .map(|&ms| ex.submit(sleep_ms, ms))
         .collect();
-    let (done, not_done) = wait(
+    let (done, not_done) = wait_futures(
         &fs,
         Some(Duration::from_secs(30)),
         ReturnWhen::FirstCompleted,
     );
     assert_eq!(done, vec![1]);
     assert_eq!(not_done, vec![0]);
-    let (done, not_done) = wait(
+    let (done, not_done) = wait_futures(
         &fs,
         Some(Duration::from_millis(50)),
         ReturnWhen::AllCompleted,
     );
     assert_eq!((done, not_done), (vec![1], vec![0]));
-    let (done, _) = wait(&fs, None, ReturnWhen::AllCompleted);
+    let (done, _) = wait_futures(&fs, None, ReturnWhen::AllCompleted);
     assert_eq!(done, vec![0, 1]);
 
     let fs = vec![ex.submit(sleep_ms, 1000)];
     let t = Instant::now();
     let mut it = as_completed(&fs, Some(Duration::from_millis(100)));
-    assert_eq!(it.next(), Some(Err(GetError::Timeout)));
+    assert!(matches!(it.next(), Some(Err(ResultError::Timeout))));
     assert!(t.elapsed() < Duration::from_secs(2));
 }
 
@@ -110,11 +113,14 @@ fn shutdown_cancels_pending_futures() {
     assert_eq!(running.result(None).unwrap(), 300);
     for q in &queued {
         assert!(q.cancelled());
-        assert_eq!(q.result(None), Err(GetError::Failed(TaskError::Cancelled)));
+        assert_eq!(
+            q.result(None),
+            Err(ResultError::Failed(TaskError::Cancelled))
+        );
     }
     assert_eq!(
         ex.submit(sqr, 1).result(None),
-        Err(GetError::Failed(TaskError::Closed))
+        Err(ResultError::Failed(TaskError::Closed))
     );
 }
 
@@ -173,7 +179,7 @@ fn a_callback_may_terminate_its_own_pool() {
     let later = pool.apply_async(sqr, 4);
     assert_eq!(
         later.get_timeout(Duration::from_secs(30)),
-        Err(GetError::Failed(TaskError::Terminated))
+        Err(ResultError::Failed(TaskError::Closed))
     );
 }
 
@@ -204,7 +210,7 @@ fn executor_max_tasks_per_child_and_broken_initializer() {
         .unwrap();
     assert!(matches!(
         ex.submit(sqr, 1).result(Some(Duration::from_secs(30))),
-        Err(GetError::Failed(TaskError::Broken { .. }))
+        Err(ResultError::Failed(TaskError::Broken { .. }))
     ));
 }
 
@@ -229,7 +235,7 @@ fn add_done_callback_and_imap_next_timeout() {
     let mut it = pool.imap(sleep_ms, [600u64, 1]);
     assert_eq!(
         it.next_timeout(Duration::from_millis(50)),
-        Some(Err(GetError::Timeout))
+        Some(Err(ResultError::Timeout))
     );
     assert_eq!(it.next_timeout(Duration::from_secs(30)), Some(Ok(600)));
     assert_eq!(it.next(), Some(Ok(1)));

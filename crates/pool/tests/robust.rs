@@ -2,7 +2,7 @@
 //! time limits, terminate with pending work, huge panic messages, maxtasksperchild,
 //! initializers. Ported in spirit from `_TestPool` / `_TestPoolWorkerLifetime` in
 //! Lib/test/_test_multiprocessing.py.
-use mproc_pool::{GetError, Pool, TaskError};
+use mproc_pool::{Pool, ResultError, TaskError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -171,7 +171,7 @@ fn failing_initializer_breaks_the_pool() {
         .apply_async(sqr, 2)
         .get_timeout(Duration::from_secs(30))
     {
-        Err(GetError::Failed(TaskError::Broken { reason })) => {
+        Err(ResultError::Failed(TaskError::Broken { reason })) => {
             assert!(reason.contains("initializer refuses"), "{reason}")
         }
         other => panic!("{other:?}"),
@@ -191,10 +191,10 @@ fn terminate_with_10000_pending_returns_promptly() {
     for r in &rs {
         assert_eq!(
             r.get_timeout(Duration::from_secs(1)),
-            Err(GetError::Failed(TaskError::Terminated))
+            Err(ResultError::Failed(TaskError::Terminated))
         );
     }
-    assert_eq!(pool.apply(sqr, 1), Err(TaskError::Terminated));
+    assert_eq!(pool.apply(sqr, 1), Err(TaskError::Closed));
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn get_timeout_returns_on_time() {
     let t = Instant::now();
     assert_eq!(
         r.get_timeout(Duration::from_millis(200)),
-        Err(GetError::Timeout)
+        Err(ResultError::Timeout)
     );
     let el = t.elapsed();
     assert!(
@@ -375,7 +375,7 @@ fn worker_death_is_seen_by_a_waiting_caller() {
     let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
     killer.join().unwrap();
     assert!(
-        matches!(e, GetError::Failed(TaskError::WorkerLost { pid: p, signal: Some(9), .. }) if p == pid),
+        matches!(e, ResultError::Failed(TaskError::WorkerLost { pid: p, signal: Some(9), .. }) if p == pid),
         "{e:?}"
     );
     assert!(t.elapsed() < Duration::from_secs(10));

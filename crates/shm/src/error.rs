@@ -307,3 +307,31 @@ impl From<io::Error> for AllocError {
         AllocError::Io(e)
     }
 }
+
+/// Why [`SharedMemory::create_or_open`](crate::SharedMemory::create_or_open) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CreateOrOpenError {
+    /// Creating the segment failed (for another reason than an existing name).
+    Create(CreateError),
+    /// The segment existed, and opening it failed (e.g. it has another size).
+    Open(OpenError),
+}
+
+impl fmt::Display for CreateOrOpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CreateOrOpenError::Create(e) => e.fmt(f),
+            CreateOrOpenError::Open(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CreateOrOpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CreateOrOpenError::Create(e) => Some(e),
+            CreateOrOpenError::Open(e) => Some(e),
+        }
+    }
+}

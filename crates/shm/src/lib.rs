@@ -10,7 +10,7 @@
 //! | `shm.close()` / `shm.unlink()` | `drop(shm)` / [`shm.unlink()`](SharedMemory::unlink) |
 //! | `Value('d', 0.0)` / `RawValue('d', 0.0)` | [`Value::new(0.0f64)`](Value::new) / [`RawValue::new`] |
 //! | `Array('i', 10)` / `Array('i', range(10))` | [`Array::zeroed(10)`](Array::zeroed) / [`Array::from_slice`] |
-//! | `with v.get_lock(): v.value += 1` | `*v.lock()? += 1` ([`Value::lock`]) |
+//! | `with v.get_lock(): v.value += 1` | `*v.lock().unwrap() += 1` ([`Value::lock`]) |
 //! | `ShareableList(['a', 1, None])` | [`ShareableList::new`] with [`Item`]s |
 //!
 //! # Nothing leaks
@@ -45,6 +45,7 @@ mod element;
 mod error;
 mod list;
 mod locked;
+mod manager;
 mod name;
 mod raw;
 mod segment;
@@ -54,13 +55,15 @@ mod tracker;
 
 pub use element::Element;
 pub use error::{
-    AccessError, AllocError, CreateError, IndexError, NameError, OpenError, UnlinkError,
+    AccessError, AllocError, CreateError, CreateOrOpenError, IndexError, NameError, OpenError,
+    UnlinkError,
 };
 pub use list::{Item, ListError, ListOpenError, ShareableList};
 pub use locked::{
     Acquisition, Array, ArrayError, ArrayGuard, HolderDied, ShmLock, Value, ValueGuard,
 };
+pub use manager::SegmentScope;
 pub use raw::{RawArray, RawValue};
 pub use segment::{SharedMemory, SharedMemoryBuilder, View, unlink};
 pub use sys::ShmAtomic;
-pub use tracker::start_tracker;
+pub use tracker::{start_tracker, tracker_pid};

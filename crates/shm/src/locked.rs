@@ -41,16 +41,55 @@ pub enum Acquisition<G> {
     },
 }
 
-/// The previous holder of a value's lock died while holding it, so the value (or some
-/// elements of an array) may be half-updated. The lock has been released again: check
-/// the data, then lock again (the next acquisition is clean).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HolderDied {
+/// The previous holder of a value's lock died (or panicked) while holding it, so the
+/// value (or some elements of an array) may be half-updated.
+///
+/// From [`Value::lock`] / [`Array::lock`] it carries the guard (`G`), as std's
+/// `PoisonError` does: the caller holds the lock and can repair the data through
+/// [`HolderDied::into_inner`]. From the one-shot calls (`get`, `set`, …) it carries
+/// nothing (`G = ()`): the lock has been released again; check the data, then lock again
+/// (the next acquisition is clean).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HolderDied<G = ()> {
     /// The pid of the process that died holding the lock.
     pub pid: u32,
+    guard: G,
 }
 
-impl fmt::Display for HolderDied {
+impl<G> HolderDied<G> {
+    /// The guard of the acquisition that took the lock over.
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+
+    /// A reference to the guard.
+    pub fn get_ref(&self) -> &G {
+        &self.guard
+    }
+
+    /// A mutable reference to the guard.
+    pub fn get_mut(&mut self) -> &mut G {
+        &mut self.guard
+    }
+
+    /// The report without the guard (dropping it releases the lock).
+    pub fn without_guard(self) -> HolderDied {
+        HolderDied {
+            pid: self.pid,
+            guard: (),
+        }
+    }
+}
+
+impl<G> fmt::Debug for HolderDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HolderDied")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<G> fmt::Display for HolderDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -60,16 +99,19 @@ impl fmt::Display for HolderDied {
     }
 }
 
-impl std::error::Error for HolderDied {}
+impl<G> std::error::Error for HolderDied<G> {}
 
-fn take<G>(a: Acquisition<G>) -> Result<G, HolderDied> {
+/// The guard, or the report carrying it.
+fn take<G>(a: Acquisition<G>) -> Result<G, HolderDied<G>> {
     match a {
         Acquisition::Clean(g) => Ok(g),
-        Acquisition::HolderDied { guard, pid } => {
-            drop(guard);
-            Err(HolderDied { pid })
-        }
+        Acquisition::HolderDied { guard, pid } => Err(HolderDied { pid, guard }),
     }
+}
+
+/// The guard, or the report without it (the lock released again).
+fn take_once<G>(a: Acquisition<G>) -> Result<G, HolderDied> {
+    take(a).map_err(HolderDied::without_guard)
 }
 
 fn sync_create<T, E: std::error::Error + Send + Sync + 'static>(r: Result<T, E>) -> io::Result<T> {
@@ -125,7 +167,8 @@ impl ShmLock for mproc_sync::RLock {
 /// `lock()` returns a guard that reads the value once, lets you change it through
 /// `*guard`, and writes it back before the lock is released, so read-modify-write is
 /// atomic with respect to every process that also uses the lock:
-/// `*v.lock()? += 1.0`. [`get`](Self::get) and [`set`](Self::set) take the lock for
+/// `*v.lock().unwrap() += 1.0` (the error carries the guard, as std's `PoisonError`
+/// does, so it borrows the value: `unwrap`, or recover with `into_inner`). [`get`](Self::get) and [`set`](Self::set) take the lock for
 /// one access (as Python's `.value` does). [`raw`](Self::raw) reaches the value without
 /// the lock (Python's `get_obj()`).
 ///
@@ -135,9 +178,9 @@ impl ShmLock for mproc_sync::RLock {
 /// ```
 /// use mproc_shm::Value;
 /// let v: Value<f64> = Value::new(0.0)?;
-/// *v.lock()? += 1.5;               // with v.get_lock(): v.value += 1.5
+/// *v.lock().unwrap() += 1.5;       // with v.get_lock(): v.value += 1.5
 /// {
-///     let mut g = v.lock()?;        // several steps under one acquisition
+///     let mut g = v.lock().unwrap(); // several steps under one acquisition
 ///     *g = *g * 2.0;
 /// }
 /// assert_eq!(v.get()?, 3.0);
@@ -184,17 +227,25 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// released.
     ///
     /// # Errors
-    /// [`HolderDied`]: the previous holder died holding the lock (which is released
-    /// again); the value may be half-updated.
+    /// [`HolderDied`] carrying the guard: the previous holder died or panicked holding
+    /// the lock; the value may be half-updated. The caller holds the lock: repair the
+    /// value through [`HolderDied::into_inner`].
     #[inline]
-    pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, HolderDied> {
-        let held = take(self.lock.acquire())?;
-        Ok(ValueGuard {
+    #[allow(clippy::type_complexity)]
+    pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, HolderDied<ValueGuard<'_, T, L>>> {
+        let guard = |held| ValueGuard {
             local: self.raw.get(),
             dirty: false,
             value: &self.raw,
             _held: held,
-        })
+        };
+        match take(self.lock.acquire()) {
+            Ok(held) => Ok(guard(held)),
+            Err(e) => Err(HolderDied {
+                pid: e.pid,
+                guard: guard(e.guard),
+            }),
+        }
     }
 
     /// Reads the value under the lock.
@@ -202,7 +253,7 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// # Errors
     /// As [`lock`](Self::lock).
     pub fn get(&self) -> Result<T, HolderDied> {
-        let _held = take(self.lock.acquire())?;
+        let _held = take_once(self.lock.acquire())?;
         Ok(self.raw.get())
     }
 
@@ -211,7 +262,7 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// # Errors
     /// As [`lock`](Self::lock).
     pub fn set(&self, value: T) -> Result<(), HolderDied> {
-        let _held = take(self.lock.acquire())?;
+        let _held = take_once(self.lock.acquire())?;
         self.raw.set(value);
         Ok(())
     }
@@ -308,7 +359,7 @@ impl<T: Element, L: ShmLock> Drop for ValueGuard<'_, T, L> {
 /// use mproc_shm::Array;
 /// let a: Array<i32> = Array::from_slice(&[1, 2, 3])?;
 /// {
-///     let g = a.lock()?;
+///     let g = a.lock().unwrap();
 ///     g.update(0, |x| x + 10)?;
 ///     g.map_in_place(|x| -x);
 /// }
@@ -360,9 +411,10 @@ impl From<IndexError> for ArrayError {
     }
 }
 
-impl From<HolderDied> for ArrayError {
-    fn from(e: HolderDied) -> Self {
-        ArrayError::HolderDied(e)
+impl<G> From<HolderDied<G>> for ArrayError {
+    /// Drops the guard a report may carry (releasing the lock).
+    fn from(e: HolderDied<G>) -> Self {
+        ArrayError::HolderDied(e.without_guard())
     }
 }
 
@@ -413,13 +465,21 @@ impl<T: Element, L: ShmLock> Array<T, L> {
     /// Takes the lock; the guard gives access to every element until it drops.
     ///
     /// # Errors
-    /// [`HolderDied`] (see [`Value::lock`]).
+    /// [`HolderDied`] carrying the guard (see [`Value::lock`]).
     #[inline]
-    pub fn lock(&self) -> Result<ArrayGuard<'_, T, L>, HolderDied> {
-        Ok(ArrayGuard {
-            _held: take(self.lock.acquire())?,
+    #[allow(clippy::type_complexity)]
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T, L>, HolderDied<ArrayGuard<'_, T, L>>> {
+        let guard = |held| ArrayGuard {
+            _held: held,
             array: &self.raw,
-        })
+        };
+        match take(self.lock.acquire()) {
+            Ok(held) => Ok(guard(held)),
+            Err(e) => Err(HolderDied {
+                pid: e.pid,
+                guard: guard(e.guard),
+            }),
+        }
     }
 
     /// Element `index`, read under the lock.
@@ -461,7 +521,7 @@ impl<T: Element, L: ShmLock> Array<T, L> {
     /// # Errors
     /// [`HolderDied`] (see [`Value::lock`]).
     pub fn to_vec(&self) -> Result<Vec<T>, HolderDied> {
-        Ok(self.lock()?.to_vec())
+        Ok(self.lock().map_err(HolderDied::without_guard)?.to_vec())
     }
 
     /// The lock (Python's `get_lock()`).

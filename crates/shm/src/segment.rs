@@ -1,5 +1,7 @@
 //! Named POSIX shared memory segments: Python's `multiprocessing.shared_memory.SharedMemory`.
-use crate::error::{AccessError, CreateError, IndexError, NameError, OpenError, UnlinkError};
+use crate::error::{
+    AccessError, CreateError, CreateOrOpenError, IndexError, NameError, OpenError, UnlinkError,
+};
 use crate::name;
 use crate::sys::{Shared, ShmAtomic};
 use crate::tracker::{self, Registration};
@@ -237,6 +239,44 @@ impl SharedMemoryBuilder {
     }
 }
 
+impl SharedMemoryBuilder {
+    /// Creates the named segment, or opens it if it exists already: one call for
+    /// "whoever comes first makes it" (Python: try `create=True`, fall back to
+    /// attaching). [`SharedMemory::is_creator`] tells which happened; only the creator's
+    /// tracker unlinks it. An existing segment must have the given size.
+    ///
+    /// # Errors
+    /// [`CreateOrOpenError::Create`]: no name, a bad name, a zero size, or a system
+    /// failure; [`CreateOrOpenError::Open`]: the existing segment has another size, or
+    /// belongs to another user, or its creator never sized it (after about a second).
+    pub fn create_or_open(self) -> Result<SharedMemory, CreateOrOpenError> {
+        if self.name.is_none() {
+            return Err(CreateOrOpenError::Create(CreateError::InvalidName(
+                NameError::Empty,
+            )));
+        }
+        let size = self.size.unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match self.clone().create() {
+                Ok(shm) => return Ok(shm),
+                Err(CreateError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(CreateOrOpenError::Create(e)),
+            }
+            match self.clone().size(size).open() {
+                Ok(shm) => return Ok(shm),
+                // Unlinked between our two calls: create it ourselves.
+                Err(OpenError::NotFound { .. }) => continue,
+                // Its creator is between `shm_open` and `ftruncate`: wait for the size.
+                Err(OpenError::Empty { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(CreateOrOpenError::Open(e)),
+            }
+        }
+    }
+}
+
 fn slash(bare: &str) -> String {
     let mut s = String::with_capacity(bare.len() + 1);
     s.push('/');
@@ -301,6 +341,25 @@ impl SharedMemory {
     /// [`OpenError`]: a bad name, no such segment, a segment with no size yet.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Self::builder().name(name).open()
+    }
+
+    /// Creates the segment `name` of `size` bytes, or opens it (with that size) if it
+    /// exists: see [`SharedMemoryBuilder::create_or_open`].
+    ///
+    /// ```
+    /// use mproc_shm::SharedMemory;
+    /// let name = format!("doc_create_or_open_{}", std::process::id());
+    /// let first = SharedMemory::create_or_open(&name, 64)?;   // creates
+    /// let second = SharedMemory::create_or_open(&name, 64)?;  // attaches
+    /// assert!(first.is_creator() && !second.is_creator());
+    /// first.unlink()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SharedMemoryBuilder::create_or_open`].
+    pub fn create_or_open(name: &str, size: usize) -> Result<Self, CreateOrOpenError> {
+        Self::builder().name(name).size(size).create_or_open()
     }
 
     /// Opens the existing segment `name`, which must have exactly `size` bytes.

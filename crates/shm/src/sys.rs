@@ -7,10 +7,12 @@
 //!
 //! - A mapping is only ever reached through a raw pointer ([`Shared`]) or through
 //!   atomics; the crate never creates a `&[u8]` or `&mut [u8]` over shared bytes in safe
-//!   code. Copies in and out are plain `copy_nonoverlapping` between the mapping and a
-//!   private Rust buffer: a concurrent writer can make a read return a mix of old and new
-//!   bytes (torn), which is harmless because every type read this way is valid for every
-//!   bit pattern (`bytemuck::Pod`).
+//!   code. Copies in and out are made of relaxed atomic loads and stores
+//!   (`mproc_core::atomic_copy`) between the mapping and a private Rust buffer, so they
+//!   never data-race with the atomic views of the same bytes (`SharedMemory::atomic`)
+//!   or with other processes' copies. A concurrent writer can make a read return a mix
+//!   of old and new bytes (torn), which is harmless because every type read this way is
+//!   valid for every bit pattern (`bytemuck::Pod`).
 //! - A [`Shared`] never outlives the mapping it was made from (it borrows its owner).
 //! - The tracker child (after `fork`) runs raw system calls only: no allocation, no lock,
 //!   no stdio, nothing that a thread of the parent could have left half-done.
@@ -65,10 +67,10 @@ impl<'a> Shared<'a> {
     /// Copies `dst.len()` bytes out, starting at `offset`.
     pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
         let p = self.at(offset, dst.len())?;
-        // SAFETY: in bounds of a live mapping (checked, and `'a` keeps it mapped); `dst`
-        // is a private Rust buffer, so the two do not overlap. A concurrent writer can
-        // only tear the bytes we copy (module `# Safety`).
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: in bounds of a live mapping (checked, and `'a` keeps it mapped), only
+        // ever accessed atomically; a concurrent writer can only tear the bytes we copy
+        // (module `# Safety`).
+        unsafe { mproc_core::atomic_copy::load(p, dst) };
         Some(())
     }
 
@@ -77,24 +79,24 @@ impl<'a> Shared<'a> {
         let p = self.at(offset, src.len())?;
         // SAFETY: as in `read`, in the other direction. The mapping is writable
         // (every mapping of this crate is PROT_READ | PROT_WRITE).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        unsafe { mproc_core::atomic_copy::store(p, src) };
         Some(())
     }
 
     /// Fills `len` bytes at `offset` with `byte`.
     pub(crate) fn fill(&self, offset: usize, len: usize, byte: u8) -> Option<()> {
         let p = self.at(offset, len)?;
-        // SAFETY: in bounds of a live, writable mapping (checked).
-        unsafe { std::ptr::write_bytes(p, byte, len) };
+        // SAFETY: in bounds of a live, writable mapping (checked), accessed atomically.
+        unsafe { mproc_core::atomic_copy::fill(p, len, byte) };
         Some(())
     }
 
     /// Reads a `P` at any byte offset (no alignment needed).
     pub(crate) fn read_pod<P: Pod>(&self, offset: usize) -> Option<P> {
         let p = self.at(offset, size_of::<P>())?;
-        // SAFETY: in bounds (checked); an unaligned read; any bit pattern is a valid `P`
-        // (`Pod`), so a torn read is still a valid value.
-        Some(unsafe { std::ptr::read_unaligned(p.cast::<P>()) })
+        // SAFETY: in bounds (checked); an atomic byte-wise read; any bit pattern is a
+        // valid `P` (`Pod`), so a torn read is still a valid value.
+        Some(unsafe { mproc_core::atomic_copy::load_pod(p) })
     }
 
     /// Writes a `P` at any byte offset (no alignment needed).
@@ -109,8 +111,8 @@ impl<'a> Shared<'a> {
         let p = self.at(offset, size_of::<P>())?;
         debug_assert!(p.cast::<P>().is_aligned());
         // SAFETY: in bounds (checked) and aligned (page-aligned start, multiple of the
-        // size, which is a multiple of the alignment); any bit pattern is valid (`Pod`).
-        Some(unsafe { std::ptr::read_volatile(p.cast::<P>()) })
+        // size), read atomically; any bit pattern is valid (`Pod`).
+        Some(unsafe { mproc_core::atomic_copy::load_pod(p) })
     }
 
     /// Writes the `index`th `P` (see [`Shared::read_elem`]).
@@ -119,7 +121,7 @@ impl<'a> Shared<'a> {
         let p = self.at(offset, size_of::<P>())?;
         debug_assert!(p.cast::<P>().is_aligned());
         // SAFETY: in bounds and aligned, as in `read_elem`; the mapping is writable.
-        unsafe { std::ptr::write_volatile(p.cast::<P>(), value) };
+        unsafe { mproc_core::atomic_copy::store_pod(p, value) };
         Some(())
     }
 
@@ -132,11 +134,11 @@ impl<'a> Shared<'a> {
     ) -> Option<()> {
         let offset = start.checked_mul(size_of::<P>())?;
         let bytes = dst.len().checked_mul(size_of::<P>())?;
-        let p = self.at(offset, bytes)?.cast::<P>();
+        let p = self.at(offset, bytes)?;
         for (i, d) in dst.iter_mut().enumerate() {
-            // SAFETY: `i < dst.len()`, so element `i` is inside the checked range; aligned
-            // as in `read_elem`; any bit pattern is a valid `P`.
-            *d = f(unsafe { p.add(i).read() });
+            // SAFETY: `i < dst.len()`, so element `i` is inside the checked range; read
+            // atomically; any bit pattern is a valid `P`.
+            *d = f(unsafe { mproc_core::atomic_copy::load_pod(p.add(i * size_of::<P>())) });
         }
         Some(())
     }
@@ -150,10 +152,10 @@ impl<'a> Shared<'a> {
     ) -> Option<()> {
         let offset = start.checked_mul(size_of::<P>())?;
         let bytes = src.len().checked_mul(size_of::<P>())?;
-        let p = self.at(offset, bytes)?.cast::<P>();
+        let p = self.at(offset, bytes)?;
         for (i, s) in src.iter().enumerate() {
-            // SAFETY: inside the checked range and aligned, as in `read_elems`.
-            unsafe { p.add(i).write(f(*s)) };
+            // SAFETY: inside the checked range, written atomically, as in `read_elems`.
+            unsafe { mproc_core::atomic_copy::store_pod(p.add(i * size_of::<P>()), f(*s)) };
         }
         Some(())
     }
@@ -326,7 +328,13 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
 /// surprise for code that waits for "any child"); it starts a new session (process-group
 /// signals aimed at the creator never reach it) and does not ask for PDEATHSIG (it must
 /// outlive the creator).
-pub(crate) fn spawn_tracker(reader: OwnedFd, table: &'static mproc_core::Region) -> io::Result<()> {
+/// Forks the tracker (through an intermediate child, so that it is nobody's child) on
+/// `reader`, the far end of `writer`; returns the tracker's pid, which it sends first.
+pub(crate) fn spawn_tracker(
+    reader: OwnedFd,
+    writer: BorrowedFd<'_>,
+    table: &'static mproc_core::Region,
+) -> io::Result<i32> {
     let rfd = reader.as_raw_fd();
     // SAFETY: `fork` from a possibly multi-threaded process. The child below only calls
     // async-signal-safe functions (`setsid`, `fork`, `_exit`, `close_range`, `signal`)
@@ -356,20 +364,49 @@ pub(crate) fn spawn_tracker(reader: OwnedFd, table: &'static mproc_core::Region)
             rustix::process::WaitOptions::empty(),
         ) {
             Ok(Some((_, status))) => {
-                return if status.exit_status() == Some(0) {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(
+                if status.exit_status() != Some(0) {
+                    return Err(io::Error::other(
                         "the resource tracker could not be started",
-                    ))
-                };
+                    ));
+                }
+                break;
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => break,
             Err(rustix::io::Errno::INTR) => continue,
             // Someone else reaped it (a `waitpid(-1)` elsewhere).
-            Err(rustix::io::Errno::CHILD) => return Ok(()),
+            Err(rustix::io::Errno::CHILD) => break,
             Err(e) => return Err(e.into()),
         }
+    }
+    // The tracker's first message is its pid; EOF means it died at once.
+    let mut buf = [0u8; 4];
+    loop {
+        match rustix::net::recv(writer, &mut buf[..], rustix::net::RecvFlags::empty()) {
+            Ok((4, _)) => return Ok(i32::from_ne_bytes(buf)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => return Err(io::Error::other("the resource tracker died at start")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the tracker at the other end of `writer` is gone (its end was closed).
+pub(crate) fn tracker_gone(writer: RawFd) -> bool {
+    if writer < 0 {
+        return true;
+    }
+    // SAFETY: `writer` is this process's open end of the tracker socket (the caller
+    // holds it in `WRITER` and does not close it during this call).
+    let fd = unsafe { BorrowedFd::borrow_raw(writer) };
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::empty(),
+    )];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR),
+        _ => false,
     }
 }
 
@@ -412,6 +449,12 @@ fn tracker_main(rfd: RawFd, table: &'static mproc_core::Region) -> ! {
     let _ = rustix::process::chdir(c"/");
     // SAFETY: the socket stays open until `_exit` (closed above were all the others).
     let sock = unsafe { BorrowedFd::borrow_raw(rfd) };
+    // Tell the creator who we are (so that it can tell when we are gone).
+    let me = rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .to_ne_bytes();
+    let _ = rustix::net::send(sock, &me, rustix::net::SendFlags::NOSIGNAL);
     let mut buf = [0u8; 16];
     loop {
         match rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::empty()) {

@@ -10,6 +10,10 @@
 //! closed (exit, panic, abort, SIGKILL, exec), then unlinks every name the table still
 //! holds and exits.
 //!
+//! A tracker that was killed (only SIGKILL can) is noticed at the next registration:
+//! its end of the socket is closed. A new tracker is forked on the same table, so it
+//! also unlinks the names registered before.
+//!
 //! One tracker per creating process: a fork child does not keep its parent's end (an
 //! `atfork` handler drops it, and a changed pid is noticed too), so when a child that
 //! created segments is killed, its segments go at once, whatever its parent does.
@@ -21,7 +25,7 @@
 use crate::sys;
 use mproc_core::Region;
 use std::io;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsFd, IntoRawFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
@@ -41,6 +45,8 @@ const LIVE: u32 = 2;
 static WRITER: AtomicI32 = AtomicI32::new(-1);
 /// The pid that owns `WRITER` and `TABLE` (a fork child sees its parent's pid here).
 static OWNER: AtomicI32 = AtomicI32::new(0);
+/// The pid of this process's tracker (0 if none).
+static TRACKER_PID: AtomicI32 = AtomicI32::new(0);
 /// This process's registration table (leaked: it lives as long as the process).
 static TABLE: AtomicPtr<Region> = AtomicPtr::new(std::ptr::null_mut());
 /// Where to start looking for a free slot.
@@ -60,6 +66,7 @@ extern "C" fn after_fork_in_child() {
     TABLE.store(std::ptr::null_mut(), Ordering::SeqCst);
     HINT.store(0, Ordering::SeqCst);
     OWNER.store(0, Ordering::SeqCst);
+    TRACKER_PID.store(0, Ordering::SeqCst);
     STARTING.store(false, Ordering::SeqCst);
 }
 
@@ -77,10 +84,13 @@ fn high_water(table: &Region) -> &AtomicU32 {
     table.atomic_u32(0).expect("header inside the table")
 }
 
-/// This process's table, starting the tracker if needed.
+/// This process's table, starting the tracker if needed (or again, if it was killed).
 fn table(me: i32) -> io::Result<&'static Region> {
     let t = TABLE.load(Ordering::Acquire);
-    if !t.is_null() && OWNER.load(Ordering::Acquire) == me {
+    if !t.is_null()
+        && OWNER.load(Ordering::Acquire) == me
+        && !sys::tracker_gone(WRITER.load(Ordering::Acquire))
+    {
         return Ok(leaked(t));
     }
     while STARTING
@@ -101,7 +111,18 @@ fn leaked(t: *mut Region) -> &'static Region {
 fn start_locked(me: i32) -> io::Result<&'static Region> {
     let t = TABLE.load(Ordering::Acquire);
     if !t.is_null() && OWNER.load(Ordering::Acquire) == me {
-        return Ok(leaked(t));
+        let table = leaked(t);
+        if sys::tracker_gone(WRITER.load(Ordering::Acquire)) {
+            // Killed: a new tracker on the same table, which still lists every name.
+            let (ours, theirs) = tracker_socket()?;
+            let tracker = sys::spawn_tracker(theirs, ours.as_fd(), table)?;
+            let old = WRITER.swap(ours.into_raw_fd(), Ordering::AcqRel);
+            if old >= 0 {
+                sys::close_raw(old);
+            }
+            TRACKER_PID.store(tracker, Ordering::Release);
+        }
+        return Ok(table);
     }
     let fd = WRITER.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
@@ -116,18 +137,35 @@ fn start_locked(me: i32) -> io::Result<&'static Region> {
         "mproc-shm-tracker",
         HEADER + SLOTS * SLOT,
     )?));
-    let (ours, theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    sys::spawn_tracker(theirs, table)?;
+    let (ours, theirs) = tracker_socket()?;
+    let tracker = sys::spawn_tracker(theirs, ours.as_fd(), table)?;
+    TRACKER_PID.store(tracker, Ordering::Release);
     WRITER.store(ours.into_raw_fd(), Ordering::Release);
     HINT.store(0, Ordering::Release);
     TABLE.store(std::ptr::from_ref(table).cast_mut(), Ordering::Release);
     OWNER.store(me, Ordering::Release);
     Ok(table)
+}
+
+/// The socket pair between this process and its tracker.
+fn tracker_socket() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// The pid of this process's resource tracker, if it has one (it is started by the
+/// first named creation, or by [`start_tracker`]). For diagnostics and tests.
+#[doc(hidden)]
+pub fn tracker_pid() -> Option<i32> {
+    if OWNER.load(Ordering::Acquire) != pid() {
+        return None;
+    }
+    let p = TRACKER_PID.load(Ordering::Acquire);
+    (p > 0).then_some(p)
 }
 
 /// A registration: which slot of the creating process's table holds the name.
@@ -227,7 +265,8 @@ pub(crate) fn for_each_registered(table: &Region, mut f: impl FnMut(&[u8])) {
 ///
 /// The tracker is forked from this process and shares its memory pages as they are at
 /// that moment (copy-on-write); a program with a large heap that it keeps rewriting
-/// should call this early, while it is small. Calling it again does nothing.
+/// should call this early, while it is small. Calling it again does nothing while the
+/// tracker runs, and starts a new one (on the same registrations) if it was killed.
 ///
 /// # Errors
 /// The system refused a socket, a memfd or a fork.

@@ -211,12 +211,175 @@ fn holder_killed_while_locked_is_reported_then_lock_is_clean() {
     let pid = p.pid().expect("started") as u32;
     p.kill().unwrap();
     let _ = p.join_timeout(Duration::from_secs(30));
+    // The report carries the guard: the survivor holds the lock and repairs the value.
     match v.lock() {
-        Err(mproc_shm::HolderDied { pid: dead }) => assert_eq!(dead, pid),
+        Err(e) => {
+            assert_eq!(e.pid, pid);
+            let mut g = e.into_inner();
+            assert_eq!(*g, 7);
+            *g = 10; // repaired under the lock
+        }
         Ok(_) => panic!("a dead holder must be reported"),
     }
-    // Reported once; the lock was released again and the value is what it left.
-    assert_eq!(*v.lock().unwrap(), 7);
+    // Reported once; the repair was written back and the lock released.
+    assert_eq!(*v.lock().unwrap(), 10);
+    *v.lock().unwrap() = 7;
     *v.lock().unwrap() += 1;
     assert_eq!(v.get().unwrap(), 8);
+}
+
+fn panic_in_value_guard(v: Value<u64>) -> u32 {
+    let mut g = v.lock().unwrap();
+    *g = 41;
+    panic!("a holder that panics with the value's guard");
+}
+
+#[test]
+fn a_value_guard_dropped_by_a_panic_reports_the_holder_with_the_guard() {
+    let v: Value<u64> = Value::new(1).unwrap();
+    let mut p = start(panic_in_value_guard, v.clone());
+    assert!(
+        p.join_timeout(Duration::from_secs(120)).is_err(),
+        "the child panics"
+    );
+    let pid = p.pid().expect("started") as u32;
+    let t0 = Instant::now();
+    match v.lock() {
+        Err(e) => {
+            assert_eq!(e.pid, pid);
+            let mut g = e.into_inner();
+            assert_eq!(
+                *g, 41,
+                "the guard's change was written back before the release"
+            );
+            *g = 1;
+        }
+        Ok(_) => panic!("a panicking holder must be reported, as std's poisoning"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(v.get().unwrap(), 1);
+    // The one-shot calls report once and release.
+    let mut p = start(panic_in_value_guard, v.clone());
+    assert!(p.join_timeout(Duration::from_secs(120)).is_err());
+    assert!(v.get().is_err());
+    assert_eq!(v.get().unwrap(), 41);
+}
+
+// ------------------------------------------------- create-or-open, owner scope (#15)
+
+fn create_or_open_and_mark(args: (String, mproc_sync::Barrier, u32)) -> bool {
+    let (name, start, i) = args;
+    let _ = start.wait(); // all at once: they race to create
+    let shm = SharedMemory::create_or_open(&name, 4096).expect("create or open");
+    shm.atomic::<std::sync::atomic::AtomicU64>(8 * i as usize)
+        .unwrap()
+        .store(u64::from(i) + 1, std::sync::atomic::Ordering::SeqCst);
+    let _ = start.wait(); // every mark is written
+    let _ = start.wait(); // nobody leaves (and unlinks through its tracker) early
+    shm.is_creator()
+}
+
+#[test]
+fn create_or_open_racing_processes_make_exactly_one_segment() {
+    let mut c = Cleanup::default();
+    let name = c.name("create_or_open");
+    const N: u32 = 4;
+    let start_line = mproc_sync::Barrier::new(N + 1).unwrap();
+    let mut ps: Vec<_> = (0..N)
+        .map(|i| {
+            start(
+                create_or_open_and_mark,
+                (name.clone(), start_line.clone(), i),
+            )
+        })
+        .collect();
+    start_line.wait().unwrap();
+    start_line.wait().unwrap();
+    // Everyone has written; read the marks through our own attachment.
+    let mine = SharedMemory::create_or_open(&name, 4096).unwrap();
+    assert!(!mine.is_creator(), "a child created it");
+    for i in 0..N {
+        let v = mine.read_at::<u64>(8 * i as usize).unwrap();
+        assert_eq!(v, u64::from(i) + 1, "child {i} wrote into another segment");
+    }
+    // A size other than the segment's is refused, not silently attached.
+    assert!(matches!(
+        SharedMemory::create_or_open(&name, 8192),
+        Err(mproc_shm::CreateOrOpenError::Open(
+            mproc_shm::OpenError::SizeMismatch { .. }
+        ))
+    ));
+    start_line.wait().unwrap();
+    let creators = ps.iter_mut().map(join).filter(|&c| c).count();
+    assert_eq!(creators, 1, "exactly one process creates the segment");
+}
+
+fn write_through_name(args: (String, u64)) -> u64 {
+    let shm = SharedMemory::open(&args.0).expect("attach by name");
+    shm.write_at(0, args.1).unwrap();
+    args.1
+}
+
+#[test]
+fn shared_memory_manager_unlinks_everything_it_created_when_it_ends() {
+    let mut c = Cleanup::default();
+    let smm = mproc_shm::SegmentScope::new();
+    let shm = smm.shared_memory(4096).unwrap();
+    let list = smm
+        .shareable_list(&[mproc_shm::Item::Int(1), "two".into()])
+        .unwrap();
+    let (a, b) = (shm.name().to_owned(), list.name().to_owned());
+    c.add(&a);
+    c.add(&b);
+    // Another process attaches by name while the manager lives.
+    let mut p = start(write_through_name, (a.clone(), 77u64));
+    assert_eq!(join(&mut p), 77);
+    assert_eq!(shm.read_at::<u64>(0).unwrap(), 77);
+    assert!(exists(&a) && exists(&b));
+    assert_eq!(smm.names().len(), 2);
+    drop(smm);
+    assert!(
+        !exists(&a) && !exists(&b),
+        "the manager's end unlinks its segments"
+    );
+    // The handles stay usable; only the names are gone.
+    shm.write_at(8, 5u64).unwrap();
+    assert_eq!(shm.read_at::<u64>(8).unwrap(), 5);
+    assert_eq!(list.get(0).unwrap(), mproc_shm::Item::Int(1));
+    let mut p = start(write_through_name, (a.clone(), 1u64));
+    assert!(
+        p.join_timeout(Duration::from_secs(120)).is_err(),
+        "nobody can attach any more"
+    );
+}
+
+// --------------------------------------------- copies beside atomic views (#11 item 4)
+
+fn flip_words(args: (SharedMemory, u32)) -> u32 {
+    let (shm, rounds) = args;
+    // Unaligned start: the copy's head, its 8-byte middle and its tail all run.
+    let mut ones = vec![0xFFu8; 4093];
+    for r in 0..rounds {
+        ones.fill(if r % 2 == 0 { 0xFF } else { 0 });
+        shm.write(3, &ones).unwrap();
+    }
+    rounds
+}
+
+#[test]
+fn byte_copies_racing_atomic_views_never_tear_an_aligned_word() {
+    let shm = SharedMemory::create(4096).unwrap();
+    let mut p = start(flip_words, (shm.try_clone().unwrap(), 2_000));
+    let words = shm.atomics::<std::sync::atomic::AtomicU64>(8, 500).unwrap();
+    let mut seen = 0u64;
+    while p.exitcode().is_none() {
+        for w in words {
+            let v = w.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(v == 0 || v == u64::MAX, "torn word {v:#x}");
+            seen += 1;
+        }
+    }
+    assert_eq!(join(&mut p), 2_000);
+    assert!(seen > 0);
+    shm.unlink().unwrap();
 }

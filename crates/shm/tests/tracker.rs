@@ -29,6 +29,31 @@ fn child_role() {
         return;
     };
     let (what, name) = role.split_once(':').expect("role:name");
+    if what == "restart" {
+        // A first segment starts the tracker; the tracker is killed; the next creation
+        // must start a new one, which also knows the first name.
+        let first = SharedMemory::create_named(&format!("{name}_a"), 64).unwrap();
+        let tracker = mproc_shm::tracker_pid().expect("a tracker runs");
+        // SAFETY: sending SIGKILL to a pid; the tracker does not reap-race us (it is
+        // nobody's child here), and it is alive until this signal.
+        assert_eq!(unsafe { libc::kill(tracker, libc::SIGKILL) }, 0);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while mproc_core::process_alive(tracker) {
+            assert!(
+                std::time::Instant::now() < end,
+                "the tracker survived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let second = SharedMemory::create_named(&format!("{name}_b"), 64).unwrap();
+        let again = mproc_shm::tracker_pid().expect("a tracker runs again");
+        assert_ne!(again, tracker);
+        println!("READY");
+        let _keep = (first, second);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     if what == "many" {
         // A first segment unlinked twice (the second call must not cancel the slot it
         // had, which the next segment takes), then 100 more left for the tracker.
@@ -275,4 +300,30 @@ fn tracker_keeps_none_of_the_creators_fds() {
     child.0.kill().unwrap();
     let _ = child.0.wait();
     assert!(gone_within(&name, Duration::from_secs(2)));
+}
+
+#[test]
+fn a_killed_tracker_is_restarted_and_still_cleans_up() {
+    child_role();
+    let mut c = Cleanup::default();
+    let name = c.name("restart");
+    let (a, b) = (format!("{name}_a"), format!("{name}_b"));
+    c.add(&a);
+    c.add(&b);
+    let mut child = start(
+        "a_killed_tracker_is_restarted_and_still_cleans_up",
+        "restart",
+        &name,
+    );
+    assert!(exists(&a) && exists(&b));
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    assert!(
+        gone_within(&a, Duration::from_secs(2)),
+        "a segment made before the tracker was killed leaked"
+    );
+    assert!(
+        gone_within(&b, Duration::from_secs(2)),
+        "a segment made after the tracker was killed leaked"
+    );
 }

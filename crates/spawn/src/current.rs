@@ -69,6 +69,43 @@ pub(crate) fn become_child(info: &ChildInfo) {
         parent: Some((info.parent_pid, info.parent_name.clone())),
         method: StartMethod::from_code(info.method),
     };
+    drop(me);
+    run_child_start_hooks();
+}
+
+/// Functions every new child runs once it knows who it is, before its target.
+static CHILD_HOOKS: [std::sync::OnceLock<fn()>; 4] = [const { std::sync::OnceLock::new() }; 4];
+
+/// Registers `hook` to run in every child this process (or a child of it) starts from
+/// now on, under every start method, after [`current_process`] names the child and
+/// before its target runs. For crates that extend children (log forwarding): register in
+/// the parent, and for spawned children also from a constructor, which runs before
+/// mproc-spawn's start-up. Registering the same function twice is a no-op.
+///
+/// Returns `false` if all (four) places are taken. A hook must not panic, and under
+/// `fork` it runs where only async-signal-safe work is certain to be safe, as the
+/// target does.
+#[doc(hidden)]
+pub fn at_child_start(hook: fn()) -> bool {
+    for slot in &CHILD_HOOKS {
+        if let Some(h) = slot.get() {
+            if std::ptr::fn_addr_eq(*h, hook) {
+                return true;
+            }
+            continue;
+        }
+        if slot.set(hook).is_ok() || slot.get().is_some_and(|h| std::ptr::fn_addr_eq(*h, hook)) {
+            return true;
+        }
+    }
+    false
+}
+
+fn run_child_start_hooks() {
+    // `get` never waits: a slot that another thread was filling at fork time is skipped.
+    for h in CHILD_HOOKS.iter().filter_map(std::sync::OnceLock::get) {
+        h();
+    }
 }
 
 /// The identity and default name of the next child: Python's `Process-1`, `Process-1:2`.

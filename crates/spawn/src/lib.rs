@@ -49,7 +49,8 @@ mod wire;
 pub use context::{Context, get_context, get_executable, set_executable};
 pub use cpu::{cpu_count, usable_cpu_count};
 pub use current::{
-    ChildSummary, CurrentProcess, ParentProcess, active_children, current_process, parent_process,
+    ChildSummary, CurrentProcess, ParentProcess, active_children, at_child_start, current_process,
+    parent_process,
 };
 pub use error::ProcessError;
 pub use exit::set_join_at_exit;

@@ -111,7 +111,7 @@ pub const START_METHOD_ENV: &str = "MPROC_START_METHOD";
 /// The process-wide default start method (Python's `get_start_method()`).
 ///
 /// Unless [`set_start_method`] chose one, it is the value of the environment variable
-/// `MPROC_START_METHOD` (`fork`, `spawn` or `forkserver`) if set, else
+/// `MPROC_START_METHOD` (`fork`, `spawn` or `forkserver`) if set and not empty, else
 /// [`StartMethod::ForkServer`] (CPython 3.14's default on Linux: fast, and safe in a
 /// multi-threaded parent). An unknown value in the variable is reported once on
 /// stderr and ignored.
@@ -119,19 +119,42 @@ pub fn get_start_method() -> StartMethod {
     if let Some(m) = StartMethod::from_code(DEFAULT.load(Ordering::Relaxed)) {
         return m;
     }
-    let m = match std::env::var(START_METHOD_ENV) {
-        Ok(v) => v.parse().unwrap_or_else(|e: UnknownStartMethod| {
+    let m = from_env(std::env::var(START_METHOD_ENV).ok().as_deref()).unwrap_or_else(
+        |e: UnknownStartMethod| {
             eprintln!("mproc: {START_METHOD_ENV}: {e}; using forkserver");
             StartMethod::ForkServer
-        }),
-        Err(_) => StartMethod::ForkServer,
-    };
+        },
+    );
     let _ = DEFAULT.compare_exchange(0, m.code(), Ordering::Relaxed, Ordering::Relaxed);
     StartMethod::from_code(DEFAULT.load(Ordering::Relaxed)).unwrap_or(m)
+}
+
+/// The start method a value of `MPROC_START_METHOD` names: unset or empty (as
+/// `MPROC_START_METHOD= cmd` leaves it) means the default, forkserver.
+fn from_env(v: Option<&str>) -> Result<StartMethod, UnknownStartMethod> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(StartMethod::ForkServer),
+        Some(v) => v.parse(),
+    }
 }
 
 /// Sets the process-wide default start method (Python's `set_start_method`). Unlike
 /// Python it may be called again; processes already started keep their method.
 pub fn set_start_method(method: StartMethod) {
     DEFAULT.store(method.code(), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_value_names_the_method_and_empty_means_default() {
+        assert_eq!(from_env(None).unwrap(), StartMethod::ForkServer);
+        assert_eq!(from_env(Some("")).unwrap(), StartMethod::ForkServer);
+        assert_eq!(from_env(Some("  ")).unwrap(), StartMethod::ForkServer);
+        assert_eq!(from_env(Some("fork")).unwrap(), StartMethod::Fork);
+        assert_eq!(from_env(Some("spawn")).unwrap(), StartMethod::Spawn);
+        assert!(from_env(Some("threads")).is_err());
+    }
 }

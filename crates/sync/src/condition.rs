@@ -22,12 +22,24 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A lock a [`Condition`] can be built over: [`Lock`](crate::Lock) or [`RLock`].
+/// Sealed: only this crate implements it (a `Lock`'s raw state must stay out of safe
+/// reach, see [`Lock::raw`](crate::Lock::raw)).
 pub trait ConditionLock: Clone + Transfer {
     /// The raw lock underneath.
     type Raw: RawLock;
-    /// The raw lock.
-    fn raw_lock(&self) -> &Self::Raw;
+    /// The raw lock (callable only inside this crate).
+    #[doc(hidden)]
+    fn raw_lock(&self, _: Sealed) -> &Self::Raw;
 }
+
+/// The token that keeps [`ConditionLock::raw_lock`] inside this crate: it cannot be
+/// named or built elsewhere.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Sealed(());
+
+/// The token, for this crate's own calls.
+const SEALED: Sealed = Sealed(());
 
 /// The shared state of a [`Condition`] (in-place form: see [`SharedState`]).
 /// All-zero is a condition with no waiters.
@@ -255,7 +267,7 @@ impl<L: ConditionLock> Condition<L> {
     /// # Errors
     /// [`OwnerDied`] carrying the guard: acquired from a holder that died.
     pub fn lock(&self) -> LockResult<LockGuard<'_, L::Raw>> {
-        let raw = self.lock.raw_lock();
+        let raw = self.lock.raw_lock(SEALED);
         match raw.lock() {
             Acquired::Clean => Ok(LockGuard::new(raw)),
             Acquired::OwnerDied { pid } => Err(OwnerDied::new(LockGuard::new(raw), pid)),
@@ -263,7 +275,7 @@ impl<L: ConditionLock> Condition<L> {
     }
 
     fn wait_until(&self, deadline: Deadline) -> Result<bool, WaitError> {
-        let raw = self.lock.raw_lock();
+        let raw = self.lock.raw_lock(SEALED);
         if !raw.is_owned_by_current() {
             return Err(WaitError::NotOwner);
         }
@@ -338,7 +350,7 @@ impl<L: ConditionLock> Condition<L> {
     /// # Errors
     /// [`NotifyError::NotOwner`] if the lock is not held by the caller.
     pub fn notify(&self, n: u32) -> Result<u32, NotifyError> {
-        if !self.lock.raw_lock().is_owned_by_current() {
+        if !self.lock.raw_lock(SEALED).is_owned_by_current() {
             return Err(NotifyError::NotOwner);
         }
         Ok(self.state.get().notify(n))

@@ -6,8 +6,11 @@ use std::io;
 /// as with std's `PoisonError`, [`OwnerDied::into_inner`] gives back the guard (or
 /// value) so that the caller can repair the protected state and go on.
 ///
+/// Also reported when the previous holder's guard was dropped during a panic (the lock
+/// was poisoned), with the panicking process's pid.
+///
 /// The report is one-shot: only the acquirer that took the lock over sees it; the lock
-/// itself is not poisoned for later acquirers.
+/// is not poisoned for later acquirers.
 pub struct OwnerDied<G> {
     inner: G,
     pid: u32,

@@ -31,7 +31,11 @@
 //!   provide, through [`SharedState::in_region`] or the `unsafe`
 //!   [`SharedState::from_ptr`]; the owned types also have `in_region` constructors.
 //!
-//! # A holder that dies
+//! # A holder that dies, or panics
+//!
+//! A guard dropped during a panic releases its lock as poisoned: the next acquirer gets
+//! [`OwnerDied`] at once, as std's `Mutex` poisons.
+//!
 //!
 //! A lock word holds its owner's pid. A waiter sleeps with a bounded timeout and checks
 //! the owner's liveness through a pidfd, backing off from 10 ms to 100 ms; a lock whose
@@ -39,7 +43,9 @@
 //! the guard, like std's `PoisonError`) within about 200 ms, and can recover. Limits:
 //! - **pid reuse**: if the dead owner's pid is given to a new process before a waiter
 //!   checks, the waiter waits until that process exits too (a delay, never two owners);
-//! - all processes sharing a lock must be in the same pid namespace;
+//! - a pid is judged only in its own pid namespace: handles are refused on arrival from
+//!   another one (`TransferError::ForeignPidNamespace`), and a process forked into a new
+//!   one is never declared dead, nor declares anyone dead (waiters then wait);
 //! - a process killed while *waiting* on a [`Condition`] leaves its registration
 //!   behind: a later `notify(n)` may spend one of its `n` wake-ups on it.
 //!

@@ -68,9 +68,8 @@ macro_rules! lock_common {
             /// Bytes a lock occupies in a region (for [`Self::in_region`]).
             pub const STATE_SIZE: usize = size_of::<$raw>();
 
-            /// The raw lock (for generic code over [`RawLock`]).
             #[inline]
-            pub fn raw(&self) -> &$raw {
+            fn state(&self) -> &$raw {
                 self.state.get()
             }
 
@@ -80,7 +79,7 @@ macro_rules! lock_common {
             /// [`OwnerDied`]: the lock **was acquired**, from a holder that died holding it.
             #[inline]
             pub fn acquire(&self) -> Result<(), OwnerDied<()>> {
-                match self.raw().lock() {
+                match self.state().lock() {
                     Acquired::Clean => Ok(()),
                     Acquired::OwnerDied { pid } => Err(OwnerDied::new((), pid)),
                 }
@@ -92,7 +91,7 @@ macro_rules! lock_common {
             /// [`OwnerDied`]: the lock **was acquired**, from a holder that died holding it.
             #[inline]
             pub fn try_acquire(&self) -> Result<bool, OwnerDied<()>> {
-                acquired_bool(self.raw().try_lock())
+                acquired_bool(self.state().try_lock())
             }
 
             /// Acquires the lock, waiting at most `timeout`; `Ok(false)` on timeout.
@@ -101,7 +100,7 @@ macro_rules! lock_common {
             /// # Errors
             /// [`OwnerDied`]: the lock **was acquired**, from a holder that died holding it.
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, OwnerDied<()>> {
-                acquired_bool(self.raw().lock_until(Deadline::after(timeout)))
+                acquired_bool(self.state().lock_until(Deadline::after(timeout)))
             }
 
             /// Blocks until the lock is acquired and returns a guard that releases it.
@@ -111,7 +110,7 @@ macro_rules! lock_common {
             /// [`OwnerDied`] carrying the guard: acquired from a holder that died.
             #[inline]
             pub fn lock(&self) -> LockResult<LockGuard<'_, $raw>> {
-                let raw = self.raw();
+                let raw = self.state();
                 guard_result(raw, raw.lock())
             }
 
@@ -120,7 +119,7 @@ macro_rules! lock_common {
             /// # Errors
             /// `WouldBlock` if held; `OwnerDied` (with the guard) if taken from a dead holder.
             pub fn try_lock(&self) -> TryLockResult<LockGuard<'_, $raw>> {
-                let raw = self.raw();
+                let raw = self.state();
                 try_guard_result(raw, raw.try_lock())
             }
 
@@ -129,14 +128,14 @@ macro_rules! lock_common {
             /// # Errors
             /// `WouldBlock` on timeout; `OwnerDied` (with the guard) if taken from a dead holder.
             pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<LockGuard<'_, $raw>> {
-                let raw = self.raw();
+                let raw = self.state();
                 try_guard_result(raw, raw.lock_until(Deadline::after(timeout)))
             }
 
             /// Whether the lock is held by anyone. Python: `locked()`.
             #[inline]
             pub fn locked(&self) -> bool {
-                self.raw().is_locked()
+                self.state().is_locked()
             }
         }
 
@@ -153,7 +152,7 @@ macro_rules! lock_common {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct($name)
                     .field("locked", &self.locked())
-                    .field("owner", &self.raw().owner())
+                    .field("owner", &self.state().owner())
                     .finish()
             }
         }
@@ -174,8 +173,8 @@ macro_rules! lock_common {
 
         impl crate::condition::ConditionLock for $ty {
             type Raw = $raw;
-            fn raw_lock(&self) -> &$raw {
-                self.raw()
+            fn raw_lock(&self, _: crate::condition::Sealed) -> &$raw {
+                self.state()
             }
         }
     };
@@ -207,13 +206,42 @@ pub struct Lock {
 lock_common!(Lock, RawMutex, "mproc_sync::Lock", "Lock");
 
 impl Lock {
+    /// The raw lock (for generic code over [`RawLock`]).
+    ///
+    /// # Safety
+    ///
+    /// [`Lock::release`] releases the lock whoever holds it, so the returned state must
+    /// not be relied on for exclusive access (e.g. by a `lock_api`-style mutex guarding
+    /// data) while any `Lock` handle on the same state exists.
+    ///
+    /// Reaching it from safe code does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let lock = mproc_sync::Lock::new().unwrap();
+    /// let _raw = lock.raw();
+    /// ```
+    #[inline]
+    #[allow(unsafe_code)]
+    pub unsafe fn raw(&self) -> &RawMutex {
+        self.state()
+    }
+
+    /// The pid of the process holding the lock, if any.
+    pub fn owner(&self) -> Option<u32> {
+        self.state().owner()
+    }
+
     /// Releases the lock, whoever acquired it. Python: `release()`.
     ///
     /// # Errors
     /// [`ReleaseError::NotLocked`] if the lock was not held.
     #[inline]
+    #[allow(unsafe_code)]
     pub fn release(&self) -> Result<(), ReleaseError> {
-        if self.raw().release_any() {
+        // SAFETY: a `Lock` guards no data of its own, and its raw state is reachable
+        // only through `unsafe` `Lock::raw`, whose contract forbids relying on it for
+        // exclusive access; its guards (`LockGuard`) give no access to anything either.
+        if unsafe { self.state().release_any() } {
             Ok(())
         } else {
             Err(ReleaseError::NotLocked)
@@ -242,18 +270,25 @@ pub struct RLock {
 lock_common!(RLock, RawRLock, "mproc_sync::RLock", "RLock");
 
 impl RLock {
+    /// The raw lock (for generic code over [`RawLock`]). Only its holding thread can
+    /// release it, so it may back a `lock_api`-style mutex.
+    #[inline]
+    pub fn raw(&self) -> &RawRLock {
+        self.state()
+    }
+
     /// Releases one acquisition. Python: `release()`.
     ///
     /// # Errors
     /// [`RLockReleaseError::NotOwner`] if the calling thread does not hold the lock.
     #[inline]
     pub fn release(&self) -> Result<(), RLockReleaseError> {
-        self.raw().release_checked()
+        self.state().release_checked()
     }
 
     /// How many times the calling thread holds the lock (0 if it does not).
     pub fn recursion_count(&self) -> u32 {
-        self.raw().recursion_count()
+        self.state().recursion_count()
     }
 }
 

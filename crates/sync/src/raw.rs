@@ -2,26 +2,38 @@
 //! typed wrappers ([`Lock`](crate::Lock), [`RLock`](crate::RLock),
 //! [`Mutex`](crate::Mutex), [`Condition`](crate::Condition)) are generic over.
 //!
-//! The lock word holds the owner's pid and a "waiters" bit (`pid | WAITERS`, 0 when
-//! free). An uncontended lock is one compare-and-swap and an unlock one swap: no system
-//! call. A contended waiter re-checks once, then sleeps on the futex with a bounded
-//! timeout (10 ms, doubling to 100 ms); each time it wakes without the lock it checks
-//! that the owner still lives (through a pidfd). A dead owner's lock is taken over and
-//! reported as [`Acquired::OwnerDied`]; so a holder that dies is noticed within about
-//! 100–200 ms.
+//! The lock word holds the owner's tag (its pid, see [`mproc_core::pid::owner_tag`])
+//! and a "waiters" bit (`tag | WAITERS`, 0 when free). An uncontended lock is one
+//! compare-and-swap and an unlock one swap: no system call. A contended waiter
+//! re-checks once, then sleeps on the futex with a bounded timeout (10 ms, doubling to
+//! 100 ms); each time it wakes without the lock it checks that the owner still lives
+//! (through a pidfd). A dead owner's lock is taken over and reported as
+//! [`Acquired::OwnerDied`]; so a holder that dies is noticed within about 100–200 ms.
+//!
+//! **Poisoning.** A guard dropped while its thread panics releases the lock as
+//! *poisoned* (`POISONED | tag`): the next acquirer takes it and gets the same
+//! [`Acquired::OwnerDied`] report as for a killed holder, at once.
 //!
 //! **Pid reuse.** The owner is known by its pid only. If the owner dies and, before a
 //! waiter checks, the kernel gives its pid to a new process, the waiter sees a live
 //! process and keeps waiting until that process exits too: a delay, never two owners.
-//! All processes sharing a lock must live in the same pid namespace.
+//!
+//! **Pid namespaces.** A pid is judged only inside the namespace it was written in:
+//! handles are refused across pid namespaces when they are transferred, and a process
+//! forked into another namespace tags its words so that nobody calls it dead (and it
+//! calls nobody dead). See [`mproc_core::pid::holder_dead`].
 use crate::sys::{SharedState, current_pid, current_tid};
+use mproc_core::Deadline;
 use mproc_core::futex::{self, WaitOutcome};
-use mproc_core::{Deadline, process_alive};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const WAITERS: u32 = 1 << 31;
-const PID_MASK: u32 = (1 << 30) - 1;
+/// Set (with the tag of the holder) by a guard dropped during a panic: the lock is free
+/// to take, and its taker is told the holder failed.
+const POISONED: u32 = 1 << 29;
+/// The owner tag's bits: the pid (below 2^22) and `pid::FOREIGN_TAG` (bit 30).
+const PID_MASK: u32 = !(WAITERS | POISONED);
 const FIRST_CHECK: Duration = Duration::from_millis(10);
 const LAST_CHECK: Duration = Duration::from_millis(100);
 
@@ -30,16 +42,26 @@ const LAST_CHECK: Duration = Duration::from_millis(100);
 pub enum Acquired {
     /// The lock was free, or released by its holder.
     Clean,
-    /// The previous holder (process `pid`) died while holding the lock; the caller now
-    /// holds it and should repair whatever the lock protects.
+    /// The previous holder (process `pid`) died while holding the lock, or panicked
+    /// with a guard of it (the lock was poisoned); the caller now holds it and should
+    /// repair whatever the lock protects.
     OwnerDied {
-        /// The pid of the process that died holding the lock.
+        /// The pid of the process that died or panicked holding the lock.
         pid: u32,
     },
 }
 
 /// A process-shared raw lock: the `lock_api::RawMutex` shape, for locks that live in
 /// shared memory.
+///
+/// A `lock_api`-style `Mutex<R, T>` may rely on this trait: mutual exclusion holds
+/// between acquisitions, and safe code cannot release a lock it does not hold (the
+/// Python-style release of [`Lock`](crate::Lock) goes through its own API, and a
+/// `Lock`'s raw state is reachable only through `unsafe` [`Lock::raw`](crate::Lock::raw)).
+/// State placed in a region you share ([`SharedState::in_region`]) is another matter:
+/// whoever holds the region can rewrite its bytes (`Region::write_bytes`, a
+/// `Lock::in_region` at the same offset), so a data-guarding wrapper over such state
+/// must be `unsafe` to construct, as [`Mutex::in_region`](crate::Mutex::in_region) is.
 ///
 /// # Safety
 ///
@@ -48,8 +70,9 @@ pub enum Acquired {
 /// no other caller's `lock`/`try_lock_until` returns `Some` until `unlock` (or
 /// `release_save`) is called — except that a recursive implementation may grant the
 /// lock again to the thread that holds it, in which case it must not be used to hand
-/// out `&mut` access. A holder that died may have its lock taken over, reported as
-/// [`Acquired::OwnerDied`].
+/// out `&mut` access. A holder that certainly died (never one that may still run) may
+/// have its lock taken over, reported as [`Acquired::OwnerDied`]; so may a lock
+/// released with [`RawLock::unlock_poisoned`]. No safe method may release a lock.
 #[allow(unsafe_code)]
 pub unsafe trait RawLock {
     /// Acquires the lock, waiting until `deadline`. `None` means the deadline passed.
@@ -74,15 +97,30 @@ pub unsafe trait RawLock {
     ///
     /// # Safety
     ///
-    /// The lock must be held: by the calling thread for a recursive lock, by anyone
-    /// for a plain one (whoever released it must not use the guard it had any more).
+    /// The caller must own the acquisition being released: the calling thread must
+    /// hold the lock (for a plain lock, an acquisition that no guard or other code still
+    /// relies on may be released from another thread, as Python's `Lock` allows).
     unsafe fn unlock(&self);
+
+    /// Releases the lock once, marking it poisoned: the next acquirer gets
+    /// [`Acquired::OwnerDied`] naming this process, as if its holder had died. Guards
+    /// call this instead of [`RawLock::unlock`] when dropped during a panic. A
+    /// recursive lock poisons only when its last level is released.
+    ///
+    /// # Safety
+    ///
+    /// As [`RawLock::unlock`].
+    unsafe fn unlock_poisoned(&self) {
+        // SAFETY: the caller's contract is unlock's.
+        unsafe { self.unlock() }
+    }
 
     /// Whether the lock is held by anyone.
     fn is_locked(&self) -> bool;
 
     /// Whether the calling thread holds the lock, as far as the lock can tell: for a
-    /// lock that records only the owning process, whether this process holds it.
+    /// lock that records only the owning process ([`RawMutex`]), whether this process
+    /// holds it. A hint for error reporting: never rely on it for exclusive access.
     fn is_owned_by_current(&self) -> bool;
 
     /// Releases the lock completely (all recursion levels) and returns what
@@ -97,9 +135,17 @@ pub unsafe trait RawLock {
     fn lock_restore(&self, saved: u32) -> Acquired;
 }
 
-/// Whether the owner recorded in a lock word is gone (or the word holds no valid pid).
-fn owner_dead(pid: u32) -> bool {
-    pid == 0 || !process_alive(pid as i32)
+/// Whether the owner recorded in a lock word is certainly gone (never for a holder that
+/// may be alive, in particular one in another pid namespace). A held word that names no
+/// owner at all (only the WAITERS bit: memory written by something else) has no holder
+/// to wait for, so it is taken over too.
+fn owner_dead(tag: u32) -> bool {
+    tag == 0 || mproc_core::pid::holder_dead(tag)
+}
+
+/// The pid to report for an owner tag.
+fn reported_pid(tag: u32) -> u32 {
+    tag & !mproc_core::pid::FOREIGN_TAG
 }
 
 /// The contended path shared by the pid-word locks: sleep with bounded
@@ -123,6 +169,17 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
                 Err(_) => continue,
             }
         }
+        if cur & POISONED != 0 {
+            // Released by a panicking holder: take it, and say so.
+            match word.compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => {
+                    return Some(Acquired::OwnerDied {
+                        pid: reported_pid(cur & PID_MASK),
+                    });
+                }
+                Err(_) => continue,
+            }
+        }
         let owner = cur & PID_MASK;
         if owner != last_owner {
             last_owner = owner;
@@ -135,7 +192,9 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
                     .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Some(Acquired::OwnerDied { pid: owner });
+                    return Some(Acquired::OwnerDied {
+                        pid: reported_pid(owner),
+                    });
                 }
                 continue;
             }
@@ -158,7 +217,9 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
                     .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Some(Acquired::OwnerDied { pid: owner });
+                    return Some(Acquired::OwnerDied {
+                        pid: reported_pid(owner),
+                    });
                 }
             } else {
                 check = (check * 2).min(LAST_CHECK);
@@ -174,6 +235,27 @@ fn unlock_word(word: &AtomicU32) -> u32 {
         futex::wake(word, 1);
     }
     prev
+}
+
+/// Releases `word` as poisoned by the calling process (see [`POISONED`]).
+#[cold]
+fn poison_word(word: &AtomicU32) {
+    let prev = word.swap(POISONED | current_pid(), Ordering::Release);
+    if prev & WAITERS != 0 {
+        futex::wake(word, 1);
+    }
+}
+
+/// Whether a word means "held" (poisoned means free to take).
+#[inline]
+fn held(w: u32) -> bool {
+    w != 0 && w & POISONED == 0
+}
+
+/// The holder's tag in a held word.
+#[inline]
+fn holder(w: u32) -> Option<u32> {
+    held(w).then_some(w & PID_MASK)
 }
 
 /// The raw lock behind [`Lock`](crate::Lock) and [`Mutex`](crate::Mutex): one futex
@@ -209,14 +291,44 @@ impl RawMutex {
 
     /// The pid of the process holding the lock, if any.
     pub fn owner(&self) -> Option<u32> {
-        let pid = self.word.load(Ordering::Relaxed) & PID_MASK;
-        (pid != 0).then_some(pid)
+        holder(self.word.load(Ordering::Relaxed)).map(reported_pid)
     }
 
     /// Releases the lock whoever holds it (Python's `Lock.release` semantics).
-    /// Returns `false` if it was not locked.
-    pub fn release_any(&self) -> bool {
-        unlock_word(&self.word) != 0
+    /// Returns `false` if it was not locked (free or poisoned: a poisoned lock stays
+    /// poisoned until someone acquires it).
+    ///
+    /// # Safety
+    ///
+    /// No acquisition that is still relied on for exclusive access (a guard, a
+    /// `lock_api`-style mutex over this lock) may be released this way: only an
+    /// acquisition that guards nothing, as Python's `Lock` does.
+    ///
+    /// Safe code cannot call it:
+    ///
+    /// ```compile_fail,E0133
+    /// let raw = mproc_sync::RawMutex::new();
+    /// raw.release_any();
+    /// ```
+    #[allow(unsafe_code)]
+    pub unsafe fn release_any(&self) -> bool {
+        let mut w = self.word.load(Ordering::Relaxed);
+        loop {
+            if !held(w) {
+                return false;
+            }
+            match self
+                .word
+                .compare_exchange_weak(w, 0, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if w & WAITERS != 0 {
+            futex::wake(&self.word, 1);
+        }
+        true
     }
 
     /// The futex word (for benchmarks and diagnostics).
@@ -265,12 +377,16 @@ unsafe impl RawLock for RawMutex {
         unlock_word(&self.word);
     }
 
+    unsafe fn unlock_poisoned(&self) {
+        poison_word(&self.word);
+    }
+
     fn is_locked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) != 0
+        held(self.word.load(Ordering::Relaxed))
     }
 
     fn is_owned_by_current(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & PID_MASK == current_pid()
+        holder(self.word.load(Ordering::Relaxed)) == Some(current_pid())
     }
 
     unsafe fn release_save(&self) -> u32 {
@@ -326,7 +442,7 @@ impl RawRLock {
     fn owned_by(&self, pid: u32, tid: u32) -> bool {
         // Only the owning thread ever writes its own tid here, and it clears it before
         // releasing, so seeing our own (pid, tid) means we hold the lock.
-        self.word.load(Ordering::Relaxed) & PID_MASK == pid
+        holder(self.word.load(Ordering::Relaxed)) == Some(pid)
             && self.tid.load(Ordering::Relaxed) == tid
     }
 
@@ -341,8 +457,8 @@ impl RawRLock {
 
     /// The (pid, tid) holding the lock, if any.
     pub fn owner(&self) -> Option<(u32, u32)> {
-        let pid = self.word.load(Ordering::Relaxed) & PID_MASK;
-        (pid != 0).then(|| (pid, self.tid.load(Ordering::Relaxed)))
+        holder(self.word.load(Ordering::Relaxed))
+            .map(|tag| (reported_pid(tag), self.tid.load(Ordering::Relaxed)))
     }
 
     /// Releases one level, checking that the calling thread holds the lock.
@@ -350,11 +466,11 @@ impl RawRLock {
         if !self.owned_by(current_pid(), current_tid()) {
             return Err(RLockReleaseError::NotOwner);
         }
-        self.unlock_one();
+        self.unlock_one(false);
         Ok(())
     }
 
-    fn unlock_one(&self) {
+    fn unlock_one(&self, poison: bool) {
         let c = self.count.load(Ordering::Relaxed);
         if c > 1 {
             self.count.store(c - 1, Ordering::Relaxed);
@@ -362,7 +478,11 @@ impl RawRLock {
         }
         self.count.store(0, Ordering::Relaxed);
         self.tid.store(0, Ordering::Relaxed);
-        unlock_word(&self.word);
+        if poison {
+            poison_word(&self.word);
+        } else {
+            unlock_word(&self.word);
+        }
     }
 
     fn take(&self, tid: u32, count: u32, how: Option<Acquired>) -> Option<Acquired> {
@@ -403,11 +523,15 @@ unsafe impl RawLock for RawRLock {
     }
 
     unsafe fn unlock(&self) {
-        self.unlock_one();
+        self.unlock_one(false);
+    }
+
+    unsafe fn unlock_poisoned(&self) {
+        self.unlock_one(true);
     }
 
     fn is_locked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) != 0
+        held(self.word.load(Ordering::Relaxed))
     }
 
     fn is_owned_by_current(&self) -> bool {

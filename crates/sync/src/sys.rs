@@ -203,10 +203,10 @@ impl<T> Clone for PodSlot<T> {
 // ---------------------------------------------------------------------------------
 // The calling process's id (mproc-core's fork-safe cache) and thread id, cached.
 
-/// The calling process's pid.
+/// The calling process's owner tag (its pid; see `mproc_core::pid::owner_tag`).
 #[inline(always)]
 pub(crate) fn current_pid() -> u32 {
-    mproc_core::pid::current()
+    mproc_core::pid::owner_tag()
 }
 
 thread_local! {
@@ -284,11 +284,6 @@ impl<'a, R: crate::RawLock + ?Sized> LockGuard<'a, R> {
             _not_send: PhantomData,
         }
     }
-
-    /// The raw lock this guard holds.
-    pub fn raw(&self) -> &'a R {
-        self.raw
-    }
 }
 
 impl<R: crate::RawLock + ?Sized> Drop for LockGuard<'_, R> {
@@ -296,7 +291,13 @@ impl<R: crate::RawLock + ?Sized> Drop for LockGuard<'_, R> {
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its acquisition is held (it is created right
         // after a successful lock and never cloned), so the lock is held here.
-        unsafe { self.raw.unlock() }
+        unsafe {
+            if std::thread::panicking() {
+                self.raw.unlock_poisoned()
+            } else {
+                self.raw.unlock()
+            }
+        }
     }
 }
 
@@ -349,7 +350,13 @@ impl<T: bytemuck::Pod> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         // SAFETY: the guard holds the lock (created right after a successful lock).
-        unsafe { crate::RawLock::unlock(self.raw) }
+        unsafe {
+            if std::thread::panicking() {
+                crate::RawLock::unlock_poisoned(self.raw)
+            } else {
+                crate::RawLock::unlock(self.raw)
+            }
+        }
     }
 }
 

@@ -500,7 +500,7 @@ fn abort_from_another_process_breaks_every_waiter() {
 
 fn lock_and_report(lock: Lock) -> (u32, u32) {
     lock.acquire().unwrap();
-    let owner = lock.raw().owner().unwrap_or(0);
+    let owner = lock.owner().unwrap_or(0);
     lock.release().unwrap();
     (owner, std::process::id())
 }
@@ -510,7 +510,7 @@ fn a_child_records_its_own_pid_never_its_parents() {
     // Fill this process's pid cache first: a forked child must not inherit it.
     let warm = Lock::new().unwrap();
     warm.acquire().unwrap();
-    assert_eq!(warm.raw().owner(), Some(std::process::id()));
+    assert_eq!(warm.owner(), Some(std::process::id()));
     warm.release().unwrap();
     let lock = Lock::new().unwrap();
     let mut p = start(lock_and_report, lock.clone());
@@ -645,4 +645,90 @@ fn condition_wait_reports_a_lock_holder_that_died_meanwhile() {
     drop(g);
     assert!(!cond.get_lock().locked());
     let _ = p.join_timeout(Duration::from_secs(60));
+}
+
+// ---------------------------------------------------------------- panics poison
+
+fn panic_holding_mutex(m: Mutex<u64>) -> u32 {
+    let mut g = m.lock().unwrap();
+    *g = 99; // half-done: the panic comes before the update is finished
+    panic!("a holder that panics while holding the mutex");
+}
+
+#[test]
+fn a_mutex_guard_dropped_by_a_panic_reports_owner_died_to_the_next_process() {
+    let m = Mutex::new(1u64).unwrap();
+    let mut p = start(panic_holding_mutex, m.clone());
+    assert!(
+        p.join_timeout(Duration::from_secs(120)).is_err(),
+        "the child panics"
+    );
+    let child = p.pid().unwrap() as u32;
+    assert!(!m.is_locked(), "a poisoned mutex is free to take");
+    let t0 = Instant::now();
+    let err = m
+        .lock()
+        .expect_err("the panic must be reported, as std's poisoning");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(err.pid(), child);
+    let mut g = err.into_inner();
+    assert_eq!(*g, 99);
+    *g = 1; // repaired
+    drop(g);
+    // One-shot: the next acquisition is clean.
+    assert_eq!(*m.lock().unwrap(), 1);
+}
+
+fn panic_holding_lock(lock: Lock) -> u32 {
+    let _g = lock.lock().unwrap();
+    panic!("a holder that panics while holding the lock");
+}
+
+fn panic_holding_rlock(lock: RLock) -> u32 {
+    let _outer = lock.lock().unwrap();
+    let _inner = lock.lock().unwrap();
+    panic!("a holder that panics while holding the rlock twice");
+}
+
+#[test]
+fn lock_and_rlock_guards_dropped_by_a_panic_poison_for_other_processes() {
+    let lock = Lock::new().unwrap();
+    let mut p = start(panic_holding_lock, lock.clone());
+    assert!(p.join_timeout(Duration::from_secs(120)).is_err());
+    let child = p.pid().unwrap() as u32;
+    assert!(!lock.locked());
+    match lock.try_lock() {
+        Err(TryLockError::OwnerDied(e)) => assert_eq!(e.pid(), child),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(lock.try_acquire().unwrap(), "clean after the report");
+    lock.release().unwrap();
+
+    let rlock = RLock::new().unwrap();
+    let mut p = start(panic_holding_rlock, rlock.clone());
+    assert!(p.join_timeout(Duration::from_secs(120)).is_err());
+    let child = p.pid().unwrap() as u32;
+    let err = rlock.acquire().expect_err("poisoned by the panic");
+    assert_eq!(err.pid(), child);
+    assert_eq!(rlock.recursion_count(), 1);
+    rlock.release().unwrap();
+    assert!(!rlock.locked());
+}
+
+#[test]
+fn a_released_poisoned_lock_is_not_locked_and_release_reports_it() {
+    let lock = Lock::new().unwrap();
+    let l2 = lock.clone();
+    let r = std::thread::spawn(move || {
+        let _g = l2.lock().unwrap();
+        panic!("poison it");
+    })
+    .join();
+    assert!(r.is_err());
+    assert!(!lock.locked());
+    assert_eq!(lock.owner(), None);
+    // Python: releasing an unlocked lock is an error; the poison stays for the taker.
+    assert!(lock.release().is_err());
+    assert!(lock.acquire().is_err());
+    lock.release().unwrap();
 }

@@ -497,7 +497,8 @@ fn in_region_forms_share_one_region() {
     let raw = RawMutex::in_region(&region, 256).unwrap();
     assert_eq!(raw.lock(), Acquired::Clean);
     assert!(raw.try_lock().is_none());
-    assert!(raw.release_any());
+    // SAFETY: nothing relies on this acquisition.
+    assert!(unsafe { raw.release_any() });
 }
 
 #[test]
@@ -554,7 +555,8 @@ fn dead_pid() -> u32 {
 fn lock_held_by_a_dead_pid_is_taken_over() {
     let lock = Lock::new().unwrap();
     let dead = dead_pid();
-    lock.raw().word().store(dead, Ordering::SeqCst);
+    // SAFETY: only the word is used, to plant a holder; no data relies on it.
+    unsafe { lock.raw() }.word().store(dead, Ordering::SeqCst);
     let t0 = Instant::now();
     let err = lock.acquire().unwrap_err();
     assert_eq!(err.pid(), dead);
@@ -564,7 +566,8 @@ fn lock_held_by_a_dead_pid_is_taken_over() {
     assert!(lock.try_acquire().unwrap());
     lock.release().unwrap();
     // A try on a dead holder's lock takes it over too.
-    lock.raw().word().store(dead, Ordering::SeqCst);
+    // SAFETY: only the word is used, to plant a holder; no data relies on it.
+    unsafe { lock.raw() }.word().store(dead, Ordering::SeqCst);
     match lock.try_lock() {
         Err(TryLockError::OwnerDied(e)) => assert_eq!(e.pid(), dead),
         other => panic!("{other:?}"),
@@ -581,7 +584,8 @@ fn blocked_waiter_detects_a_dead_holder_within_bounded_time() {
         .unwrap();
     let pid = child.id();
     let lock = Lock::new().unwrap();
-    lock.raw().word().store(pid, Ordering::SeqCst);
+    // SAFETY: only the word is used, to plant a holder; no data relies on it.
+    unsafe { lock.raw() }.word().store(pid, Ordering::SeqCst);
     let l2 = lock.clone();
     let waiter = thread::spawn(move || {
         let r = l2.acquire();

@@ -7,6 +7,7 @@
 
 #[allow(dead_code)] // used as workload areas are added
 mod harness;
+mod manager;
 mod pipe;
 mod pool;
 mod queue;
@@ -37,6 +38,7 @@ fn main() {
     }
     // Each area module adds itself here: ("spawn", spawn::run), ...
     let areas: &[(&str, Area)] = &[
+        ("manager", manager::run),
         ("pipe", pipe::run),
         ("pool", pool::run),
         ("queue", queue::run),

@@ -3,6 +3,7 @@
 //!
 //! - `pool.map_trivial_c1` / `_cdefault` / `_c1000` (items/s): Pool(2) map of x*x over
 //!   100,000 integers with chunksize 1, Python's default rule, and 1000;
+//!   each also as `mproc-serde`: the same with `Serde<u64>` tasks and results;
 //! - `pool.apply_async_rtt` (µs per submit + get of a trivial task, one at a time);
 //! - `pool.imap_c1000` (items/s): Pool(2) `imap` of x*x over 100,000 integers, chunksize
 //!   1000, consumed in order;
@@ -13,6 +14,7 @@
 //! - `pool.cpu_bound_speedup_executor` (×): the same through the executor (CPython:
 //!   `ProcessPoolExecutor`).
 use crate::harness::{Opts, Record, rate, time_per_op};
+use mproc::Serde;
 use mproc::pool::{Executor, Pool};
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -20,6 +22,11 @@ use std::time::Instant;
 
 fn square(x: u64) -> u64 {
     x * x
+}
+
+/// `square` with serde messages (bincode inside), for the `mproc-serde` rows.
+fn square_serde(x: Serde<u64>) -> Serde<u64> {
+    Serde(x.0 * x.0)
 }
 
 /// A CPU-bound loop of `iters` rounds of xorshift.
@@ -71,6 +78,14 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             black_box(r);
         });
         emit(Record::from_samples(name, "mproc", "items/s", &s));
+        let s = rate(samples, n, |k| {
+            let r = pool
+                .map_async_chunked(square_serde, (0..k).map(Serde), cs)
+                .get()
+                .expect("map");
+            black_box(r);
+        });
+        emit(Record::from_samples(name, "mproc-serde", "items/s", &s));
     }
     if opts.wants("pool.imap_c1000") {
         let s = rate(samples, n, |k| {

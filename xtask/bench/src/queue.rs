@@ -3,7 +3,8 @@
 //! and one forked child.
 //!
 //! - `queue.pingpong`: a u64 there and back, µs per round trip.
-//! - `queue.small_throughput`: one producer process, one consumer, u64 messages, msgs/s.
+//! - `queue.small_throughput`: one producer process, one consumer, u64 messages, msgs/s
+//!   (`mproc-serde`: the same values as `Serde<u64>`).
 //! - `queue.bw_1mib`: 1 MiB `Vec<u8>` messages, GB/s. mproc: slots sized for them,
 //!   `put_in_place` (serialised straight into the slot) and `get_ref` (the consumer
 //!   checks the length and two bytes, then frees the slot); "mproc-region": default
@@ -12,6 +13,7 @@
 //! - `queue.get_ref_1kib` / `queue.get_ref_1mib`: the in-place receive alone (claim,
 //!   validate, release), µs per message.
 use crate::harness::{self, Child, Opts, Record, rate, time_per_op};
+use mproc::Serde;
 use mproc::channel::Queue;
 use mproc_core::Region;
 use mproc_core::futex;
@@ -194,6 +196,29 @@ fn throughput(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         });
         let _ = go.put(STOP);
         emit(Record::from_samples(w, "mproc", "msg/s", &s));
+    }
+    {
+        // The same with serde messages (bincode inside a `Serde`).
+        let go: Queue<u64> = Queue::new().unwrap();
+        let data: Queue<Serde<u64>> = Queue::new().unwrap();
+        let _child = fork(|| {
+            while let Ok(n) = go.get() {
+                if n == STOP {
+                    break;
+                }
+                for i in 0..n {
+                    data.put(Serde(i)).unwrap();
+                }
+            }
+        });
+        let s = rate(samples, ops, |n| {
+            go.put(n).unwrap();
+            for _ in 0..n {
+                data.get().unwrap();
+            }
+        });
+        let _ = go.put(STOP);
+        emit(Record::from_samples(w, "mproc-serde", "msg/s", &s));
     }
     {
         // Raw: a single-producer single-consumer ring of u64 in shared memory, bare

@@ -73,11 +73,11 @@ pub(crate) fn run(b: Budget) -> Outcome {
             .map(|x| (x, pool.apply_async(small, x)))
             .collect();
         match h.get_timeout(Duration::from_secs(60)) {
-            Err(mproc_pool::GetError::Failed(TaskError::WorkerLost { signal, .. })) => {
+            Err(mproc_pool::ResultError::Failed(TaskError::WorkerLost { signal, .. })) => {
                 lost += 1;
                 signals.insert(signal.unwrap_or(0));
             }
-            Err(mproc_pool::GetError::Failed(TaskError::Panicked { .. })) => panicked += 1,
+            Err(mproc_pool::ResultError::Failed(TaskError::Panicked { .. })) => panicked += 1,
             other => out.violate(format!("round {rounds}: the hog gave {other:?}")),
         }
         for (x, r) in others {

@@ -189,7 +189,7 @@ fn run_imap(b: Budget) -> Part {
                     }
                     ok += 1;
                 }
-                Some(Err(mproc_pool::GetError::Failed(TaskError::WorkerLost { .. }))) => {
+                Some(Err(mproc_pool::ResultError::Failed(TaskError::WorkerLost { .. }))) => {
                     outcomes += 1;
                     lost += 1;
                 }
@@ -296,7 +296,7 @@ fn run_one(b: Budget, method: mproc_spawn::StartMethod, init: bool) -> Part {
                 let t = Instant::now();
                 match r.get_timeout(Duration::from_secs(60)) {
                     Ok(v) => tally(id, Ok(v), &mut ok, &mut lost, &mut wrong, &mut other),
-                    Err(mproc_pool::GetError::Failed(e)) => {
+                    Err(mproc_pool::ResultError::Failed(e)) => {
                         tally(id, Err(e), &mut ok, &mut lost, &mut wrong, &mut other)
                     }
                     Err(e) => {

@@ -1,7 +1,8 @@
 //! Loom model of mproc-sync's lock word protocol (`crates/sync/src/raw.rs`: `RawMutex`,
-//! `lock_word_slow`, `unlock_word`): one 32-bit word holding the owner's pid and a
-//! WAITERS bit, taken by compare-and-swap from 0, given back by a swap to 0, and taken
-//! over from a dead owner by one compare-and-swap from the word that names it.
+//! `lock_word_slow`, `unlock_word`, `poison_word`): one 32-bit word holding the owner's
+//! pid and a WAITERS bit, taken by compare-and-swap from 0, given back by a swap to 0
+//! (or to `POISONED | pid` by a guard dropped in a panic), and taken over from a dead
+//! owner, or from a poisoned word, by one compare-and-swap from the word seen.
 //!
 //! Transcribed with the same orderings; each process is a loom thread with its own pid,
 //! `process_alive` is a liveness table, and a process dies by marking itself dead while
@@ -24,7 +25,8 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 const WAITERS: u32 = 1 << 31;
-const PID_MASK: u32 = (1 << 30) - 1;
+const POISONED: u32 = 1 << 29;
+const PID_MASK: u32 = !(WAITERS | POISONED);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Acquired {
@@ -101,6 +103,17 @@ impl Shared {
                     Err(_) => continue,
                 }
             }
+            if cur & POISONED != 0 {
+                match word.compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => {
+                        return Some(Acquired::OwnerDied {
+                            pid: cur & PID_MASK,
+                        });
+                    }
+                    Err(_) => continue,
+                }
+            }
             let owner = cur & PID_MASK;
             if owner != last_owner {
                 last_owner = owner;
@@ -153,6 +166,14 @@ impl Shared {
         // unlock_word: swap to 0, and wake one sleeper only if WAITERS was set (the
         // model wakes all: the futex's FIFO order is not the crate's concern).
         let prev = self.word.swap(0, Ordering::Release);
+        if prev & WAITERS != 0 {
+            self.futex_wake();
+        }
+    }
+
+    /// `poison_word`: a guard of `me` dropped during a panic.
+    fn unlock_poisoned(&self, me: u32) {
+        let prev = self.word.swap(POISONED | me, Ordering::Release);
         if prev & WAITERS != 0 {
             self.futex_wake();
         }
@@ -269,5 +290,40 @@ fn takeover_by_try_and_waiter_race() {
             .count();
         assert_eq!(died, 1, "waiter {a:?}, try {t:?}");
         assert_eq!(s.read(), 1 + u32::from(t.is_some()));
+    });
+}
+
+/// The holder releases the lock poisoned (a panic) while a blocking waiter and a try
+/// race for it: exactly one of them is told `OwnerDied` naming the holder, nobody holds
+/// it twice, and no wake-up is lost.
+#[test]
+fn poisoned_release_reported_once() {
+    model(|| {
+        let s = Arc::new(Shared::new(4));
+        assert_eq!(s.lock_until(1, true), Some(Acquired::Clean));
+        let w = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let a = s.lock_until(2, true).unwrap();
+                s.bump();
+                s.unlock();
+                a
+            })
+        };
+        s.bump();
+        s.unlock_poisoned(1);
+        let t = s.lock_until(3, false);
+        if t.is_some() {
+            s.bump();
+            s.unlock();
+        }
+        let a = w.join().unwrap();
+        let died = [Some(a), t]
+            .iter()
+            .filter(|x| matches!(x, Some(Acquired::OwnerDied { pid: 1 })))
+            .count();
+        assert_eq!(died, 1, "waiter {a:?}, try {t:?}");
+        assert_eq!(s.read(), 2 + u32::from(t.is_some()));
+        assert_eq!(s.word.load(Ordering::SeqCst), 0);
     });
 }

@@ -49,7 +49,9 @@ struct Ring {
     deq: AtomicU64,
     state: Vec<AtomicU64>,
     payload: Vec<UnsafeCell<u64>>,
-    /// The model of `process_alive`: pid `i` is alive while `alive[i]`.
+    /// The model of `process_alive` (the crate asks `mproc_core::pid::holder_dead`,
+    /// which is `!process_alive` for a holder of the caller's own pid namespace, and
+    /// never "dead" otherwise): pid `i` is alive while `alive[i]`.
     alive: Vec<AtomicBool>,
     not_empty: Word,
     not_full: Word,

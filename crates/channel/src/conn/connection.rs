@@ -3,15 +3,21 @@
 //!
 //! Wire format: every message is one frame, a 16-byte [`FrameHeader`] (magic, fd count,
 //! payload length) followed by the payload padded with zeros to a multiple of 16 bytes.
+//! A typed message ([`FrameKind::Typed`]) starts its payload with a type block: the
+//! sender's [`TypeTag`] fingerprint and type name, checked against the receiving type
+//! before a byte of the archive is read; raw bytes ([`FrameKind::Bytes`]) have none.
 //! The fds of a frame are attached to its first bytes. The receiver reads headers and
 //! small frames through a 1 KiB read-ahead buffer (one `recvmsg` per small message) and
 //! the rest of a large frame straight into its aligned body buffer. Sending a connection
 //! to another process while it holds read-ahead bytes is refused with a typed error
 //! rather than stranding them.
 use super::error::{RecvError, SendError};
-use mproc_core::codec::{self, FrameHeader, HEADER_LEN, MAX_FDS};
+use mproc_core::codec::{
+    self, FrameHeader, FrameKind, HEADER_LEN, MAX_FDS, TypeMismatch, TypeTag, read_type_block,
+};
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
 use mproc_core::{Deadline, Decode, Encode, scm};
+use rkyv::Archive;
 use rkyv::util::AlignedVec;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
@@ -25,7 +31,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The default [`Connection::max_message_size`]: 256 MiB.
@@ -102,14 +108,38 @@ pub fn Pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
 /// checked: a corrupt, oversized or truncated frame is a typed [`RecvError`], never a
 /// panic or a hang. Methods take `&self`: sends are serialised by one lock and receives
 /// by another, so one thread may send while another receives. Dropping closes the socket.
+///
+/// ```
+/// use mproc_channel::{Connection, Pipe};
+/// use mproc_spawn::Process;
+///
+/// // The child's end travels as the argument; the child echoes until the pipe closes.
+/// fn echo(conn: Connection) {
+///     while let Ok(words) = conn.recv::<Vec<String>>() {
+///         conn.send(&words.join(" ")).unwrap();
+///     }
+/// }
+///
+/// let (parent, child) = Pipe(true).unwrap();
+/// let mut p = Process::new(echo, child);
+/// p.start().unwrap();
+/// parent.send(&vec!["hello".to_string(), "pipe".into()]).unwrap();
+/// assert_eq!(parent.recv::<String>().unwrap(), "hello pipe");
+/// // Raw bytes, and a timeout-bounded poll.
+/// assert!(!parent.poll(Some(std::time::Duration::from_millis(10))).unwrap());
+/// drop(parent); // the child's recv fails: it returns
+/// p.join().unwrap();
+/// ```
 pub struct Connection {
     pub(super) fd: Option<OwnedFd>,
     readable: bool,
     writable: bool,
     unix: bool,
     max_len: u64,
-    pub(super) rx: Mutex<Rx>,
-    tx: Mutex<()>,
+    /// Shared with this end's clones ([`Connection::try_clone`]): one stream, one
+    /// receive state, one send lock, so clones in one process never interleave frames.
+    pub(super) rx: Arc<Mutex<Rx>>,
+    tx: Arc<Mutex<()>>,
 }
 
 /// Receive state: a frame may be read in several steps (a timed receive can stop
@@ -124,6 +154,8 @@ pub(super) struct Rx {
     start: usize,
     end: usize,
     head: Option<FrameHeader>,
+    /// The kind of the frame in `head`.
+    kind: FrameKind,
     fd_queue: VecDeque<OwnedFd>,
     frame_fds: Vec<OwnedFd>,
     pub(super) body: AlignedVec,
@@ -143,6 +175,7 @@ impl Rx {
             start: 0,
             end: 0,
             head: None,
+            kind: FrameKind::Bytes,
             fd_queue: VecDeque::new(),
             frame_fds: Vec::new(),
             body: AlignedVec::new(),
@@ -174,8 +207,8 @@ impl Rx {
         let hdr: &[u8; HEADER_LEN] = self.ahead[self.start..self.start + HEADER_LEN]
             .try_into()
             .expect("16 bytes");
-        match FrameHeader::parse(hdr, u64::MAX) {
-            Ok(h) => h.padded_len() <= (self.buffered() - HEADER_LEN) as u64,
+        match FrameHeader::parse_kind(hdr, u64::MAX) {
+            Ok((h, _)) => h.padded_len() <= (self.buffered() - HEADER_LEN) as u64,
             Err(_) => true,
         }
     }
@@ -286,8 +319,8 @@ impl Connection {
             writable,
             unix,
             max_len: DEFAULT_MAX_MESSAGE_SIZE as u64,
-            rx: Mutex::new(Rx::new()),
-            tx: Mutex::new(()),
+            rx: Arc::new(Mutex::new(Rx::new())),
+            tx: Arc::new(Mutex::new(())),
         }
     }
 
@@ -352,6 +385,49 @@ impl Connection {
         self.fd = None;
     }
 
+    /// Another handle to this end of the stream, on a duplicate of its socket (as
+    /// `socket.dup()`; Python hands one connection end to several children).
+    ///
+    /// In this process the clone shares this end's receive state and send lock:
+    /// messages never interleave and bytes read ahead by one are received by either.
+    /// Closing one leaves the other open; the peer sees end of stream once every copy
+    /// is closed. Each copy can be sent to another process (in a child's arguments or
+    /// inside a message). Processes that write to one stream at the same time must
+    /// agree on who writes when, as in Python: their frames are not serialised across
+    /// processes.
+    ///
+    /// ```
+    /// use mproc_channel::Pipe;
+    /// let (a, b) = Pipe(true).unwrap();
+    /// let a2 = a.try_clone().unwrap();
+    /// a2.send(&1u32).unwrap();
+    /// a.send(&2u32).unwrap();
+    /// assert_eq!((b.recv::<u32>().unwrap(), b.recv::<u32>().unwrap()), (1, 2));
+    /// drop(a);
+    /// a2.send(&3u32).unwrap(); // still open
+    /// assert_eq!(b.recv::<u32>().unwrap(), 3);
+    /// ```
+    ///
+    /// # Errors
+    /// `NotConnected` if this end is closed; `dup(2)` failed (out of fds).
+    #[doc(alias = "dup")]
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection is closed"))?
+            .try_clone()?;
+        Ok(Connection {
+            fd: Some(fd),
+            readable: self.readable,
+            writable: self.writable,
+            unix: self.unix,
+            max_len: self.max_len,
+            rx: Arc::clone(&self.rx),
+            tx: Arc::clone(&self.tx),
+        })
+    }
+
     // ---------------------------------------------------------------- sending
 
     /// Sends a message; handles inside it travel with their fds (Unix sockets only).
@@ -359,9 +435,12 @@ impl Connection {
     /// # Errors
     /// See [`SendError`]; everything but `Io` and `Disconnected` is reported before a
     /// byte is written.
-    pub fn send<T: Encode>(&self, value: &T) -> Result<(), SendError> {
+    ///
+    /// The frame carries `T`'s [`TypeTag`]: a peer that receives it as another type
+    /// gets [`RecvError::TypeMismatch`] naming both.
+    pub fn send<T: Encode + Archive>(&self, value: &T) -> Result<(), SendError> {
         let enc = codec::encode(value).map_err(SendError::Encode)?;
-        self.send_frame(&enc.bytes, &enc.fds)
+        self.send_frame(Some(&TypeTag::of::<T>()), &enc.bytes, &enc.fds)
     }
 
     /// Sends `buf` as one message (Python's `send_bytes`).
@@ -369,15 +448,26 @@ impl Connection {
     /// # Errors
     /// See [`SendError`].
     pub fn send_bytes(&self, buf: &[u8]) -> Result<(), SendError> {
-        self.send_frame(buf, &[])
+        self.send_frame(None, buf, &[])
     }
 
-    fn send_frame(&self, payload: &[u8], fds: &[OwnedFd]) -> Result<(), SendError> {
+    /// Sends one frame: typed (`tag`: a type block, then `payload`) or raw bytes.
+    fn send_frame(
+        &self,
+        tag: Option<&TypeTag>,
+        payload: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<(), SendError> {
         let fd = self.fd.as_ref().ok_or(SendError::Closed)?.as_fd();
         if !self.writable {
             return Err(SendError::NotWritable);
         }
-        let len = payload.len() as u64;
+        let block_head = tag.map(TypeTag::block_head);
+        let (kind, block_len, name): (_, usize, &[u8]) = match tag {
+            Some(t) => (FrameKind::Typed, t.block_len(), t.wire_name()),
+            None => (FrameKind::Bytes, 0, &[]),
+        };
+        let len = (block_len + payload.len()) as u64;
         if len > self.max_len {
             return Err(SendError::TooLarge {
                 len,
@@ -394,20 +484,35 @@ impl Connection {
             nfds: fds.len() as u32,
             len,
         };
-        let hdr = head.to_bytes();
+        let hdr = head.to_bytes_kind(kind);
         let pad = (head.padded_len() - len) as usize;
-        let parts: [&[u8]; 3] = [&hdr, payload, &ZEROS[..pad]];
-        let total = HEADER_LEN + payload.len() + pad;
+        let block: &[u8] = match &block_head {
+            Some(b) => b,
+            None => &[],
+        };
+        let name_pad = block_len.saturating_sub(16 + name.len());
+        let parts: [&[u8]; 6] = [
+            &hdr,
+            block,
+            name,
+            &ZEROS[..name_pad],
+            payload,
+            &ZEROS[..pad],
+        ];
+        let total = HEADER_LEN + len as usize + pad;
         let borrowed = scm::borrow_all(fds);
         let _g = lock(&self.tx);
         let mut sent = 0;
         while sent < total {
-            let mut iov = [IoSlice::new(&[]); 3];
+            let mut iov = [IoSlice::new(&[]); 6];
             let mut n_iov = 0;
             let mut skip = sent;
             for p in parts {
                 if skip >= p.len() {
                     skip -= p.len();
+                    continue;
+                }
+                if p.is_empty() {
                     continue;
                 }
                 iov[n_iov] = IoSlice::new(&p[skip..]);
@@ -508,10 +613,11 @@ impl Connection {
                 let hdr: [u8; HEADER_LEN] = rx.ahead[rx.start..rx.start + HEADER_LEN]
                     .try_into()
                     .expect("16 bytes");
-                match FrameHeader::parse(&hdr, self.max_len) {
-                    Ok(h) => {
+                match FrameHeader::parse_kind(&hdr, self.max_len) {
+                    Ok((h, kind)) => {
                         rx.start += HEADER_LEN;
                         rx.head = Some(h);
+                        rx.kind = kind;
                         h
                     }
                     Err(e) => {
@@ -575,10 +681,30 @@ impl Connection {
     fn recv_inner<T: Decode>(&self, deadline: Option<Deadline>) -> Result<T, RecvError> {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, deadline, None)?;
-        let fds = std::mem::take(&mut rx.frame_fds);
-        let r = codec::decode::<T>(&rx.body[..head.len as usize], fds).map_err(RecvError::Decode);
+        let r = match typed_archive::<T>(&rx, &head) {
+            Ok(off) => {
+                let fds = std::mem::take(&mut rx.frame_fds);
+                codec::decode::<T>(&rx.body[off..head.len as usize], fds).map_err(RecvError::Decode)
+            }
+            Err(e) => Err(e),
+        };
         rx.finish();
         r
+    }
+
+    /// The current frame's archive `(start, len)` in `rx.body` if it is a typed message
+    /// of type `T` (else the frame is consumed and the error returned).
+    pub(super) fn typed_frame<T: Archive>(
+        rx: &mut Rx,
+        head: &FrameHeader,
+    ) -> Result<(usize, usize), RecvError> {
+        match typed_archive::<T>(rx, head) {
+            Ok(off) => Ok((off, head.len as usize - off)),
+            Err(e) => {
+                rx.finish();
+                Err(e)
+            }
+        }
     }
 
     /// Receives a message, validating it (bytecheck) and rebuilding its value and
@@ -613,13 +739,14 @@ impl Connection {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, None, None)?;
         rx.frame_fds.clear();
-        let len = head.len as usize;
-        if let Err(e) = codec::access::<T>(&rx.body[..len]) {
+        let (start, len) = Self::typed_frame::<T>(&mut rx, &head)?;
+        if let Err(e) = codec::access::<T>(&rx.body[start..start + len]) {
             rx.finish();
             return Err(RecvError::Decode(e));
         }
         Ok(Received {
             rx,
+            start,
             len,
             _t: PhantomData,
         })
@@ -655,9 +782,9 @@ impl Connection {
     fn recv_bytes_inner(&self, deadline: Option<Deadline>) -> Result<Vec<u8>, RecvError> {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, deadline, None)?;
-        let v = rx.body[..head.len as usize].to_vec();
+        let r = bytes_of(&rx, &head).map(|(start, len)| rx.body[start..start + len].to_vec());
         rx.finish();
-        Ok(v)
+        r
     }
 
     /// Receives one message into `buf`, returning its length (Python's
@@ -668,9 +795,19 @@ impl Connection {
     /// As [`recv_bytes`](Self::recv_bytes), plus `BufferTooSmall`.
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
         let mut rx = lock(&self.rx);
-        let head = self.next_frame(&mut rx, None, Some(buf.len()))?;
-        let len = head.len as usize;
-        buf[..len].copy_from_slice(&rx.body[..len]);
+        let head = self.next_frame(&mut rx, None, None)?;
+        let (start, len) = match bytes_of(&rx, &head) {
+            Ok(r) => r,
+            Err(e) => {
+                rx.finish();
+                return Err(e);
+            }
+        };
+        if len > buf.len() {
+            // The frame stays queued (read, not consumed).
+            return Err(RecvError::BufferTooSmall { needed: len });
+        }
+        buf[..len].copy_from_slice(&rx.body[start..start + len]);
         rx.finish();
         Ok(len)
     }
@@ -684,10 +821,13 @@ impl Connection {
         let mut rx = lock(&self.rx);
         let head = self.next_frame(&mut rx, None, None)?;
         rx.frame_fds.clear();
-        Ok(BytesView {
-            rx,
-            len: head.len as usize,
-        })
+        match bytes_of(&rx, &head) {
+            Ok((start, len)) => Ok(BytesView { rx, start, len }),
+            Err(e) => {
+                rx.finish();
+                Err(e)
+            }
+        }
     }
 
     /// Whether a message (or end of stream) is waiting, without consuming anything.
@@ -718,6 +858,7 @@ impl Connection {
 /// `T::Archived`. Consumed when dropped.
 pub struct Received<'a, T: Decode> {
     pub(super) rx: MutexGuard<'a, Rx>,
+    pub(super) start: usize,
     pub(super) len: usize,
     pub(super) _t: PhantomData<fn() -> T>,
 }
@@ -725,7 +866,7 @@ pub struct Received<'a, T: Decode> {
 impl<T: Decode> Received<'_, T> {
     /// The message's archive bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.rx.body[..self.len]
+        &self.rx.body[self.start..self.start + self.len]
     }
 }
 
@@ -748,13 +889,14 @@ impl<T: Decode> fmt::Debug for Received<'_, T> {
 /// (16-byte aligned). Consumed when dropped.
 pub struct BytesView<'a> {
     rx: MutexGuard<'a, Rx>,
+    start: usize,
     len: usize,
 }
 
 impl std::ops::Deref for BytesView<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.rx.body[..self.len]
+        &self.rx.body[self.start..self.start + self.len]
     }
 }
 
@@ -838,3 +980,34 @@ impl Transfer for Connection {
 }
 
 mproc_core::impl_handle_archive!(Connection);
+
+/// The offset of the archive in the current frame if it is a typed message of type `T`.
+fn typed_archive<T: Archive>(rx: &Rx, head: &FrameHeader) -> Result<usize, RecvError> {
+    let payload = &rx.body[..head.len as usize];
+    match rx.kind {
+        FrameKind::Bytes => Err(RecvError::TypeMismatch(TypeMismatch::new(
+            std::any::type_name::<T>(),
+            "raw bytes (sent with send_bytes)",
+        ))),
+        FrameKind::Typed => {
+            let (hash, name, off) = read_type_block(payload).map_err(RecvError::Decode)?;
+            TypeTag::of::<T>()
+                .check(hash, &name)
+                .map_err(RecvError::TypeMismatch)?;
+            Ok(off)
+        }
+    }
+}
+
+/// The `(start, len)` of the current frame's bytes: all of a raw frame, the archive of
+/// a typed one.
+fn bytes_of(rx: &Rx, head: &FrameHeader) -> Result<(usize, usize), RecvError> {
+    let len = head.len as usize;
+    match rx.kind {
+        FrameKind::Bytes => Ok((0, len)),
+        FrameKind::Typed => {
+            let (_, _, off) = read_type_block(&rx.body[..len]).map_err(RecvError::Decode)?;
+            Ok((off, len - off))
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! One small error type per connection operation.
-use mproc_core::codec::{CodecError, FrameError};
+use mproc_core::codec::{CodecError, FrameError, TypeMismatch};
 use std::fmt;
 use std::io;
 
@@ -73,7 +73,8 @@ impl std::error::Error for SendError {
 /// Why a receive ([`Connection::recv`](crate::Connection::recv) and friends) or a
 /// [`Connection::poll`](crate::Connection::poll) failed.
 ///
-/// After [`Decode`](RecvError::Decode), [`FdMismatch`](RecvError::FdMismatch),
+/// After [`Decode`](RecvError::Decode), [`TypeMismatch`](RecvError::TypeMismatch),
+/// [`FdMismatch`](RecvError::FdMismatch),
 /// [`BufferTooSmall`](RecvError::BufferTooSmall) and [`Timeout`](RecvError::Timeout) the
 /// connection stays usable (the stream is still in step). After
 /// [`Corrupt`](RecvError::Corrupt) or [`Truncated`](RecvError::Truncated) it can no
@@ -107,6 +108,10 @@ pub enum RecvError {
     /// The frame arrived whole but its bytes are not a valid message of the requested
     /// type (the frame was consumed; the connection stays usable).
     Decode(CodecError),
+    /// The message was sent as another type than the one requested (or as raw bytes
+    /// with `send_bytes`): both types are named. The frame was consumed; the connection
+    /// stays usable.
+    TypeMismatch(TypeMismatch),
     /// [`Connection::recv_bytes_into`](crate::Connection::recv_bytes_into): the buffer is
     /// smaller than the message, which stays queued (Python's `BufferTooShort`).
     BufferTooSmall {
@@ -138,6 +143,7 @@ impl fmt::Display for RecvError {
                 "frame announced {announced} fds but {received} arrived with it"
             ),
             RecvError::Decode(e) => write!(f, "cannot decode message: {e}"),
+            RecvError::TypeMismatch(e) => e.fmt(f),
             RecvError::BufferTooSmall { needed } => {
                 write!(f, "buffer too small for a message of {needed} bytes")
             }
@@ -152,6 +158,7 @@ impl std::error::Error for RecvError {
         match self {
             RecvError::Corrupt(e) => Some(e),
             RecvError::Decode(e) => Some(e),
+            RecvError::TypeMismatch(e) => Some(e),
             RecvError::Io(e) => Some(e),
             _ => None,
         }

@@ -33,16 +33,20 @@ impl Connection {
     /// # Safety
     /// The next message on this connection must be a valid rkyv archive of `T` (as sent
     /// by [`send`](Self::send)`::<T>` from a peer you trust). Otherwise reading through
-    /// the guard is undefined behaviour.
+    /// the guard is undefined behaviour. (A message sent as another type is still
+    /// refused with [`RecvError::TypeMismatch`]; the fingerprint is no proof of validity.)
     ///
     /// # Errors
     /// As [`recv`](Self::recv), without `Decode`.
     pub unsafe fn recv_view_unchecked<T: Decode>(&self) -> Result<Received<'_, T>, RecvError> {
         let (mut rx, head) = self.recv_frame_unvalidated()?;
         rx.fds_clear();
+        // The type is checked even here: only the archive's validation is skipped.
+        let (start, len) = Connection::typed_frame::<T>(&mut rx, &head)?;
         Ok(Received {
             rx,
-            len: head.len as usize,
+            start,
+            len,
             _t: PhantomData,
         })
     }

@@ -20,11 +20,12 @@ mod sys;
 pub use error::{CorruptMessage, GetError, PutError, QueueCreateError, TaskDoneError};
 pub use sys::InPlace;
 
-use mproc_core::codec::{self, CodecError, Decode, Encode};
+use mproc_core::codec::{self, CodecError, Decode, Encode, TypeMismatch, TypeTag};
 use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
 use ring::{Blocked, ReadClaim, Ring, WriteClaim, kind};
+use rkyv::Archive;
 use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
 use spin::Spin;
@@ -139,8 +140,13 @@ struct Taken<'a> {
 }
 
 impl Inner {
-    fn create(capacity: u64, slot_size: usize, unbounded: bool) -> Result<Inner, QueueCreateError> {
-        let ring = Ring::create(capacity, slot_size, unbounded).map_err(|e| {
+    fn create(
+        capacity: u64,
+        slot_size: usize,
+        unbounded: bool,
+        tag: TypeTag,
+    ) -> Result<Inner, QueueCreateError> {
+        let ring = Ring::create(capacity, slot_size, unbounded, tag.hash()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
                 QueueCreateError::InvalidOptions("capacity or slot size out of range")
             } else {
@@ -173,11 +179,19 @@ impl Inner {
         out.put_fd(self.side.rx())
     }
 
-    fn import(input: &mut Importer<'_>) -> Result<Inner, TransferError> {
+    /// Rebuilds a queue sent by another process, checking that its ring was made for
+    /// messages of type `tag` (the handle's own fingerprint was checked before).
+    fn import(input: &mut Importer<'_>, tag: TypeTag) -> Result<Inner, TransferError> {
         let region = Region::import(input)?;
         let tx = input.take_fd()?;
         let rx = input.take_fd()?;
         let ring = Ring::open(region).map_err(TransferError::Malformed)?;
+        if ring.type_hash() != tag.hash() {
+            return Err(TransferError::TypeMismatch(TypeMismatch::new(
+                tag.name(),
+                "another message type (the queue's header disagrees)",
+            )));
+        }
         Ok(Inner::from_parts(ring, Side::from_fds(tx, rx)))
     }
 
@@ -486,7 +500,7 @@ impl<T> Default for QueueBuilder<T> {
     }
 }
 
-impl<T> QueueBuilder<T> {
+impl<T: Archive> QueueBuilder<T> {
     /// Most messages the queue holds; 0 (the default, as in Python) means
     /// [`DEFAULT_CAPACITY`].
     pub fn maxsize(mut self, maxsize: usize) -> Self {
@@ -511,7 +525,7 @@ impl<T> QueueBuilder<T> {
         if cap > ring::MAX_CAPACITY {
             return Err(QueueCreateError::InvalidOptions("maxsize above 2^30"));
         }
-        Inner::create(cap, self.slot_size, self.maxsize == 0)
+        Inner::create(cap, self.slot_size, self.maxsize == 0, TypeTag::of::<T>())
     }
 
     /// Creates a [`Queue`].
@@ -638,7 +652,9 @@ impl<T> Queue<T> {
     pub fn builder() -> QueueBuilder<T> {
         QueueBuilder::default()
     }
+}
 
+impl<T: Archive> Queue<T> {
     /// An unbounded queue (a ring of [`DEFAULT_CAPACITY`] slots whose puts never wait:
     /// see [`Queue`]): Python's `Queue()`.
     pub fn new() -> Result<Self, QueueCreateError> {
@@ -650,7 +666,9 @@ impl<T> Queue<T> {
     pub fn with_maxsize(maxsize: usize) -> Result<Self, QueueCreateError> {
         QueueBuilder::default().maxsize(maxsize).build()
     }
+}
 
+impl<T> Queue<T> {
     /// Approximate number of messages waiting (others may be putting or getting at
     /// the same moment): Python's `qsize()`.
     pub fn qsize(&self) -> usize {
@@ -880,17 +898,22 @@ impl<T: Message> Queue<T> {
     }
 }
 
-impl<T> Transfer for Queue<T> {
+/// A queue travels with the fingerprint of its message type: a `Queue<Named>` received
+/// as a `Queue<Point>` is a [`TransferError::TypeMismatch`] naming both.
+impl<T: Archive> Transfer for Queue<T> {
     const KIND: &'static str = "mproc_channel::Queue";
+    fn type_tag() -> TypeTag {
+        TypeTag::of_carrier::<Self, T>()
+    }
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         self.inner.export(out)
     }
     fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
-        Inner::import(input).map(Queue::from_inner)
+        Inner::import(input, TypeTag::of::<T>()).map(Queue::from_inner)
     }
 }
 
-mproc_core::impl_handle_archive!([T,] Queue<T>);
+mproc_core::impl_handle_archive!([T: Archive,] Queue<T>);
 
 /// Python's `multiprocessing.SimpleQueue`: `put`, `get`, `is_empty`, `close`, and
 /// nothing else. The same ring as [`Queue`], with [`DEFAULT_CAPACITY`] slots.
@@ -908,12 +931,14 @@ impl<T> fmt::Debug for SimpleQueue<T> {
     }
 }
 
-impl<T> SimpleQueue<T> {
+impl<T: Archive> SimpleQueue<T> {
     /// A new simple queue.
     pub fn new() -> Result<Self, QueueCreateError> {
         Queue::new().map(SimpleQueue)
     }
+}
 
+impl<T> SimpleQueue<T> {
     /// Whether the queue looks empty (approximate).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -942,17 +967,20 @@ impl<T: Message> SimpleQueue<T> {
     }
 }
 
-impl<T> Transfer for SimpleQueue<T> {
+impl<T: Archive> Transfer for SimpleQueue<T> {
     const KIND: &'static str = "mproc_channel::SimpleQueue";
+    fn type_tag() -> TypeTag {
+        TypeTag::of_carrier::<Self, T>()
+    }
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         self.0.inner.export(out)
     }
     fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
-        Inner::import(input).map(|i| SimpleQueue(Queue::from_inner(i)))
+        Inner::import(input, TypeTag::of::<T>()).map(|i| SimpleQueue(Queue::from_inner(i)))
     }
 }
 
-mproc_core::impl_handle_archive!([T,] SimpleQueue<T>);
+mproc_core::impl_handle_archive!([T: Archive,] SimpleQueue<T>);
 
 /// Python's `multiprocessing.JoinableQueue`: a [`Queue`] that counts unfinished tasks.
 /// Every `put` adds one; [`JoinableQueue::task_done`] removes one;
@@ -985,7 +1013,7 @@ impl<T> Deref for JoinableQueue<T> {
     }
 }
 
-impl<T> JoinableQueue<T> {
+impl<T: Archive> JoinableQueue<T> {
     /// A joinable queue with [`DEFAULT_CAPACITY`] slots.
     pub fn new() -> Result<Self, QueueCreateError> {
         Queue::new().map(JoinableQueue)
@@ -995,7 +1023,9 @@ impl<T> JoinableQueue<T> {
     pub fn with_maxsize(maxsize: usize) -> Result<Self, QueueCreateError> {
         Queue::with_maxsize(maxsize).map(JoinableQueue)
     }
+}
 
+impl<T> JoinableQueue<T> {
     /// Marks one task taken from the queue as done: Python's `task_done()`. Fails
     /// when called more times than items were put.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
@@ -1094,14 +1124,17 @@ impl<T: Message> JoinableQueue<T> {
     }
 }
 
-impl<T> Transfer for JoinableQueue<T> {
+impl<T: Archive> Transfer for JoinableQueue<T> {
     const KIND: &'static str = "mproc_channel::JoinableQueue";
+    fn type_tag() -> TypeTag {
+        TypeTag::of_carrier::<Self, T>()
+    }
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         self.0.inner.export(out)
     }
     fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
-        Inner::import(input).map(|i| JoinableQueue(Queue::from_inner(i)))
+        Inner::import(input, TypeTag::of::<T>()).map(|i| JoinableQueue(Queue::from_inner(i)))
     }
 }
 
-mproc_core::impl_handle_archive!([T,] JoinableQueue<T>);
+mproc_core::impl_handle_archive!([T: Archive,] JoinableQueue<T>);

@@ -20,7 +20,10 @@
 //! after its claim never stalls the others. A slot whose holder has died is reclaimed
 //! by the first waiter that finds it in the way: a dead producer's slot is skipped (its
 //! message was never complete), a dead consumer's slot is released (its message was
-//! taken). Sequence numbers are compared with wrapping arithmetic, so 32 bits suffice.
+//! taken). "Dead" is `mproc_core::pid::holder_dead`: never said of a holder that may
+//! live (a ring is never shared across pid namespaces: its region is refused on import
+//! from another one, and a process forked into one tags its claims as foreign).
+//! Sequence numbers are compared with wrapping arithmetic, so 32 bits suffice.
 //!
 //! Waiting: two futex words, "not empty" and "not full", each with a count of sleepers.
 //! A waker bumps the word and calls `FUTEX_WAKE` only when the count is non-zero, so
@@ -33,7 +36,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = 4;
@@ -47,6 +50,8 @@ pub(crate) const H_CONS_LOCK: usize = 40;
 /// Flags fixed at creation: bit 0 = unbounded (Python's `Queue()` without `maxsize`).
 const H_FLAGS: usize = 44;
 const FLAG_UNBOUNDED: u32 = 1;
+/// The message type's fingerprint (`TypeTag::hash`), fixed at creation.
+const H_TYPE: usize = 48;
 const H_ENQ: usize = 64;
 const H_DEQ: usize = 128;
 const H_NOT_EMPTY: usize = 192;
@@ -136,7 +141,12 @@ fn region_len(cap: u64, slot_size: usize) -> Option<(usize, usize)> {
 
 impl Ring {
     /// Creates a fresh ring of `cap` slots of `slot_size` payload bytes each.
-    pub(crate) fn create(cap: u64, slot_size: usize, unbounded: bool) -> io::Result<Ring> {
+    pub(crate) fn create(
+        cap: u64,
+        slot_size: usize,
+        unbounded: bool,
+        type_hash: u64,
+    ) -> io::Result<Ring> {
         let bad = |m| io::Error::new(io::ErrorKind::InvalidInput, m);
         if cap == 0 || cap > MAX_CAPACITY {
             return Err(bad("queue capacity must be between 1 and 2^30 slots"));
@@ -161,6 +171,7 @@ impl Ring {
         if unbounded {
             ring.a32(H_FLAGS).store(FLAG_UNBOUNDED, Ordering::Relaxed);
         }
+        ring.a64(H_TYPE).store(type_hash, Ordering::Relaxed);
         ring.a32(H_VERSION).store(VERSION, Ordering::Relaxed);
         ring.a32(H_MAGIC).store(MAGIC, Ordering::Release);
         Ok(ring)
@@ -205,6 +216,11 @@ impl Ring {
     /// The region behind the ring.
     pub(crate) fn region(&self) -> &Region {
         self.map.region()
+    }
+
+    /// The fingerprint of the message type the ring was created for.
+    pub(crate) fn type_hash(&self) -> u64 {
+        self.a64(H_TYPE).load(Ordering::Relaxed)
     }
 
     /// Number of slots.
@@ -390,7 +406,7 @@ impl Ring {
         let st = self.state(q);
         let s = st.load(Ordering::Acquire);
         let (seq, holder) = unpack(s);
-        if holder == 0 || seq != seq_free(q) || mproc_core::process_alive(holder as i32) {
+        if seq != seq_free(q) || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
         let done = pack(seq_free(q + self.cap), 0);
@@ -414,7 +430,7 @@ impl Ring {
         let s = st.load(Ordering::Acquire);
         let (seq, holder) = unpack(s);
         let lap_before = seq_published(p.wrapping_sub(self.cap));
-        if holder == 0 || seq != lap_before || mproc_core::process_alive(holder as i32) {
+        if seq != lap_before || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
         st.compare_exchange(s, pack(seq_free(p), 0), Ordering::AcqRel, Ordering::Relaxed)

@@ -200,7 +200,7 @@ impl<'a> PidLock<'a> {
             let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
             if futex::wait(self.word, owner, slice) == WaitOutcome::TimedOut
                 && owner != pid
-                && !mproc_core::process_alive(owner as i32)
+                && mproc_core::pid::holder_dead(owner)
                 && self
                     .word
                     .compare_exchange(owner, pid, Ordering::Acquire, Ordering::Relaxed)

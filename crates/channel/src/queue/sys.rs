@@ -13,10 +13,11 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
-/// This process's pid (mproc-core's fork-safe cache).
+/// This process's owner tag for slots and side locks: its pid, from mproc-core's
+/// fork-safe cache (see `mproc_core::pid::owner_tag`, judged by `holder_dead`).
 #[inline]
 pub(crate) fn my_pid() -> u32 {
-    mproc_core::pid::current()
+    mproc_core::pid::owner_tag()
 }
 
 /// The bytes of a message this process holds: in a ring slot it has claimed for

@@ -1,0 +1,1656 @@
+//! The server: a thread per connection (as in CPython), objects in one table with their
+//! reference counts, per-object state behind a mutex and a condition variable.
+use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
+use mproc_channel::{Address, Client, Connection, Listener, RecvError};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The id of the server's registry of published objects.
+pub(crate) const ROOT: u64 = 1;
+
+/// How often a blocked request checks that its client is still there.
+const SLICE: Duration = Duration::from_millis(50);
+
+type Fault = (FaultKind, String);
+type Res = Result<Reply, Fault>;
+
+fn fault(k: FaultKind) -> Fault {
+    (k, String::new())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Dict {
+    order: BTreeMap<u64, (Val, Val)>,
+    index: HashMap<Vec<u8>, u64>,
+    next: u64,
+}
+
+impl Dict {
+    fn insert(&mut self, k: Val, v: Val) -> Option<Val> {
+        if let Some(&pos) = self.index.get(&k.bytes) {
+            let slot = self.order.get_mut(&pos).expect("index and order agree");
+            return Some(std::mem::replace(&mut slot.1, v));
+        }
+        let pos = self.next;
+        self.next += 1;
+        self.index.insert(k.bytes.clone(), pos);
+        self.order.insert(pos, (k, v));
+        None
+    }
+
+    fn remove(&mut self, k: &[u8]) -> Option<(Val, Val)> {
+        let pos = self.index.remove(k)?;
+        self.order.remove(&pos)
+    }
+
+    fn get(&self, k: &[u8]) -> Option<&Val> {
+        self.index.get(k).map(|p| &self.order[p].1)
+    }
+}
+
+enum State {
+    List(Vec<Val>),
+    Dict(Dict),
+    Value(Val),
+    Ns(BTreeMap<String, Val>),
+    Queue {
+        items: VecDeque<Val>,
+        max: usize,
+        /// Items put and not yet marked done (JoinableQueue).
+        unfinished: u64,
+        joinable: bool,
+    },
+    Lock {
+        held: bool,
+        session: u64,
+    },
+    RLock {
+        owner: u64,
+        count: u64,
+        session: u64,
+    },
+    Sem {
+        value: i64,
+        max: Option<i64>,
+    },
+    Event(bool),
+    Cond {
+        owner: u64,
+        count: u64,
+        session: u64,
+        next_ticket: u64,
+        waiting: VecDeque<u64>,
+        woken: HashSet<u64>,
+    },
+    Barrier {
+        parties: u64,
+        count: u64,
+        generation: u64,
+        broken: bool,
+    },
+    Custom(Box<dyn Any + Send>),
+}
+
+impl State {
+    /// Every object id the values inside refer to.
+    fn refs(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut add = |v: &Val| out.extend_from_slice(&v.refs);
+        match self {
+            State::List(l) => l.iter().for_each(&mut add),
+            State::Dict(d) => d.order.values().for_each(|(k, v)| {
+                add(k);
+                add(v)
+            }),
+            State::Value(v) => add(v),
+            State::Ns(n) => n.values().for_each(add),
+            State::Queue { items, .. } => items.iter().for_each(add),
+            _ => {}
+        }
+        out
+    }
+}
+
+struct Obj {
+    kind: Kind,
+    st: Mutex<State>,
+    cv: Condvar,
+}
+
+struct Entry {
+    obj: Arc<Obj>,
+    refs: u64,
+}
+
+#[derive(Default)]
+struct Sess {
+    conns: usize,
+    held: HashMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct Table {
+    objs: HashMap<u64, Entry>,
+    sessions: HashMap<u64, Sess>,
+    floating: HashMap<u64, u64>,
+}
+
+/// A segment a `SharedMemoryManager`'s server made (it holds the creator's handle).
+enum Segment {
+    Mem(mproc_shm::SharedMemory),
+    List(mproc_shm::ShareableList),
+}
+
+impl Segment {
+    fn name(&self) -> &str {
+        match self {
+            Segment::Mem(s) => s.name(),
+            Segment::List(l) => l.name(),
+        }
+    }
+
+    fn unlink(&self) {
+        let _ = match self {
+            Segment::Mem(s) => s.unlink(),
+            Segment::List(l) => l.unlink(),
+        };
+    }
+}
+
+pub(crate) struct Shared {
+    table: Mutex<Table>,
+    segments: Mutex<Vec<Segment>>,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+    address: Address,
+}
+
+impl Shared {
+    fn obj(&self, id: u64) -> Result<Arc<Obj>, Fault> {
+        lock(&self.table)
+            .objs
+            .get(&id)
+            .map(|e| Arc::clone(&e.obj))
+            .ok_or_else(|| fault(FaultKind::NoSuchObject))
+    }
+
+    /// Adds one reference per id for a value the server now stores.
+    fn hold_stored(&self, ids: &[u64]) -> Result<(), Fault> {
+        let mut t = lock(&self.table);
+        if ids.iter().any(|id| !t.objs.contains_key(id)) {
+            return Err(fault(FaultKind::NoSuchObject));
+        }
+        for id in ids {
+            t.objs.get_mut(id).expect("checked above").refs += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds one reference per id held by `session` (proxies it is about to decode).
+    fn hold_for(&self, session: u64, ids: &[u64]) {
+        let mut t = lock(&self.table);
+        for id in ids {
+            if let Some(e) = t.objs.get_mut(id) {
+                e.refs += 1;
+                *t.sessions
+                    .entry(session)
+                    .or_default()
+                    .held
+                    .entry(*id)
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Drops one reference per id; frees what nobody refers to any more, and what only
+    /// the freed objects referred to.
+    fn release(&self, mut ids: Vec<u64>) {
+        while !ids.is_empty() {
+            let mut freed = Vec::new();
+            {
+                let mut t = lock(&self.table);
+                for id in ids.drain(..) {
+                    if let Some(e) = t.objs.get_mut(&id) {
+                        e.refs -= 1;
+                        if e.refs == 0 {
+                            freed.push(t.objs.remove(&id).expect("present").obj);
+                        }
+                    }
+                }
+            }
+            for o in freed {
+                ids.extend(lock(&o.st).refs());
+            }
+        }
+    }
+
+    fn release_vals(&self, vals: impl IntoIterator<Item = Val>) {
+        let ids: Vec<u64> = vals.into_iter().flat_map(|v| v.refs).collect();
+        if !ids.is_empty() {
+            self.release(ids);
+        }
+    }
+
+    fn add_object(&self, session: u64, kind: Kind, st: State) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut t = lock(&self.table);
+        t.objs.insert(
+            id,
+            Entry {
+                obj: Arc::new(Obj {
+                    kind,
+                    st: Mutex::new(st),
+                    cv: Condvar::new(),
+                }),
+                refs: 1,
+            },
+        );
+        *t.sessions
+            .entry(session)
+            .or_default()
+            .held
+            .entry(id)
+            .or_insert(0) += 1;
+        id
+    }
+
+    fn session_ended(&self, session: u64) {
+        let held = {
+            let mut t = lock(&self.table);
+            let Some(s) = t.sessions.get_mut(&session) else {
+                return;
+            };
+            s.conns -= 1;
+            if s.conns > 0 {
+                return;
+            }
+            let s = t.sessions.remove(&session).expect("present");
+            let objs: Vec<Arc<Obj>> = t.objs.values().map(|e| Arc::clone(&e.obj)).collect();
+            (s.held, objs)
+        };
+        // Locks the dead client held are released, so the others do not hang.
+        for o in held.1 {
+            let mut st = lock(&o.st);
+            let woke = match &mut *st {
+                State::Lock { held, session: s } if *held && *s == session => {
+                    *held = false;
+                    true
+                }
+                State::RLock {
+                    count, session: s, ..
+                }
+                | State::Cond {
+                    count, session: s, ..
+                } if *count > 0 && *s == session => {
+                    *count = 0;
+                    true
+                }
+                _ => false,
+            };
+            drop(st);
+            if woke {
+                o.cv.notify_all();
+            }
+        }
+        let ids = held
+            .0
+            .into_iter()
+            .flat_map(|(id, n)| std::iter::repeat_n(id, n as usize))
+            .collect();
+        self.release(ids);
+    }
+}
+
+/// A manager server bound to an address: Python's `BaseManager.get_server()`.
+pub struct Server {
+    listener: Listener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("address", self.listener.address())
+            .finish()
+    }
+}
+
+impl Server {
+    pub(crate) fn bind(address: Address, authkey: &[u8]) -> std::io::Result<Self> {
+        let listener = Listener::bind(address, Some(authkey))?;
+        let address = listener.address().clone();
+        let mut table = Table::default();
+        // The registry of published objects: held by the server itself, never freed.
+        table.objs.insert(
+            ROOT,
+            Entry {
+                obj: Arc::new(Obj {
+                    kind: Kind::Namespace,
+                    st: Mutex::new(State::Ns(BTreeMap::new())),
+                    cv: Condvar::new(),
+                }),
+                refs: 1,
+            },
+        );
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                table: Mutex::new(table),
+                segments: Mutex::new(Vec::new()),
+                next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
+                stop: AtomicBool::new(false),
+                address,
+            }),
+        })
+    }
+
+    /// The address clients connect to (for TCP port 0, the port chosen).
+    pub fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// Serves clients until one asks the server to shut down (Python's
+    /// `serve_forever`); each connection runs on a thread of its own. A client that
+    /// fails authentication is refused before any request is read.
+    ///
+    /// On return no new client is accepted and every segment a
+    /// [`SharedMemoryManager`](crate::SharedMemoryManager) made is unlinked; connections
+    /// already open keep being served by their threads until they close (a server
+    /// process started by [`Manager::start`](crate::Manager::start) exits right away).
+    ///
+    /// # Errors
+    /// Never returns an error today; the `Result` leaves room for listener failures.
+    pub fn serve_forever(self) -> std::io::Result<()> {
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            let conn = match self.listener.accept() {
+                Ok(c) => c,
+                // A failed handshake costs nothing more; a failing socket (out of fds)
+                // is retried without spinning.
+                Err(mproc_channel::ConnectError::Io(_)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let shared = Arc::clone(&self.shared);
+            let _ = std::thread::Builder::new()
+                .name("mproc-manager-conn".into())
+                .spawn(move || serve_conn(&shared, conn));
+        }
+        // Python's SharedMemoryManager: every segment made through the server goes with it.
+        for seg in lock(&self.shared.segments).drain(..) {
+            seg.unlink();
+        }
+        Ok(())
+    }
+}
+
+fn serve_conn(shared: &Shared, conn: Connection) {
+    let (session, same_build) = match conn.recv::<Request>() {
+        Ok(Request {
+            obj: 0,
+            op:
+                Op::Hello {
+                    session,
+                    layout,
+                    exe,
+                },
+        }) => {
+            let same =
+                layout == mproc_core::code::layout() && exe == mproc_core::code::exe_identity();
+            (session, same)
+        }
+        Ok(_) => {
+            let _ = conn.send(&Reply::Fault(
+                FaultKind::BadRequest,
+                "the first request must be a hello".into(),
+            ));
+            return;
+        }
+        Err(_) => return,
+    };
+    lock(&shared.table)
+        .sessions
+        .entry(session)
+        .or_default()
+        .conns += 1;
+    if conn.send(&Reply::Unit).is_ok() {
+        let ctx = Ctx {
+            shared,
+            conn: &conn,
+            session,
+            same_build,
+        };
+        loop {
+            let req = match conn.recv::<Request>() {
+                Ok(r) => r,
+                Err(RecvError::Decode(e)) => {
+                    // A well-framed message that is not a request: refuse it and go on.
+                    let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
+                    if conn.send(&r).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let stop = matches!(req.op, Op::Shutdown);
+            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.handle(req)))
+                .unwrap_or_else(|p| Err((FaultKind::Panicked, panic_text(&*p))));
+            let reply = match reply {
+                Ok(r) => r,
+                Err((k, m)) => Reply::Fault(k, m),
+            };
+            if matches!(reply, Reply::Fault(FaultKind::Timeout, ref m) if m == GONE) {
+                break;
+            }
+            if conn.send(&reply).is_err() {
+                break;
+            }
+            if stop {
+                shared.stop.store(true, Ordering::SeqCst);
+                // Wake the accept loop.
+                let _ = Client(&shared.address, None);
+                break;
+            }
+        }
+    }
+    shared.session_ended(session);
+}
+
+const GONE: &str = "client gone";
+
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+fn deadline(t: Micros) -> Option<Instant> {
+    t.map(|us| Instant::now() + Duration::from_micros(us))
+}
+
+enum WaitEnd {
+    Ready,
+    TimedOut,
+}
+
+fn index(len: usize, i: i64) -> Result<usize, Fault> {
+    let j = if i < 0 { len as i64 + i } else { i };
+    if j < 0 || j >= len as i64 {
+        Err(fault(FaultKind::IndexOutOfRange))
+    } else {
+        Ok(j as usize)
+    }
+}
+
+struct Ctx<'a> {
+    shared: &'a Shared,
+    conn: &'a Connection,
+    session: u64,
+    same_build: bool,
+}
+
+impl Ctx<'_> {
+    /// Waits on `o`'s condition variable until `ready` holds, the deadline passes or the
+    /// client goes away (then the request is abandoned).
+    fn wait<'g>(
+        &self,
+        o: &'g Obj,
+        mut st: MutexGuard<'g, State>,
+        until: Option<Instant>,
+        mut ready: impl FnMut(&mut State) -> bool,
+    ) -> Result<(MutexGuard<'g, State>, WaitEnd), Fault> {
+        loop {
+            if ready(&mut st) {
+                return Ok((st, WaitEnd::Ready));
+            }
+            let slice = match until {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok((st, WaitEnd::TimedOut));
+                    }
+                    (d - now).min(SLICE)
+                }
+                None => SLICE,
+            };
+            st =
+                o.cv.wait_timeout(st, slice)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            // The client sends nothing while it waits for this answer: anything readable
+            // means it closed the connection.
+            if self.conn.poll(Duration::ZERO).unwrap_or(true) {
+                return Err((FaultKind::Timeout, GONE.into()));
+            }
+        }
+    }
+
+    fn out(&self, v: Val) -> Reply {
+        self.shared.hold_for(self.session, &v.refs);
+        Reply::Val(v)
+    }
+
+    fn out_vals(&self, vs: Vec<Val>) -> Reply {
+        for v in &vs {
+            self.shared.hold_for(self.session, &v.refs);
+        }
+        Reply::Vals(vs)
+    }
+
+    fn custom_ok(&self) -> Result<(), Fault> {
+        if self.same_build {
+            Ok(())
+        } else {
+            Err((
+                FaultKind::Unsupported,
+                "this client runs another build of the program, so it cannot run code in \
+                 the server (custom objects, sort)"
+                    .into(),
+            ))
+        }
+    }
+
+    fn handle(&self, req: Request) -> Res {
+        let sh = self.shared;
+        if req.obj == 0 {
+            return match req.op {
+                Op::Create { kind, init, n } => self.create(kind, init, n),
+                Op::CreateCustom { tramp, func, args } => {
+                    self.custom_ok()?;
+                    let o = crate::sys::run_ctor(tramp, func, &args)
+                        .map_err(|m| (FaultKind::BadRequest, m))?;
+                    Ok(Reply::Id(sh.add_object(
+                        self.session,
+                        Kind::Custom,
+                        State::Custom(o),
+                    )))
+                }
+                Op::Shutdown => Ok(Reply::Unit),
+                Op::ShmCreate { size } => {
+                    let size = usize::try_from(size)
+                        .map_err(|_| (FaultKind::BadRequest, "size too large".into()))?;
+                    let seg = mproc_shm::SharedMemory::create(size)
+                        .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                    Ok(self.keep(Segment::Mem(seg)))
+                }
+                Op::ShmList { items } => {
+                    let items: Vec<mproc_shm::Item> = items.into_iter().map(Into::into).collect();
+                    let l = mproc_shm::ShareableList::new(&items)
+                        .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                    Ok(self.keep(Segment::List(l)))
+                }
+                Op::ShmNames => Ok(Reply::Names(
+                    lock(&sh.segments)
+                        .iter()
+                        .map(|s| s.name().to_owned())
+                        .collect(),
+                )),
+                Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
+                _ => Err((FaultKind::BadRequest, "no object named".into())),
+            };
+        }
+        let id = req.obj;
+        match req.op {
+            Op::Incref => {
+                sh.hold_for(self.session, &[id]);
+                return self.exists(id);
+            }
+            Op::Decref => {
+                let mut t = lock(&sh.table);
+                let Some(s) = t.sessions.get_mut(&self.session) else {
+                    return Ok(Reply::Unit);
+                };
+                match s.held.get_mut(&id) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    Some(_) => {
+                        s.held.remove(&id);
+                    }
+                    None => return Ok(Reply::Unit),
+                }
+                drop(t);
+                sh.release(vec![id]);
+                return Ok(Reply::Unit);
+            }
+            Op::Float => {
+                sh.hold_stored(&[id])?;
+                let token = crate::client::random_u64();
+                lock(&sh.table).floating.insert(token, id);
+                return Ok(Reply::Id(token));
+            }
+            Op::Adopt { token } => {
+                let mut t = lock(&sh.table);
+                if t.floating.get(&token) == Some(&id) {
+                    t.floating.remove(&token);
+                    *t.sessions
+                        .entry(self.session)
+                        .or_default()
+                        .held
+                        .entry(id)
+                        .or_insert(0) += 1;
+                    return Ok(Reply::Unit);
+                }
+                drop(t);
+                sh.hold_for(self.session, &[id]);
+                return self.exists(id);
+            }
+            _ => {}
+        }
+        let o = sh.obj(id)?;
+        self.object(&o, req.op)
+    }
+
+    fn keep(&self, seg: Segment) -> Reply {
+        let name = seg.name().to_owned();
+        lock(&self.shared.segments).push(seg);
+        Reply::Names(vec![name])
+    }
+
+    fn exists(&self, id: u64) -> Res {
+        if lock(&self.shared.table).objs.contains_key(&id) {
+            Ok(Reply::Unit)
+        } else {
+            Err(fault(FaultKind::NoSuchObject))
+        }
+    }
+
+    fn create(&self, kind: Kind, init: Option<Val>, n: i64) -> Res {
+        if let Some(v) = &init {
+            self.shared.hold_stored(&v.refs)?;
+        }
+        let st = match kind {
+            Kind::List => State::List(init.into_iter().collect()),
+            Kind::Dict => State::Dict(Dict {
+                order: BTreeMap::new(),
+                index: HashMap::new(),
+                next: 0,
+            }),
+            Kind::Value => State::Value(init.unwrap_or_default()),
+            Kind::Namespace => State::Ns(BTreeMap::new()),
+            Kind::Queue | Kind::JoinableQueue => State::Queue {
+                items: VecDeque::new(),
+                max: if n <= 0 { usize::MAX } else { n as usize },
+                unfinished: 0,
+                joinable: kind == Kind::JoinableQueue,
+            },
+            Kind::Lock => State::Lock {
+                held: false,
+                session: 0,
+            },
+            Kind::RLock => State::RLock {
+                owner: 0,
+                count: 0,
+                session: 0,
+            },
+            Kind::Semaphore | Kind::BoundedSemaphore => {
+                if n < 0 {
+                    return Err((FaultKind::BadRequest, "negative semaphore count".into()));
+                }
+                State::Sem {
+                    value: n,
+                    max: (kind == Kind::BoundedSemaphore).then_some(n),
+                }
+            }
+            Kind::Event => State::Event(false),
+            Kind::Condition => State::Cond {
+                owner: 0,
+                count: 0,
+                session: 0,
+                next_ticket: 0,
+                waiting: VecDeque::new(),
+                woken: HashSet::new(),
+            },
+            Kind::Barrier => {
+                if n < 1 {
+                    return Err((FaultKind::BadRequest, "a barrier needs parties >= 1".into()));
+                }
+                State::Barrier {
+                    parties: n as u64,
+                    count: 0,
+                    generation: 0,
+                    broken: false,
+                }
+            }
+            Kind::Custom => return Err((FaultKind::BadRequest, "use CreateCustom".into())),
+        };
+        Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
+    }
+
+    fn object(&self, o: &Obj, op: Op) -> Res {
+        let sh = self.shared;
+        // Values going in take their references before the object's lock is taken.
+        let incoming: Vec<u64> = match &op {
+            Op::Push(v)
+            | Op::SetIndex(_, v)
+            | Op::Insert(_, v)
+            | Op::Set(v)
+            | Op::AttrSet(_, v)
+            | Op::Put { v, .. } => v.refs.clone(),
+            Op::DictInsert(k, v) | Op::DictSetDefault(k, v) => {
+                k.refs.iter().chain(&v.refs).copied().collect()
+            }
+            Op::Extend(vs) => vs.iter().flat_map(|v| v.refs.iter().copied()).collect(),
+            Op::DictUpdate(ps) => ps
+                .iter()
+                .flat_map(|(k, v)| k.refs.iter().chain(&v.refs).copied())
+                .collect(),
+            _ => Vec::new(),
+        };
+        sh.hold_stored(&incoming)?;
+        let mut dropped: Vec<Val> = Vec::new();
+        let r = self.apply(o, op, &mut dropped);
+        if r.is_err() {
+            // The values never went in.
+            sh.release(incoming);
+        }
+        sh.release_vals(dropped);
+        r
+    }
+
+    fn apply(&self, o: &Obj, op: Op, dropped: &mut Vec<Val>) -> Res {
+        let mut st = lock(&o.st);
+        match (&mut *st, op) {
+            // ------------------------------------------------------------ common
+            (State::List(l), Op::Len) => Ok(Reply::Int(l.len() as i64)),
+            (State::Dict(d), Op::Len) => Ok(Reply::Int(d.order.len() as i64)),
+            (State::Queue { items, .. }, Op::Len) => Ok(Reply::Int(items.len() as i64)),
+            (State::List(l), Op::Clear) => {
+                dropped.append(l);
+                Ok(Reply::Unit)
+            }
+            (State::Dict(d), Op::Clear) => {
+                d.index.clear();
+                for (_, (k, v)) in std::mem::take(&mut d.order) {
+                    dropped.push(k);
+                    dropped.push(v);
+                }
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Snapshot) => {
+                let vs = l.clone();
+                drop(st);
+                Ok(self.out_vals(vs))
+            }
+            (State::Dict(d), Op::Snapshot) => {
+                let ps: Vec<(Val, Val)> = d.order.values().cloned().collect();
+                drop(st);
+                for (k, v) in &ps {
+                    self.shared.hold_for(self.session, &k.refs);
+                    self.shared.hold_for(self.session, &v.refs);
+                }
+                Ok(Reply::Pairs(ps))
+            }
+            (State::Ns(n), Op::Snapshot) => Ok(Reply::Names(n.keys().cloned().collect())),
+            // ------------------------------------------------------------ list
+            (State::List(l), Op::Push(v)) => {
+                l.push(v);
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Extend(vs)) => {
+                l.extend(vs);
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Index(i)) => {
+                let v = l[index(l.len(), i)?].clone();
+                drop(st);
+                Ok(self.out(v))
+            }
+            (State::List(l), Op::SetIndex(i, v)) => {
+                let j = index(l.len(), i)?;
+                dropped.push(std::mem::replace(&mut l[j], v));
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Insert(i, v)) => {
+                let n = l.len() as i64;
+                let j = if i < 0 { (n + i).max(0) } else { i.min(n) };
+                l.insert(j as usize, v);
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Pop(i)) => {
+                let j = index(l.len(), i.unwrap_or(-1))?;
+                let v = l.remove(j);
+                drop(st);
+                let r = self.out(v.clone());
+                dropped.push(v);
+                Ok(r)
+            }
+            (State::List(l), Op::RemoveEq(v)) => {
+                let j = l
+                    .iter()
+                    .position(|x| x.bytes == v.bytes)
+                    .ok_or_else(|| fault(FaultKind::NotFound))?;
+                dropped.push(l.remove(j));
+                Ok(Reply::Unit)
+            }
+            (State::List(l), Op::Contains(v)) => Ok(Reply::Int(
+                l.iter()
+                    .position(|x| x.bytes == v.bytes)
+                    .map_or(-1, |p| p as i64),
+            )),
+            (State::List(l), Op::Sort { tramp }) => {
+                self.custom_ok()?;
+                crate::sys::run_sort(tramp, l).map_err(|m| (FaultKind::Panicked, m))?;
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ dict
+            (State::Dict(d), Op::DictGet(k)) => {
+                let v = d.get(&k.bytes).cloned();
+                drop(st);
+                Ok(Reply::MaybeVal(v.inspect(|v| {
+                    self.shared.hold_for(self.session, &v.refs);
+                })))
+            }
+            (State::Dict(d), Op::DictInsert(k, v)) => {
+                let kb = k.clone();
+                let old = d.insert(k, v);
+                if old.is_some() {
+                    // The key stored first stays; the new copy goes.
+                    dropped.push(kb);
+                }
+                drop(st);
+                Ok(Reply::MaybeVal(old.inspect(|v| {
+                    self.shared.hold_for(self.session, &v.refs);
+                    dropped.push(v.clone());
+                })))
+            }
+            (State::Dict(d), Op::DictRemove(k)) => {
+                let old = d.remove(&k.bytes);
+                drop(st);
+                Ok(Reply::MaybeVal(old.map(|(k, v)| {
+                    self.shared.hold_for(self.session, &v.refs);
+                    dropped.push(k);
+                    dropped.push(v.clone());
+                    v
+                })))
+            }
+            (State::Dict(d), Op::Contains(k)) => {
+                Ok(Reply::Int(if d.index.contains_key(&k.bytes) {
+                    0
+                } else {
+                    -1
+                }))
+            }
+            (State::Dict(d), Op::DictSetDefault(k, v)) => {
+                let cur = match d.get(&k.bytes) {
+                    Some(cur) => {
+                        dropped.push(k);
+                        dropped.push(v);
+                        cur.clone()
+                    }
+                    None => {
+                        d.insert(k, v.clone());
+                        v
+                    }
+                };
+                drop(st);
+                Ok(self.out(cur))
+            }
+            (State::Dict(d), Op::DictUpdate(ps)) => {
+                for (k, v) in ps {
+                    let kb = k.clone();
+                    if let Some(old) = d.insert(k, v) {
+                        dropped.push(kb);
+                        dropped.push(old);
+                    }
+                }
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ value, namespace
+            (State::Value(cur), Op::Get) => {
+                let v = cur.clone();
+                drop(st);
+                Ok(self.out(v))
+            }
+            (State::Value(cur), Op::Set(v)) => {
+                dropped.push(std::mem::replace(cur, v));
+                Ok(Reply::Unit)
+            }
+            (State::Ns(n), Op::AttrGet(name)) => {
+                let v = n.get(&name).cloned().ok_or((FaultKind::KeyMissing, name))?;
+                drop(st);
+                Ok(self.out(v))
+            }
+            (State::Ns(n), Op::AttrSet(name, v)) => {
+                dropped.extend(n.insert(name, v));
+                Ok(Reply::Unit)
+            }
+            (State::Ns(n), Op::AttrDel(name)) => {
+                let v = n.remove(&name).ok_or((FaultKind::KeyMissing, name))?;
+                dropped.push(v);
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ queue
+            (State::Queue { .. }, Op::Put { v, block, timeout }) => {
+                let until = if block {
+                    deadline(timeout)
+                } else {
+                    Some(Instant::now())
+                };
+                let (mut st, end) = self.wait(o, st, until, |s| match s {
+                    State::Queue { items, max, .. } => items.len() < *max,
+                    _ => true,
+                })?;
+                match (&mut *st, end) {
+                    (
+                        State::Queue {
+                            items, unfinished, ..
+                        },
+                        WaitEnd::Ready,
+                    ) => {
+                        items.push_back(v);
+                        *unfinished += 1;
+                        drop(st);
+                        o.cv.notify_all();
+                        Ok(Reply::Unit)
+                    }
+                    _ => Err(fault(FaultKind::Full)),
+                }
+            }
+            (State::Queue { .. }, Op::Take { block, timeout }) => {
+                let until = if block {
+                    deadline(timeout)
+                } else {
+                    Some(Instant::now())
+                };
+                let (mut st, end) = self.wait(o, st, until, |s| match s {
+                    State::Queue { items, .. } => !items.is_empty(),
+                    _ => true,
+                })?;
+                match (&mut *st, end) {
+                    (State::Queue { items, .. }, WaitEnd::Ready) => {
+                        let v = items.pop_front().expect("not empty");
+                        drop(st);
+                        o.cv.notify_all();
+                        let r = self.out(v.clone());
+                        dropped.push(v);
+                        Ok(r)
+                    }
+                    _ => Err(fault(FaultKind::Empty)),
+                }
+            }
+            (
+                State::Queue {
+                    unfinished,
+                    joinable: true,
+                    ..
+                },
+                Op::TaskDone,
+            ) => {
+                if *unfinished == 0 {
+                    return Err((
+                        FaultKind::NotFound,
+                        "task_done() called too many times".into(),
+                    ));
+                }
+                *unfinished -= 1;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (State::Queue { joinable: true, .. }, Op::Wait { timeout, .. }) => {
+                let (_st, end) = self.wait(o, st, deadline(timeout), |s| {
+                    matches!(s, State::Queue { unfinished: 0, .. })
+                })?;
+                Ok(Reply::Bool(matches!(end, WaitEnd::Ready)))
+            }
+            // ------------------------------------------------------------ locks
+            (
+                State::Lock { .. } | State::RLock { .. } | State::Sem { .. } | State::Cond { .. },
+                Op::Acquire {
+                    block,
+                    timeout,
+                    owner,
+                },
+            ) => {
+                let until = if block {
+                    deadline(timeout)
+                } else {
+                    Some(Instant::now())
+                };
+                let me = self.session;
+                let (st, end) = self.wait(o, st, until, |s| try_acquire(s, owner, me))?;
+                drop(st);
+                Ok(Reply::Bool(matches!(end, WaitEnd::Ready)))
+            }
+            (State::Lock { held, .. }, Op::Release { .. }) => {
+                if !*held {
+                    return Err(fault(FaultKind::NotOwner));
+                }
+                *held = false;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (
+                State::RLock {
+                    owner: w, count, ..
+                },
+                Op::Release { owner },
+            )
+            | (
+                State::Cond {
+                    owner: w, count, ..
+                },
+                Op::Release { owner },
+            ) => {
+                if *count == 0 || *w != owner {
+                    return Err(fault(FaultKind::NotOwner));
+                }
+                *count -= 1;
+                let free = *count == 0;
+                drop(st);
+                if free {
+                    o.cv.notify_all();
+                }
+                Ok(Reply::Unit)
+            }
+            (State::Sem { value, max }, Op::Release { .. }) => {
+                if max.is_some_and(|m| *value >= m) {
+                    return Err((
+                        FaultKind::NotOwner,
+                        "bounded semaphore released too many times".into(),
+                    ));
+                }
+                *value += 1;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (State::Sem { value, .. }, Op::Get) => Ok(Reply::Int(*value)),
+            // ------------------------------------------------------------ event
+            (State::Event(f), Op::EventSet) => {
+                *f = true;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (State::Event(f), Op::EventClear) => {
+                *f = false;
+                Ok(Reply::Unit)
+            }
+            (State::Event(f), Op::EventIsSet) => Ok(Reply::Bool(*f)),
+            (State::Event(_), Op::Wait { timeout, .. }) => {
+                let (st, _) = self.wait(o, st, deadline(timeout), |s| {
+                    matches!(s, State::Event(true))
+                })?;
+                Ok(Reply::Bool(matches!(*st, State::Event(true))))
+            }
+            // ------------------------------------------------------------ condition
+            (State::Cond { .. }, Op::Wait { timeout, owner }) => {
+                self.cond_wait(o, st, timeout, owner)
+            }
+            (
+                State::Cond {
+                    owner: w,
+                    count,
+                    waiting,
+                    woken,
+                    ..
+                },
+                Op::Notify { n, owner },
+            ) => {
+                if *count == 0 || *w != owner {
+                    return Err(fault(FaultKind::NotOwner));
+                }
+                for _ in 0..n {
+                    match waiting.pop_front() {
+                        Some(t) => {
+                            woken.insert(t);
+                        }
+                        None => break,
+                    }
+                }
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ barrier
+            (State::Barrier { .. }, Op::Wait { timeout, .. }) => self.barrier_wait(o, st, timeout),
+            (State::Barrier { broken, .. }, Op::BarrierAbort) => {
+                *broken = true;
+                drop(st);
+                o.cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            (
+                State::Barrier {
+                    count,
+                    generation,
+                    broken,
+                    ..
+                },
+                Op::BarrierReset,
+            ) => {
+                if *count > 0 {
+                    // Current waiters see a new generation and a broken flag: they fail.
+                    *broken = true;
+                    drop(st);
+                    o.cv.notify_all();
+                    std::thread::sleep(Duration::from_millis(1));
+                    st = lock(&o.st);
+                    if let State::Barrier {
+                        count,
+                        generation,
+                        broken,
+                        ..
+                    } = &mut *st
+                    {
+                        *generation += 1;
+                        *count = 0;
+                        *broken = false;
+                    }
+                } else {
+                    *generation += 1;
+                    *broken = false;
+                }
+                Ok(Reply::Unit)
+            }
+            (
+                State::Barrier {
+                    parties,
+                    count,
+                    broken,
+                    ..
+                },
+                Op::BarrierInfo,
+            ) => Ok(Reply::Ints(vec![
+                *parties as i64,
+                *count as i64,
+                *broken as i64,
+            ])),
+            // ------------------------------------------------------------ custom
+            (State::Custom(obj), Op::Call { tramp, func, args }) => {
+                self.custom_ok()?;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::sys::run_method(tramp, func, &mut **obj, &args)
+                }));
+                drop(st);
+                match r {
+                    Ok(Ok(v)) => Ok(self.out(v)),
+                    Ok(Err(m)) => Err((FaultKind::BadRequest, m)),
+                    Err(p) => Err((FaultKind::Panicked, panic_text(&*p))),
+                }
+            }
+            _ => Err((
+                FaultKind::WrongKind,
+                format!("a {:?} object does not take this request", o.kind),
+            )),
+        }
+    }
+
+    fn cond_wait<'g>(
+        &self,
+        o: &'g Obj,
+        mut st: MutexGuard<'g, State>,
+        timeout: Micros,
+        me: u64,
+    ) -> Res {
+        let State::Cond {
+            owner,
+            count,
+            next_ticket,
+            waiting,
+            ..
+        } = &mut *st
+        else {
+            unreachable!("checked by the caller")
+        };
+        if *count == 0 || *owner != me {
+            return Err(fault(FaultKind::NotOwner));
+        }
+        let saved = *count;
+        *count = 0;
+        let ticket = *next_ticket;
+        *next_ticket += 1;
+        waiting.push_back(ticket);
+        o.cv.notify_all();
+        let r = self.wait(o, st, deadline(timeout), |s| match s {
+            State::Cond { woken, .. } => woken.contains(&ticket),
+            _ => true,
+        });
+        let (mut st, end) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                let mut st = lock(&o.st);
+                if let State::Cond { waiting, woken, .. } = &mut *st {
+                    waiting.retain(|&t| t != ticket);
+                    woken.remove(&ticket);
+                }
+                return Err(e);
+            }
+        };
+        if let State::Cond { waiting, woken, .. } = &mut *st {
+            waiting.retain(|&t| t != ticket);
+            woken.remove(&ticket);
+        }
+        // Reacquire the lock, however long that takes (as Python does).
+        let sess = self.session;
+        let r = self.wait(o, st, None, |s| {
+            if let State::Cond {
+                owner,
+                count,
+                session,
+                ..
+            } = s
+                && *count == 0
+            {
+                *owner = me;
+                *count = saved;
+                *session = sess;
+                return true;
+            }
+            false
+        });
+        drop(r?);
+        Ok(Reply::Bool(matches!(end, WaitEnd::Ready)))
+    }
+
+    fn barrier_wait<'g>(&self, o: &'g Obj, mut st: MutexGuard<'g, State>, timeout: Micros) -> Res {
+        let State::Barrier {
+            parties,
+            count,
+            generation,
+            broken,
+        } = &mut *st
+        else {
+            unreachable!("checked by the caller")
+        };
+        if *broken {
+            return Err(fault(FaultKind::BrokenBarrier));
+        }
+        let index = *count;
+        *count += 1;
+        if *count == *parties {
+            *count = 0;
+            *generation += 1;
+            drop(st);
+            o.cv.notify_all();
+            return Ok(Reply::Int(index as i64));
+        }
+        let gen0 = *generation;
+        let r = self.wait(o, st, deadline(timeout), |s| match s {
+            State::Barrier {
+                generation, broken, ..
+            } => *generation != gen0 || *broken,
+            _ => true,
+        });
+        let (mut st, end) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                if let State::Barrier { broken, .. } = &mut *lock(&o.st) {
+                    *broken = true;
+                }
+                o.cv.notify_all();
+                return Err(e);
+            }
+        };
+        let State::Barrier {
+            generation, broken, ..
+        } = &mut *st
+        else {
+            unreachable!()
+        };
+        if *generation != gen0 {
+            return Ok(Reply::Int(index as i64));
+        }
+        if matches!(end, WaitEnd::TimedOut) {
+            *broken = true;
+            drop(st);
+            o.cv.notify_all();
+        }
+        Err(fault(FaultKind::BrokenBarrier))
+    }
+}
+
+fn try_acquire(s: &mut State, who: u64, me: u64) -> bool {
+    match s {
+        State::Lock { held, session } => {
+            if *held {
+                return false;
+            }
+            *held = true;
+            *session = me;
+            true
+        }
+        State::RLock {
+            owner,
+            count,
+            session,
+        }
+        | State::Cond {
+            owner,
+            count,
+            session,
+            ..
+        } => {
+            if *count > 0 && *owner != who {
+                return false;
+            }
+            *owner = who;
+            *count += 1;
+            *session = me;
+            true
+        }
+        State::Sem { value, .. } => {
+            if *value <= 0 {
+                return false;
+            }
+            *value -= 1;
+            true
+        }
+        _ => true,
+    }
+}
+
+/// Decodes `data` as a request and runs it against a scratch server state, as a
+/// connection of another build would (so no request can make the server run code by
+/// offset); blocking requests end at once, their client being gone. For the fuzz target.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    use std::sync::OnceLock;
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| Shared {
+        table: Mutex::new(Table::default()),
+        segments: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(1),
+        stop: AtomicBool::new(false),
+        address: Address::abstract_name("mproc-manager-fuzz-unbound"),
+    });
+    let Ok((conn, peer)) = mproc_channel::Pipe(true) else {
+        return;
+    };
+    drop(peer);
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    let Ok(req) = mproc_core::codec::decode::<Request>(&aligned, Vec::new()) else {
+        return;
+    };
+    if matches!(
+        req.op,
+        Op::Shutdown | Op::Hello { .. } | Op::ShmCreate { .. } | Op::ShmList { .. }
+    ) {
+        return;
+    }
+    let ctx = Ctx {
+        shared,
+        conn: &conn,
+        session: 1,
+        same_build: false,
+    };
+    let _ = ctx.handle(req);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mproc_core::codec;
+
+    fn serve() -> (Address, std::thread::JoinHandle<std::io::Result<()>>) {
+        let name = format!("mproc-manager-test-{}", crate::client::random_u64());
+        let s = Server::bind(Address::abstract_name(name), b"key").unwrap();
+        let a = s.address().clone();
+        (a, std::thread::spawn(move || s.serve_forever()))
+    }
+
+    fn hello(c: &Connection, layout: u64) {
+        let h = Request {
+            obj: 0,
+            op: Op::Hello {
+                session: crate::client::random_u64(),
+                layout,
+                exe: mproc_core::code::exe_identity(),
+            },
+        };
+        c.send(&h).unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+    }
+
+    fn create_list(c: &Connection) -> u64 {
+        let r = Request {
+            obj: 0,
+            op: Op::Create {
+                kind: Kind::List,
+                init: None,
+                n: 0,
+            },
+        };
+        c.send(&r).unwrap();
+        match c.recv::<Reply>().unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_and_the_server_goes_on() {
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for i in 0..500usize {
+            let mut junk = vec![0u8; i % 97];
+            for b in &mut junk {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            c.send_bytes(&junk).unwrap();
+            match c.recv::<Reply>().unwrap() {
+                Reply::Fault(FaultKind::BadRequest, _) => {}
+                // Bytes that happen to decode as a request get an answer of their own.
+                Reply::Fault(..) | Reply::Unit | Reply::Int(_) | Reply::Id(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // A request for an object that does not exist, and one of the wrong kind.
+        c.send(&Request {
+            obj: 77,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::NoSuchObject, _)
+        ));
+        let id = create_list(&c);
+        c.send(&Request {
+            obj: id,
+            op: Op::EventSet,
+        })
+        .unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        c.send(&Request {
+            obj: id,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Int(0)));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn an_unauthenticated_request_is_never_read() {
+        let (a, t) = serve();
+        for key in [None, Some(&b"wrong"[..])] {
+            // Without the key, or with a wrong one, a well-formed request is never run.
+            if let Ok(c) = Client(&a, key) {
+                let _ = c.send(&Request {
+                    obj: 0,
+                    op: Op::Create {
+                        kind: Kind::List,
+                        init: None,
+                        n: 0,
+                    },
+                });
+                assert!(c.recv::<Reply>().is_err());
+            }
+        }
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        c.send(&Request {
+            obj: 0,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Int(0)));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn another_build_cannot_run_code_in_the_server() {
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout() ^ 1);
+        let id = create_list(&c);
+        let (tramp, func) = crate::sys::ctor_refs(|n: i64| n);
+        let req = Request {
+            obj: 0,
+            op: Op::CreateCustom {
+                tramp,
+                func,
+                args: crate::client::enc(&1i64).unwrap(),
+            },
+        };
+        c.send(&req).unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        let sort = Request {
+            obj: id,
+            op: Op::Sort {
+                tramp: crate::sys::sort_tramp::<u8>(),
+            },
+        };
+        c.send(&sort).unwrap();
+        assert!(matches!(
+            c.recv::<Reply>().unwrap(),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_fuzz_entry_survives_encoded_requests_of_every_kind() {
+        let ops = vec![
+            Op::Create {
+                kind: Kind::Queue,
+                init: None,
+                n: 1,
+            },
+            Op::Take {
+                block: true,
+                timeout: None,
+            },
+            Op::Acquire {
+                block: true,
+                timeout: None,
+                owner: 3,
+            },
+            Op::Wait {
+                timeout: None,
+                owner: 0,
+            },
+            Op::Call {
+                tramp: 1,
+                func: 2,
+                args: Val::default(),
+            },
+            Op::Sort { tramp: 5 },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let e = codec::encode(&Request { obj: i as u64, op }).unwrap();
+            fuzz_request(&e.bytes);
+        }
+        fuzz_request(&[0xff; 40]);
+    }
+
+    #[test]
+    fn mutated_requests_are_errors_not_crashes() {
+        let ops = || {
+            vec![
+                Op::Create {
+                    kind: Kind::Dict,
+                    init: Some(Val::default()),
+                    n: 3,
+                },
+                Op::DictInsert(Val::default(), Val::default()),
+                Op::Push(Val {
+                    bytes: vec![1, 2, 3],
+                    refs: vec![5, 6],
+                    ty: 9,
+                }),
+                Op::Put {
+                    v: Val::default(),
+                    block: false,
+                    timeout: Some(1),
+                },
+                Op::Acquire {
+                    block: true,
+                    timeout: Some(10),
+                    owner: 1,
+                },
+                Op::Adopt { token: 4 },
+                Op::DictUpdate(vec![(Val::default(), Val::default())]),
+            ]
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            for (i, op) in ops().into_iter().enumerate() {
+                let obj = if round % 3 == 0 {
+                    0
+                } else {
+                    (i as u64 % 4) + 1
+                };
+                let mut bytes = codec::encode(&Request { obj, op }).unwrap().bytes.to_vec();
+                for _ in 0..(next() % 4) {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] ^= next() as u8;
+                }
+                fuzz_request(&bytes);
+            }
+        }
+    }
+}

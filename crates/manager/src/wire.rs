@@ -1,0 +1,224 @@
+//! The request and reply messages between a proxy and its manager's server.
+//!
+//! Every request is one checked rkyv frame ([`Request`]); every reply one [`Reply`]. A
+//! value the server stores is a [`Val`]: the rkyv bytes of the client's value (the server
+//! never decodes them) and the ids of the manager objects whose proxies sit inside it, so
+//! a stored value keeps those objects alive.
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A value as the server holds it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Val {
+    /// The value's rkyv bytes.
+    pub(crate) bytes: Vec<u8>,
+    /// Objects referred to by proxies inside the value.
+    pub(crate) refs: Vec<u64>,
+    /// A fingerprint of the value's Rust type, checked when it is read back.
+    pub(crate) ty: u64,
+}
+
+/// The kinds of object a server holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    List,
+    Dict,
+    Value,
+    Namespace,
+    Queue,
+    JoinableQueue,
+    Lock,
+    RLock,
+    Semaphore,
+    BoundedSemaphore,
+    Event,
+    Condition,
+    Barrier,
+    Custom,
+}
+
+/// A timeout in microseconds; `None` waits for ever.
+pub(crate) type Micros = Option<u64>;
+
+/// What a request asks of its object.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) enum Op {
+    /// First message on every connection: the client's session and build.
+    Hello {
+        session: u64,
+        layout: u64,
+        exe: u64,
+    },
+    /// Creates an object; `init` and `n` depend on the kind (a value's initial value, a
+    /// queue's maxsize, a semaphore's count, a barrier's parties).
+    Create {
+        kind: Kind,
+        init: Option<Val>,
+        n: i64,
+    },
+    /// Creates a custom object by calling a constructor in the server.
+    CreateCustom {
+        tramp: u64,
+        func: u64,
+        args: Val,
+    },
+    Incref,
+    Decref,
+    /// A reference for a proxy in flight between processes: returns a token.
+    Float,
+    /// Takes over a floating reference.
+    Adopt {
+        token: u64,
+    },
+    Len,
+    Clear,
+    Snapshot,
+    Push(Val),
+    Extend(Vec<Val>),
+    Index(i64),
+    SetIndex(i64, Val),
+    Pop(Option<i64>),
+    Insert(i64, Val),
+    RemoveEq(Val),
+    Contains(Val),
+    Sort {
+        tramp: u64,
+    },
+    DictGet(Val),
+    DictInsert(Val, Val),
+    DictRemove(Val),
+    DictSetDefault(Val, Val),
+    DictUpdate(Vec<(Val, Val)>),
+    Get,
+    Set(Val),
+    AttrGet(String),
+    AttrSet(String, Val),
+    AttrDel(String),
+    Put {
+        v: Val,
+        block: bool,
+        timeout: Micros,
+    },
+    Take {
+        block: bool,
+        timeout: Micros,
+    },
+    Acquire {
+        block: bool,
+        timeout: Micros,
+        owner: u64,
+    },
+    Release {
+        owner: u64,
+    },
+    TaskDone,
+    EventSet,
+    EventClear,
+    EventIsSet,
+    Wait {
+        timeout: Micros,
+        owner: u64,
+    },
+    Notify {
+        n: u64,
+        owner: u64,
+    },
+    BarrierAbort,
+    BarrierReset,
+    BarrierInfo,
+    Call {
+        tramp: u64,
+        func: u64,
+        args: Val,
+    },
+    /// Creates a shared memory segment in the server, which unlinks it at shutdown.
+    ShmCreate {
+        size: u64,
+    },
+    /// Creates a `ShareableList` segment in the server.
+    ShmList {
+        items: Vec<WireItem>,
+    },
+    /// The names of the segments the server made.
+    ShmNames,
+    Shutdown,
+}
+
+/// One request: an object id (0 for the server itself) and what to do.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) struct Request {
+    pub(crate) obj: u64,
+    pub(crate) op: Op,
+}
+
+/// Why the server refused or failed a request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    NoSuchObject,
+    WrongKind,
+    IndexOutOfRange,
+    KeyMissing,
+    NotFound,
+    Empty,
+    Full,
+    Timeout,
+    NotOwner,
+    BrokenBarrier,
+    Panicked,
+    BadRequest,
+    Unsupported,
+}
+
+/// The server's answer.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) enum Reply {
+    Unit,
+    Id(u64),
+    Val(Val),
+    MaybeVal(Option<Val>),
+    Vals(Vec<Val>),
+    Pairs(Vec<(Val, Val)>),
+    Bool(bool),
+    Int(i64),
+    Ints(Vec<i64>),
+    Names(Vec<String>),
+    Fault(FaultKind, String),
+}
+
+/// A `ShareableList` item on the wire (mproc-shm's `Item` is not an rkyv type).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum WireItem {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+
+impl From<&mproc_shm::Item> for WireItem {
+    fn from(i: &mproc_shm::Item) -> Self {
+        use mproc_shm::Item;
+        match i {
+            Item::None => WireItem::None,
+            Item::Bool(b) => WireItem::Bool(*b),
+            Item::Int(n) => WireItem::Int(*n),
+            Item::Float(f) => WireItem::Float(*f),
+            Item::Str(s) => WireItem::Str(s.clone()),
+            Item::Bytes(b) => WireItem::Bytes(b.clone()),
+        }
+    }
+}
+
+impl From<WireItem> for mproc_shm::Item {
+    fn from(i: WireItem) -> Self {
+        use mproc_shm::Item;
+        match i {
+            WireItem::None => Item::None,
+            WireItem::Bool(b) => Item::Bool(b),
+            WireItem::Int(n) => Item::Int(n),
+            WireItem::Float(f) => Item::Float(f),
+            WireItem::Str(s) => Item::Str(s),
+            WireItem::Bytes(b) => Item::Bytes(b),
+        }
+    }
+}
