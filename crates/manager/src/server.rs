@@ -433,8 +433,9 @@ fn serve_conn(shared: &Shared, conn: Connection) {
         loop {
             let req = match conn.recv::<Request>() {
                 Ok(r) => r,
-                Err(RecvError::Decode(e)) => {
-                    // A well-framed message that is not a request: refuse it and go on.
+                Err(e @ (RecvError::Decode(_) | RecvError::TypeMismatch(_))) => {
+                    // A well-framed message that is not a request (bytes that do not
+                    // decode, or a message of another type): refuse it and go on.
                     let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
                     if conn.send(&r).is_err() {
                         break;
