@@ -7,7 +7,7 @@
 use crate::util::Rng;
 use crate::{Budget, Outcome};
 use mproc_channel::{Connection, GetError, Pipe, Queue, RecvError};
-use mproc_core::codec::{FrameHeader, decode, encode};
+use mproc_core::codec::{FrameHeader, encode};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -239,30 +239,74 @@ fn conn_case(rng: &mut Rng, i: usize, corpus: Option<&[u8]>) -> Result<String, S
     }
 }
 
-/// The same ring seen as `Queue<Vec<u8>>` (anything goes in) and `Queue<T>` (checked
-/// on the way out).
+/// Ring layout (crates/channel/src/queue/ring.rs), to damage slots in place: the
+/// queue checks its message type on import, so a differently typed view of the same
+/// ring is refused and the damage has to be done to the shared bytes themselves.
+const RING_HEADER: usize = 384;
+const SLOT_HEADER: usize = 32;
+const SLOT_KIND: usize = 8;
+const SLOT_LEN: usize = 16;
+const KIND_INLINE: u32 = 1;
+
+/// Valid messages put into a `Queue<T>`, then damaged in their slot before the get:
+/// random payload bytes, a shortened length, a length past the slot, a random kind word.
+/// Each get ends in a value or `Corrupt`, promptly, and the queue goes on.
 fn queue_cases(rng: &mut Rng, time: Duration, seen: &mut Seen) -> Result<(), String> {
-    let raw: Queue<Vec<u8>> = Queue::with_maxsize(16).map_err(|e| e.to_string())?;
-    let e = encode(&raw).map_err(|e| e.to_string())?;
-    let typed: Queue<T> = decode(&e.bytes, e.fds).map_err(|e| e.to_string())?;
+    let typed: Queue<T> = Queue::with_maxsize(16).map_err(|e| e.to_string())?;
+    let stride = (SLOT_HEADER + typed.slot_size()).next_multiple_of(64);
+    let cap = typed.maxsize() as u64;
+    let e = encode(&typed).map_err(|e| e.to_string())?;
+    let fd = e
+        .fds
+        .into_iter()
+        .next()
+        .ok_or("a queue without its region")?;
+    let ring = mproc_core::Region::from_fd(fd).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
+    let mut pos = 0u64;
     let mut i = 0u64;
     while t0.elapsed() < time || i < 20 {
         i += 1;
-        let (label, bytes) = match i % 4 {
-            0 => ("oversized", rng.bytes(64 * 1024, 256 * 1024)),
-            1 => {
-                let mut b = encode(&valid(rng))
-                    .map_err(|e| e.to_string())?
-                    .bytes
-                    .to_vec();
-                let n = b.len();
-                b.truncate(rng.below(n as u64) as usize);
-                ("truncated", b)
+        let slot = RING_HEADER + (pos % cap) as usize * stride;
+        pos += 1;
+        typed.put(valid(rng)).map_err(|e| format!("put: {e}"))?;
+        let mut word = [0u8; 8];
+        ring.read_bytes(slot + SLOT_KIND, &mut word[..4])
+            .map_err(|e| e.to_string())?;
+        let inline = u32::from_le_bytes([word[0], word[1], word[2], word[3]]) == KIND_INLINE;
+        ring.read_bytes(slot + SLOT_LEN, &mut word)
+            .map_err(|e| e.to_string())?;
+        let len = u64::from_le_bytes(word);
+        let label = if !inline || len == 0 {
+            "untouched"
+        } else {
+            match i % 4 {
+                0 => {
+                    let huge = typed.slot_size() as u64 + 1 + rng.below(u64::MAX / 2);
+                    ring.write_bytes(slot + SLOT_LEN, &huge.to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    "oversized"
+                }
+                1 => {
+                    let short = rng.below(len);
+                    ring.write_bytes(slot + SLOT_LEN, &short.to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    "truncated"
+                }
+                2 => {
+                    let k = rng.next_u64() as u32;
+                    ring.write_bytes(slot + SLOT_KIND, &k.to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    "kind"
+                }
+                _ => {
+                    let junk = rng.bytes(len as usize, 1);
+                    ring.write_bytes(slot + SLOT_HEADER, &junk[..len as usize])
+                        .map_err(|e| e.to_string())?;
+                    "random"
+                }
             }
-            _ => ("random", rng.bytes(0, 400)),
         };
-        raw.put(bytes).map_err(|e| format!("put: {e}"))?;
         let t = Instant::now();
         let r = typed.get_timeout(PATIENCE);
         if t.elapsed() >= PATIENCE {
@@ -275,6 +319,7 @@ fn queue_cases(rng: &mut Rng, time: Duration, seen: &mut Seen) -> Result<(), Str
         }
         if i.is_multiple_of(16) {
             let v = valid(rng);
+            pos += 1;
             typed.put(v.clone()).map_err(|e| format!("put: {e}"))?;
             match typed.get_timeout(PATIENCE) {
                 Ok(got) if got == v => {}
