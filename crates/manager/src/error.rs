@@ -52,6 +52,10 @@ pub enum ManagerError {
     /// The server refused the request (for example a custom call from a client that
     /// runs another build of the program).
     Unsupported(String),
+    /// The server refused to run a function (a custom object's constructor or method, a
+    /// sort) because the fingerprint of its type that came with it is not that of the
+    /// type the server's code for it was made for; the text names both. Nothing ran.
+    Signature(String),
     /// A socket error.
     Io(io::Error),
 }
@@ -72,6 +76,7 @@ impl ManagerError {
             FaultKind::Panicked => ManagerError::Panicked(msg),
             FaultKind::BadRequest => ManagerError::BadRequest(msg),
             FaultKind::Unsupported => ManagerError::Unsupported(msg),
+            FaultKind::Signature => ManagerError::Signature(msg),
         }
     }
 }
@@ -99,6 +104,7 @@ impl fmt::Display for ManagerError {
                 write!(f, "the manager refused a malformed request: {m}")
             }
             ManagerError::Unsupported(m) => write!(f, "the manager refused the request: {m}"),
+            ManagerError::Signature(m) => write!(f, "the manager refused to run a function: {m}"),
             ManagerError::Io(e) => write!(f, "manager connection failed: {e}"),
         }
     }

@@ -496,17 +496,20 @@ impl Manager {
     /// ```
     ///
     /// # Errors
-    /// `Unsupported` if the server runs another build of this program; `BadRequest` if
-    /// the constructor's arguments could not be decoded there; `Panicked` if it panicked.
+    /// `Unsupported` if the server runs another build of this program; `Signature` if the
+    /// server's code for `fn(A) -> T` has another type fingerprint than the client sent
+    /// (nothing runs); `BadRequest` if the constructor's arguments could not be decoded
+    /// there; `Panicked` if it panicked.
     pub fn create<A: Encode + Decode, T: Send + 'static>(
         &self,
         ctor: fn(A) -> T,
         args: A,
     ) -> Result<Proxy<T>> {
-        let (tramp, func) = crate::sys::ctor_refs(ctor);
+        let (tramp, func, sig) = crate::sys::ctor_refs(ctor);
         let op = Op::CreateCustom {
             tramp,
             func,
+            sig,
             args: enc(&args)?,
         };
         match self.session.call(0, op)? {

@@ -440,11 +440,12 @@ impl<T: Encode + Decode + Ord + 'static> ListProxy<T> {
     ///
     /// # Errors
     /// [`ManagerError::Unsupported`] if the server runs another build of this program
-    /// (sorting runs this program's `Ord` in the server); `Panicked` if `Ord` panics.
+    /// (sorting runs this program's `Ord` in the server); [`ManagerError::Signature`] if
+    /// the server's sorting code for `T` has another type fingerprint than the client
+    /// sent (nothing is sorted); `Panicked` if `Ord` panics.
     pub fn sort(&self) -> Result<()> {
-        unit(self.r.call(Op::Sort {
-            tramp: crate::sys::sort_tramp::<T>(),
-        })?)
+        let (tramp, sig) = crate::sys::sort_tramp::<T>();
+        unit(self.r.call(Op::Sort { tramp, sig })?)
     }
 }
 
@@ -920,16 +921,19 @@ impl<T: Send + 'static> Proxy<T> {
     /// # Errors
     /// [`ManagerError::Panicked`] if the method panicked (the object stays, the server
     /// goes on); [`ManagerError::Unsupported`] if the server runs another build of this
-    /// program; `WrongKind` if the object is not a `T`.
+    /// program; [`ManagerError::Signature`] if the method's type fingerprint does not
+    /// match the server's code for it (nothing runs); `WrongKind` if the object is not a
+    /// `T`.
     pub fn call<A: Encode + Decode, R: Encode + Decode>(
         &self,
         method: fn(&mut T, A) -> R,
         arg: A,
     ) -> Result<R> {
-        let (tramp, func) = crate::sys::method_refs(method);
+        let (tramp, func, sig) = crate::sys::method_refs(method);
         let v = val(self.r.call(Op::Call {
             tramp,
             func,
+            sig,
             args: enc(&arg)?,
         })?)?;
         self.r.dec(v)

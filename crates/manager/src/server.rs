@@ -395,7 +395,7 @@ impl Server {
 }
 
 fn serve_conn(shared: &Shared, conn: Connection) {
-    let (session, same_build) = match conn.recv::<Request>() {
+    let (session, same_build, build) = match conn.recv::<Request>() {
         Ok(Request {
             obj: 0,
             op:
@@ -407,7 +407,7 @@ fn serve_conn(shared: &Shared, conn: Connection) {
         }) => {
             let same =
                 layout == mproc_core::code::layout() && exe == mproc_core::code::exe_identity();
-            (session, same)
+            (session, same, layout)
         }
         Ok(_) => {
             let _ = conn.send(&Reply::Fault(
@@ -429,6 +429,7 @@ fn serve_conn(shared: &Shared, conn: Connection) {
             conn: &conn,
             session,
             same_build,
+            build,
         };
         loop {
             let req = match conn.recv::<Request>() {
@@ -503,6 +504,9 @@ struct Ctx<'a> {
     conn: &'a Connection,
     session: u64,
     same_build: bool,
+    /// The client's build identity (its hello's), against which every function offset
+    /// it sends is resolved.
+    build: u64,
 }
 
 impl Ctx<'_> {
@@ -571,10 +575,14 @@ impl Ctx<'_> {
         if req.obj == 0 {
             return match req.op {
                 Op::Create { kind, init, n } => self.create(kind, init, n),
-                Op::CreateCustom { tramp, func, args } => {
+                Op::CreateCustom {
+                    tramp,
+                    func,
+                    sig,
+                    args,
+                } => {
                     self.custom_ok()?;
-                    let o = crate::sys::run_ctor(tramp, func, &args)
-                        .map_err(|m| (FaultKind::BadRequest, m))?;
+                    let o = crate::sys::run_ctor(self.build, tramp, func, &sig, &args)?;
                     Ok(Reply::Id(sh.add_object(
                         self.session,
                         Kind::Custom,
@@ -842,9 +850,9 @@ impl Ctx<'_> {
                     .position(|x| x.bytes == v.bytes)
                     .map_or(-1, |p| p as i64),
             )),
-            (State::List(l), Op::Sort { tramp }) => {
+            (State::List(l), Op::Sort { tramp, sig }) => {
                 self.custom_ok()?;
-                crate::sys::run_sort(tramp, l).map_err(|m| (FaultKind::Panicked, m))?;
+                crate::sys::run_sort(self.build, tramp, &sig, l)?;
                 Ok(Reply::Unit)
             }
             // ------------------------------------------------------------ dict
@@ -1174,15 +1182,23 @@ impl Ctx<'_> {
                 *broken as i64,
             ])),
             // ------------------------------------------------------------ custom
-            (State::Custom(obj), Op::Call { tramp, func, args }) => {
+            (
+                State::Custom(obj),
+                Op::Call {
+                    tramp,
+                    func,
+                    sig,
+                    args,
+                },
+            ) => {
                 self.custom_ok()?;
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::sys::run_method(tramp, func, &mut **obj, &args)
+                    crate::sys::run_method(self.build, tramp, func, &sig, &mut **obj, &args)
                 }));
                 drop(st);
                 match r {
                     Ok(Ok(v)) => Ok(self.out(v)),
-                    Ok(Err(m)) => Err((FaultKind::BadRequest, m)),
+                    Ok(Err(refusal)) => Err(refusal),
                     Err(p) => Err((FaultKind::Panicked, panic_text(&*p))),
                 }
             }
@@ -1391,6 +1407,7 @@ pub fn fuzz_request(data: &[u8]) {
         conn: &conn,
         session: 1,
         same_build: false,
+        build: 0,
     };
     let _ = ctx.handle(req);
 }
@@ -1398,6 +1415,8 @@ pub fn fuzz_request(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ManagerError;
+    use crate::wire::Sig;
     use mproc_core::codec;
 
     fn serve() -> (Address, std::thread::JoinHandle<std::io::Result<()>>) {
@@ -1533,12 +1552,13 @@ mod tests {
         let c = Client(&a, Some(b"key")).unwrap();
         hello(&c, mproc_core::code::layout() ^ 1);
         let id = create_list(&c);
-        let (tramp, func) = crate::sys::ctor_refs(|n: i64| n);
+        let (tramp, func, sig) = crate::sys::ctor_refs(|n: i64| n);
         let req = Request {
             obj: 0,
             op: Op::CreateCustom {
                 tramp,
                 func,
+                sig,
                 args: crate::client::enc(&1i64).unwrap(),
             },
         };
@@ -1547,11 +1567,10 @@ mod tests {
             c.recv::<Reply>().unwrap(),
             Reply::Fault(FaultKind::Unsupported, _)
         ));
+        let (tramp, sig) = crate::sys::sort_tramp::<u8>();
         let sort = Request {
             obj: id,
-            op: Op::Sort {
-                tramp: crate::sys::sort_tramp::<u8>(),
-            },
+            op: Op::Sort { tramp, sig },
         };
         c.send(&sort).unwrap();
         assert!(matches!(
@@ -1564,6 +1583,136 @@ mod tests {
         })
         .unwrap();
         let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    static CTOR_CALLS: AtomicU64 = AtomicU64::new(0);
+    static METHOD_CALLS: AtomicU64 = AtomicU64::new(0);
+
+    struct Counter(i64);
+
+    fn make_counter(n: i64) -> Counter {
+        CTOR_CALLS.fetch_add(1, Ordering::SeqCst);
+        Counter(n)
+    }
+
+    fn incr(c: &mut Counter, by: i64) -> i64 {
+        METHOD_CALLS.fetch_add(1, Ordering::SeqCst);
+        c.0 += by;
+        c.0
+    }
+
+    fn plain<T: mproc_core::Decode>(v: &Val) -> T {
+        let mut al = rkyv::util::AlignedVec::<16>::with_capacity(v.bytes.len());
+        al.extend_from_slice(&v.bytes);
+        codec::decode::<T>(&al, Vec::new()).unwrap()
+    }
+
+    fn ask(c: &Connection, obj: u64, op: Op) -> Reply {
+        c.send(&Request { obj, op }).unwrap();
+        c.recv::<Reply>().unwrap()
+    }
+
+    /// The fault text names the type the server expects and the one the client sent.
+    fn assert_names_both(reply: Reply, expected: &str, found: &str) {
+        match reply {
+            Reply::Fault(FaultKind::Signature, m) => {
+                assert!(m.contains(expected) && m.contains(found), "{m}");
+                assert!(!m.contains("0x"), "{m}");
+                assert!(matches!(
+                    ManagerError::from_fault(FaultKind::Signature, m),
+                    ManagerError::Signature(_)
+                ));
+            }
+            other => panic!("expected a signature fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_mismatched_signature_is_refused_and_nothing_runs() {
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let args = crate::client::enc(&10i64).unwrap();
+
+        // A constructor sent with the fingerprint of another type: refused, not run.
+        let (tramp, func, good) = crate::sys::ctor_refs(make_counter);
+        let forged: Sig = crate::sys::sig_ctor::<String, Counter>().into();
+        let ctor = |sig: Sig| Op::CreateCustom {
+            tramp,
+            func,
+            sig,
+            args: args.clone(),
+        };
+        assert_names_both(ask(&c, 0, ctor(forged)), "fn(i64)", "String");
+        assert_eq!(CTOR_CALLS.load(Ordering::SeqCst), 0, "nothing ran");
+        let id = match ask(&c, 0, ctor(good)) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(CTOR_CALLS.load(Ordering::SeqCst), 1);
+
+        // A method sent with the fingerprint of another signature (another argument
+        // type, or another object type): refused, the object untouched.
+        let (tramp, func, good) = crate::sys::method_refs(incr);
+        let call = |sig: Sig| Op::Call {
+            tramp,
+            func,
+            sig,
+            args: crate::client::enc(&5i64).unwrap(),
+        };
+        let wrong_arg: Sig = crate::sys::sig_method::<Counter, u8, i64>().into();
+        assert_names_both(ask(&c, id, call(wrong_arg)), "i64", "u8");
+        let wrong_obj: Sig = crate::sys::sig_method::<u32, i64, i64>().into();
+        assert_names_both(ask(&c, id, call(wrong_obj)), "Counter", "u32");
+        assert_eq!(METHOD_CALLS.load(Ordering::SeqCst), 0, "nothing ran");
+        match ask(&c, id, call(good)) {
+            Reply::Val(v) => assert_eq!(plain::<i64>(&v), 15),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(METHOD_CALLS.load(Ordering::SeqCst), 1);
+
+        // A sort sent with the fingerprint of another item type: refused, list unchanged.
+        let list = create_list(&c);
+        for x in [3u8, 1, 2] {
+            let v = crate::client::enc(&x).unwrap();
+            assert!(matches!(ask(&c, list, Op::Push(v)), Reply::Unit));
+        }
+        let (tramp, good) = crate::sys::sort_tramp::<u8>();
+        let forged: Sig = crate::sys::sig_sort::<String>().into();
+        assert_names_both(
+            ask(&c, list, Op::Sort { tramp, sig: forged }),
+            "u8",
+            "String",
+        );
+        let items = |c: &Connection| match ask(c, list, Op::Snapshot) {
+            Reply::Vals(vs) => vs.iter().map(plain::<u8>).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(items(&c), [3, 1, 2]);
+        assert!(matches!(
+            ask(&c, list, Op::Sort { tramp, sig: good }),
+            Reply::Unit
+        ));
+        assert_eq!(items(&c), [1, 2, 3]);
+
+        // An offset outside the code is refused too, without an address in the text.
+        match ask(
+            &c,
+            id,
+            Op::Call {
+                tramp: u64::MAX / 2,
+                func,
+                sig: crate::sys::sig_method::<Counter, i64, i64>().into(),
+                args: crate::client::enc(&5i64).unwrap(),
+            },
+        ) {
+            Reply::Fault(FaultKind::BadRequest, m) => assert!(!m.contains("0x"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(METHOD_CALLS.load(Ordering::SeqCst), 1);
+
+        assert!(matches!(ask(&c, 0, Op::Shutdown), Reply::Unit));
         t.join().unwrap().unwrap();
     }
 
@@ -1591,9 +1740,19 @@ mod tests {
             Op::Call {
                 tramp: 1,
                 func: 2,
+                sig: Sig {
+                    hash: 3,
+                    name: "fn()".into(),
+                },
                 args: Val::default(),
             },
-            Op::Sort { tramp: 5 },
+            Op::Sort {
+                tramp: 5,
+                sig: Sig {
+                    hash: 6,
+                    name: String::new(),
+                },
+            },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let e = codec::encode(&Request { obj: i as u64, op }).unwrap();

@@ -6,27 +6,73 @@
 //!
 //! Client and server run the same executable (the server checks each connection's build
 //! fingerprint, [`mproc_core::code::layout`] and [`mproc_core::code::exe_identity`], in
-//! its hello, and refuses these calls from any other build). A client computes a pair of
-//! offsets only from a typed trampoline and a function of exactly the type that
+//! its hello, refuses these calls from any other build, and resolves every offset only
+//! through [`mproc_core::code::checked_addr`] against that identity). A client computes a
+//! pair of offsets only from a typed trampoline and a function of exactly the type that
 //! trampoline expects (the generic functions below build both from one set of type
-//! parameters); the server checks that both land in this program's code before the call.
-//! An authenticated peer is trusted not to forge a pair, as Python trusts an
-//! authenticated peer with pickles: the auth key is what guards the server.
+//! parameters), and sends the fingerprint of that type ([`FnSig`]) with them. The server
+//! checks that both offsets land in this program's code; each trampoline compares the
+//! fingerprint with that of the type it was made for before it turns the function's
+//! address into a typed pointer, so a pair whose types disagree is refused
+//! ([`FaultKind::Signature`]) and nothing runs. An authenticated peer is trusted not to
+//! forge a fingerprint, as Python trusts an authenticated peer with pickles: the auth key
+//! is what guards the server.
 use crate::client::enc;
-use crate::wire::Val;
-use mproc_core::code::{code_addr, offset_of};
+use crate::wire::{FaultKind, Sig, Val};
+use mproc_core::code::{CodeError, FnSig, checked_addr, offset_of};
 use mproc_core::{Decode, Encode, codec};
 use rkyv::util::AlignedVec;
 use std::any::Any;
 
-const OUTSIDE: &str = "function offset does not point into this program's code";
+/// Why a function named by a client was not run: the fault kind and its text.
+pub(crate) type Refusal = (FaultKind, String);
 
 /// Builds a custom object from encoded constructor arguments.
-pub(crate) type CtorTramp = fn(usize, &Val) -> Result<Box<dyn Any + Send>, String>;
-/// Calls a method on a custom object with encoded arguments, returning the encoded result.
-pub(crate) type MethodTramp = fn(usize, &mut (dyn Any + Send), &Val) -> Result<Val, String>;
-/// Sorts encoded items.
-pub(crate) type SortTramp = fn(&mut Vec<Val>) -> Result<(), String>;
+///
+/// Calling one is `unsafe`: the `usize` must be the address of a function whose type has
+/// the fingerprint in the [`Sig`] (the trampoline refuses any other fingerprint).
+pub(crate) type CtorTramp = unsafe fn(usize, &Sig, &Val) -> Result<Box<dyn Any + Send>, Refusal>;
+/// Calls a method on a custom object with encoded arguments, returning the encoded
+/// result. `unsafe` on the terms of [`CtorTramp`].
+pub(crate) type MethodTramp =
+    unsafe fn(usize, &Sig, &mut (dyn Any + Send), &Val) -> Result<Val, Refusal>;
+/// Sorts encoded items. `unsafe` to call for symmetry with the others: it checks the
+/// fingerprint of the item type the client sent before it decodes anything.
+pub(crate) type SortTramp = unsafe fn(&Sig, &mut Vec<Val>) -> Result<(), Refusal>;
+
+/// The fault a refused function offset gets: a signature mismatch is
+/// [`FaultKind::Signature`], another build [`FaultKind::Unsupported`], anything else a
+/// bad request. The text never shows an address.
+fn code_fault(e: CodeError) -> Refusal {
+    let kind = match e {
+        CodeError::Signature { .. } => FaultKind::Signature,
+        CodeError::ForeignBuild { .. } => FaultKind::Unsupported,
+        _ => FaultKind::BadRequest,
+    };
+    (kind, e.to_string())
+}
+
+/// Checks a received fingerprint against the one a trampoline was made for.
+fn check_sig(expected: FnSig, sig: &Sig) -> Result<(), Refusal> {
+    expected
+        .check(sig.hash, Some(&sig.name))
+        .map_err(code_fault)
+}
+
+/// The fingerprint of a constructor `fn(A) -> T` (the object type `T` is in its name).
+pub(crate) fn sig_ctor<A: Decode, T: Send + 'static>() -> FnSig {
+    FnSig::of::<fn(A) -> T, A, ()>()
+}
+
+/// The fingerprint of a method `fn(&mut T, A) -> R`.
+pub(crate) fn sig_method<T: 'static, A: Decode, R: Encode>() -> FnSig {
+    FnSig::of::<fn(&mut T, A) -> R, A, R>()
+}
+
+/// The fingerprint of sorting items of type `T`.
+pub(crate) fn sig_sort<T: Decode + Ord>() -> FnSig {
+    FnSig::of::<fn(&mut [T]), T, ()>()
+}
 
 fn aligned(b: &[u8]) -> AlignedVec<16> {
     let mut a = AlignedVec::<16>::with_capacity(b.len());
@@ -53,98 +99,153 @@ unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
     unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
 }
 
-fn tramp_ctor<A: Decode, T: Send + 'static>(
+/// Trampoline for a constructor `fn(A) -> T`.
+///
+/// # Safety
+///
+/// `func` must be the address of a function whose type has the fingerprint `sig`.
+unsafe fn tramp_ctor<A: Decode, T: Send + 'static>(
     func: usize,
+    sig: &Sig,
     args: &Val,
-) -> Result<Box<dyn Any + Send>, String> {
-    // SAFETY: `ctor_refs::<A, T>` pairs this trampoline only with a `fn(A) -> T`.
+) -> Result<Box<dyn Any + Send>, Refusal> {
+    check_sig(sig_ctor::<A, T>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(A) -> T`'s (checked above).
     let f: fn(A) -> T = unsafe { fn_from_addr(func) };
-    Ok(Box::new(f(decode::<A>(args)?)))
+    let a = decode::<A>(args).map_err(|m| (FaultKind::BadRequest, m))?;
+    Ok(Box::new(f(a)))
 }
 
-fn tramp_method<T: 'static, A: Decode, R: Encode>(
+/// Trampoline for a method `fn(&mut T, A) -> R`.
+///
+/// # Safety
+///
+/// As [`tramp_ctor`].
+unsafe fn tramp_method<T: 'static, A: Decode, R: Encode>(
     func: usize,
+    sig: &Sig,
     obj: &mut (dyn Any + Send),
     args: &Val,
-) -> Result<Val, String> {
-    // SAFETY: `method_refs::<T, A, R>` pairs this trampoline only with a
-    // `fn(&mut T, A) -> R`.
+) -> Result<Val, Refusal> {
+    check_sig(sig_method::<T, A, R>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(&mut T, A) -> R`'s (checked above).
     let f: fn(&mut T, A) -> R = unsafe { fn_from_addr(func) };
-    let obj = obj
-        .downcast_mut::<T>()
-        .ok_or_else(|| format!("the object is not a {}", std::any::type_name::<T>()))?;
-    let r = f(obj, decode::<A>(args)?);
-    enc(&r).map_err(|e| e.to_string())
+    let obj = obj.downcast_mut::<T>().ok_or_else(|| {
+        (
+            FaultKind::BadRequest,
+            format!("the object is not a {}", std::any::type_name::<T>()),
+        )
+    })?;
+    let a = decode::<A>(args).map_err(|m| (FaultKind::BadRequest, m))?;
+    let r = f(obj, a);
+    enc(&r).map_err(|e| (FaultKind::BadRequest, e.to_string()))
 }
 
-fn tramp_sort<T: Decode + Ord>(items: &mut Vec<Val>) -> Result<(), String> {
+/// Trampoline sorting items of type `T`.
+///
+/// # Safety
+///
+/// None beyond the type's: it calls no function by address (it checks `sig` all the
+/// same, so a client sorting with another item type than it claims is refused).
+unsafe fn tramp_sort<T: Decode + Ord>(sig: &Sig, items: &mut Vec<Val>) -> Result<(), Refusal> {
+    check_sig(sig_sort::<T>(), sig)?;
     let mut keyed = std::mem::take(items)
         .into_iter()
         .map(|v| decode::<T>(&v).map(|t| (t, v)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("an item is not a {}: {e}", std::any::type_name::<T>()))?;
+        .map_err(|e| {
+            (
+                FaultKind::Panicked,
+                format!("an item is not a {}: {e}", std::any::type_name::<T>()),
+            )
+        })?;
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     *items = keyed.into_iter().map(|(_, v)| v).collect();
     Ok(())
 }
 
-/// The offsets naming `ctor` and its trampoline.
-pub(crate) fn ctor_refs<A: Decode, T: Send + 'static>(ctor: fn(A) -> T) -> (u64, u64) {
+/// The offsets naming `ctor` and its trampoline, and the fingerprint of its type.
+pub(crate) fn ctor_refs<A: Decode, T: Send + 'static>(ctor: fn(A) -> T) -> (u64, u64, Sig) {
     (
         offset_of(tramp_ctor::<A, T> as CtorTramp as usize),
         offset_of(ctor as usize),
+        sig_ctor::<A, T>().into(),
     )
 }
 
-/// The offsets naming `method` and its trampoline.
+/// The offsets naming `method` and its trampoline, and the fingerprint of its type.
 pub(crate) fn method_refs<T: 'static, A: Decode, R: Encode>(
     method: fn(&mut T, A) -> R,
-) -> (u64, u64) {
+) -> (u64, u64, Sig) {
     (
         offset_of(tramp_method::<T, A, R> as MethodTramp as usize),
         offset_of(method as usize),
+        sig_method::<T, A, R>().into(),
     )
 }
 
-/// The offset of the sorting trampoline for `T`.
-pub(crate) fn sort_tramp<T: Decode + Ord>() -> u64 {
-    offset_of(tramp_sort::<T> as SortTramp as usize)
+/// The offset of the sorting trampoline for `T`, and the fingerprint of its item type.
+pub(crate) fn sort_tramp<T: Decode + Ord>() -> (u64, Sig) {
+    (
+        offset_of(tramp_sort::<T> as SortTramp as usize),
+        sig_sort::<T>().into(),
+    )
 }
 
-fn checked(tramp: u64, func: Option<u64>) -> Result<(usize, usize), String> {
-    let t = code_addr(tramp).ok_or(OUTSIDE)?;
-    let f = match func {
-        Some(f) => code_addr(f).ok_or(OUTSIDE)?,
-        None => 0,
-    };
-    Ok((t, f))
+/// The address of `offset`, checked against `build` (the client's build identity from
+/// its hello) by [`checked_addr`].
+fn addr(build: u64, offset: u64) -> Result<usize, Refusal> {
+    checked_addr(build, offset).map_err(code_fault)
 }
 
-/// Runs a constructor named by a client (see the module's safety contract).
-pub(crate) fn run_ctor(tramp: u64, func: u64, args: &Val) -> Result<Box<dyn Any + Send>, String> {
-    let (t, f) = checked(tramp, Some(func))?;
-    // SAFETY: per the module contract, `t` is a `CtorTramp` of this image paired with `f`.
-    let t: CtorTramp = unsafe { fn_from_addr(t) };
-    t(f, args)
-}
-
-/// Runs a method named by a client (see the module's safety contract).
-pub(crate) fn run_method(
+/// Runs a constructor named by a client of build `build` (see the module's safety
+/// contract).
+pub(crate) fn run_ctor(
+    build: u64,
     tramp: u64,
     func: u64,
-    obj: &mut (dyn Any + Send),
+    sig: &Sig,
     args: &Val,
-) -> Result<Val, String> {
-    let (t, f) = checked(tramp, Some(func))?;
-    // SAFETY: per the module contract, `t` is a `MethodTramp` of this image paired with `f`.
-    let t: MethodTramp = unsafe { fn_from_addr(t) };
-    t(f, obj, args)
+) -> Result<Box<dyn Any + Send>, Refusal> {
+    let (t, f) = (addr(build, tramp)?, addr(build, func)?);
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is a
+    // `CtorTramp` of this image paired with `f`.
+    let t: CtorTramp = unsafe { fn_from_addr(t) };
+    // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
+    // made for, the type of `f` by the module contract.
+    unsafe { t(f, sig, args) }
 }
 
-/// Runs a sort named by a client (see the module's safety contract).
-pub(crate) fn run_sort(tramp: u64, items: &mut Vec<Val>) -> Result<(), String> {
-    let (t, _) = checked(tramp, None)?;
-    // SAFETY: per the module contract, `t` is a `SortTramp` of this image.
+/// Runs a method named by a client of build `build` (see the module's safety contract).
+pub(crate) fn run_method(
+    build: u64,
+    tramp: u64,
+    func: u64,
+    sig: &Sig,
+    obj: &mut (dyn Any + Send),
+    args: &Val,
+) -> Result<Val, Refusal> {
+    let (t, f) = (addr(build, tramp)?, addr(build, func)?);
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is a
+    // `MethodTramp` of this image paired with `f`.
+    let t: MethodTramp = unsafe { fn_from_addr(t) };
+    // SAFETY: as in `run_ctor`.
+    unsafe { t(f, sig, obj, args) }
+}
+
+/// Runs a sort named by a client of build `build` (see the module's safety contract).
+pub(crate) fn run_sort(
+    build: u64,
+    tramp: u64,
+    sig: &Sig,
+    items: &mut Vec<Val>,
+) -> Result<(), Refusal> {
+    let t = addr(build, tramp)?;
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is a
+    // `SortTramp` of this image.
     let t: SortTramp = unsafe { fn_from_addr(t) };
-    t(items)
+    // SAFETY: the trampoline checks `sig` and calls nothing by address.
+    unsafe { t(sig, items) }
 }

@@ -36,6 +36,24 @@ pub(crate) enum Kind {
     Custom,
 }
 
+/// The fingerprint of a function's type ([`mproc_core::code::FnSig`]) as it travels with
+/// the function's offset: the hash the server checks, and the client's name for the type
+/// (for the error that names both when they differ).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sig {
+    pub(crate) hash: u64,
+    pub(crate) name: String,
+}
+
+impl From<mproc_core::code::FnSig> for Sig {
+    fn from(s: mproc_core::code::FnSig) -> Self {
+        Sig {
+            hash: s.hash,
+            name: s.name.to_owned(),
+        }
+    }
+}
+
 /// A timeout in microseconds; `None` waits for ever.
 pub(crate) type Micros = Option<u64>;
 
@@ -59,6 +77,7 @@ pub(crate) enum Op {
     CreateCustom {
         tramp: u64,
         func: u64,
+        sig: Sig,
         args: Val,
     },
     Incref,
@@ -82,6 +101,7 @@ pub(crate) enum Op {
     Contains(Val),
     Sort {
         tramp: u64,
+        sig: Sig,
     },
     DictGet(Val),
     DictInsert(Val, Val),
@@ -128,6 +148,7 @@ pub(crate) enum Op {
     Call {
         tramp: u64,
         func: u64,
+        sig: Sig,
         args: Val,
     },
     /// Creates a shared memory segment in the server, which unlinks it at shutdown.
@@ -166,6 +187,8 @@ pub(crate) enum FaultKind {
     Panicked,
     BadRequest,
     Unsupported,
+    /// A function's type fingerprint differs from the one its trampoline was made for.
+    Signature,
 }
 
 /// The server's answer.

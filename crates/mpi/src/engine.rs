@@ -220,6 +220,8 @@ impl Slot {
 pub(crate) struct Task {
     pub(crate) tramp: u64,
     pub(crate) func: u64,
+    /// `FnSig::hash` of the function's type.
+    pub(crate) sig: u64,
     pub(crate) payload: AlignedVec,
     pub(crate) slot: Arc<Slot>,
 }
@@ -470,7 +472,7 @@ impl<C: Communicator> Engine<C> {
             {
                 let id = self.next_id;
                 self.next_id += 1;
-                let frame = wire::task(id, t.tramp, t.func, &t.payload);
+                let frame = wire::task(id, t.tramp, t.func, t.sig, &t.payload);
                 let w = &mut self.workers[i];
                 let send = Isend::start(&self.comm.0.process_at_rank(w.info.rank), TAG_TASK, frame);
                 w.sends.push(send);

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 /// How long `spawn` and `spmd` wait for every worker's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A function as it travels: the typed trampoline's offset and the function's.
+/// A function as it travels: the typed trampoline's offset and the function's, and the
+/// fingerprint of the function's type (which the trampoline checks before the call).
 #[derive(Clone, Copy, Debug)]
 struct FnRef {
     tramp: u64,
     func: u64,
+    sig: u64,
 }
 
 impl FnRef {
@@ -35,6 +37,7 @@ impl FnRef {
                 sys::tramp_plain::<A, R> as sys::Trampoline as usize,
             ),
             func: mproc_core::code::offset_of(f as usize),
+            sig: sys::sig_plain::<A, R>().hash,
         }
     }
 
@@ -48,6 +51,7 @@ impl FnRef {
                 sys::tramp_star2::<A, B, R> as sys::Trampoline as usize,
             ),
             func: mproc_core::code::offset_of(f as usize),
+            sig: sys::sig_star2::<A, B, R>().hash,
         }
     }
 }
@@ -267,6 +271,7 @@ impl MpiPool {
             c.tasks.push_back(Task {
                 tramp: f.tramp,
                 func: f.func,
+                sig: f.sig,
                 payload,
                 slot: slot.clone(),
             });

@@ -9,10 +9,15 @@
 //!   [`crate::env::MPI_LOCK`] held, so moving a communicator to another thread is sound.
 //! - A function offset is only ever turned into a call after [`mproc_core::code::code_addr`]
 //!   has confirmed it lies in this executable's code, and only offsets of the trampolines
-//!   below are sent; peers are ranks of the same MPI job running the same build (checked
-//!   by a layout fingerprint in the hello message). That is the trust model of mproc-pool.
+//!   below are sent, each with the fingerprint of its function's type
+//!   ([`mproc_core::code::FnSig`]); a trampoline compares that fingerprint with the one of
+//!   the type it was made for before it turns the function's address into a typed
+//!   pointer, and refuses the chunk otherwise. Peers are ranks of the same MPI job running
+//!   the same build (checked by a layout fingerprint in the hello message). That is the
+//!   trust model of mproc-pool.
 use mpi::request::{Request, StaticScope};
 use mpi::traits::*;
+use mproc_core::code::FnSig;
 use mproc_core::{Decode, Encode, codec};
 use rkyv::util::AlignedVec;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,9 +27,32 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 /// others), or a message saying why the chunk could not run at all.
 pub(crate) type ChunkOutcome = Result<AlignedVec, String>;
 
-/// A typed trampoline: decodes a chunk's arguments, runs the function on each, encodes
-/// the results.
-pub(crate) type Trampoline = fn(usize, &[u8]) -> ChunkOutcome;
+/// A typed trampoline: checks the function's type fingerprint (the `u64`), decodes a
+/// chunk's arguments, runs the function on each, encodes the results.
+///
+/// Calling one is `unsafe`: the `usize` must be the address of a function whose type has
+/// that fingerprint (the trampoline refuses any fingerprint but its own type's).
+pub(crate) type Trampoline = unsafe fn(usize, u64, &[u8]) -> ChunkOutcome;
+
+/// The fingerprint of a `fn(A) -> R` task.
+pub(crate) fn sig_plain<A: Decode, R: Encode>() -> FnSig {
+    FnSig::of::<fn(A) -> R, A, R>()
+}
+
+/// The fingerprint of a `fn(A, B) -> R` task over `(A, B)` items.
+pub(crate) fn sig_star2<A, B, R>() -> FnSig
+where
+    (A, B): Decode,
+    R: Encode,
+{
+    FnSig::of::<fn(A, B) -> R, (A, B), R>()
+}
+
+/// Checks a received fingerprint against the one a trampoline was made for (the error
+/// text names the expected type and never shows an address).
+fn check_sig(expected: FnSig, found: u64) -> Result<(), String> {
+    expected.check(found, None).map_err(|e| e.to_string())
+}
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -56,27 +84,42 @@ fn run_chunk<A: Decode, R: Encode>(input: &[u8], mut call: impl FnMut(A) -> R) -
 }
 
 /// The trampoline of a `fn(A) -> R`.
-pub(crate) fn tramp_plain<A: Decode, R: Encode>(func: usize, input: &[u8]) -> ChunkOutcome {
-    // SAFETY: `func` is the address of a `fn(A) -> R`: the sender took the offset of a
-    // function of exactly this type together with this trampoline's offset (the pair is
-    // built only by `FnRef::plain`), and `code_addr` checked it lies in our code.
+///
+/// # Safety
+///
+/// `func` must be the address of a function whose type has the fingerprint `sig`.
+pub(crate) unsafe fn tramp_plain<A: Decode, R: Encode>(
+    func: usize,
+    sig: u64,
+    input: &[u8],
+) -> ChunkOutcome {
+    check_sig(sig_plain::<A, R>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(A) -> R`'s (checked above).
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     run_chunk(input, f)
 }
 
 /// The trampoline of a `fn(A, B) -> R` over `(A, B)` items.
-pub(crate) fn tramp_star2<A, B, R>(func: usize, input: &[u8]) -> ChunkOutcome
+///
+/// # Safety
+///
+/// As [`tramp_plain`].
+pub(crate) unsafe fn tramp_star2<A, B, R>(func: usize, sig: u64, input: &[u8]) -> ChunkOutcome
 where
     (A, B): Decode,
     R: Encode,
 {
-    // SAFETY: as in `tramp_plain`; the pair is built only by `FnRef::star2`.
+    check_sig(sig_star2::<A, B, R>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(A, B) -> R`'s (checked above).
     let f: fn(A, B) -> R = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(func) };
     run_chunk(input, |(a, b): (A, B)| f(a, b))
 }
 
-/// Runs the trampoline at code offset `tramp` on the function at code offset `func`.
-pub(crate) fn call(tramp: u64, func: u64, input: &[u8]) -> ChunkOutcome {
+/// Runs the trampoline at code offset `tramp` on the function at code offset `func`,
+/// whose type the sender fingerprinted as `sig`.
+pub(crate) fn call(tramp: u64, func: u64, sig: u64, input: &[u8]) -> ChunkOutcome {
     let (Some(t), Some(f)) = (
         mproc_core::code::code_addr(tramp),
         mproc_core::code::code_addr(func),
@@ -86,7 +129,9 @@ pub(crate) fn call(tramp: u64, func: u64, input: &[u8]) -> ChunkOutcome {
     // SAFETY: `t` lies in this program's code and is the address of a `Trampoline`: the
     // peer (same build, checked at hello) sent the offset of `tramp_plain`/`tramp_star2`.
     let t: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(t) };
-    t(f, input)
+    // SAFETY: the sender paired `f` with `t` and with the fingerprint `sig` of `f`'s type
+    // (`FnRef`); the trampoline refuses a fingerprint other than its own type's.
+    unsafe { t(f, sig, input) }
 }
 
 /// A non-blocking send whose buffer lives until MPI is done with it.
@@ -213,5 +258,72 @@ fn spawned_worker_hook() {
             Err(_) => 101,
         };
         exit_now(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    fn double(x: u64) -> u64 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        x * 2
+    }
+
+    fn add(a: u64, b: u64) -> u64 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        a + b
+    }
+
+    fn offsets(tramp: Trampoline, func: usize) -> (u64, u64) {
+        (
+            mproc_core::code::offset_of(tramp as usize),
+            mproc_core::code::offset_of(func),
+        )
+    }
+
+    fn results(out: ChunkOutcome) -> Vec<u64> {
+        let (ok, failed): (Vec<u64>, Vec<(u32, String)>) =
+            codec::decode(&out.unwrap(), Vec::new()).unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        ok
+    }
+
+    #[test]
+    fn a_mismatched_signature_is_refused_and_nothing_runs() {
+        let input = codec::encode(&vec![1u64, 2, 3]).unwrap().bytes;
+        let (tramp, func) = offsets(tramp_plain::<u64, u64>, double as fn(u64) -> u64 as usize);
+        let good = sig_plain::<u64, u64>().hash;
+        assert_eq!(results(call(tramp, func, good, &input)), [2, 4, 6]);
+        let before = CALLS.load(Ordering::SeqCst);
+        // The fingerprint of another type, with this function and trampoline.
+        for forged in [
+            sig_plain::<String, u64>().hash,
+            sig_star2::<u64, u64, u64>().hash,
+            0,
+        ] {
+            let e = call(tramp, func, forged, &input).unwrap_err();
+            assert!(
+                e.contains("type mismatch") && e.contains("fn(u64) -> u64"),
+                "{e}"
+            );
+            assert!(!e.contains("0x"), "{e}");
+        }
+        // The same for the two-argument trampoline.
+        let pairs = codec::encode(&vec![(1u64, 2u64)]).unwrap().bytes;
+        let (t2, f2) = offsets(
+            tramp_star2::<u64, u64, u64>,
+            add as fn(u64, u64) -> u64 as usize,
+        );
+        let e = call(t2, f2, good, &pairs).unwrap_err();
+        assert!(e.contains("fn(u64, u64) -> u64"), "{e}");
+        // An offset outside the program's code.
+        assert!(call(tramp, u64::MAX / 2, good, &input).is_err());
+        assert_eq!(CALLS.load(Ordering::SeqCst), before, "nothing ran");
+        let star2 = sig_star2::<u64, u64, u64>().hash;
+        assert_eq!(results(call(t2, f2, star2, &pairs)), [3]);
     }
 }

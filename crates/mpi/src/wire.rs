@@ -3,7 +3,8 @@
 //! below 32767, the smallest `MPI_TAG_UB` the standard allows.
 use crate::error::MpiError;
 
-/// Pool → worker: run a chunk. Header: task id, trampoline offset, function offset, 0.
+/// Pool → worker: run a chunk. Header: task id, trampoline offset, function offset, the
+/// fingerprint of the function's type.
 pub(crate) const TAG_TASK: i32 = 101;
 /// Worker → pool: a chunk's outcome. Header: task id, status (0 ok, 1 failed), 0.
 pub(crate) const TAG_RESULT: i32 = 102;
@@ -23,24 +24,34 @@ fn word(b: &[u8], i: usize) -> u64 {
 }
 
 /// A task as it travels.
-pub(crate) fn task(id: u64, tramp: u64, func: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn task(id: u64, tramp: u64, func: u64, sig: u64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(TASK_HEADER + payload.len());
-    for w in [id, tramp, func, 0] {
+    for w in [id, tramp, func, sig] {
         v.extend_from_slice(&w.to_le_bytes());
     }
     v.extend_from_slice(payload);
     v
 }
 
-/// Reads a task: (id, trampoline offset, function offset, payload).
-pub(crate) fn parse_task(b: &[u8]) -> Result<(u64, u64, u64, &[u8]), MpiError> {
+/// A task's parts: id, trampoline offset, function offset, the fingerprint of the
+/// function's type, payload.
+pub(crate) type TaskFrame<'a> = (u64, u64, u64, u64, &'a [u8]);
+
+/// Reads a task frame.
+pub(crate) fn parse_task(b: &[u8]) -> Result<TaskFrame<'_>, MpiError> {
     if b.len() < TASK_HEADER {
         return Err(MpiError::Protocol(format!(
             "task message of {} bytes",
             b.len()
         )));
     }
-    Ok((word(b, 0), word(b, 1), word(b, 2), &b[TASK_HEADER..]))
+    Ok((
+        word(b, 0),
+        word(b, 1),
+        word(b, 2),
+        word(b, 3),
+        &b[TASK_HEADER..],
+    ))
 }
 
 /// A result as it travels.
@@ -106,8 +117,8 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_short_ones_are_refused() {
-        let t = task(7, 8, 9, b"abc");
-        assert_eq!(parse_task(&t).unwrap(), (7, 8, 9, &b"abc"[..]));
+        let t = task(7, 8, 9, 10, b"abc");
+        assert_eq!(parse_task(&t).unwrap(), (7, 8, 9, 10, &b"abc"[..]));
         assert!(parse_task(&t[..10]).is_err());
         let r = result(5, &Err("boom".into()));
         assert_eq!(parse_result(&r).unwrap(), (5, Err("boom".into())));

@@ -57,10 +57,10 @@ pub(crate) fn serve<C: Communicator>(
         };
         match msg {
             Some((v, TAG_TASK)) => {
-                let (id, tramp, func, payload) = wire::parse_task(&v)?;
+                let (id, tramp, func, sig, payload) = wire::parse_task(&v)?;
                 input.clear();
                 input.extend_from_slice(payload);
-                let out = sys::call(tramp, func, &input);
+                let out = sys::call(tramp, func, sig, &input);
                 let frame = wire::result(id, &out);
                 let _g = env::lock();
                 sends.push(Isend::start(
