@@ -38,9 +38,12 @@
 //!
 //!
 //! A lock word holds its owner's pid. A waiter sleeps with a bounded timeout and checks
-//! the owner's liveness through a pidfd, backing off from 10 ms to 100 ms; a lock whose
-//! holder died is taken over by the next acquirer, which gets [`OwnerDied`] (carrying
-//! the guard, like std's `PoisonError`) within about 200 ms, and can recover. Limits:
+//! the owner's liveness through a pidfd every 5 ms
+//! ([`HOLDER_CHECK_INTERVAL`](mproc_core::pid::HOLDER_CHECK_INTERVAL), no backoff); a
+//! lock whose holder died is taken over by the next acquirer, which gets [`OwnerDied`]
+//! (carrying the guard, like std's `PoisonError`) within about 5–10 ms, and can
+//! recover. This is bounded polling by a waiter that already sleeps, not a kernel
+//! notification; the uncontended lock and unlock make no system call. Limits:
 //! - **pid reuse**: if the dead owner's pid is given to a new process before a waiter
 //!   checks, the waiter waits until that process exits too (a delay, never two owners);
 //! - a pid is judged only in its own pid namespace: handles are refused on arrival from

@@ -5,10 +5,15 @@
 //! The lock word holds the owner's tag (its pid, see [`mproc_core::pid::owner_tag`])
 //! and a "waiters" bit (`tag | WAITERS`, 0 when free). An uncontended lock is one
 //! compare-and-swap and an unlock one swap: no system call. A contended waiter
-//! re-checks once, then sleeps on the futex with a bounded timeout (10 ms, doubling to
-//! 100 ms); each time it wakes without the lock it checks that the owner still lives
+//! re-checks once, then sleeps on the futex with a bounded timeout of
+//! [`HOLDER_CHECK_INTERVAL`](mproc_core::pid::HOLDER_CHECK_INTERVAL) (5 ms, fixed: no
+//! backoff); each time it wakes without the lock it checks that the owner still lives
 //! (through a pidfd). A dead owner's lock is taken over and reported as
-//! [`Acquired::OwnerDied`]; so a holder that dies is noticed within about 100–200 ms.
+//! [`Acquired::OwnerDied`]; so a holder that dies is reported to a waiter within about
+//! 5 ms (≤ 10 ms with scheduling delay). Only a waiter that already sleeps pays for the
+//! checks (one wake and a pidfd look every 5 ms while it waits); the uncontended path
+//! and a release that wakes a waiter are unchanged. This is bounded polling, not a
+//! kernel notification: `HOLDER_CHECK_INTERVAL` says why.
 //!
 //! **Poisoning.** A guard dropped while its thread panics releases the lock as
 //! *poisoned* (`POISONED | tag`): the next acquirer takes it and gets the same
@@ -34,8 +39,8 @@ const WAITERS: u32 = 1 << 31;
 const POISONED: u32 = 1 << 29;
 /// The owner tag's bits: the pid (below 2^22) and `pid::FOREIGN_TAG` (bit 30).
 const PID_MASK: u32 = !(WAITERS | POISONED);
-const FIRST_CHECK: Duration = Duration::from_millis(10);
-const LAST_CHECK: Duration = Duration::from_millis(100);
+/// How long a contended waiter sleeps before it checks that the holder still lives.
+const CHECK: Duration = mproc_core::pid::HOLDER_CHECK_INTERVAL;
 
 /// How a lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,8 +163,6 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
     // a waiter that spins (even reading only) keeps pulling the cache line away from
     // the holder and costs more throughput than its sleep. A lock's holder is running
     // and will release soon; the waiter re-checks once, then sleeps.
-    let mut check = FIRST_CHECK;
-    let mut last_owner = 0;
     loop {
         let mut cur = word.load(Ordering::Relaxed);
         if cur == 0 {
@@ -181,10 +184,6 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
             }
         }
         let owner = cur & PID_MASK;
-        if owner != last_owner {
-            last_owner = owner;
-            check = FIRST_CHECK;
-        }
         if !blocking || deadline.is_expired() {
             // One last look: a lock whose holder is gone is taken over even by a try.
             if owner != me && owner_dead(owner) {
@@ -209,21 +208,21 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
             }
             cur |= WAITERS;
         }
-        let slice = deadline.min(Deadline::after(check));
+        let slice = deadline.min(Deadline::after(CHECK));
         let outcome = futex::wait(word, cur, slice);
-        if outcome == WaitOutcome::TimedOut && !deadline.is_expired() {
-            if owner != me && owner_dead(owner) {
-                if word
-                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Some(Acquired::OwnerDied {
-                        pid: reported_pid(owner),
-                    });
-                }
-            } else {
-                check = (check * 2).min(LAST_CHECK);
-            }
+        // Timed out with the deadline still ahead: the check interval passed, so look
+        // at the holder.
+        if outcome == WaitOutcome::TimedOut
+            && !deadline.is_expired()
+            && owner != me
+            && owner_dead(owner)
+            && word
+                .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(Acquired::OwnerDied {
+                pid: reported_pid(owner),
+            });
         }
     }
 }

@@ -209,10 +209,96 @@ fn blocked_waiter_learns_of_a_killed_holder_within_bounded_time() {
     let (report, got) = waiter.join().unwrap();
     assert_eq!(report, Some((pid, 13)));
     let delay = got.saturating_duration_since(killed);
-    // Aim: ≤ 200 ms; a generous bound for a loaded machine.
+    // Aim: ≤ 10 ms (a check every 5 ms); a generous bound for a loaded machine.
     assert!(delay < Duration::from_secs(3), "took over after {delay:?}");
     *m.lock().unwrap() += 1;
     assert_eq!(*m.lock().unwrap(), 1);
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the machine, so a
+/// time read in a child compares with one read in the parent.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn hold_lock_forever(args: (Lock, Event)) -> u32 {
+    let (lock, held) = args;
+    lock.acquire().unwrap();
+    held.set();
+    std::thread::sleep(Duration::from_secs(120));
+    0
+}
+
+/// Waits for the lock (already held by another process); returns the pid its report
+/// names (0 if it was released cleanly) and the monotonic time of the report.
+fn wait_for_lock(args: (Lock, Event)) -> (u32, u64) {
+    let (lock, waiting) = args;
+    waiting.set();
+    match lock.acquire() {
+        Ok(()) => (0, monotonic_ns()),
+        Err(e) => {
+            let at = monotonic_ns();
+            (e.pid(), at)
+        }
+    }
+}
+
+/// Issue #11's target: a holder SIGKILLed while another *process* sleeps waiting for
+/// its lock is reported to that waiter within 10 ms (the waiter checks the holder every
+/// `HOLDER_CHECK_INTERVAL`). Timed over 30 trials from the moment the parent sends
+/// SIGKILL; the assertion bound is generous (the machine may be loaded), the figures
+/// are printed (`--nocapture`).
+#[test]
+fn waiting_process_learns_of_a_sigkilled_holder_within_10ms() {
+    const TRIALS: usize = 30;
+    let mut delays = Vec::with_capacity(TRIALS);
+    for trial in 0..TRIALS {
+        let (lock, held, waiting) = (
+            Lock::new().unwrap(),
+            Event::new().unwrap(),
+            Event::new().unwrap(),
+        );
+        let holder = start(hold_lock_forever, (lock.clone(), held.clone()));
+        assert!(held.wait_timeout(Duration::from_secs(60)));
+        let mut waiter = start(wait_for_lock, (lock.clone(), waiting.clone()));
+        assert!(waiting.wait_timeout(Duration::from_secs(60)));
+        // Let the waiter sleep on the futex long enough that a backoff would have grown
+        // (the old 10 → 100 ms one reported this kill after ~40 ms), then kill at a
+        // different point of its check interval in each trial.
+        let jitter = Duration::from_micros((trial as u64 * 1_700) % 10_000);
+        std::thread::sleep(Duration::from_millis(200) + jitter);
+        let holder_pid = holder.pid().unwrap() as u32;
+        let killed = monotonic_ns();
+        holder.kill().unwrap();
+        let (pid, at) = join(&mut waiter);
+        assert_eq!(
+            pid, holder_pid,
+            "the waiter must get OwnerDied naming the holder"
+        );
+        let delay = Duration::from_nanos(at.saturating_sub(killed));
+        assert!(
+            delay < Duration::from_millis(500),
+            "reported after {delay:?}"
+        );
+        delays.push(delay);
+        // The waiter exited holding the lock it took over: the parent's acquire is
+        // an OwnerDied report too, and leaves the lock usable.
+        assert!(lock.acquire().is_err());
+        lock.release().unwrap();
+    }
+    delays.sort();
+    let median = delays[TRIALS / 2];
+    eprintln!(
+        "dead holder reported after: median {median:?}, max {:?} (min {:?}) over {TRIALS} trials",
+        delays[TRIALS - 1],
+        delays[0]
+    );
+    // The median shrugs off a few scheduling spikes; 30 ms is three times the target.
+    assert!(
+        median < Duration::from_millis(30),
+        "median report delay {median:?}"
+    );
 }
 
 // ---------------------------------------------------------------- Semaphore

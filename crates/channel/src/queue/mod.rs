@@ -206,7 +206,8 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(PutFail::Full);
             }
-            let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
+            let check = self.ring.writer_check_interval(CHECK_INTERVAL);
+            let slice = deadline.min(Deadline::after(check));
             self.ring.wait_writable(&self.put_spin, slice);
             if slice.is_expired() && !self.ring.writable() {
                 self.ring.reclaim_for_writer();
@@ -308,7 +309,8 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(GetError::Empty);
             }
-            let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
+            let check = self.ring.reader_check_interval(CHECK_INTERVAL);
+            let slice = deadline.min(Deadline::after(check));
             self.ring.wait_readable(&self.get_spin, slice);
             if slice.is_expired() && !self.ring.readable() {
                 self.ring.reclaim_for_reader();
@@ -596,8 +598,9 @@ impl<T: Archive> QueueBuilder<T> {
 /// # Failure
 ///
 /// A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
-/// the middle of `put`) does not wedge the queue: a waiter that finds the slot in its
-/// way for more than 50 ms checks whether the holder is alive and takes the slot back.
+/// the middle of `put`) does not wedge the queue: a waiter that finds a held slot in
+/// its way checks every 5 ms whether the holder is alive and takes the slot back (a
+/// waiter on a plain empty or full queue wakes every 50 ms).
 /// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
 /// usable. (A reused pid delays the recovery until that process exits.)
 pub struct Queue<T> {

@@ -16,8 +16,9 @@
 //! whose slot was skipped (older token) is discarded; a slot whose datagram never came
 //! (newer token at the head) is reported as an error for that message.
 //!
-//! The locks are one word holding the owner's pid: a waiter that sleeps too long checks
-//! whether the owner is alive and takes the lock over if it is not.
+//! The locks are one word holding the owner's pid: a waiter checks every
+//! `mproc_core::pid::HOLDER_CHECK_INTERVAL` (5 ms) whether the owner is alive and takes
+//! the lock over if it is not, so a dead holder costs the next one ≤ 10 ms.
 use mproc_core::futex::{self, WaitOutcome};
 use mproc_core::{Deadline, scm};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -197,7 +198,7 @@ impl<'a> PidLock<'a> {
             if deadline.is_expired() {
                 return false;
             }
-            let slice = deadline.min(Deadline::after(CHECK_INTERVAL));
+            let slice = deadline.min(Deadline::after(mproc_core::pid::HOLDER_CHECK_INTERVAL));
             if futex::wait(self.word, owner, slice) == WaitOutcome::TimedOut
                 && owner != pid
                 && mproc_core::pid::holder_dead(owner)
