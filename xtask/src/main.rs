@@ -7,7 +7,7 @@
 //! - `cargo xtask bench [--quick] [--json FILE] [--filter S]`: mproc beside CPython and
 //!   the raw OS floor, in one run, with ratios.
 //! - `cargo xtask fuzz [--seconds N]`: the frame-decoder fuzz target for a bounded time.
-//! - `cargo xtask soak [--seconds N]`: fault injection and soak (default 180 s), one
+//! - `cargo xtask soak [--seconds N] [--only A,B] [--seed S]`: fault injection and soak (default 180 s), one
 //!   table of what was tried and what was seen; non-zero on any violated invariant.
 
 mod bench;
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test-all [--quick]                    everything CI checks\n  bench [--quick] [--json F] [--filter S]  benchmarks beside CPython and the raw floor\n  fuzz [--seconds N]                     run the frame-decoder fuzz target\n  soak [--seconds N]                     fault injection: killed workers, holders, parents; bad frames"
+                "usage: cargo xtask <command>\n\n  test-all [--quick]                    everything CI checks\n  bench [--quick] [--json F] [--filter S]  benchmarks beside CPython and the raw floor\n  fuzz [--seconds N]                     run the frame-decoder fuzz target\n  soak [--seconds N] [--only A,B] [--seed S]  fault injection: killed workers, holders, parents; bad frames"
             );
             cmd == "help"
         }

@@ -1,5 +1,6 @@
-//! `cargo xtask soak [--seconds N]`: builds `mproc-soak` in release and runs every
-//! fault-injection scenario within `N` seconds (default 180). Fails when any invariant
+//! `cargo xtask soak [--seconds N] [--only NAME[,NAME..]] [--seed S]`: builds
+//! `mproc-soak` in release and runs every fault-injection scenario (or those named by
+//! `--only`, with `--seed` for a repeatable run) within `N` seconds (default 180). Fails when any invariant
 //! was violated, or when the run outlives its bound. Runs of 60 s or more then run the
 //! loom models (`xtask/soak/tests/loom_*.rs`) in release with 3 preemptions; shorter
 //! runs leave them to the test suite, which runs them in debug with 2.
@@ -22,11 +23,14 @@ pub(crate) fn run(args: &[String]) -> bool {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"));
     let exe = target.join("release").join("mproc-soak");
-    let mut child = match Command::new(&exe)
-        .args(["--seconds", &secs.to_string()])
-        .current_dir(crate::root())
-        .spawn()
-    {
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--seconds", &secs.to_string()]);
+    for flag in ["--only", "--seed"] {
+        if let Some(v) = crate::flag_value(args, flag) {
+            cmd.args([flag, v.as_str()]);
+        }
+    }
+    let mut child = match cmd.current_dir(crate::root()).spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("xtask soak: cannot run {}: {e}", exe.display());
