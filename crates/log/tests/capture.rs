@@ -1,6 +1,6 @@
 //! `Forwarding::capture_output`: children's stdout and stderr lines come out of the
 //! parent's, tagged. The test re-runs its own binary and reads the copy's output.
-use std::process::Command;
+mod common;
 use std::time::Duration;
 
 const ROLE: &str = "MPROC_LOG_TEST_CAPTURE";
@@ -56,21 +56,7 @@ fn children_output_lines_reach_the_parent_tagged() {
         println!("pids {pid_a} {}", b.pid().unwrap());
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "children_output_lines_reach_the_parent_tagged",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = common::rerun_as(ROLE, "children_output_lines_reach_the_parent_tagged");
     let pids: Vec<&str> = stdout
         .lines()
         .find_map(|l| l.split("pids ").nth(1))

@@ -1,7 +1,7 @@
 //! `mproc_log::forward()` alone, in a program that installed no logger: children's
 //! records print on the parent's stderr through mproc's default logger, tagged. The test
 //! re-runs its own binary (a fresh process with no global logger) and reads its stderr.
-use std::process::Command;
+mod common;
 
 const ROLE: &str = "MPROC_LOG_TEST_ONE_CALL";
 
@@ -22,21 +22,8 @@ fn forward_alone_prints_children_records_on_stderr() {
         drop(fwd);
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "forward_alone_prints_children_records_on_stderr",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) =
+        common::rerun_as(ROLE, "forward_alone_prints_children_records_on_stderr");
     let pid = stdout
         .lines()
         .find_map(|l| l.split("child pid ").nth(1))
