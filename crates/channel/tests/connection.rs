@@ -241,3 +241,49 @@ fn clones_share_read_ahead_and_close_apart() {
     drop(b2);
     assert!(matches!(a.recv::<u32>(), Err(RecvError::Disconnected)));
 }
+
+/// Echoes `u64`s; every tenth reply comes late (a slow peer), so the receiver's spin
+/// fails some of the time and is switched off and on again. The zero ends the child.
+fn echo_sometimes_late(c: Connection) -> u64 {
+    let mut n = 0;
+    while let Ok(v) = c.recv::<u64>() {
+        if v == 0 {
+            break;
+        }
+        if v % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        c.send(&v).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_waiting_receive_meets_fast_and_late_replies_and_the_end_of_stream() {
+    let (parent, child) = Pipe(true).unwrap();
+    let mut p = Process::new(echo_sometimes_late, child);
+    p.start().unwrap();
+    // Fast replies (met while spinning) and late ones (met after the spin gave up and
+    // slept), in order, none lost or duplicated.
+    for i in 1..=300u64 {
+        parent.send(&i).unwrap();
+        assert_eq!(parent.recv_timeout::<u64>(LONG).unwrap(), i);
+    }
+    // A timed receive that nothing answers still times out after its timeout, spin or
+    // not, and an immediate one does not wait.
+    let t0 = Instant::now();
+    assert!(matches!(
+        parent.recv_timeout::<u64>(Duration::from_millis(30)),
+        Err(RecvError::Timeout)
+    ));
+    assert!(t0.elapsed() >= Duration::from_millis(30));
+    assert!(matches!(
+        parent.recv_timeout::<u64>(Duration::ZERO),
+        Err(RecvError::Timeout)
+    ));
+    parent.send(&0u64).unwrap();
+    assert_eq!(p.join().unwrap(), 300);
+    // The child's end is gone: a receive that waits sees the end of the stream.
+    assert!(matches!(parent.recv::<u64>(), Err(RecvError::Disconnected)));
+}

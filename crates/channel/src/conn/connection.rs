@@ -12,6 +12,7 @@
 //! to another process while it holds read-ahead bytes is refused with a typed error
 //! rather than stranding them.
 use super::error::{RecvError, SendError};
+use crate::queue::spin::Spin;
 use mproc_core::codec::{
     self, FrameHeader, FrameKind, HEADER_LEN, MAX_FDS, TypeMismatch, TypeTag, read_type_block,
 };
@@ -163,6 +164,50 @@ pub(super) struct Rx {
     broken: bool,
     eof: bool,
     cmsg: Vec<MaybeUninit<u8>>,
+    /// How long a receive waiting for the next frame spins before it sleeps.
+    spin: RecvSpin,
+}
+
+/// The spin of a receive that waits for a frame, and when to skip it: spins that keep
+/// failing (a slow peer, or a busy machine where our spin only keeps the peer from a
+/// CPU) switch spinning off for exponentially more receives (16 up to 1,024), after which
+/// one receive probes again. Only a peer that answers within the budget keeps it on.
+#[derive(Debug)]
+struct RecvSpin {
+    spin: Spin,
+    fails: u32,
+    skip: u32,
+}
+
+impl RecvSpin {
+    fn new() -> Self {
+        RecvSpin {
+            spin: Spin::new(),
+            fails: 0,
+            skip: 0,
+        }
+    }
+
+    /// The spin to make for this receive, if any.
+    fn take(&mut self) -> Option<&Spin> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        Spin::useful().then_some(&self.spin)
+    }
+
+    /// Records whether the spin met the frame.
+    fn outcome(&mut self, met: bool) {
+        if met {
+            self.fails = 0;
+        } else {
+            self.fails = self.fails.saturating_add(1);
+            if self.fails >= 4 {
+                self.skip = 16 << (self.fails - 4).min(6);
+            }
+        }
+    }
 }
 
 /// Size of the read-ahead buffer.
@@ -183,6 +228,7 @@ impl Rx {
             broken: false,
             eof: false,
             cmsg: Vec::new(),
+            spin: RecvSpin::new(),
         }
     }
 
@@ -260,10 +306,80 @@ pub(super) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<()
 
 /// Reads some bytes into `buf`; `Ok(0)` is end of stream. With `fds`, also collects fds
 /// that arrive (close-on-exec). With a deadline, never blocks past it.
+///
+/// With `spin`, a read that finds nothing first retries without blocking for the spin's
+/// adaptive budget (a few µs, up to 40) before it sleeps: a peer that answers at once
+/// (a request/reply exchange) is then met without the two sleeping hand-overs, which
+/// cost far more than the answer itself on a virtual machine whose idle CPUs halt.
 fn read_some(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: Option<(&mut Vec<MaybeUninit<u8>>, &mut VecDeque<OwnedFd>)>,
+    deadline: Option<Deadline>,
+    spin: Option<&mut RecvSpin>,
+) -> Result<usize, RecvError> {
+    let mut fds = fds;
+    let mut attempt = |flags: RecvFlags| match fds.as_mut() {
+        Some((space, out)) => {
+            if space.is_empty() {
+                space.resize(
+                    rustix::cmsg_space!(ScmRights(MAX_FDS as usize)),
+                    MaybeUninit::uninit(),
+                );
+            }
+            let mut cmsg = RecvAncillaryBuffer::new(space);
+            let r = recvmsg(
+                fd,
+                &mut [IoSliceMut::new(&mut *buf)],
+                &mut cmsg,
+                flags | RecvFlags::CMSG_CLOEXEC,
+            );
+            for m in cmsg.drain() {
+                if let RecvAncillaryMessage::ScmRights(it) = m {
+                    out.extend(it);
+                }
+            }
+            r.map(|m| m.bytes)
+        }
+        None => recv(fd, &mut *buf, flags).map(|(n, _)| n),
+    };
+    if let Some(rs) = spin {
+        // Data already there needs no spin (and must not count as one that met it).
+        match attempt(RecvFlags::DONTWAIT) {
+            Err(Errno::AGAIN) if !deadline.is_some_and(|d| d.is_expired()) => {}
+            Err(Errno::AGAIN) => return Err(RecvError::Timeout),
+            Err(Errno::INTR) => {}
+            Err(Errno::CONNRESET) => return Ok(0),
+            Ok(n) => return Ok(n),
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+        if let Some(s) = rs.take() {
+            let spun = s.spin_costly(|| match attempt(RecvFlags::DONTWAIT) {
+                Err(Errno::AGAIN) if !deadline.is_some_and(|d| d.is_expired()) => None,
+                other => Some(other),
+            });
+            rs.outcome(spun.is_some());
+            match spun {
+                Some(Ok(n)) => return Ok(n),
+                Some(Err(Errno::CONNRESET)) => return Ok(0),
+                Some(Err(Errno::AGAIN)) => return Err(RecvError::Timeout),
+                Some(Err(Errno::INTR)) | None => {}
+                Some(Err(e)) => return Err(RecvError::Io(e.into())),
+            }
+            // Nothing within the budget: sleep, and tell the budget how long it took.
+            let slept = std::time::Instant::now();
+            let r = read_blocking(fd, &mut attempt, deadline);
+            rs.spin.slept(slept.elapsed());
+            return r;
+        }
+    }
+    read_blocking(fd, &mut attempt, deadline)
+}
+
+/// The sleeping part of [`read_some`]: `attempt` is one `recv` with the given flags.
+fn read_blocking(
+    fd: BorrowedFd<'_>,
+    attempt: &mut impl FnMut(RecvFlags) -> rustix::io::Result<usize>,
     deadline: Option<Deadline>,
 ) -> Result<usize, RecvError> {
     let mut flags = RecvFlags::empty();
@@ -271,32 +387,8 @@ fn read_some(
         wait_readable(fd, d)?;
         flags |= RecvFlags::DONTWAIT;
     }
-    let mut fds = fds;
     loop {
-        let r = match fds.as_mut() {
-            Some((space, out)) => {
-                if space.is_empty() {
-                    space.resize(
-                        rustix::cmsg_space!(ScmRights(MAX_FDS as usize)),
-                        MaybeUninit::uninit(),
-                    );
-                }
-                let mut cmsg = RecvAncillaryBuffer::new(space);
-                let r = recvmsg(
-                    fd,
-                    &mut [IoSliceMut::new(buf)],
-                    &mut cmsg,
-                    flags | RecvFlags::CMSG_CLOEXEC,
-                );
-                for m in cmsg.drain() {
-                    if let RecvAncillaryMessage::ScmRights(it) = m {
-                        out.extend(it);
-                    }
-                }
-                r.map(|m| m.bytes)
-            }
-            None => recv(fd, &mut *buf, flags).map(|(n, _)| n),
-        };
+        let r = attempt(flags);
         match r {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
@@ -595,9 +687,16 @@ impl Connection {
                         end,
                         fd_queue,
                         cmsg,
+                        spin,
                         ..
                     } = rx;
-                    let n = read_some(fd, &mut ahead[*end..], Some((cmsg, fd_queue)), deadline)?;
+                    let n = read_some(
+                        fd,
+                        &mut ahead[*end..],
+                        Some((cmsg, fd_queue)),
+                        deadline,
+                        Some(spin),
+                    )?;
                     if n == 0 {
                         rx.eof = true;
                         let mid_frame = rx.buffered() > 0 || !rx.fd_queue.is_empty();
@@ -655,7 +754,7 @@ impl Connection {
             }
             // Exactly up to this frame's end: never into the next frame, whose fds
             // must come through the read-ahead path.
-            let n = read_some(fd, &mut rx.body[got..end], None, deadline)?;
+            let n = read_some(fd, &mut rx.body[got..end], None, deadline, None)?;
             if n == 0 {
                 rx.eof = true;
                 rx.discard();

@@ -13,7 +13,7 @@
 mod error;
 mod ring;
 mod side;
-mod spin;
+pub(crate) mod spin;
 #[allow(unsafe_code)]
 mod sys;
 

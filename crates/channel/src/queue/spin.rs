@@ -71,6 +71,37 @@ impl Spin {
         }
     }
 
+    /// As [`Spin::spin`], for a `ready()` that is itself costly (a non-blocking system
+    /// call): the clock is read after every check, so the budget holds to within one
+    /// check. Returns `ready()`'s `Some` value, or `None` when the budget is spent (it
+    /// then shrinks, as in `spin`).
+    #[inline]
+    pub(crate) fn spin_costly<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+        let budget = u128::from(self.budget_ns.load(Ordering::Relaxed));
+        let start = Instant::now();
+        loop {
+            if let Some(v) = ready() {
+                let spent = start.elapsed().as_nanos();
+                if spent > budget / 2 {
+                    self.set((budget as u32).saturating_mul(2));
+                }
+                return Some(v);
+            }
+            std::hint::spin_loop();
+            if start.elapsed().as_nanos() >= budget {
+                self.set(budget as u32 - budget as u32 / 4);
+                return None;
+            }
+        }
+    }
+
+    /// Whether spinning can help at all: never on a machine with one CPU, where the
+    /// partner cannot run while we spin.
+    pub(crate) fn useful() -> bool {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())) > 1
+    }
+
     fn set(&self, ns: u32) {
         let ns = ns.clamp(MIN_SPIN.as_nanos() as u32, MAX_SPIN.as_nanos() as u32);
         self.budget_ns.store(ns, Ordering::Relaxed);
