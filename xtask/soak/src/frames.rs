@@ -7,7 +7,7 @@
 use crate::util::Rng;
 use crate::{Budget, Outcome};
 use mproc_channel::{Connection, GetError, Pipe, Queue, RecvError};
-use mproc_core::codec::{FrameHeader, encode};
+use mproc_core::codec::{FrameHeader, FrameKind, TypeTag, encode};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -121,6 +121,41 @@ fn raw_pair() -> Result<(UnixStream, Connection), String> {
     Ok((w, c))
 }
 
+/// A typed frame for `T` (as `send::<T>` writes one) whose archive is `archive`, any
+/// bytes: so a damaged archive reaches the decoder instead of the type check.
+fn typed_frame(archive: &[u8]) -> Vec<u8> {
+    typed_frame_fds(archive, 0)
+}
+
+/// As [`typed_frame`], with a header that announces `nfds` fds.
+fn typed_frame_fds(archive: &[u8], nfds: u32) -> Vec<u8> {
+    let tag = TypeTag::of::<T>();
+    let mut payload = tag.block_head().to_vec();
+    payload.extend_from_slice(tag.wire_name());
+    payload.resize(tag.block_len(), 0);
+    payload.extend_from_slice(archive);
+    let head = FrameHeader {
+        nfds,
+        len: payload.len() as u64,
+    };
+    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
+    f.extend_from_slice(&payload);
+    f.resize(16 + head.padded_len() as usize, 0);
+    f
+}
+
+/// After a bad frame on `w`, a good one must still come through `c`.
+fn still_usable(rng: &mut Rng, w: &mut UnixStream, c: &Connection, k: &str) -> Result<(), String> {
+    let v = valid(rng);
+    let good = encode(&v).map_err(|e| e.to_string())?;
+    w.write_all(&typed_frame(&good.bytes))
+        .map_err(|e| e.to_string())?;
+    match recv_bounded(c)? {
+        Ok(got) if got == v => Ok(()),
+        other => Err(format!("after a bad frame ({k}) a good one gave {other:?}")),
+    }
+}
+
 /// Receives with a bound; a receive that outlives it is a hang.
 fn recv_bounded(c: &Connection) -> Result<Result<T, RecvError>, String> {
     let t = Instant::now();
@@ -145,20 +180,30 @@ fn conn_case(rng: &mut Rng, i: usize, corpus: Option<&[u8]>) -> Result<String, S
     }
     match i % 6 {
         0 => {
-            // A whole frame of random bytes: decode error, and the connection goes on.
-            let (a, bconn) = Pipe(true).map_err(|e| e.to_string())?;
+            // A typed frame whose archive is random bytes: a decode error, and the
+            // connection goes on. Every other time, the same bytes as an untyped
+            // message, which a typed receive refuses before decoding.
             let junk = rng.bytes(0, 300);
-            a.send_bytes(&junk).map_err(|e| e.to_string())?;
-            let r = recv_bounded(&bconn)?;
-            let k = r.as_ref().map_or_else(kind, |_| "Ok".into());
-            let v = valid(rng);
-            a.send(&v).map_err(|e| e.to_string())?;
-            match recv_bounded(&bconn)? {
-                Ok(got) if got == v => Ok(format!("payload:{k}")),
-                other => Err(format!(
-                    "after a bad payload ({k}) a good one gave {other:?}"
-                )),
+            if i.is_multiple_of(12) {
+                let (a, bconn) = Pipe(true).map_err(|e| e.to_string())?;
+                a.send_bytes(&junk).map_err(|e| e.to_string())?;
+                let r = recv_bounded(&bconn)?;
+                let k = r.as_ref().map_or_else(kind, |_| "Ok".into());
+                let v = valid(rng);
+                a.send(&v).map_err(|e| e.to_string())?;
+                return match recv_bounded(&bconn)? {
+                    Ok(got) if got == v => Ok(format!("untyped:{k}")),
+                    other => Err(format!(
+                        "after an untyped payload ({k}) a good one gave {other:?}"
+                    )),
+                };
             }
+            let (mut w, c) = raw_pair()?;
+            let _ = w.write_all(&typed_frame(&junk));
+            let r = recv_bounded(&c)?;
+            let k = r.as_ref().map_or_else(kind, |_| "Ok".into());
+            still_usable(rng, &mut w, &c, &k)?;
+            Ok(format!("payload:{k}"))
         }
         1 => {
             // Random bytes where a header should be, then EOF.
@@ -200,15 +245,8 @@ fn conn_case(rng: &mut Rng, i: usize, corpus: Option<&[u8]>) -> Result<String, S
             // A header announcing fds that never come.
             let (mut w, c) = raw_pair()?;
             let payload = encode(&valid(rng)).map_err(|e| e.to_string())?;
-            let len = payload.bytes.len() as u64;
-            let h = FrameHeader {
-                nfds: 1 + rng.below(300) as u32,
-                len,
-            };
-            let _ = w.write_all(&h.to_bytes());
-            let _ = w.write_all(&payload.bytes);
-            let pad = (h.padded_len() - len) as usize;
-            let _ = w.write_all(&vec![0; pad]);
+            let nfds = 1 + rng.below(300) as u32;
+            let _ = w.write_all(&typed_frame_fds(&payload.bytes, nfds));
             let r = recv_bounded(&c)?;
             drop(w);
             Ok(format!(
@@ -217,8 +255,9 @@ fn conn_case(rng: &mut Rng, i: usize, corpus: Option<&[u8]>) -> Result<String, S
             ))
         }
         _ => {
-            // A valid encoding with bytes flipped.
-            let (a, bconn) = Pipe(true).map_err(|e| e.to_string())?;
+            // A valid encoding with bytes flipped, in a correctly typed frame: the
+            // archive's validation must catch it (or it decodes to some valid value).
+            let (mut w, c) = raw_pair()?;
             let mut bytes = encode(&valid(rng))
                 .map_err(|e| e.to_string())?
                 .bytes
@@ -229,12 +268,11 @@ fn conn_case(rng: &mut Rng, i: usize, corpus: Option<&[u8]>) -> Result<String, S
                     bytes[at] ^= 1 << rng.below(8);
                 }
             }
-            a.send_bytes(&bytes).map_err(|e| e.to_string())?;
-            let r = recv_bounded(&bconn)?;
-            Ok(format!(
-                "bitflip:{}",
-                r.as_ref().map_or_else(kind, |_| "Ok".into())
-            ))
+            let _ = w.write_all(&typed_frame(&bytes));
+            let r = recv_bounded(&c)?;
+            let k = r.as_ref().map_or_else(kind, |_| "Ok".into());
+            still_usable(rng, &mut w, &c, &k)?;
+            Ok(format!("bitflip:{k}"))
         }
     }
 }
