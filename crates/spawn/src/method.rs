@@ -34,7 +34,8 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    /// Every start method.
+    /// Every start method, all supported on Linux (Python's `get_all_start_methods()`).
+    #[doc(alias = "get_all_start_methods")]
     pub const ALL: [StartMethod; 3] = [
         StartMethod::Fork,
         StartMethod::Spawn,
