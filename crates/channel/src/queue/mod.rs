@@ -139,6 +139,40 @@ struct Taken<'a> {
     handles: bool,
 }
 
+/// How a waiter that cannot claim a slot sleeps next: the deadline of its next sleep,
+/// and the watch (if any) that wakes it when the process holding the slot in its way
+/// exits. `blocker` is that holder and the word the waiter sleeps on (see
+/// [`Ring::reader_blocker`]); `seen` remembers the holder across the caller's loop. A
+/// holder seen for the first time gets a plain [`futex::FIRST_SLICE`] (it is usually
+/// about to publish or release); the same holder again is watched, with no periodic
+/// wake-up. An empty or full queue with nobody in the way sleeps in [`CHECK_INTERVAL`]
+/// slices, as before.
+fn behind_slot<'r>(
+    blocker: Option<(u32, &'r std::sync::atomic::AtomicU32)>,
+    seen: &mut u32,
+    deadline: Deadline,
+) -> (Deadline, Option<mproc_core::watch::HolderWatch<'r>>) {
+    use mproc_core::watch::{Watch, watch_holder};
+    let Some((holder, word)) = blocker else {
+        *seen = 0;
+        return (deadline.min(Deadline::after(CHECK_INTERVAL)), None);
+    };
+    if *seen != holder {
+        *seen = holder;
+        return (deadline.min(Deadline::after(futex::FIRST_SLICE)), None);
+    }
+    match watch_holder(word, holder) {
+        Watch::Armed(w) => (deadline, Some(w)),
+        // Reclaim at once.
+        Watch::HolderGone => (Deadline::now(), None),
+        Watch::Unjudged => (deadline.min(Deadline::after(CHECK_INTERVAL)), None),
+        Watch::Unavailable => (
+            deadline.min(Deadline::after(Duration::from_millis(5))),
+            None,
+        ),
+    }
+}
+
 impl Inner {
     fn create(
         capacity: u64,
@@ -196,6 +230,7 @@ impl Inner {
     }
 
     fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<WriteClaim<'_>, PutFail> {
+        let mut seen = 0;
         loop {
             if let Ok(p) = self.ring.try_claim_write(pid) {
                 return Ok(p);
@@ -206,10 +241,10 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(PutFail::Full);
             }
-            let check = self.ring.writer_check_interval(CHECK_INTERVAL);
-            let slice = deadline.min(Deadline::after(check));
+            let (slice, watch) = behind_slot(self.ring.writer_blocker(), &mut seen, deadline);
             self.ring.wait_writable(&self.put_spin, slice);
-            if slice.is_expired() && !self.ring.writable() {
+            let died = watch.is_some_and(|w| w.holder_died());
+            if (died || slice.is_expired()) && !self.ring.writable() {
                 self.ring.reclaim_for_writer();
             }
         }
@@ -278,6 +313,7 @@ impl Inner {
         pid: u32,
         deadline: Deadline,
     ) -> Result<(ReadClaim<'_>, Vec<OwnedFd>), GetError> {
+        let mut seen = 0;
         loop {
             match self.ring.try_claim_read(pid, false) {
                 Ok(c) => return Ok((c, Vec::new())),
@@ -309,10 +345,10 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(GetError::Empty);
             }
-            let check = self.ring.reader_check_interval(CHECK_INTERVAL);
-            let slice = deadline.min(Deadline::after(check));
+            let (slice, watch) = behind_slot(self.ring.reader_blocker(), &mut seen, deadline);
             self.ring.wait_readable(&self.get_spin, slice);
-            if slice.is_expired() && !self.ring.readable() {
+            let died = watch.is_some_and(|w| w.holder_died());
+            if (died || slice.is_expired()) && !self.ring.readable() {
                 self.ring.reclaim_for_reader();
             }
         }
