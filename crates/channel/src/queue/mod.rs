@@ -142,9 +142,10 @@ struct Taken<'a> {
 /// How a waiter that cannot claim a slot sleeps next: the deadline of its next sleep,
 /// and the watch (if any) that wakes it when the process holding the slot in its way
 /// exits. `blocker` is that holder and the word the waiter sleeps on (see
-/// [`Ring::reader_blocker`]); `seen` remembers the holder across the caller's loop. A
-/// holder seen for the first time gets a plain [`futex::FIRST_SLICE`] (it is usually
-/// about to publish or release); the same holder again is watched, with no periodic
+/// [`Ring::reader_blocker`]); `seen` is the holder of the caller's previous sleep if that
+/// sleep ran out (the caller clears it when woken). A holder seen for the first time
+/// gets a plain [`futex::FIRST_SLICE`] (it is usually about to publish or release); the
+/// same holder still in the way after a whole slice is watched, with no periodic
 /// wake-up. An empty or full queue with nobody in the way sleeps in [`CHECK_INTERVAL`]
 /// slices, as before.
 fn behind_slot<'r>(
@@ -244,6 +245,11 @@ impl Inner {
             let (slice, watch) = behind_slot(self.ring.writer_blocker(), &mut seen, deadline);
             self.ring.wait_writable(&self.put_spin, slice);
             let died = watch.is_some_and(|w| w.holder_died());
+            if !slice.is_expired() {
+                // Woken (progress, or the watch): the next holder in the way starts
+                // with a plain slice again.
+                seen = 0;
+            }
             if (died || slice.is_expired()) && !self.ring.writable() {
                 self.ring.reclaim_for_writer();
             }
@@ -348,6 +354,11 @@ impl Inner {
             let (slice, watch) = behind_slot(self.ring.reader_blocker(), &mut seen, deadline);
             self.ring.wait_readable(&self.get_spin, slice);
             let died = watch.is_some_and(|w| w.holder_died());
+            if !slice.is_expired() {
+                // Woken (progress, or the watch): the next holder in the way starts
+                // with a plain slice again.
+                seen = 0;
+            }
             if (died || slice.is_expired()) && !self.ring.readable() {
                 self.ring.reclaim_for_reader();
             }
