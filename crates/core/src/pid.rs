@@ -26,6 +26,8 @@ pub const FOREIGN_TAG: u32 = 1 << 30;
 /// Word offsets inside the cache page.
 const W_PID: usize = 0;
 const W_TAG: usize = 1;
+/// Set by [`crate::watch`] once this process runs its own watcher thread.
+const W_WATCH: usize = 2;
 
 /// The pid namespace of the last process that computed it (inherited through fork,
 /// unlike the wiped page): a fork child compares its own with it.
@@ -66,7 +68,7 @@ fn cached(index: usize) -> u32 {
     let page = PID_PAGE.load(Ordering::Acquire);
     if !page.is_null() {
         // SAFETY: a non-null `PID_PAGE` points at the start of a page that is never
-        // unmapped (wiped on fork, but still mapped in the child); `index` < 2.
+        // unmapped (wiped on fork, but still mapped in the child); `index` < 3.
         let v = unsafe { (*page.add(index)).load(Ordering::Relaxed) };
         if v != 0 {
             return v;
@@ -136,6 +138,29 @@ pub fn holder_dead(tag: u32) -> bool {
         return false;
     }
     !crate::process_alive(tag as i32)
+}
+
+/// Whether this very process (not one it was forked from: the page is wiped in a fork
+/// child) has marked itself with [`mark_watcher`]. Without the page (an old kernel)
+/// always `true`: the caller then relies on comparing pids alone.
+pub(crate) fn watcher_marked() -> bool {
+    let _ = current();
+    let page = PID_PAGE.load(Ordering::Acquire);
+    if page.is_null() {
+        return true;
+    }
+    // SAFETY: as in `cached`; `W_WATCH` < 1024 words of the page.
+    unsafe { (*page.add(W_WATCH)).load(Ordering::Acquire) != 0 }
+}
+
+/// Records that this process runs its own watcher thread (see [`watcher_marked`]).
+pub(crate) fn mark_watcher() {
+    let _ = current();
+    let page = PID_PAGE.load(Ordering::Acquire);
+    if !page.is_null() {
+        // SAFETY: as in `cached`.
+        unsafe { (*page.add(W_WATCH)).store(1, Ordering::Release) };
+    }
 }
 
 /// No page: compute every time (rare, an old kernel).

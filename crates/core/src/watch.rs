@@ -16,9 +16,9 @@
 //! The watcher wakes by address (a raw `FUTEX_WAKE`, no reference to the word), so even
 //! a watch leaked with `mem::forget` cannot make it read freed memory.
 //!
-//! A fork child inherits no thread: the watcher records the pid of its process, and a
-//! child (whose cached pid differs, see [`pid`](crate::pid)) builds its own the first time
-//! it needs one, never touching its parent's.
+//! A fork child inherits no thread: the watcher records the pid of its process and
+//! marks the process in its fork-wiped pid page (see [`pid`](crate::pid)), so a child
+//! builds its own watcher the first time it needs one, never touching its parent's.
 //!
 //! ```
 //! use mproc_core::watch::{self, Watch};
@@ -193,7 +193,10 @@ static STARTING: AtomicU32 = AtomicU32::new(0);
 
 fn current_watcher(me: u32) -> Option<&'static Watcher> {
     let w = sys::installed(WATCHER.load(Ordering::Acquire))?;
-    (w.pid == me).then_some(w)
+    // The mark lives in a page the kernel wipes in a fork child: a descendant that
+    // happens to get the pid of an ancestor whose watcher it inherited still builds its
+    // own.
+    (w.pid == me && pid::watcher_marked()).then_some(w)
 }
 
 fn watcher() -> Option<&'static Watcher> {
@@ -246,6 +249,7 @@ fn build(me: u32) -> Option<&'static Watcher> {
     // shared with the parent, so this process never touches it (nor closes its fd, whose
     // number this process may since have closed and reused).
     WATCHER.store(w as *const Watcher as *mut Watcher, Ordering::Release);
+    pid::mark_watcher();
     Some(w)
 }
 
