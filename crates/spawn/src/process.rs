@@ -1013,9 +1013,6 @@ pub(crate) fn start_spawn(
         .next()
         .unwrap_or_else(|| "mproc-child".into());
     let spec = bootstrap::spec_string(nonce, &key, parent, 3 + n, 4 + n);
-    // Only the `posix_spawn` fallback needs it (`clone3` returns the pidfd with the
-    // child); a query of the disposition costs next to nothing.
-    let reap = sys::NoAutoReap::new();
     let spawned = sys::spawn_self(
         exe.as_os_str(),
         &arg0,
@@ -1027,7 +1024,7 @@ pub(crate) fn start_spawn(
         Some(fd) => adopt_pidfd(fd, pid),
         None => take_charge(pid),
     };
-    drop(reap);
+    drop(spawned.no_reap);
     let pidfd = pidfd?;
     drop(boot_theirs);
     drop(res_theirs);

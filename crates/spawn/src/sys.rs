@@ -368,6 +368,9 @@ pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
 pub(crate) struct Spawned {
     pub(crate) pid: i32,
     pub(crate) pidfd: Option<OwnedFd>,
+    /// After the fallback: keeps SIGCHLD from reaping the child until the caller has
+    /// opened its pidfd (drop it then).
+    pub(crate) no_reap: Option<NoAutoReap>,
 }
 
 /// Starts `exe` (normally `/proc/self/exe`) with `clone3(CLONE_PIDFD | CLONE_VM |
@@ -391,6 +394,18 @@ pub(crate) fn spawn_self(
     arg0: &std::ffi::OsStr,
     env: (&str, &str),
     fds: &[RawFd],
+) -> io::Result<Spawned> {
+    spawn_with(exe, arg0, env, fds, true)
+}
+
+/// [`spawn_self`], trying `clone3` first only if `try_clone3` (the fallback is tested
+/// on its own).
+fn spawn_with(
+    exe: &std::ffi::OsStr,
+    arg0: &std::ffi::OsStr,
+    env: (&str, &str),
+    fds: &[RawFd],
+    try_clone3: bool,
 ) -> io::Result<Spawned> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -420,7 +435,7 @@ pub(crate) fn spawn_self(
     let closed_stdio: Vec<RawFd> = (0..3).filter(|&fd| !fd_is_open(fd)).collect();
 
     #[cfg(target_arch = "x86_64")]
-    {
+    if try_clone3 {
         let ctx = clone3::ChildCtx {
             path: path.as_ptr(),
             argv: argv.as_ptr(),
@@ -507,6 +522,8 @@ pub(crate) fn spawn_self(
             ));
         }
         let mut pid: libc::pid_t = 0;
+        // The pidfd is opened after the child exists: SIGCHLD must not reap it first.
+        let no_reap = NoAutoReap::new();
         if r.is_ok() {
             r = check(libc::posix_spawn(
                 &mut pid,
@@ -519,7 +536,11 @@ pub(crate) fn spawn_self(
         }
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut fa);
-        r.map(|()| Spawned { pid, pidfd: None })
+        r.map(|()| Spawned {
+            pid,
+            pidfd: None,
+            no_reap: Some(no_reap),
+        })
     }
 }
 
@@ -577,14 +598,15 @@ mod clone3 {
     /// Creates the child and returns it with its pidfd, or the error of the clone (no
     /// child then) or of the child's exec (the child then reaped).
     pub(super) fn spawn(ctx: &ChildCtx) -> io::Result<Spawned> {
-        let mut stack = vec![0u128; STACK_WORDS];
+        // Uninitialised: only the child writes it, through the raw pointer.
+        let mut stack: Vec<u128> = Vec::with_capacity(STACK_WORDS);
         let mut pidfd: RawFd = -1;
         let args = CloneArgs {
             flags: CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
             pidfd: &mut pidfd as *mut RawFd as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: stack.as_mut_ptr() as u64,
-            stack_size: (stack.len() * 16) as u64,
+            stack_size: (STACK_WORDS * 16) as u64,
             ..CloneArgs::default()
         };
         // Every signal blocked around the clone: no handler of the parent may run in the
@@ -648,6 +670,7 @@ mod clone3 {
         Ok(Spawned {
             pid,
             pidfd: Some(pidfd),
+            no_reap: None,
         })
     }
 
@@ -967,4 +990,79 @@ fn close_slowly(lo: u32, hi: u32) {
 /// Whether the calling thread is the process's main thread.
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Reaps `pid` through a pidfd; its exit code.
+    fn reap(pidfd: &OwnedFd) -> i32 {
+        let st = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap();
+        st.exit_status().unwrap()
+    }
+
+    fn run(try_clone3: bool) {
+        let fds: Vec<RawFd> = Vec::new();
+        let t = spawn_with(
+            "/bin/true".as_ref(),
+            "true".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap();
+        let pidfd = match t.pidfd {
+            Some(fd) => {
+                assert!(try_clone3, "only clone3 returns the pidfd");
+                fd
+            }
+            None => {
+                assert!(t.no_reap.is_some());
+                let p = rustix::process::Pid::from_raw(t.pid).unwrap();
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).unwrap()
+            }
+        };
+        assert_eq!(reap(&pidfd), 0);
+        let f = spawn_with(
+            "/bin/false".as_ref(),
+            "false".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap();
+        let pidfd = f.pidfd.unwrap_or_else(|| {
+            let p = rustix::process::Pid::from_raw(f.pid).unwrap();
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).unwrap()
+        });
+        assert_eq!(reap(&pidfd), 1);
+        // A failed exec is the start's error (and leaves no child: posix_spawn and the
+        // clone3 path both reap it).
+        let e = spawn_with(
+            "/nonexistent/x".as_ref(),
+            "x".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn clone3_spawn_returns_the_pidfd_and_reports_exec_errors() {
+        run(true);
+    }
+
+    #[test]
+    fn posix_spawn_fallback_still_works() {
+        run(false);
+    }
 }
