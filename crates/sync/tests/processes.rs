@@ -209,7 +209,7 @@ fn blocked_waiter_learns_of_a_killed_holder_within_bounded_time() {
     let (report, got) = waiter.join().unwrap();
     assert_eq!(report, Some((pid, 13)));
     let delay = got.saturating_duration_since(killed);
-    // Aim: ≤ 10 ms (a check every 5 ms); a generous bound for a loaded machine.
+    // Aim: ≤ 10 ms (woken at the holder's exit); a generous bound for a loaded machine.
     assert!(delay < Duration::from_secs(3), "took over after {delay:?}");
     *m.lock().unwrap() += 1;
     assert_eq!(*m.lock().unwrap(), 1);
@@ -265,7 +265,7 @@ fn waiting_process_learns_of_a_sigkilled_holder_within_10ms() {
         assert!(waiting.wait_timeout(Duration::from_secs(60)));
         // Let the waiter sleep on the futex long enough that a backoff would have grown
         // (the old 10 → 100 ms one reported this kill after ~40 ms), then kill at a
-        // different point of its check interval in each trial.
+        // different moment in each trial.
         let jitter = Duration::from_micros((trial as u64 * 1_700) % 10_000);
         std::thread::sleep(Duration::from_millis(200) + jitter);
         let holder_pid = holder.pid().unwrap() as u32;

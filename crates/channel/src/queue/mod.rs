@@ -646,8 +646,9 @@ impl<T: Archive> QueueBuilder<T> {
 ///
 /// A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
 /// the middle of `put`) does not wedge the queue: a waiter that finds a held slot in
-/// its way checks every 5 ms whether the holder is alive and takes the slot back (a
-/// waiter on a plain empty or full queue wakes every 50 ms).
+/// its way for more than 1 ms has its process watch the holder's pidfd, is woken when
+/// the holder exits and takes the slot back (a waiter on a plain empty or full queue
+/// wakes every 50 ms).
 /// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
 /// usable. (A reused pid delays the recovery until that process exits.)
 pub struct Queue<T> {
