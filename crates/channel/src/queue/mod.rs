@@ -245,12 +245,13 @@ impl Inner {
             let (slice, watch) = behind_slot(self.ring.writer_blocker(), &mut seen, deadline);
             self.ring.wait_writable(&self.put_spin, slice);
             let died = watch.is_some_and(|w| w.holder_died());
-            if !slice.is_expired() {
+            let expired = slice.is_expired();
+            if !expired {
                 // Woken (progress, or the watch): the next holder in the way starts
                 // with a plain slice again.
                 seen = 0;
             }
-            if (died || slice.is_expired()) && !self.ring.writable() {
+            if (died || expired) && !self.ring.writable() {
                 self.ring.reclaim_for_writer();
             }
         }
@@ -354,12 +355,13 @@ impl Inner {
             let (slice, watch) = behind_slot(self.ring.reader_blocker(), &mut seen, deadline);
             self.ring.wait_readable(&self.get_spin, slice);
             let died = watch.is_some_and(|w| w.holder_died());
-            if !slice.is_expired() {
+            let expired = slice.is_expired();
+            if !expired {
                 // Woken (progress, or the watch): the next holder in the way starts
                 // with a plain slice again.
                 seen = 0;
             }
-            if (died || slice.is_expired()) && !self.ring.readable() {
+            if (died || expired) && !self.ring.readable() {
                 self.ring.reclaim_for_reader();
             }
         }
