@@ -160,8 +160,8 @@ fn consumer_killed_while_holding_a_slot_does_not_wedge_the_queue() {
 }
 
 /// A producer already sleeping on a full queue, behind a slot a consumer holds, learns
-/// of that consumer's death within the holder check interval (5 ms), not the idle 50 ms
-/// wake-up. Timed over 10 trials; asserted on the median with a generous bound.
+/// of that consumer's death at once (its process watches the consumer's pidfd), not at
+/// the idle 50 ms wake-up. Timed over 10 trials; asserted on the median with a generous bound.
 #[test]
 fn waiting_producer_takes_a_killed_consumers_slot_within_10ms() {
     const TRIALS: usize = 10;
@@ -196,6 +196,44 @@ fn waiting_producer_takes_a_killed_consumers_slot_within_10ms() {
         delays[TRIALS - 1]
     );
     assert!(median < Duration::from_millis(30), "median {median:?}");
+}
+
+fn child_hold_slot_for((q, ready, ms): (Queue<u64>, Queue<u32>, u64)) {
+    let guard = q.get_ref().unwrap();
+    ready.put(1).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    drop(guard);
+}
+
+/// The calling thread's voluntary context switches so far (each futex sleep is one).
+fn voluntary_switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/thread-self/status")
+}
+
+/// A producer behind a slot that a live consumer holds for 400 ms sleeps until the slot
+/// is released, without periodic wake-ups (the old 5 ms checks slept ~80 times), and
+/// never takes the live consumer's slot.
+#[test]
+fn producer_behind_a_live_consumers_slot_sleeps_without_periodic_wakeups() {
+    let q: Queue<u64> = Queue::with_maxsize(2).unwrap();
+    let ready: Queue<u32> = Queue::new().unwrap();
+    q.put(1).unwrap();
+    let mut holder = start(child_hold_slot_for, (q.clone(), ready.clone(), 400));
+    ready.get_timeout(Duration::from_secs(60)).unwrap();
+    q.put(2).unwrap();
+    let before = voluntary_switches();
+    q.put_timeout(3, Duration::from_secs(60)).unwrap();
+    let slept = voluntary_switches() - before;
+    holder.join().unwrap();
+    eprintln!("the producer slept {slept} times behind a 400 ms slot holder");
+    assert!(slept < 20, "the producer woke {slept} times: it polls");
+    assert_eq!(q.get().unwrap(), 2);
+    assert_eq!(q.get().unwrap(), 3);
 }
 
 fn child_get_string(q: Queue<String>) -> Result<String, String> {

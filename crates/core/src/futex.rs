@@ -67,6 +67,100 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
+/// How long [`wait_on_holder`] sleeps as a plain futex wait before it asks the kernel
+/// to watch the holder: a lock is usually released within microseconds, and such a
+/// wait must cost no more system calls than a plain one.
+pub const FIRST_SLICE: Duration = Duration::from_millis(1);
+
+/// How often [`wait_on_holder`] looks at the holder itself when the kernel cannot watch
+/// it (no fd left for a pidfd, or no watcher thread).
+const FALLBACK_SLICE: Duration = Duration::from_millis(5);
+
+/// Why a [`wait_on_holder`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderWait {
+    /// Woken, the word changed, or interrupted: look at the word again.
+    Woken,
+    /// The deadline passed.
+    TimedOut,
+    /// The holder is certainly dead (its process exited): the caller may take over what
+    /// it held, if the word still names it.
+    HolderDied,
+}
+
+/// Sleeps while `*word == expected` and the process recorded as `holder` (an
+/// [`owner_tag`](crate::pid::owner_tag)) lives, until woken or `deadline`.
+///
+/// First a plain futex wait of [`FIRST_SLICE`]; if the word still holds `expected`
+/// after it, the holder's pidfd is registered with this process's watcher thread
+/// ([`watch`](crate::watch)), which wakes the word the moment the holder exits, and the
+/// wait goes on without any periodic wake-up. A holder that is 0, or whose tag belongs
+/// to another pid namespace, is never judged dead (the wait is then a plain one).
+/// `HolderDied` is never returned for a live holder: a pidfd stays bound to its
+/// process, and a pid with no process behind it names nobody alive.
+///
+/// ```
+/// use mproc_core::futex::{self, HolderWait};
+/// use mproc_core::Deadline;
+/// use std::sync::atomic::AtomicU32;
+/// use std::time::Duration;
+/// let word = AtomicU32::new(7);
+/// let me = mproc_core::pid::owner_tag();
+/// // The holder (this process) lives: the wait times out.
+/// let r = futex::wait_on_holder(&word, 7, me, Deadline::after(Duration::from_millis(20)));
+/// assert_eq!(r, HolderWait::TimedOut);
+/// ```
+pub fn wait_on_holder(
+    word: &AtomicU32,
+    expected: u32,
+    holder: u32,
+    deadline: Deadline,
+) -> HolderWait {
+    match wait(word, expected, deadline.min(Deadline::after(FIRST_SLICE))) {
+        WaitOutcome::TimedOut => {}
+        _ => return HolderWait::Woken,
+    }
+    if deadline.is_expired() {
+        return HolderWait::TimedOut;
+    }
+    if word.load(Ordering::Acquire) != expected {
+        return HolderWait::Woken;
+    }
+    wait_watched(word, expected, holder, deadline)
+}
+
+#[cold]
+fn wait_watched(word: &AtomicU32, expected: u32, holder: u32, deadline: Deadline) -> HolderWait {
+    use crate::watch::{Watch, watch_holder};
+    let slice = match watch_holder(word, holder) {
+        Watch::HolderGone => return HolderWait::HolderDied,
+        Watch::Armed(w) => {
+            let outcome = wait(word, expected, deadline);
+            // Dropping `w` deregisters before the caller may unmap the word.
+            return if w.holder_died() {
+                HolderWait::HolderDied
+            } else if outcome == WaitOutcome::TimedOut {
+                HolderWait::TimedOut
+            } else {
+                HolderWait::Woken
+            };
+        }
+        Watch::Unjudged => deadline,
+        Watch::Unavailable => deadline.min(Deadline::after(FALLBACK_SLICE)),
+    };
+    let outcome = wait(word, expected, slice);
+    if outcome != WaitOutcome::TimedOut {
+        return HolderWait::Woken;
+    }
+    if crate::pid::holder_dead(holder) {
+        HolderWait::HolderDied
+    } else if deadline.is_expired() {
+        HolderWait::TimedOut
+    } else {
+        HolderWait::Woken
+    }
+}
+
 /// Shortest spin budget (ns).
 pub const MIN_SPIN_NS: u32 = 1_000;
 /// Longest spin budget (ns): longer than a futex wake-up between processes here.

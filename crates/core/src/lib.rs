@@ -10,6 +10,7 @@
 //! - [`Pidfd`]: wait for a process with a timeout; tell a dead process from a live one.
 //! - [`Deadline`]: one overall deadline shared by a chain of waits.
 //! - [`pid`]: the calling process's pid, cached and fork-safe.
+//! - [`watch`]: the kernel's notice that a lock holder died, delivered to a futex word.
 //! - [`code`]: functions carried to another process as offsets, checked on arrival.
 //! - [`scm`]: fd passing over Unix sockets.
 //! - `Serde<T>` (feature `serde`): any serde type as a message, in bincode's format.
@@ -37,6 +38,7 @@ pub mod scm;
 #[cfg(feature = "serde")]
 mod serde;
 pub mod transfer;
+pub mod watch;
 
 pub use codec::{Decode, Encode, Message};
 pub use deadline::Deadline;

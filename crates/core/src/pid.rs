@@ -23,23 +23,11 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 /// pids stay below 2^22 (`PID_MAX_LIMIT`), so the bit never collides with one.
 pub const FOREIGN_TAG: u32 = 1 << 30;
 
-/// How long a waiter for a lock (or another word that records an [`owner_tag`]) sleeps
-/// before it checks with [`holder_dead`] whether the holder still lives: so a holder
-/// killed while another process waits is reported to that waiter within this interval
-/// plus its scheduling delay (the target is 10 ms).
-///
-/// The check is bounded polling, on purpose. The kernel's own notification, a robust
-/// futex list (`set_robust_list`, `FUTEX_OWNER_DIED`), has one list head per thread, which
-/// the C library already owns for its robust pthread mutexes, and needs the word to
-/// hold a thread id in its low 30 bits; a pidfd or an flock can be waited for, but not
-/// together with a futex wake in one sleep. Only a waiter that already sleeps pays: one
-/// wake-up and one pidfd look (three system calls) per interval while it waits; taking
-/// a free lock and releasing one do no more work than before.
-pub const HOLDER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
-
 /// Word offsets inside the cache page.
 const W_PID: usize = 0;
 const W_TAG: usize = 1;
+/// Set by [`crate::watch`] once this process runs its own watcher thread.
+const W_WATCH: usize = 2;
 
 /// The pid namespace of the last process that computed it (inherited through fork,
 /// unlike the wiped page): a fork child compares its own with it.
@@ -80,7 +68,7 @@ fn cached(index: usize) -> u32 {
     let page = PID_PAGE.load(Ordering::Acquire);
     if !page.is_null() {
         // SAFETY: a non-null `PID_PAGE` points at the start of a page that is never
-        // unmapped (wiped on fork, but still mapped in the child); `index` < 2.
+        // unmapped (wiped on fork, but still mapped in the child); `index` < 3.
         let v = unsafe { (*page.add(index)).load(Ordering::Relaxed) };
         if v != 0 {
             return v;
@@ -131,7 +119,16 @@ pub fn owner_tag() -> u32 {
 }
 
 /// Whether the holder recorded as `tag` (an [`owner_tag`]) is certainly dead, so that
-/// its lock may be taken over. Never `true` for a live holder: a tag from another pid
+/// its lock may be taken over. A look at one moment (a `pidfd_open` and a poll); a
+/// waiter that sleeps behind a holder is told of its death without looking, by
+/// [`futex::wait_on_holder`](crate::futex::wait_on_holder) (see [`watch`](crate::watch)).
+///
+/// Why a pidfd and not the kernel's robust futex list (`set_robust_list`,
+/// `FUTEX_OWNER_DIED`): that list has one head per thread, which the C library already
+/// owns for its robust pthread mutexes, and it needs the word to hold a thread id, while
+/// a Python-style lock may be released by another process than its taker. A pid is
+/// reused once its process is reaped; a pidfd opened for a reused pid watches the new
+/// process, so a waiter then waits for that one too: a delay, never a false "dead". Never `true` for a live holder: a tag from another pid
 /// namespace, or any tag judged from a process that is itself in a foreign namespace,
 /// is never called dead (a waiter then waits instead). Handles that cross between
 /// processes are refused between pid namespaces (`TransferError::ForeignPidNamespace`),
@@ -141,6 +138,29 @@ pub fn holder_dead(tag: u32) -> bool {
         return false;
     }
     !crate::process_alive(tag as i32)
+}
+
+/// Whether this very process (not one it was forked from: the page is wiped in a fork
+/// child) has marked itself with [`mark_watcher`]. Without the page (an old kernel)
+/// always `true`: the caller then relies on comparing pids alone.
+pub(crate) fn watcher_marked() -> bool {
+    let _ = current();
+    let page = PID_PAGE.load(Ordering::Acquire);
+    if page.is_null() {
+        return true;
+    }
+    // SAFETY: as in `cached`; `W_WATCH` < 1024 words of the page.
+    unsafe { (*page.add(W_WATCH)).load(Ordering::Acquire) != 0 }
+}
+
+/// Records that this process runs its own watcher thread (see [`watcher_marked`]).
+pub(crate) fn mark_watcher() {
+    let _ = current();
+    let page = PID_PAGE.load(Ordering::Acquire);
+    if !page.is_null() {
+        // SAFETY: as in `cached`.
+        unsafe { (*page.add(W_WATCH)).store(1, Ordering::Release) };
+    }
 }
 
 /// No page: compute every time (rare, an old kernel).

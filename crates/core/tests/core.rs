@@ -230,3 +230,97 @@ fn owned_fd_transfer_kind_is_stable() {
     let e = TransferError::MissingFd(3);
     assert!(e.to_string().contains("#3"));
 }
+
+#[test]
+fn a_watched_holder_wakes_the_word_when_it_exits_and_never_before() {
+    use mproc_core::futex::{self, HolderWait, WaitOutcome};
+    use mproc_core::watch::{Watch, watch_holder};
+    use std::sync::atomic::AtomicU32;
+    let word = AtomicU32::new(1);
+    let pid = fork_run(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        0
+    });
+    // Alive: armed, not fired, and a wait on the word runs to its deadline.
+    let w = match watch_holder(&word, pid as u32) {
+        Watch::Armed(w) => w,
+        other => panic!("{other:?}"),
+    };
+    assert!(!w.holder_died());
+    let r = futex::wait(
+        &word,
+        1,
+        mproc_core::Deadline::after(Duration::from_millis(50)),
+    );
+    assert_eq!(r, WaitOutcome::TimedOut);
+    assert!(!w.holder_died());
+    // It exits (a zombie, not yet reaped): the watcher wakes the word.
+    let t = Instant::now();
+    loop {
+        if w.holder_died() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never woken");
+        futex::wait(
+            &word,
+            1,
+            mproc_core::Deadline::after(Duration::from_secs(10)),
+        );
+    }
+    drop(w);
+    // The same through the one-call form, for the zombie and then for the reaped pid.
+    let r = futex::wait_on_holder(&word, 1, pid as u32, mproc_core::Deadline::never());
+    assert_eq!(r, HolderWait::HolderDied);
+    assert_eq!(wait_code(pid), 0);
+    assert!(matches!(watch_holder(&word, pid as u32), Watch::HolderGone));
+    // Tags that are never judged.
+    assert!(matches!(watch_holder(&word, 0), Watch::Unjudged));
+    let foreign = mproc_core::pid::FOREIGN_TAG | 1;
+    assert!(matches!(watch_holder(&word, foreign), Watch::Unjudged));
+    let r = futex::wait_on_holder(
+        &word,
+        1,
+        foreign,
+        mproc_core::Deadline::after(Duration::from_millis(20)),
+    );
+    assert_eq!(r, HolderWait::TimedOut);
+}
+
+#[test]
+fn a_fork_child_starts_its_own_watcher() {
+    use mproc_core::futex::{self, HolderWait};
+    use std::sync::atomic::AtomicU32;
+    // This process's watcher, started by a wait behind a live holder (this process).
+    let word = AtomicU32::new(1);
+    let me = mproc_core::pid::owner_tag();
+    let r = futex::wait_on_holder(
+        &word,
+        1,
+        me,
+        mproc_core::Deadline::after(Duration::from_millis(20)),
+    );
+    assert_eq!(r, HolderWait::TimedOut);
+    let sleeper = fork_run(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        0
+    });
+    // A fork child waits behind the sleeper; only its own watcher can tell it.
+    let waiter = fork_run(move || {
+        let word = AtomicU32::new(1);
+        match futex::wait_on_holder(&word, 1, sleeper as u32, mproc_core::Deadline::never()) {
+            HolderWait::HolderDied => 0,
+            _ => 1,
+        }
+    });
+    // The sleeper is this process's child: the waiter is told at its exit (a zombie
+    // until reaped here).
+    let p = Pidfd::open(waiter).unwrap();
+    let exited = p.wait_exit(Some(Duration::from_secs(30))).unwrap();
+    if !exited {
+        p.send_signal(libc::SIGKILL).unwrap();
+    }
+    let code = wait_code(waiter);
+    assert_eq!(wait_code(sleeper), 0);
+    assert!(exited, "the waiter hangs");
+    assert_eq!(code, 0);
+}

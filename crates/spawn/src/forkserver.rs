@@ -65,6 +65,40 @@ static SERVER: ForkLocal<Mutex<Option<Server>>> = ForkLocal::new(|| Mutex::new(N
 /// touching the (possibly locked) mutex.
 static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
 static PRELOAD: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+/// Servers that were stopped or replaced and may not have exited yet: reaped (without
+/// waiting) whenever a server is launched, so that none stays a zombie.
+static RETIRED: ForkLocal<Mutex<Vec<Pidfd>>> = ForkLocal::new(|| Mutex::new(Vec::new()));
+
+/// Keeps `pidfd` (a server's, whose socket is closed) until its process can be reaped,
+/// after waiting up to `grace` for it to exit (a server exits at once when it has no
+/// running child).
+fn retire(pidfd: Pidfd, grace: std::time::Duration) {
+    let _ = pidfd.wait_exit(Some(grace));
+    RETIRED
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(pidfd);
+    reap_retired();
+}
+
+/// Reaps the retired servers that have exited.
+fn reap_retired() {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    RETIRED
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| {
+            !matches!(
+                waitid(
+                    WaitId::PidFd(p.as_fd()),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG
+                ),
+                Ok(Some(_)) | Err(_)
+            )
+        });
+}
 
 /// Sets the functions the fork server runs once when it starts, before forking any
 /// child (Python's `set_forkserver_preload`, which names modules to import). Use it to
@@ -90,6 +124,7 @@ pub fn stop_forkserver() {
     if let Some(s) = old {
         SERVER_FD.store(-1, Ordering::Release);
         drop(s.sock);
+        retire(s.pidfd, std::time::Duration::ZERO);
     }
 }
 
@@ -98,6 +133,7 @@ pub fn stop_forkserver() {
 pub(crate) fn reset_after_fork() {
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     SERVER.reset();
+    RETIRED.reset();
     if fd >= 0 {
         drop(sys::adopt_fd(fd));
     }
@@ -126,10 +162,14 @@ pub(crate) fn start_tampered(
             "a closure cannot be sent to the fork server",
         ));
     };
+    reap_retired();
     let mut guard = SERVER.get().lock().unwrap_or_else(|e| e.into_inner());
     // One retry with a fresh server if the current one died.
     for attempt in 0..2 {
         if guard.as_ref().is_none_or(|s| !s.pidfd.is_alive()) {
+            if let Some(dead) = guard.take() {
+                retire(dead.pidfd, std::time::Duration::ZERO);
+            }
             *guard = Some(launch()?);
         }
         let server = guard.as_ref().expect("just set");
@@ -172,8 +212,11 @@ pub(crate) fn start_tampered(
             Err(e) if attempt == 0 => {
                 // The server is gone (or confused): forget it and start another.
                 let _ = e;
-                *guard = None;
                 SERVER_FD.store(-1, Ordering::Release);
+                if let Some(old) = guard.take() {
+                    drop(old.sock);
+                    retire(old.pidfd, std::time::Duration::from_millis(200));
+                }
             }
             Err(e) => return Err(e),
         }
@@ -343,11 +386,20 @@ fn launch() -> io::Result<Server> {
     }
     cmd.env(SERVER_ENV, spec);
     sys::prepare_exec(&mut cmd, vec![theirs.as_raw_fd()]);
-    let child = cmd.spawn()?;
+    // SIGCHLD must not reap the server before its pidfd is open (see `NoAutoReap`).
+    let reap = sys::NoAutoReap::new();
+    let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
-    drop(child);
     drop(theirs);
-    let pidfd = sys::open_pidfd(pid)?;
+    let pidfd = sys::open_pidfd(pid);
+    if pidfd.is_err() && sys::is_unreaped_child(pid) {
+        // No fd for its pidfd: it cannot be tracked. Still our unreaped child (SIGCHLD
+        // cannot reap it meanwhile), so its pid is safe to kill and reap.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(reap);
+    let pidfd = pidfd?;
     let head = FrameHeader {
         nfds: 0,
         len: hello.len() as u64,
@@ -431,6 +483,9 @@ pub(crate) fn server_main(spec: &str) -> ! {
         Err(why) => server_fail(&why),
     };
     sys::ignore_sigpipe();
+    // The server reaps its children itself, through their pidfds: a SIGCHLD ignored
+    // in the parent (inherited through exec) would reap them behind its back.
+    sys::default_sigchld();
     // A Ctrl-C reaches the whole foreground process group: it is for the parent (and
     // its children), not for the server. Blocked rather than ignored: a child inherits
     // the mask, so a SIGINT sent to it before it unblocks stays pending and is then
@@ -626,8 +681,12 @@ fn handle(
             {
                 Some(Ok(fd)) => fd,
                 _ => {
-                    // Cannot track it: kill and reap it, report the failure.
-                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    // Cannot track it: kill and reap it, report the failure. (SIGCHLD
+                    // keeps zombies in the server and only the server reaps: the pid is
+                    // still its child's, which `is_unreaped_child` confirms.)
+                    if let Some(p) = rustix::process::Pid::from_raw(pid)
+                        && sys::is_unreaped_child(pid)
+                    {
                         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
                         let _ = rustix::process::waitpid(
                             Some(p),

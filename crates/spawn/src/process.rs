@@ -810,7 +810,8 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Kills and reaps a child we could not take charge of (its pidfd could not be
-/// opened for lack of fds; `ESRCH` never gets here: that pid may be a stranger's).
+/// opened for lack of fds). Only called for a pid that is known to be our unreaped
+/// child ([`sys::is_unreaped_child`]): any other pid may be a stranger's.
 fn abandon(pid: i32) {
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
@@ -819,10 +820,11 @@ fn abandon(pid: i32) {
 }
 
 /// Opens the child's pidfd (and checks that it is still our child: nobody reaped it
-/// behind our back), or kills and reaps it.
+/// behind our back), or kills and reaps it if it is certainly still our unreaped child.
+/// Called while a [`sys::NoAutoReap`] guard lives, so SIGCHLD cannot reap it meanwhile.
 fn take_charge(pid: i32) -> io::Result<Pidfd> {
     let pidfd = sys::open_pidfd(pid).inspect_err(|e| {
-        if e.raw_os_error() != Some(libc::ESRCH) {
+        if e.raw_os_error() != Some(libc::ESRCH) && sys::is_unreaped_child(pid) {
             abandon(pid);
         }
     })?;
@@ -835,6 +837,25 @@ fn take_charge(pid: i32) -> io::Result<Pidfd> {
         ));
     }
     Ok(pidfd)
+}
+
+/// Takes the pidfd that came with the child (`clone3(CLONE_PIDFD)`), moved above 2; if
+/// that fails, kills and reaps the child through the pidfd itself (never by pid).
+fn adopt_pidfd(fd: OwnedFd, pid: i32) -> io::Result<Pidfd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(Pidfd::from_owned(fd, pid));
+    }
+    match rustix::io::fcntl_dupfd_cloexec(&fd, 3) {
+        Ok(high) => Ok(Pidfd::from_owned(high, pid)),
+        Err(e) => {
+            let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(fd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            Err(e.into())
+        }
+    }
 }
 
 static WARNED_THREADS: AtomicBool = AtomicBool::new(false);
@@ -917,8 +938,13 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
     let parent = rustix::process::getpid().as_raw_nonzero().get();
     warn_if_threads();
     flush_stdio();
+    // Until the parent holds the pidfd, SIGCHLD must not reap the child (its pid could
+    // then be reused before `pidfd_open`).
+    let reap = sys::NoAutoReap::new();
     match sys::fork()? {
         sys::Forked::Child => {
+            // The parent restores the disposition; the child resets its signals below.
+            std::mem::forget(reap);
             drop(mine);
             sys::reset_signals();
             child::prepare(&info, parent);
@@ -943,7 +969,9 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
         sys::Forked::Parent(pid) => {
             drop(theirs);
             drop(prepared);
-            let pidfd = take_charge(pid)?;
+            let pidfd = take_charge(pid);
+            drop(reap);
+            let pidfd = pidfd?;
             Ok(Started {
                 pid,
                 pidfd,
@@ -985,13 +1013,19 @@ pub(crate) fn start_spawn(
         .next()
         .unwrap_or_else(|| "mproc-child".into());
     let spec = bootstrap::spec_string(nonce, &key, parent, 3 + n, 4 + n);
-    let pid = sys::spawn_self(
+    let spawned = sys::spawn_self(
         exe.as_os_str(),
         &arg0,
         (bootstrap::BOOT_ENV, &spec),
         &inherit,
     )?;
-    let pidfd = take_charge(pid)?;
+    let pid = spawned.pid;
+    let pidfd = match spawned.pidfd {
+        Some(fd) => adopt_pidfd(fd, pid),
+        None => take_charge(pid),
+    };
+    drop(spawned.no_reap);
+    let pidfd = pidfd?;
     drop(boot_theirs);
     drop(res_theirs);
     drop(enc);

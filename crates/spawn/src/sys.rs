@@ -161,6 +161,103 @@ pub(crate) fn fork() -> io::Result<Forked> {
     }
 }
 
+/// While it lives, a child of this process that exits is not reaped automatically:
+/// if SIGCHLD is ignored (`SIG_IGN`) or has `SA_NOCLDWAIT`, the disposition is switched
+/// to one that keeps zombies (`SIG_DFL`, or the same handler without `SA_NOCLDWAIT`) and
+/// restored on drop. Held around a fork and the `pidfd_open` that follows it, so that the
+/// new child's pid cannot be reaped and reused in between (the only way to lose it
+/// behind our back besides another thread's `waitpid(-1)`).
+///
+/// The switch is process-wide; mproc's own starts take turns (a spin lock keyed by
+/// the pid, so a fork child never waits for its parent's threads). A child of another
+/// thread that exits during the window (microseconds) stays a zombie until reaped.
+/// When SIGCHLD keeps zombies already (the usual case) this costs one `sigaction` query.
+#[derive(Debug)]
+pub(crate) struct NoAutoReap {
+    saved: Option<libc::sigaction>,
+}
+
+/// The pid of the process one of whose threads holds the SIGCHLD switch, or 0.
+static REAP_SWITCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn sigchld_auto_reaps(act: &libc::sigaction) -> bool {
+    act.sa_sigaction == libc::SIG_IGN || act.sa_flags & libc::SA_NOCLDWAIT != 0
+}
+
+fn sigchld_disposition() -> libc::sigaction {
+    // SAFETY: a zeroed sigaction is a valid out-buffer; a null new action only queries.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old);
+        old
+    }
+}
+
+impl NoAutoReap {
+    /// Switches auto-reaping off (if it is on) until the guard is dropped.
+    pub(crate) fn new() -> Self {
+        if !sigchld_auto_reaps(&sigchld_disposition()) {
+            return NoAutoReap { saved: None };
+        }
+        let me = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        loop {
+            let cur = REAP_SWITCH.load(Ordering::Acquire);
+            // A value of another process is a parent's, inherited through fork: free.
+            if cur != me
+                && REAP_SWITCH
+                    .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let old = sigchld_disposition();
+        if !sigchld_auto_reaps(&old) {
+            REAP_SWITCH.store(0, Ordering::Release);
+            return NoAutoReap { saved: None };
+        }
+        let mut new = old;
+        if new.sa_sigaction == libc::SIG_IGN {
+            new.sa_sigaction = libc::SIG_DFL;
+        }
+        new.sa_flags &= !libc::SA_NOCLDWAIT;
+        // SAFETY: `new` is the current disposition with auto-reaping removed (a handler
+        // the program installed stays the same handler).
+        unsafe {
+            libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut());
+        }
+        NoAutoReap { saved: Some(old) }
+    }
+}
+
+impl Drop for NoAutoReap {
+    fn drop(&mut self) {
+        if let Some(old) = self.saved.take() {
+            // SAFETY: restoring the disposition saved in `new`.
+            unsafe {
+                libc::sigaction(libc::SIGCHLD, &old, std::ptr::null_mut());
+            }
+            REAP_SWITCH.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Whether `pid` is a child of this process that nobody has reaped yet (`waitid` with
+/// `WNOWAIT` leaves it as it is). Only then may it be signalled by pid.
+pub(crate) fn is_unreaped_child(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo is a valid out-buffer; WNOWAIT reaps nothing.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
+    }
+}
+
 /// `_exit(code)`: ends the process without running atexit handlers or destructors.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is always safe; it never returns.
@@ -202,6 +299,15 @@ pub(crate) fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN runs no code.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Sets SIGCHLD to its default disposition (a fork server, which reaps its children
+/// itself).
+pub(crate) fn default_sigchld() {
+    // SAFETY: installing SIG_DFL runs no code.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
     }
 }
 
@@ -255,9 +361,22 @@ pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// Starts `exe` (normally `/proc/self/exe`) with `posix_spawn` (glibc:
-/// `clone(CLONE_VM|CLONE_VFORK)`, so the parent's page tables are not copied as a fork
-/// would), argv `[arg0]`, the current environment plus `env`, an empty signal mask, and
+/// A child started by [`spawn_self`]: its pid, and its pidfd when the kernel returned
+/// one with the child (`clone3(CLONE_PIDFD)`; `None` after the `posix_spawn` fallback,
+/// whose caller opens it).
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: Option<OwnedFd>,
+    /// After the fallback: keeps SIGCHLD from reaping the child until the caller has
+    /// opened its pidfd (drop it then).
+    pub(crate) no_reap: Option<NoAutoReap>,
+}
+
+/// Starts `exe` (normally `/proc/self/exe`) with `clone3(CLONE_PIDFD | CLONE_VM |
+/// CLONE_VFORK)` (what glibc's `posix_spawn` does with `clone`, so the parent's page
+/// tables are not copied as a fork would, plus a pidfd returned atomically with the
+/// child; `posix_spawn` where `clone3` is unavailable), argv `[arg0]`, the current environment plus `env`, an empty signal mask, and
 /// exactly `fds` inherited, renumbered: `fds[i]` becomes fd `3 + i` in the child and
 /// every other fd above 2 is closed there, close-on-exec or not (as CPython's spawn
 /// passes only the fds it means to). A closed 0, 1 or 2 in the parent is opened on
@@ -267,12 +386,27 @@ pub(crate) fn prepare_exec(cmd: &mut Command, fds: Vec<RawFd>) {
 /// PDEATHSIG cannot be armed between fork and exec here: the child arms it first thing
 /// in the bootstrap constructor and then checks that its parent is still the one that
 /// spawned it (the creating thread is its PDEATHSIG parent either way).
+///
+/// A failed `execve` (e.g. no such executable) is returned as its error, the child
+/// having been reaped.
 pub(crate) fn spawn_self(
     exe: &std::ffi::OsStr,
     arg0: &std::ffi::OsStr,
     env: (&str, &str),
     fds: &[RawFd],
-) -> io::Result<i32> {
+) -> io::Result<Spawned> {
+    spawn_with(exe, arg0, env, fds, true)
+}
+
+/// [`spawn_self`], trying `clone3` first only if `try_clone3` (the fallback is tested
+/// on its own).
+fn spawn_with(
+    exe: &std::ffi::OsStr,
+    arg0: &std::ffi::OsStr,
+    env: (&str, &str),
+    fds: &[RawFd],
+    try_clone3: bool,
+) -> io::Result<Spawned> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let nul = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
@@ -299,6 +433,28 @@ pub(crate) fn spawn_self(
     let k = fds.len() as RawFd;
     let high = fds.iter().copied().max().unwrap_or(0).max(2 + k) + 1;
     let closed_stdio: Vec<RawFd> = (0..3).filter(|&fd| !fd_is_open(fd)).collect();
+
+    #[cfg(target_arch = "x86_64")]
+    if try_clone3 {
+        let ctx = clone3::ChildCtx {
+            path: path.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            fds: fds.as_ptr(),
+            nfds: fds.len(),
+            high,
+            devnull: [0, 1, 2].map(|fd| closed_stdio.contains(&fd)),
+            err: std::sync::atomic::AtomicI32::new(0),
+        };
+        match clone3::spawn(&ctx) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM | libc::EINVAL)
+                ) => {}
+            r => return r,
+        }
+    }
 
     let check = |r: libc::c_int| {
         if r == 0 {
@@ -366,6 +522,8 @@ pub(crate) fn spawn_self(
             ));
         }
         let mut pid: libc::pid_t = 0;
+        // The pidfd is opened after the child exists: SIGCHLD must not reap it first.
+        let no_reap = NoAutoReap::new();
         if r.is_ok() {
             r = check(libc::posix_spawn(
                 &mut pid,
@@ -378,7 +536,228 @@ pub(crate) fn spawn_self(
         }
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut fa);
-        r.map(|()| pid)
+        r.map(|()| Spawned {
+            pid,
+            pidfd: None,
+            no_reap: Some(no_reap),
+        })
+    }
+}
+
+/// `clone3(CLONE_PIDFD | CLONE_VM | CLONE_VFORK)` + `execve`, on a stack of its own.
+///
+/// The child shares the parent's memory (the parent thread is suspended until the
+/// child has exec'd or exited), so it runs only raw, async-signal-safe calls on data
+/// the parent prepared: no allocation, no lock, no Rust panic path.
+#[cfg(target_arch = "x86_64")]
+mod clone3 {
+    use super::Spawned;
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    const CLONE_VM: u64 = 0x100;
+    const CLONE_PIDFD: u64 = 0x1000;
+    const CLONE_VFORK: u64 = 0x4000;
+    const SYS_CLONE3: i64 = 435;
+    /// The child's stack: it runs a few libc calls (sigaction, dup2, open, execve).
+    const STACK_WORDS: usize = 64 * 1024 / 16;
+
+    /// `struct clone_args` (Linux 5.5 layout).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    /// What the child needs, prepared by the parent (see `spawn_self`).
+    #[repr(C)]
+    pub(super) struct ChildCtx {
+        pub(super) path: *const libc::c_char,
+        pub(super) argv: *const *const libc::c_char,
+        pub(super) envp: *const *const libc::c_char,
+        pub(super) fds: *const RawFd,
+        pub(super) nfds: usize,
+        pub(super) high: RawFd,
+        /// Which of 0, 1, 2 are closed in the parent (opened on /dev/null in the child).
+        pub(super) devnull: [bool; 3],
+        /// The errno of the step that failed in the child (0: it exec'd).
+        pub(super) err: AtomicI32,
+    }
+
+    /// Creates the child and returns it with its pidfd, or the error of the clone (no
+    /// child then) or of the child's exec (the child then reaped).
+    pub(super) fn spawn(ctx: &ChildCtx) -> io::Result<Spawned> {
+        // Uninitialised: only the child writes it, through the raw pointer.
+        let mut stack: Vec<u128> = Vec::with_capacity(STACK_WORDS);
+        let mut pidfd: RawFd = -1;
+        let args = CloneArgs {
+            flags: CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
+            pidfd: &mut pidfd as *mut RawFd as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.as_mut_ptr() as u64,
+            stack_size: (STACK_WORDS * 16) as u64,
+            ..CloneArgs::default()
+        };
+        // Every signal blocked around the clone: no handler of the parent may run in the
+        // child, on memory it shares with the parent. The child resets the handlers
+        // before it unblocks (see `child_main`).
+        let mut old: libc::sigset_t;
+        // SAFETY: sets initialised by sigfillset / filled by pthread_sigmask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            old = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        let ret: i64;
+        // SAFETY: clone3 with CLONE_VM|CLONE_VFORK: the parent is suspended until the
+        // child execs or exits, so the child may use `stack` (its own, 16-byte aligned,
+        // alive until after the parent resumes) and read `ctx` (alive for this call).
+        // The child starts on its new stack right after `syscall` with rax = 0 and
+        // calls `child_main`, which never returns (execve or _exit); r12/r13 survive
+        // the syscall. The parent gets the pid or -errno in rax; syscall clobbers rcx
+        // and r11 only.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") SYS_CLONE3 => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") ctx as *const ChildCtx,
+                in("r13") child_main as extern "C" fn(*const ChildCtx) -> ! as usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        // SAFETY: restoring the mask saved above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        drop(stack);
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        let pid = ret as i32;
+        // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let err = ctx.err.load(Ordering::Acquire);
+        if err != 0 {
+            // The child failed before or at exec and has _exit'ed: reap it.
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&pidfd)),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        Ok(Spawned {
+            pid,
+            pidfd: Some(pidfd),
+            no_reap: None,
+        })
+    }
+
+    /// The last errno of this thread (the child shares the parent thread's TLS; the
+    /// parent is suspended meanwhile).
+    fn errno() -> i32 {
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() }
+    }
+
+    fn fail(ctx: &ChildCtx) -> ! {
+        fail_with(ctx, errno())
+    }
+
+    /// A `dup2` failed: its source fds are open (the parent owns them), so EBADF means
+    /// the target number is beyond RLIMIT_NOFILE: the fd table is full.
+    fn fail_dup(ctx: &ChildCtx) -> ! {
+        match errno() {
+            libc::EBADF => fail_with(ctx, libc::EMFILE),
+            e => fail_with(ctx, e),
+        }
+    }
+
+    fn fail_with(ctx: &ChildCtx, e: i32) -> ! {
+        ctx.err
+            .store(if e == 0 { libc::EIO } else { e }, Ordering::Release);
+        // SAFETY: _exit ends the child; nothing of the parent is touched.
+        unsafe { libc::_exit(127) }
+    }
+
+    /// The child: runs on its own stack in the parent's memory, all signals blocked.
+    extern "C" fn child_main(ctx: *const ChildCtx) -> ! {
+        // SAFETY: `ctx` is the parent's `ChildCtx`, alive while the parent is suspended.
+        let ctx = unsafe { &*ctx };
+        // SAFETY: only async-signal-safe calls on integers and on memory the parent
+        // prepared (strings, arrays of pointers and fds) that lives until exec.
+        unsafe {
+            // A handler installed in the parent must not run here (this is the
+            // parent's memory): back to the default for every handled signal.
+            for sig in 1..65 {
+                if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                    continue;
+                }
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction != libc::SIG_IGN
+                    && old.sa_sigaction != libc::SIG_DFL
+                {
+                    let mut dfl: libc::sigaction = std::mem::zeroed();
+                    dfl.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+            }
+            // The fds: first above every fd involved, then down to 3.. (see spawn_self).
+            for i in 0..ctx.nfds {
+                if libc::dup2(*ctx.fds.add(i), ctx.high + i as RawFd) < 0 {
+                    fail_dup(ctx);
+                }
+            }
+            for i in 0..ctx.nfds {
+                if libc::dup2(ctx.high + i as RawFd, 3 + i as RawFd) < 0 {
+                    fail_dup(ctx);
+                }
+            }
+            let first = 3 + ctx.nfds as libc::c_uint;
+            if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) != 0 {
+                // close_range is missing (kernel < 5.9, which has no clone3 either).
+                fail(ctx);
+            }
+            for fd in 0..3 {
+                if ctx.devnull[fd as usize] {
+                    let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                    if n < 0 {
+                        fail(ctx);
+                    }
+                    if n != fd {
+                        libc::dup2(n, fd);
+                        libc::close(n);
+                    }
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(ctx.path, ctx.argv, ctx.envp);
+        }
+        fail(ctx)
     }
 }
 
@@ -611,4 +990,79 @@ fn close_slowly(lo: u32, hi: u32) {
 /// Whether the calling thread is the process's main thread.
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Reaps `pid` through a pidfd; its exit code.
+    fn reap(pidfd: &OwnedFd) -> i32 {
+        let st = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap();
+        st.exit_status().unwrap()
+    }
+
+    fn run(try_clone3: bool) {
+        let fds: Vec<RawFd> = Vec::new();
+        let t = spawn_with(
+            "/bin/true".as_ref(),
+            "true".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap();
+        let pidfd = match t.pidfd {
+            Some(fd) => {
+                assert!(try_clone3, "only clone3 returns the pidfd");
+                fd
+            }
+            None => {
+                assert!(t.no_reap.is_some());
+                let p = rustix::process::Pid::from_raw(t.pid).unwrap();
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).unwrap()
+            }
+        };
+        assert_eq!(reap(&pidfd), 0);
+        let f = spawn_with(
+            "/bin/false".as_ref(),
+            "false".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap();
+        let pidfd = f.pidfd.unwrap_or_else(|| {
+            let p = rustix::process::Pid::from_raw(f.pid).unwrap();
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).unwrap()
+        });
+        assert_eq!(reap(&pidfd), 1);
+        // A failed exec is the start's error (and leaves no child: posix_spawn and the
+        // clone3 path both reap it).
+        let e = spawn_with(
+            "/nonexistent/x".as_ref(),
+            "x".as_ref(),
+            ("X", "1"),
+            &fds,
+            try_clone3,
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn clone3_spawn_returns_the_pidfd_and_reports_exec_errors() {
+        run(true);
+    }
+
+    #[test]
+    fn posix_spawn_fallback_still_works() {
+        run(false);
+    }
 }

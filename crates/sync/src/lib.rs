@@ -36,16 +36,18 @@
 //! A guard dropped during a panic releases its lock as poisoned: the next acquirer gets
 //! [`OwnerDied`] at once, as std's `Mutex` poisons.
 //!
-//!
-//! A lock word holds its owner's pid. A waiter sleeps with a bounded timeout and checks
-//! the owner's liveness through a pidfd every 5 ms
-//! ([`HOLDER_CHECK_INTERVAL`](mproc_core::pid::HOLDER_CHECK_INTERVAL), no backoff); a
-//! lock whose holder died is taken over by the next acquirer, which gets [`OwnerDied`]
-//! (carrying the guard, like std's `PoisonError`) within about 5–10 ms, and can
-//! recover. This is bounded polling by a waiter that already sleeps, not a kernel
-//! notification; the uncontended lock and unlock make no system call. Limits:
+//! A lock word holds its owner's pid. A waiter sleeps on the futex, first for 1 ms;
+//! if the same process still holds the lock, the waiter's process watches the holder's
+//! pidfd (one `mproc-watcher` thread per process, blocked in `epoll_wait`), which
+//! wakes the waiter the moment the holder exits. The lock is then taken over by the next
+//! acquirer, which gets [`OwnerDied`] (carrying the guard, like std's `PoisonError`)
+//! and can recover. A waiter behind a live holder does not wake periodically; the
+//! uncontended lock and unlock make no system call. Limits:
 //! - **pid reuse**: if the dead owner's pid is given to a new process before a waiter
-//!   checks, the waiter waits until that process exits too (a delay, never two owners);
+//!   opens its pidfd, the waiter waits until that process exits too (a delay, never
+//!   two owners);
+//! - a waiter whose process cannot open a pidfd (no fd left) or start its watcher
+//!   thread falls back to looking at the holder every 5 ms;
 //! - a pid is judged only in its own pid namespace: handles are refused on arrival from
 //!   another one (`TransferError::ForeignPidNamespace`), and a process forked into a new
 //!   one is never declared dead, nor declares anyone dead (waiters then wait);

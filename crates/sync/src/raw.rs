@@ -5,23 +5,23 @@
 //! The lock word holds the owner's tag (its pid, see [`mproc_core::pid::owner_tag`])
 //! and a "waiters" bit (`tag | WAITERS`, 0 when free). An uncontended lock is one
 //! compare-and-swap and an unlock one swap: no system call. A contended waiter
-//! re-checks once, then sleeps on the futex with a bounded timeout of
-//! [`HOLDER_CHECK_INTERVAL`](mproc_core::pid::HOLDER_CHECK_INTERVAL) (5 ms, fixed: no
-//! backoff); each time it wakes without the lock it checks that the owner still lives
-//! (through a pidfd). A dead owner's lock is taken over and reported as
-//! [`Acquired::OwnerDied`]; so a holder that dies is reported to a waiter within about
-//! 5 ms (≤ 10 ms with scheduling delay). Only a waiter that already sleeps pays for the
-//! checks (one wake and a pidfd look every 5 ms while it waits); the uncontended path
-//! and a release that wakes a waiter are unchanged. This is bounded polling, not a
-//! kernel notification: `HOLDER_CHECK_INTERVAL` says why.
+//! re-checks once, then sleeps on the futex through
+//! [`futex::wait_on_holder`](mproc_core::futex::wait_on_holder): a plain sleep of
+//! [`FIRST_SLICE`](mproc_core::futex::FIRST_SLICE) (1 ms), and if the lock is still held
+//! by the same process after it, a sleep with no timeout while this process's watcher
+//! thread waits on the holder's pidfd. When the holder exits the watcher wakes the
+//! waiter, which takes the lock over and reports [`Acquired::OwnerDied`]: a holder that
+//! dies is reported at once (within the waiter's scheduling delay), and a waiter behind
+//! a live holder does not wake until the lock is released. The uncontended path and a
+//! release that wakes a waiter are unchanged.
 //!
 //! **Poisoning.** A guard dropped while its thread panics releases the lock as
 //! *poisoned* (`POISONED | tag`): the next acquirer takes it and gets the same
 //! [`Acquired::OwnerDied`] report as for a killed holder, at once.
 //!
 //! **Pid reuse.** The owner is known by its pid only. If the owner dies and, before a
-//! waiter checks, the kernel gives its pid to a new process, the waiter sees a live
-//! process and keeps waiting until that process exits too: a delay, never two owners.
+//! waiter opens its pidfd, the kernel gives its pid to a new process, the waiter watches
+//! that process and keeps waiting until it exits too: a delay, never two owners.
 //!
 //! **Pid namespaces.** A pid is judged only inside the namespace it was written in:
 //! handles are refused across pid namespaces when they are transferred, and a process
@@ -29,9 +29,8 @@
 //! calls nobody dead). See [`mproc_core::pid::holder_dead`].
 use crate::sys::{SharedState, current_pid, current_tid};
 use mproc_core::Deadline;
-use mproc_core::futex::{self, WaitOutcome};
+use mproc_core::futex::{self, HolderWait, WaitOutcome};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 const WAITERS: u32 = 1 << 31;
 /// Set (with the tag of the holder) by a guard dropped during a panic: the lock is free
@@ -39,8 +38,6 @@ const WAITERS: u32 = 1 << 31;
 const POISONED: u32 = 1 << 29;
 /// The owner tag's bits: the pid (below 2^22) and `pid::FOREIGN_TAG` (bit 30).
 const PID_MASK: u32 = !(WAITERS | POISONED);
-/// How long a contended waiter sleeps before it checks that the holder still lives.
-const CHECK: Duration = mproc_core::pid::HOLDER_CHECK_INTERVAL;
 
 /// How a lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,8 +150,8 @@ fn reported_pid(tag: u32) -> u32 {
     tag & !mproc_core::pid::FOREIGN_TAG
 }
 
-/// The contended path shared by the pid-word locks: sleep with bounded
-/// timeouts, checking the owner's liveness after each one. Returns once `word` holds
+/// The contended path shared by the pid-word locks: sleep until woken by a release or
+/// by the watcher that sees the owner exit. Returns once `word` holds
 /// `me | WAITERS` (or `me`) on our behalf.
 #[cold]
 fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acquired> {
@@ -208,14 +205,18 @@ fn lock_word_slow(word: &AtomicU32, me: u32, deadline: Deadline) -> Option<Acqui
             }
             cur |= WAITERS;
         }
-        let slice = deadline.min(Deadline::after(CHECK));
-        let outcome = futex::wait(word, cur, slice);
-        // Timed out with the deadline still ahead: the check interval passed, so look
-        // at the holder.
-        if outcome == WaitOutcome::TimedOut
-            && !deadline.is_expired()
-            && owner != me
-            && owner_dead(owner)
+        let died = if owner == 0 {
+            // Held by nobody (only WAITERS: memory written by something else): after a
+            // short sleep, take it over.
+            let slice = deadline.min(Deadline::after(futex::FIRST_SLICE));
+            futex::wait(word, cur, slice) == WaitOutcome::TimedOut && !deadline.is_expired()
+        } else {
+            // Our own process holds it (another thread, or a Python-style lock taken
+            // earlier): nobody to watch.
+            let holder = if owner == me { 0 } else { owner };
+            futex::wait_on_holder(word, cur, holder, deadline) == HolderWait::HolderDied
+        };
+        if died
             && word
                 .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()

@@ -13,7 +13,7 @@ use mproc_sync::{Event, Lock, Mutex, RLock, Semaphore};
 use std::time::{Duration, Instant};
 
 /// The bound checked: mproc-sync reports a dead holder to a sleeping waiter within
-/// about 5 ms (it checks the holder every `HOLDER_CHECK_INTERVAL`, target ≤ 10 ms);
+/// about a millisecond (its process watches the holder's pidfd, target ≤ 10 ms);
 /// ten times the target leaves room for a loaded machine's scheduling delays.
 const BOUND: Duration = Duration::from_millis(100);
 

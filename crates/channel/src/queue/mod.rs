@@ -139,6 +139,41 @@ struct Taken<'a> {
     handles: bool,
 }
 
+/// How a waiter that cannot claim a slot sleeps next: the deadline of its next sleep,
+/// and the watch (if any) that wakes it when the process holding the slot in its way
+/// exits. `blocker` is that holder and the word the waiter sleeps on (see
+/// [`Ring::reader_blocker`]); `seen` is the holder of the caller's previous sleep if that
+/// sleep ran out (the caller clears it when woken). A holder seen for the first time
+/// gets a plain [`futex::FIRST_SLICE`] (it is usually about to publish or release); the
+/// same holder still in the way after a whole slice is watched, with no periodic
+/// wake-up. An empty or full queue with nobody in the way sleeps in [`CHECK_INTERVAL`]
+/// slices, as before.
+fn behind_slot<'r>(
+    blocker: Option<(u32, &'r std::sync::atomic::AtomicU32)>,
+    seen: &mut u32,
+    deadline: Deadline,
+) -> (Deadline, Option<mproc_core::watch::HolderWatch<'r>>) {
+    use mproc_core::watch::{Watch, watch_holder};
+    let Some((holder, word)) = blocker else {
+        *seen = 0;
+        return (deadline.min(Deadline::after(CHECK_INTERVAL)), None);
+    };
+    if *seen != holder {
+        *seen = holder;
+        return (deadline.min(Deadline::after(futex::FIRST_SLICE)), None);
+    }
+    match watch_holder(word, holder) {
+        Watch::Armed(w) => (deadline, Some(w)),
+        // Reclaim at once.
+        Watch::HolderGone => (Deadline::now(), None),
+        Watch::Unjudged => (deadline.min(Deadline::after(CHECK_INTERVAL)), None),
+        Watch::Unavailable => (
+            deadline.min(Deadline::after(Duration::from_millis(5))),
+            None,
+        ),
+    }
+}
+
 impl Inner {
     fn create(
         capacity: u64,
@@ -196,6 +231,7 @@ impl Inner {
     }
 
     fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<WriteClaim<'_>, PutFail> {
+        let mut seen = 0;
         loop {
             if let Ok(p) = self.ring.try_claim_write(pid) {
                 return Ok(p);
@@ -206,10 +242,16 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(PutFail::Full);
             }
-            let check = self.ring.writer_check_interval(CHECK_INTERVAL);
-            let slice = deadline.min(Deadline::after(check));
+            let (slice, watch) = behind_slot(self.ring.writer_blocker(), &mut seen, deadline);
             self.ring.wait_writable(&self.put_spin, slice);
-            if slice.is_expired() && !self.ring.writable() {
+            let died = watch.is_some_and(|w| w.holder_died());
+            let expired = slice.is_expired();
+            if !expired {
+                // Woken (progress, or the watch): the next holder in the way starts
+                // with a plain slice again.
+                seen = 0;
+            }
+            if (died || expired) && !self.ring.writable() {
                 self.ring.reclaim_for_writer();
             }
         }
@@ -278,6 +320,7 @@ impl Inner {
         pid: u32,
         deadline: Deadline,
     ) -> Result<(ReadClaim<'_>, Vec<OwnedFd>), GetError> {
+        let mut seen = 0;
         loop {
             match self.ring.try_claim_read(pid, false) {
                 Ok(c) => return Ok((c, Vec::new())),
@@ -309,10 +352,16 @@ impl Inner {
             if deadline.is_expired() {
                 return Err(GetError::Empty);
             }
-            let check = self.ring.reader_check_interval(CHECK_INTERVAL);
-            let slice = deadline.min(Deadline::after(check));
+            let (slice, watch) = behind_slot(self.ring.reader_blocker(), &mut seen, deadline);
             self.ring.wait_readable(&self.get_spin, slice);
-            if slice.is_expired() && !self.ring.readable() {
+            let died = watch.is_some_and(|w| w.holder_died());
+            let expired = slice.is_expired();
+            if !expired {
+                // Woken (progress, or the watch): the next holder in the way starts
+                // with a plain slice again.
+                seen = 0;
+            }
+            if (died || expired) && !self.ring.readable() {
                 self.ring.reclaim_for_reader();
             }
         }
@@ -599,8 +648,9 @@ impl<T: Archive> QueueBuilder<T> {
 ///
 /// A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
 /// the middle of `put`) does not wedge the queue: a waiter that finds a held slot in
-/// its way checks every 5 ms whether the holder is alive and takes the slot back (a
-/// waiter on a plain empty or full queue wakes every 50 ms).
+/// its way for more than 1 ms has its process watch the holder's pidfd, is woken when
+/// the holder exits and takes the slot back (a waiter on a plain empty or full queue
+/// wakes every 50 ms).
 /// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
 /// usable. (A reused pid delays the recovery until that process exits.)
 pub struct Queue<T> {

@@ -34,7 +34,6 @@ use mproc_core::futex;
 use mproc_core::{Deadline, Region};
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
-use std::time::Duration;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
 const VERSION: u32 = 2;
@@ -400,30 +399,23 @@ impl Ring {
         d > 0 || (d == 0 && holder == 0)
     }
 
-    /// How long a consumer that cannot read should sleep before it calls
-    /// [`Ring::reclaim_for_reader`]: the holder check interval when a producer holds the
-    /// slot at the dequeue position (it may have died there), else `idle` (an empty
-    /// queue has nobody to check on).
-    pub(crate) fn reader_check_interval(&self, idle: Duration) -> Duration {
+    /// The holder a consumer that cannot read is stuck behind (the tag of the producer
+    /// that holds the slot at the dequeue position, which may have died there), with the
+    /// word that consumer sleeps on; `None` when no producer holds it (an empty queue has
+    /// nobody to watch).
+    pub(crate) fn reader_blocker(&self) -> Option<(u32, &AtomicU32)> {
         let q = self.a64(H_DEQ).load(Ordering::Relaxed);
         let (seq, holder) = unpack(self.state(q).load(Ordering::Acquire));
-        if seq == seq_free(q) && holder != 0 {
-            mproc_core::pid::HOLDER_CHECK_INTERVAL
-        } else {
-            idle
-        }
+        (seq == seq_free(q) && holder != 0).then(|| (holder, self.a32(H_NOT_EMPTY)))
     }
 
-    /// As [`Ring::reader_check_interval`], for a producer that cannot write: short when a
-    /// consumer of the previous lap holds the slot at the enqueue position.
-    pub(crate) fn writer_check_interval(&self, idle: Duration) -> Duration {
+    /// As [`Ring::reader_blocker`], for a producer that cannot write: a consumer of the
+    /// previous lap that holds the slot at the enqueue position.
+    pub(crate) fn writer_blocker(&self) -> Option<(u32, &AtomicU32)> {
         let p = self.a64(H_ENQ).load(Ordering::Relaxed);
         let (seq, holder) = unpack(self.state(p).load(Ordering::Acquire));
-        if seq == seq_published(p.wrapping_sub(self.cap)) && holder != 0 {
-            mproc_core::pid::HOLDER_CHECK_INTERVAL
-        } else {
-            idle
-        }
+        (seq == seq_published(p.wrapping_sub(self.cap)) && holder != 0)
+            .then(|| (holder, self.a32(H_NOT_FULL)))
     }
 
     /// A consumer is stuck behind the slot at the dequeue position: if a producer holds

@@ -16,10 +16,10 @@
 //! whose slot was skipped (older token) is discarded; a slot whose datagram never came
 //! (newer token at the head) is reported as an error for that message.
 //!
-//! The locks are one word holding the owner's pid: a waiter checks every
-//! `mproc_core::pid::HOLDER_CHECK_INTERVAL` (5 ms) whether the owner is alive and takes
-//! the lock over if it is not, so a dead holder costs the next one ≤ 10 ms.
-use mproc_core::futex::{self, WaitOutcome};
+//! The locks are one word holding the owner's pid: a waiter sleeps through
+//! `mproc_core::futex::wait_on_holder`, which wakes it when the owner exits (its
+//! process watches the owner's pidfd), and takes the lock over.
+use mproc_core::futex::{self, HolderWait};
 use mproc_core::{Deadline, scm};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
@@ -198,10 +198,8 @@ impl<'a> PidLock<'a> {
             if deadline.is_expired() {
                 return false;
             }
-            let slice = deadline.min(Deadline::after(mproc_core::pid::HOLDER_CHECK_INTERVAL));
-            if futex::wait(self.word, owner, slice) == WaitOutcome::TimedOut
-                && owner != pid
-                && mproc_core::pid::holder_dead(owner)
+            let holder = if owner == pid { 0 } else { owner };
+            if futex::wait_on_holder(self.word, owner, holder, deadline) == HolderWait::HolderDied
                 && self
                     .word
                     .compare_exchange(owner, pid, Ordering::Acquire, Ordering::Relaxed)
