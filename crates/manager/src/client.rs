@@ -2,10 +2,11 @@
 //! (a call that blocks in the server, such as `Lock::acquire`, holds one connection and
 //! leaves the others to other threads), and the encoding of values with the proxies
 //! inside them.
+use crate::bell::Bell;
 use crate::error::{ManagerError, Result};
 use crate::wire::{Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, RecvError, SendError};
-use mproc_core::{Decode, Encode, codec};
+use mproc_core::{Decode, Encode, Region, codec};
 use rkyv::util::AlignedVec;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ pub(crate) struct Session {
     pub(crate) authkey: Option<Vec<u8>>,
     pub(crate) id: u64,
     pub(crate) pid: u32,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Link>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -78,7 +79,7 @@ impl Session {
         Ok(s)
     }
 
-    fn open(&self) -> Result<Connection> {
+    fn open(&self) -> Result<Link> {
         let c = Client(&self.address, self.authkey.as_deref())?;
         let hello = Request {
             obj: 0,
@@ -89,12 +90,18 @@ impl Session {
             },
         };
         match round_trip(&c, &hello)? {
-            Reply::Unit => Ok(c),
-            other => Err(unexpected(&other)),
+            Reply::Unit => {}
+            other => return Err(unexpected(&other)),
         }
+        // A server on this host hands out a doorbell; one elsewhere cannot.
+        let bell = match self.address {
+            Address::Unix(_) | Address::Abstract(_) => attach(&c)?,
+            Address::Tcp(_) => None,
+        };
+        Ok(Link { conn: c, bell })
     }
 
-    fn put_back(&self, c: Connection) {
+    fn put_back(&self, c: Link) {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -114,7 +121,7 @@ impl Session {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let c = match pooled {
+        let mut c = match pooled {
             Some(c) => c,
             // The session reached the server before: failing to reach it now means it
             // is gone.
@@ -125,7 +132,11 @@ impl Session {
                 other => other,
             })?,
         };
-        let r = round_trip(&c, &Request { obj, op });
+        let req = Request { obj, op };
+        let r = match c.bell.as_mut() {
+            Some(b) => b.call(&c.conn, &req),
+            None => round_trip(&c.conn, &req),
+        };
         match r {
             Ok(reply) => {
                 self.put_back(c);
@@ -144,20 +155,60 @@ impl Session {
     }
 }
 
-fn round_trip(c: &Connection, req: &Request) -> Result<Reply> {
+/// One connection of a session, with its doorbell when the server is on this host.
+struct Link {
+    conn: Connection,
+    bell: Option<Bell>,
+}
+
+/// Asks the server for a doorbell on `c`. `None` when it refuses (it cannot share
+/// memory with us): the connection then carries every call.
+fn attach(c: &Connection) -> Result<Option<Bell>> {
+    let req = Request {
+        obj: 0,
+        op: Op::Attach,
+    };
+    match round_trip(c, &req)? {
+        Reply::Unit => {}
+        Reply::Fault(..) => return Ok(None),
+        other => return Err(unexpected(&other)),
+    }
+    let region = match c.recv::<Region>() {
+        Ok(r) => r,
+        // Not shareable here (another pid namespace, say): the frame is consumed and
+        // the connection stays usable for socket calls.
+        Err(RecvError::Decode(_) | RecvError::TypeMismatch(_)) => return Ok(None),
+        Err(e) => return Err(recv_error(e)),
+    };
+    Ok(Bell::attach(region).ok())
+}
+
+pub(crate) fn send(c: &Connection, req: &Request) -> Result<()> {
     c.send(req).map_err(|e| match e {
         SendError::Disconnected | SendError::Closed => ManagerError::ServerGone,
         SendError::Io(e) => ManagerError::Io(e),
         other => ManagerError::Codec(other.to_string()),
-    })?;
-    c.recv::<Reply>().map_err(|e| match e {
+    })
+}
+
+fn recv_error(e: RecvError) -> ManagerError {
+    match e {
         RecvError::Disconnected | RecvError::Closed | RecvError::Broken => ManagerError::ServerGone,
         RecvError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
             ManagerError::ServerGone
         }
         RecvError::Io(e) => ManagerError::Io(e),
         other => ManagerError::Protocol(other.to_string()),
-    })
+    }
+}
+
+pub(crate) fn recv(c: &Connection) -> Result<Reply> {
+    c.recv::<Reply>().map_err(recv_error)
+}
+
+fn round_trip(c: &Connection, req: &Request) -> Result<Reply> {
+    send(c, req)?;
+    recv(c)
 }
 
 pub(crate) fn unexpected(r: &Reply) -> ManagerError {

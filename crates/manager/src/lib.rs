@@ -32,6 +32,7 @@
 //! calls; the plain containers work with any build.
 #![deny(unsafe_code)]
 
+mod bell;
 mod client;
 mod error;
 mod manager;

@@ -1,5 +1,6 @@
 //! The server: a thread per connection (as in CPython), objects in one table with their
 //! reference counts, per-object state behind a mutex and a condition variable.
+use crate::bell::{Bell, Next};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
 use std::any::Any;
@@ -431,20 +432,49 @@ fn serve_conn(shared: &Shared, conn: Connection) {
             same_build,
             build,
         };
+        let mut bell: Option<Bell> = None;
         loop {
-            let req = match conn.recv::<Request>() {
-                Ok(r) => r,
-                Err(e @ (RecvError::Decode(_) | RecvError::TypeMismatch(_))) => {
-                    // A well-framed message that is not a request (bytes that do not
-                    // decode, or a message of another type): refuse it and go on.
+            // The next request, and whether its reply goes through the doorbell.
+            let (req, rung) = match bell.as_mut().map(|b| b.next(&conn)) {
+                None => match conn.recv::<Request>() {
+                    Ok(r) => (r, false),
+                    Err(e @ (RecvError::Decode(_) | RecvError::TypeMismatch(_))) => {
+                        // A well-framed message that is not a request (bytes that do
+                        // not decode, or a message of another type): refuse it, go on.
+                        let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
+                        if conn.send(&r).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                Some(Next::Rung(r)) => (r, true),
+                Some(Next::Plain(r)) => (r, false),
+                Some(Next::RungBad(m)) => {
+                    let r = Reply::Fault(FaultKind::BadRequest, m);
+                    if !bell.as_mut().is_some_and(|b| b.reply(&conn, &r)) {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Next::PlainBad(e)) => {
                     let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
                     if conn.send(&r).is_err() {
                         break;
                     }
                     continue;
                 }
-                Err(_) => break,
+                Some(Next::Gone) => break,
             };
+            if req.obj == 0 && matches!(req.op, Op::Attach) && bell.is_none() {
+                match attach(&conn) {
+                    Ok(b) => bell = Some(b),
+                    Err(true) => break,
+                    Err(false) => {}
+                }
+                continue;
+            }
             let stop = matches!(req.op, Op::Shutdown);
             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.handle(req)))
                 .unwrap_or_else(|p| Err((FaultKind::Panicked, panic_text(&*p))));
@@ -455,7 +485,11 @@ fn serve_conn(shared: &Shared, conn: Connection) {
             if matches!(reply, Reply::Fault(FaultKind::Timeout, ref m) if m == GONE) {
                 break;
             }
-            if conn.send(&reply).is_err() {
+            let sent = match bell.as_mut() {
+                Some(b) if rung => b.reply(&conn, &reply),
+                _ => conn.send(&reply).is_ok(),
+            };
+            if !sent {
                 break;
             }
             if stop {
@@ -470,6 +504,33 @@ fn serve_conn(shared: &Shared, conn: Connection) {
 }
 
 const GONE: &str = "client gone";
+
+/// Answers a client's [`Op::Attach`]: on a Unix socket, `Unit` and then a doorbell
+/// region (see `bell`); elsewhere a fault, and the connection goes on without one.
+/// `Err(true)`: the socket failed; `Err(false)`: refused, the client was told.
+fn attach(conn: &Connection) -> Result<Bell, bool> {
+    let local = conn
+        .fileno()
+        .and_then(|fd| rustix::net::getsockname(fd).ok())
+        .is_some_and(|a| a.address_family() == rustix::net::AddressFamily::UNIX);
+    let made = if local {
+        Bell::create().map_err(|e| e.to_string())
+    } else {
+        Err("a doorbell needs a Unix socket".to_owned())
+    };
+    match made {
+        Ok((bell, region)) => {
+            if conn.send(&Reply::Unit).is_err() || conn.send(&region).is_err() {
+                return Err(true);
+            }
+            Ok(bell)
+        }
+        Err(m) => {
+            let r = Reply::Fault(FaultKind::Unsupported, m);
+            Err(conn.send(&r).is_err())
+        }
+    }
+}
 
 fn panic_text(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {

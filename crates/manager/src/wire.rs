@@ -162,6 +162,12 @@ pub(crate) enum Op {
     /// The names of the segments the server made.
     ShmNames,
     Shutdown,
+    /// Wakes a server asleep on a connection with a doorbell (see `bell`): the request
+    /// itself is in the shared buffer.
+    Nudge,
+    /// Asks for a doorbell on this (local) connection: the server answers `Unit` and
+    /// then sends the region, or a fault.
+    Attach,
 }
 
 /// One request: an object id (0 for the server itself) and what to do.
