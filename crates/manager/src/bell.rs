@@ -47,8 +47,8 @@ const SRV_WAIT: usize = 8;
 const REP_SEQ: usize = 64;
 const REP_LEN: usize = 68;
 const CLI_WAIT: usize = 72;
-const REQ_BUF: usize = 128;
-const REP_BUF: usize = REQ_BUF + CAP;
+pub(crate) const REQ_BUF: usize = 128;
+pub(crate) const REP_BUF: usize = REQ_BUF + CAP;
 /// The size of a doorbell region.
 pub(crate) const LEN: usize = REP_BUF + CAP;
 /// A length word saying "this message travels on the socket".
@@ -137,6 +137,12 @@ impl Bell {
         }
     }
 
+    /// The shared region (tests scribble on it as a hostile peer would).
+    #[cfg(test)]
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
     fn word(&self, offset: usize) -> &AtomicU32 {
         // Every offset used is a multiple of 4 below `LEN`, and the region holds at least
         // `LEN` bytes (checked when it was made or attached).
@@ -164,23 +170,36 @@ impl Bell {
     /// Sends `req` and waits for the reply (faults included, as replies).
     pub(crate) fn call(&mut self, conn: &Connection, req: &Request) -> Result<Reply> {
         let enc = codec::encode(req).map_err(|e| ManagerError::Codec(e.to_string()))?;
-        let on_socket = !enc.fds.is_empty() || enc.bytes.len() > CAP;
-        if on_socket {
-            self.word(REQ_LEN).store(ON_SOCKET, Ordering::Relaxed);
+        if !enc.fds.is_empty() || enc.bytes.len() > CAP {
+            self.ring(conn, None, ON_SOCKET, Some(req))
         } else {
-            self.region
-                .write_bytes(REQ_BUF, &enc.bytes)
-                .map_err(|e| ManagerError::Codec(e.to_string()))?;
-            self.word(REQ_LEN)
-                .store(enc.bytes.len() as u32, Ordering::Relaxed);
+            self.ring(conn, Some(&enc.bytes), enc.bytes.len() as u32, None)
         }
+    }
+
+    /// Writes `bytes` (if any) to the request buffer and `len` to its length word,
+    /// rings, sends `socket_req` on the socket (if any) and waits for the reply. The
+    /// tests call it with lengths and bytes no honest client writes.
+    pub(crate) fn ring(
+        &mut self,
+        conn: &Connection,
+        bytes: Option<&[u8]>,
+        len: u32,
+        socket_req: Option<&Request>,
+    ) -> Result<Reply> {
+        if let Some(b) = bytes {
+            self.region
+                .write_bytes(REQ_BUF, b)
+                .map_err(|e| ManagerError::Codec(e.to_string()))?;
+        }
+        self.word(REQ_LEN).store(len, Ordering::Relaxed);
         let seq = self.seq.wrapping_add(1);
         self.seq = seq;
         self.word(REQ_SEQ).store(seq, Ordering::SeqCst);
         if self.word(SRV_WAIT).swap(0, Ordering::SeqCst) != 0 {
             crate::client::send(conn, &nudge())?;
         }
-        if on_socket {
+        if let Some(req) = socket_req {
             crate::client::send(conn, req)?;
         }
         self.wait_reply(conn, seq)?;

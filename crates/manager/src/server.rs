@@ -475,7 +475,8 @@ fn serve_conn(shared: &Shared, conn: Connection) {
                 }
                 continue;
             }
-            let stop = matches!(req.op, Op::Shutdown);
+            // Only a request to the server itself stops it (`handle` refuses the others).
+            let stop = req.obj == 0 && matches!(req.op, Op::Shutdown);
             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.handle(req)))
                 .unwrap_or_else(|p| Err((FaultKind::Panicked, panic_text(&*p))));
             let reply = match reply {
@@ -1570,6 +1571,144 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+        t.join().unwrap().unwrap();
+    }
+
+    fn attach_bell(c: &Connection) -> Bell {
+        c.send(&Request {
+            obj: 0,
+            op: Op::Attach,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+        Bell::attach(c.recv::<mproc_core::Region>().unwrap()).unwrap()
+    }
+
+    fn bell_len(b: &mut Bell, c: &Connection, id: u64) -> i64 {
+        match b.call(c, &Request { obj: id, op: Op::Len }).unwrap() {
+            Reply::Int(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_doorbell_bytes_are_refused_and_the_server_goes_on() {
+        use crate::bell::{CAP, REP_BUF, REQ_BUF};
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let mut b = attach_bell(&c);
+        let create = Request {
+            obj: 0,
+            op: Op::Create {
+                kind: Kind::List,
+                init: None,
+                n: 0,
+            },
+        };
+        let id = match b.call(&c, &create).unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        // Junk of every short length in the request buffer: refused, one by one.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..400usize {
+            let junk: Vec<u8> = (0..i % 211).map(|_| next() as u8).collect();
+            let mut al = rkyv::util::AlignedVec::<16>::new();
+            al.extend_from_slice(&junk);
+            let decoded = codec::decode::<Request>(&al, Vec::new());
+            if matches!(&decoded, Ok(Request { op: Op::Shutdown, .. })) {
+                continue;
+            }
+            // Junk that happens to decode is served as the request it spells; the rest
+            // is refused.
+            match b.ring(&c, Some(&junk), junk.len() as u32, None).unwrap() {
+                Reply::Fault(FaultKind::BadRequest, _) => assert!(decoded.is_err()),
+                _ => assert!(decoded.is_ok(), "junk of {} bytes served", junk.len()),
+            }
+        }
+        // Lengths beyond the buffer.
+        for len in [CAP as u32 + 1, u32::MAX - 1, 1 << 31] {
+            assert!(matches!(
+                b.ring(&c, None, len, None).unwrap(),
+                Reply::Fault(FaultKind::BadRequest, _)
+            ));
+        }
+        // A second doorbell on the same connection is refused.
+        assert!(matches!(
+            b.call(&c, &Request { obj: 0, op: Op::Attach }).unwrap(),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        // A peer scribbling on both buffers while calls run: every call ends (an answer,
+        // a refusal or a reply that does not validate), none crashes either side.
+        let region = b.region().try_clone().unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut x = 0x1234_5678u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let at = if x & 1 == 0 { REQ_BUF } else { REP_BUF };
+                    let _ = region.write_bytes(at + (x >> 50) as usize % 64, &x.to_le_bytes());
+                }
+            });
+            let push = Request {
+                obj: id,
+                op: Op::Push(Val {
+                    bytes: vec![1, 2, 3, 4],
+                    refs: vec![],
+                    ty: 7,
+                }),
+            };
+            let results: Vec<_> = (0..2000).map(|_| b.call(&c, &push)).collect();
+            stop.store(true, Ordering::Relaxed);
+            for r in results {
+                match r {
+                    Ok(_) | Err(ManagerError::Protocol(_)) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        });
+        // (The scribbles may have turned a push into any request on that list, a
+        // decref included: go on with a new one.)
+        let id = match b.call(&c, &create).unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let n = bell_len(&mut b, &c, id);
+        assert_eq!(n, 0);
+        // Messages too big for the buffers take the socket, announced by the doorbell.
+        let big = Val {
+            bytes: (0..200_000u32).map(|i| i as u8).collect(),
+            refs: vec![],
+            ty: 9,
+        };
+        let push_big = Request {
+            obj: id,
+            op: Op::Push(big.clone()),
+        };
+        assert!(matches!(b.call(&c, &push_big).unwrap(), Reply::Unit));
+        match b.call(&c, &Request { obj: id, op: Op::Index(-1) }).unwrap() {
+            Reply::Val(v) => assert_eq!(v, big),
+            other => panic!("{other:?}"),
+        }
+        // A request sent on the socket alone is still answered there.
+        c.send(&Request { obj: id, op: Op::Len }).unwrap();
+        assert_eq!(
+            match c.recv::<Reply>().unwrap() {
+                Reply::Int(n) => n,
+                other => panic!("{other:?}"),
+            },
+            n + 1
+        );
+        assert_eq!(bell_len(&mut b, &c, id), n + 1);
+        let _ = b.call(&c, &Request { obj: 0, op: Op::Shutdown });
         t.join().unwrap().unwrap();
     }
 
