@@ -119,7 +119,9 @@ impl Bell {
         use rustix::fs::{SealFlags, fcntl_get_seals};
         let seals = fcntl_get_seals(region.fd())?;
         if !seals.contains(SealFlags::SHRINK) {
-            return Err(io_bad("the doorbell region is not sealed against shrinking"));
+            return Err(io_bad(
+                "the doorbell region is not sealed against shrinking",
+            ));
         }
         if region.len() < LEN {
             return Err(io_bad("the doorbell region is too small"));

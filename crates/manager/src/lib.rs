@@ -46,8 +46,8 @@ mod wire;
 pub use error::{ManagerError, Result};
 pub use manager::{Manager, ManagerBuilder};
 pub use proxy::{
-    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, NamespaceProxy,
-    Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
 };
 pub use server::Server;
 #[doc(hidden)]

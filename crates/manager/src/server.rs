@@ -58,6 +58,8 @@ impl Dict {
 enum State {
     List(Vec<Val>),
     Dict(Dict),
+    /// A fixed-length array (`Manager::array`).
+    Array(Vec<Val>),
     Value(Val),
     Ns(BTreeMap<String, Val>),
     Queue {
@@ -104,7 +106,7 @@ impl State {
         let mut out = Vec::new();
         let mut add = |v: &Val| out.extend_from_slice(&v.refs);
         match self {
-            State::List(l) => l.iter().for_each(&mut add),
+            State::List(l) | State::Array(l) => l.iter().for_each(&mut add),
             State::Dict(d) => d.order.values().for_each(|(k, v)| {
                 add(k);
                 add(v)
@@ -552,6 +554,21 @@ enum WaitEnd {
     TimedOut,
 }
 
+/// The range a Python slice `[start:stop]` (step 1) covers in a sequence of `len`
+/// items: negative bounds count from the end, and both are clamped into the sequence.
+fn slice(len: usize, start: i64, stop: i64) -> std::ops::Range<usize> {
+    let n = len as i64;
+    let clamp = |x: i64| {
+        if x < 0 {
+            (n.saturating_add(x)).max(0)
+        } else {
+            x.min(n)
+        }
+    };
+    let (a, b) = (clamp(start), clamp(stop));
+    a as usize..b.max(a) as usize
+}
+
 fn index(len: usize, i: i64) -> Result<usize, Fault> {
     let j = if i < 0 { len as i64 + i } else { i };
     if j < 0 || j >= len as i64 {
@@ -652,6 +669,16 @@ impl Ctx<'_> {
                     )))
                 }
                 Op::Shutdown => Ok(Reply::Unit),
+                Op::CreateArray(items) => {
+                    let refs: Vec<u64> =
+                        items.iter().flat_map(|v| v.refs.iter().copied()).collect();
+                    sh.hold_stored(&refs)?;
+                    Ok(Reply::Id(sh.add_object(
+                        self.session,
+                        Kind::Array,
+                        State::Array(items),
+                    )))
+                }
                 Op::ShmCreate { size } => {
                     let size = usize::try_from(size)
                         .map_err(|_| (FaultKind::BadRequest, "size too large".into()))?;
@@ -797,6 +824,7 @@ impl Ctx<'_> {
                 }
             }
             Kind::Custom => return Err((FaultKind::BadRequest, "use CreateCustom".into())),
+            Kind::Array => return Err((FaultKind::BadRequest, "use CreateArray".into())),
         };
         Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
     }
@@ -814,7 +842,9 @@ impl Ctx<'_> {
             Op::DictInsert(k, v) | Op::DictSetDefault(k, v) => {
                 k.refs.iter().chain(&v.refs).copied().collect()
             }
-            Op::Extend(vs) => vs.iter().flat_map(|v| v.refs.iter().copied()).collect(),
+            Op::Extend(vs) | Op::SetSlice { items: vs, .. } => {
+                vs.iter().flat_map(|v| v.refs.iter().copied()).collect()
+            }
             Op::DictUpdate(ps) => ps
                 .iter()
                 .flat_map(|(k, v)| k.refs.iter().chain(&v.refs).copied())
@@ -915,6 +945,46 @@ impl Ctx<'_> {
             (State::List(l), Op::Sort { tramp, sig }) => {
                 self.custom_ok()?;
                 crate::sys::run_sort(self.build, tramp, &sig, l)?;
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ array
+            (State::Array(a), Op::Len) => Ok(Reply::Int(a.len() as i64)),
+            (State::Array(a), Op::Snapshot) => {
+                let vs = a.clone();
+                drop(st);
+                Ok(self.out_vals(vs))
+            }
+            (State::Array(a), Op::Index(i)) => {
+                let v = a[index(a.len(), i)?].clone();
+                drop(st);
+                Ok(self.out(v))
+            }
+            (State::Array(a), Op::SetIndex(i, v)) => {
+                let j = index(a.len(), i)?;
+                dropped.push(std::mem::replace(&mut a[j], v));
+                Ok(Reply::Unit)
+            }
+            (State::Array(a), Op::Slice { start, stop }) => {
+                let r = slice(a.len(), start, stop);
+                let vs = a[r].to_vec();
+                drop(st);
+                Ok(self.out_vals(vs))
+            }
+            (State::Array(a), Op::SetSlice { start, stop, items }) => {
+                let r = slice(a.len(), start, stop);
+                if r.len() != items.len() {
+                    return Err((
+                        FaultKind::SizeMismatch,
+                        format!(
+                            "a slice of {} items cannot take {} items",
+                            r.len(),
+                            items.len()
+                        ),
+                    ));
+                }
+                for (slot, v) in a[r].iter_mut().zip(items) {
+                    dropped.push(std::mem::replace(slot, v));
+                }
                 Ok(Reply::Unit)
             }
             // ------------------------------------------------------------ dict
@@ -1585,7 +1655,16 @@ mod tests {
     }
 
     fn bell_len(b: &mut Bell, c: &Connection, id: u64) -> i64 {
-        match b.call(c, &Request { obj: id, op: Op::Len }).unwrap() {
+        match b
+            .call(
+                c,
+                &Request {
+                    obj: id,
+                    op: Op::Len,
+                },
+            )
+            .unwrap()
+        {
             Reply::Int(n) => n,
             other => panic!("{other:?}"),
         }
@@ -1623,7 +1702,13 @@ mod tests {
             let mut al = rkyv::util::AlignedVec::<16>::new();
             al.extend_from_slice(&junk);
             let decoded = codec::decode::<Request>(&al, Vec::new());
-            if matches!(&decoded, Ok(Request { op: Op::Shutdown, .. })) {
+            if matches!(
+                &decoded,
+                Ok(Request {
+                    op: Op::Shutdown,
+                    ..
+                })
+            ) {
                 continue;
             }
             // Junk that happens to decode is served as the request it spells; the rest
@@ -1642,7 +1727,14 @@ mod tests {
         }
         // A second doorbell on the same connection is refused.
         assert!(matches!(
-            b.call(&c, &Request { obj: 0, op: Op::Attach }).unwrap(),
+            b.call(
+                &c,
+                &Request {
+                    obj: 0,
+                    op: Op::Attach
+                }
+            )
+            .unwrap(),
             Reply::Fault(FaultKind::BadRequest, _)
         ));
         // A peer scribbling on both buffers while calls run: every call ends (an answer,
@@ -1694,12 +1786,25 @@ mod tests {
             op: Op::Push(big.clone()),
         };
         assert!(matches!(b.call(&c, &push_big).unwrap(), Reply::Unit));
-        match b.call(&c, &Request { obj: id, op: Op::Index(-1) }).unwrap() {
+        match b
+            .call(
+                &c,
+                &Request {
+                    obj: id,
+                    op: Op::Index(-1),
+                },
+            )
+            .unwrap()
+        {
             Reply::Val(v) => assert_eq!(v, big),
             other => panic!("{other:?}"),
         }
         // A request sent on the socket alone is still answered there.
-        c.send(&Request { obj: id, op: Op::Len }).unwrap();
+        c.send(&Request {
+            obj: id,
+            op: Op::Len,
+        })
+        .unwrap();
         assert_eq!(
             match c.recv::<Reply>().unwrap() {
                 Reply::Int(n) => n,
@@ -1708,7 +1813,13 @@ mod tests {
             n + 1
         );
         assert_eq!(bell_len(&mut b, &c, id), n + 1);
-        let _ = b.call(&c, &Request { obj: 0, op: Op::Shutdown });
+        let _ = b.call(
+            &c,
+            &Request {
+                obj: 0,
+                op: Op::Shutdown,
+            },
+        );
         t.join().unwrap().unwrap();
     }
 
@@ -1953,6 +2064,18 @@ mod tests {
                     name: String::new(),
                 },
             },
+            Op::CreateArray(vec![Val::default(); 3]),
+            Op::Slice {
+                start: i64::MIN,
+                stop: i64::MAX,
+            },
+            Op::SetSlice {
+                start: -1,
+                stop: i64::MIN,
+                items: vec![Val::default()],
+            },
+            Op::Nudge,
+            Op::Attach,
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let e = codec::encode(&Request { obj: i as u64, op }).unwrap();
@@ -2012,5 +2135,15 @@ mod tests {
                 fuzz_request(&bytes);
             }
         }
+    }
+
+    #[test]
+    fn slices_clamp_as_python_does() {
+        assert_eq!(slice(5, 1, 3), 1..3);
+        assert_eq!(slice(5, -2, i64::MAX), 3..5);
+        assert_eq!(slice(5, i64::MIN, -4), 0..1);
+        assert_eq!(slice(5, 4, 1), 4..4);
+        assert_eq!(slice(5, 7, 9), 5..5);
+        assert_eq!(slice(0, i64::MIN, i64::MAX), 0..0);
     }
 }

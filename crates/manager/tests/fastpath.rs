@@ -135,6 +135,9 @@ fn a_blocking_call_sleeps_and_an_idle_server_burns_no_cpu() {
     let before = process_cpu(pid);
     std::thread::sleep(Duration::from_millis(1000));
     let idle = process_cpu(pid) - before;
-    assert!(idle < Duration::from_millis(300), "idle server used {idle:?}");
+    assert!(
+        idle < Duration::from_millis(300),
+        "idle server used {idle:?}"
+    );
     assert_eq!(l.len().unwrap(), 10_000);
 }
