@@ -19,6 +19,9 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) pid: u32,
     idle: Mutex<Vec<Link>>,
+    /// In a process forked from the one that made this session: that process's own
+    /// session with the same manager, kept so that every call does not connect anew.
+    forked: Mutex<Option<Arc<Session>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -70,12 +73,28 @@ impl Session {
             id: random_u64(),
             pid,
             idle: Mutex::new(Vec::new()),
+            forked: Mutex::new(None),
         });
         // The first connection anchors the session in the server: it stays open (in the
         // idle pool) for as long as the session lives.
         let c = s.open()?;
         s.put_back(c);
         all.push(Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    /// This process's session with the same manager, for a session inherited through
+    /// `fork`; kept in the inherited copy (which only this process sees) for later
+    /// calls.
+    fn here(&self) -> Result<Arc<Session>> {
+        let mut f = self.forked.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = f.as_ref()
+            && s.pid == my_pid()
+        {
+            return Ok(Arc::clone(s));
+        }
+        let s = Session::get(&self.address, self.authkey.as_deref())?;
+        *f = Some(Arc::clone(&s));
         Ok(s)
     }
 
@@ -113,8 +132,7 @@ impl Session {
         if self.pid != my_pid() {
             // A forked copy of another process's session: its connections belong to the
             // parent. Talk through this process's own session.
-            let s = Session::get(&self.address, self.authkey.as_deref())?;
-            return s.call(obj, op);
+            return self.here()?.call(obj, op);
         }
         let pooled = self
             .idle
@@ -316,9 +334,7 @@ pub(crate) fn owner(session: &Session) -> u64 {
     let s = if session.pid == my_pid() {
         session.id
     } else {
-        Session::get(&session.address, session.authkey.as_deref())
-            .map(|s| s.id)
-            .unwrap_or(session.id)
+        session.here().map(|s| s.id).unwrap_or(session.id)
     };
     s.rotate_left(20) ^ t
 }

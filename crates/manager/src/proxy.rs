@@ -463,7 +463,7 @@ fn bounds(r: impl std::ops::RangeBounds<isize>) -> (i64, i64) {
         Bound::Unbounded => 0,
     };
     let stop = match r.end_bound() {
-        Bound::Included(&e) if e == -1 => i64::MAX,
+        Bound::Included(&-1) => i64::MAX,
         Bound::Included(&e) => e as i64 + 1,
         Bound::Excluded(&e) => e as i64,
         Bound::Unbounded => i64::MAX,

@@ -141,3 +141,85 @@ fn a_blocking_call_sleeps_and_an_idle_server_burns_no_cpu() {
     );
     assert_eq!(l.len().unwrap(), 10_000);
 }
+
+/// Runs `f` in a child made by a bare `fork` (the proxies it uses are the parent's
+/// copies, not imported ones); the child's exit status is 0 when `f` returns true.
+fn bare_fork(f: impl FnOnce() -> bool) -> i32 {
+    // SAFETY: the child runs `f` and leaves with `_exit`; the test binary runs one test
+    // per process under nextest.
+    #[allow(unsafe_code)]
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
+        // SAFETY: leaves the child without running the parent's exit handlers.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::_exit(if ok { 0 } else { 1 })
+        };
+    }
+    pid
+}
+
+/// Reaps `pid` (killing it first if `kill`), returning its wait status.
+fn reap(pid: i32, kill: bool) -> i32 {
+    let mut status = 0;
+    // SAFETY: signals and reaps the child this test made.
+    #[allow(unsafe_code)]
+    unsafe {
+        if kill {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        libc::waitpid(pid, &mut status, 0)
+    };
+    status
+}
+
+/// Kills and reaps the child if the test fails before it does.
+struct Reaper(i32, bool);
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if !self.1 {
+            reap(self.0, true);
+        }
+    }
+}
+
+#[test]
+fn a_bare_fork_child_keeps_one_session_for_inherited_proxies() {
+    let m = Manager::start().unwrap();
+    let rl = m.rlock().unwrap();
+    let l = m.list::<u32>().unwrap();
+    let pid = bare_fork(|| {
+        // An RLock belongs to the session and thread that took it: the child's calls
+        // must all go through one session of its own (not a new one per call, which
+        // the server would see end, releasing the lock).
+        rl.acquire().unwrap();
+        l.push(&1).unwrap();
+        let t = Instant::now();
+        while l.len().unwrap() < 2 {
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        rl.release().is_ok()
+    });
+    let mut child = Reaper(pid, false);
+    let t = Instant::now();
+    while l.len().unwrap() < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the child never pushed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The child still holds the lock.
+    assert!(!rl.try_acquire().unwrap());
+    l.push(&2).unwrap();
+    let status = reap(pid, false);
+    child.1 = true;
+    assert_eq!(status, 0, "the child could not release its own lock");
+    assert!(rl.try_acquire().unwrap());
+    rl.release().unwrap();
+}

@@ -49,12 +49,12 @@ def dict_child(d, conn):
         n = conn.recv()
         if n is None:
             return
+        # Even steps set key (i % 64) to i, odd steps read it back.
         for i in range(n):
-            k = i % 64
             if i % 2 == 0:
-                d[k] = i
+                d[i % 64] = i
             else:
-                assert d[k] == i - 1
+                assert d[(i - 1) % 64] == i - 1
         conn.send(n)
 
 

@@ -65,12 +65,12 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         let dc = d.clone();
         let _child = fork(move || {
             while let Ok(n) = b.recv::<u64>() {
+                // Even steps set key (i % 64) to i, odd steps read it back.
                 for i in 0..n {
-                    let k = i % 64;
                     if i % 2 == 0 {
-                        dc.insert(&k, &i).unwrap();
+                        dc.insert(&(i % 64), &i).unwrap();
                     } else {
-                        assert_eq!(dc.get(&k).unwrap(), Some(i - 1));
+                        assert_eq!(dc.get(&((i - 1) % 64)).unwrap(), Some(i - 1));
                     }
                 }
                 if b.send(&n).is_err() {
