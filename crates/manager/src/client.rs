@@ -193,8 +193,9 @@ fn attach(c: &Connection) -> Result<Option<Bell>> {
     }
     let region = match c.recv::<Region>() {
         Ok(r) => r,
-        // Not shareable here (another pid namespace, say): the frame is consumed and
-        // the connection stays usable for socket calls.
+        // Not shareable here (another pid namespace, say: the region's import fails as
+        // a decode error): the frame is consumed and the connection stays usable for
+        // socket calls.
         Err(RecvError::Decode(_) | RecvError::TypeMismatch(_)) => return Ok(None),
         Err(e) => return Err(recv_error(e)),
     };
