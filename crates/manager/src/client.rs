@@ -2,10 +2,11 @@
 //! (a call that blocks in the server, such as `Lock::acquire`, holds one connection and
 //! leaves the others to other threads), and the encoding of values with the proxies
 //! inside them.
+use crate::bell::Bell;
 use crate::error::{ManagerError, Result};
 use crate::wire::{Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, RecvError, SendError};
-use mproc_core::{Decode, Encode, codec};
+use mproc_core::{Decode, Encode, Region, codec};
 use rkyv::util::AlignedVec;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,10 @@ pub(crate) struct Session {
     pub(crate) authkey: Option<Vec<u8>>,
     pub(crate) id: u64,
     pub(crate) pid: u32,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Link>>,
+    /// In a process forked from the one that made this session: that process's own
+    /// session with the same manager, kept so that every call does not connect anew.
+    forked: Mutex<Option<Arc<Session>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -69,6 +73,7 @@ impl Session {
             id: random_u64(),
             pid,
             idle: Mutex::new(Vec::new()),
+            forked: Mutex::new(None),
         });
         // The first connection anchors the session in the server: it stays open (in the
         // idle pool) for as long as the session lives.
@@ -78,7 +83,22 @@ impl Session {
         Ok(s)
     }
 
-    fn open(&self) -> Result<Connection> {
+    /// This process's session with the same manager, for a session inherited through
+    /// `fork`; kept in the inherited copy (which only this process sees) for later
+    /// calls.
+    fn here(&self) -> Result<Arc<Session>> {
+        let mut f = self.forked.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = f.as_ref()
+            && s.pid == my_pid()
+        {
+            return Ok(Arc::clone(s));
+        }
+        let s = Session::get(&self.address, self.authkey.as_deref())?;
+        *f = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    fn open(&self) -> Result<Link> {
         let c = Client(&self.address, self.authkey.as_deref())?;
         let hello = Request {
             obj: 0,
@@ -89,12 +109,18 @@ impl Session {
             },
         };
         match round_trip(&c, &hello)? {
-            Reply::Unit => Ok(c),
-            other => Err(unexpected(&other)),
+            Reply::Unit => {}
+            other => return Err(unexpected(&other)),
         }
+        // A server on this host hands out a doorbell; one elsewhere cannot.
+        let bell = match self.address {
+            Address::Unix(_) | Address::Abstract(_) => attach(&c)?,
+            Address::Tcp(_) => None,
+        };
+        Ok(Link { conn: c, bell })
     }
 
-    fn put_back(&self, c: Connection) {
+    fn put_back(&self, c: Link) {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -106,15 +132,14 @@ impl Session {
         if self.pid != my_pid() {
             // A forked copy of another process's session: its connections belong to the
             // parent. Talk through this process's own session.
-            let s = Session::get(&self.address, self.authkey.as_deref())?;
-            return s.call(obj, op);
+            return self.here()?.call(obj, op);
         }
         let pooled = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let c = match pooled {
+        let mut c = match pooled {
             Some(c) => c,
             // The session reached the server before: failing to reach it now means it
             // is gone.
@@ -125,7 +150,11 @@ impl Session {
                 other => other,
             })?,
         };
-        let r = round_trip(&c, &Request { obj, op });
+        let req = Request { obj, op };
+        let r = match c.bell.as_mut() {
+            Some(b) => b.call(&c.conn, &req),
+            None => round_trip(&c.conn, &req),
+        };
         match r {
             Ok(reply) => {
                 self.put_back(c);
@@ -144,20 +173,61 @@ impl Session {
     }
 }
 
-fn round_trip(c: &Connection, req: &Request) -> Result<Reply> {
+/// One connection of a session, with its doorbell when the server is on this host.
+struct Link {
+    conn: Connection,
+    bell: Option<Bell>,
+}
+
+/// Asks the server for a doorbell on `c`. `None` when it refuses (it cannot share
+/// memory with us): the connection then carries every call.
+fn attach(c: &Connection) -> Result<Option<Bell>> {
+    let req = Request {
+        obj: 0,
+        op: Op::Attach,
+    };
+    match round_trip(c, &req)? {
+        Reply::Unit => {}
+        Reply::Fault(..) => return Ok(None),
+        other => return Err(unexpected(&other)),
+    }
+    let region = match c.recv::<Region>() {
+        Ok(r) => r,
+        // Not shareable here (another pid namespace, say: the region's import fails as
+        // a decode error): the frame is consumed and the connection stays usable for
+        // socket calls.
+        Err(RecvError::Decode(_) | RecvError::TypeMismatch(_)) => return Ok(None),
+        Err(e) => return Err(recv_error(e)),
+    };
+    Ok(Bell::attach(region).ok())
+}
+
+pub(crate) fn send(c: &Connection, req: &Request) -> Result<()> {
     c.send(req).map_err(|e| match e {
         SendError::Disconnected | SendError::Closed => ManagerError::ServerGone,
         SendError::Io(e) => ManagerError::Io(e),
         other => ManagerError::Codec(other.to_string()),
-    })?;
-    c.recv::<Reply>().map_err(|e| match e {
+    })
+}
+
+fn recv_error(e: RecvError) -> ManagerError {
+    match e {
         RecvError::Disconnected | RecvError::Closed | RecvError::Broken => ManagerError::ServerGone,
         RecvError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
             ManagerError::ServerGone
         }
         RecvError::Io(e) => ManagerError::Io(e),
         other => ManagerError::Protocol(other.to_string()),
-    })
+    }
+}
+
+pub(crate) fn recv(c: &Connection) -> Result<Reply> {
+    c.recv::<Reply>().map_err(recv_error)
+}
+
+fn round_trip(c: &Connection, req: &Request) -> Result<Reply> {
+    send(c, req)?;
+    recv(c)
 }
 
 pub(crate) fn unexpected(r: &Reply) -> ManagerError {
@@ -265,9 +335,7 @@ pub(crate) fn owner(session: &Session) -> u64 {
     let s = if session.pid == my_pid() {
         session.id
     } else {
-        Session::get(&session.address, session.authkey.as_deref())
-            .map(|s| s.id)
-            .unwrap_or(session.id)
+        session.here().map(|s| s.id).unwrap_or(session.id)
     };
     s.rotate_left(20) ^ t
 }

@@ -56,6 +56,9 @@ pub enum ManagerError {
     /// sort) because the fingerprint of its type that came with it is not that of the
     /// type the server's code for it was made for; the text names both. Nothing ran.
     Signature(String),
+    /// A slice of an [`ArrayProxy`](crate::ArrayProxy) assigned a sequence of another
+    /// length (Python's `ValueError`: an array's length is fixed).
+    SizeMismatch(String),
     /// A socket error.
     Io(io::Error),
 }
@@ -77,6 +80,7 @@ impl ManagerError {
             FaultKind::BadRequest => ManagerError::BadRequest(msg),
             FaultKind::Unsupported => ManagerError::Unsupported(msg),
             FaultKind::Signature => ManagerError::Signature(msg),
+            FaultKind::SizeMismatch => ManagerError::SizeMismatch(msg),
         }
     }
 }
@@ -105,6 +109,7 @@ impl fmt::Display for ManagerError {
             }
             ManagerError::Unsupported(m) => write!(f, "the manager refused the request: {m}"),
             ManagerError::Signature(m) => write!(f, "the manager refused to run a function: {m}"),
+            ManagerError::SizeMismatch(m) => write!(f, "an array's length is fixed: {m}"),
             ManagerError::Io(e) => write!(f, "manager connection failed: {e}"),
         }
     }

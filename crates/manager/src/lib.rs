@@ -13,18 +13,22 @@
 //! - [`Manager`]: [`start`](Manager::start) a server process (any start method; it dies
 //!   with this process), [`connect`](Manager::connect) to one by address and key, or
 //!   [`serve`](Manager::serve) in this process.
-//! - Proxies: [`ListProxy`], [`DictProxy`], [`ValueProxy`], [`NamespaceProxy`],
-//!   [`QueueProxy`], [`LockProxy`], [`RLockProxy`], [`SemaphoreProxy`], [`EventProxy`],
-//!   [`ConditionProxy`], [`BarrierProxy`], and [`Proxy`] for custom objects. Every proxy
-//!   is a handle (`mproc_core::Transfer`): pass it to a `Process`, a pool task, through
-//!   a queue or into another manager object (nested proxies); it reconnects where it
-//!   lands.
+//! - Proxies: [`ListProxy`], [`ArrayProxy`], [`DictProxy`], [`ValueProxy`],
+//!   [`NamespaceProxy`], [`QueueProxy`], [`LockProxy`], [`RLockProxy`],
+//!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`], and
+//!   [`Proxy`] for custom objects. Every proxy is a handle (`mproc_core::Transfer`):
+//!   pass it to a `Process`, a pool task, through a queue or into another manager object
+//!   (nested proxies); it reconnects where it lands.
 //! - Reference counting as in CPython: an object lives while a proxy to it lives in any
 //!   process or inside another manager object; a client that dies releases its
 //!   references, and the locks it held.
 //! - [`SharedMemoryManager`]: segments made by the server, unlinked at its shutdown or
 //!   when its owner dies.
 //! - Errors are [`ManagerError`]s: a dead server is `ServerGone` at once, never a hang.
+//! - Calls on this machine (Unix-socket and abstract addresses, always for
+//!   [`Manager::start`]) travel through a shared-memory region per connection with a
+//!   futex doorbell, about 1–2 µs a call against ~16 µs for a socket round trip; TCP
+//!   clients, and messages over 60 KiB, use the socket.
 //!
 //! Trust: an authenticated client may make the server run functions of this program
 //! (custom objects, `sort`), as Python's manager unpickles what an authenticated peer
@@ -32,6 +36,7 @@
 //! calls; the plain containers work with any build.
 #![deny(unsafe_code)]
 
+mod bell;
 mod client;
 mod error;
 mod manager;
@@ -45,8 +50,8 @@ mod wire;
 pub use error::{ManagerError, Result};
 pub use manager::{Manager, ManagerBuilder};
 pub use proxy::{
-    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, NamespaceProxy,
-    Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
 };
 pub use server::Server;
 #[doc(hidden)]

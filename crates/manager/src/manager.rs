@@ -349,6 +349,26 @@ impl Manager {
         Ok(l)
     }
 
+    /// A new fixed-length array holding `items` (Python's `manager.Array(typecode,
+    /// sequence)`; the item type plays the typecode's part). For Python's
+    /// `Array(typecode, size)`, pass `&vec![T::default(); size]`.
+    ///
+    /// # Errors
+    /// Transport errors; `Codec` if an item cannot be encoded.
+    pub fn array<'a, T: Encode + Decode + 'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a T>,
+    ) -> Result<ArrayProxy<T>> {
+        let items = items.into_iter().map(enc).collect::<Result<Vec<_>>>()?;
+        match self.session.call(0, Op::CreateArray(items))? {
+            Reply::Id(id) => Ok(ArrayProxy::from_ref(Arc::new(RefInner {
+                session: Arc::clone(&self.session),
+                id,
+            }))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A new empty dict (Python's `manager.dict()`).
     ///
     /// # Errors

@@ -233,6 +233,24 @@ proxy_type!(
     "mproc_manager::ListProxy"
 );
 proxy_type!(
+    /// A fixed-length array held by a manager (Python's `manager.Array(typecode,
+    /// sequence)`), made by [`Manager::array`](crate::Manager::array): items are read
+    /// and replaced by index or by slice, never added or removed.
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// let m = Manager::start().unwrap();
+    /// let a = m.array(&[1.5f64, 2.5, 3.5]).unwrap();
+    /// a.set(-1, &0.5).unwrap();
+    /// assert_eq!(a.len().unwrap(), 3);
+    /// assert_eq!(a.slice(1..).unwrap(), [2.5, 0.5]);
+    /// a.set_slice(..2, &[9.0, 8.0]).unwrap();
+    /// assert_eq!(a.to_vec().unwrap(), [9.0, 8.0, 0.5]);
+    /// ```
+    ArrayProxy[T],
+    "mproc_manager::ArrayProxy"
+);
+proxy_type!(
     /// A dict held by a manager (Python's `manager.dict()`). Keys are compared by their
     /// encoded bytes; insertion order is kept, as in Python.
     DictProxy[K, V],
@@ -432,6 +450,98 @@ impl<T: Encode + Decode> ListProxy<T> {
     /// As [`to_vec`](Self::to_vec).
     pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
         Ok(self.to_vec()?.into_iter())
+    }
+}
+
+/// The bounds of a slice as Python writes them (`a[start:stop]`; negative counts from
+/// the end, `None` is the open end).
+fn bounds(r: impl std::ops::RangeBounds<isize>) -> (i64, i64) {
+    use std::ops::Bound;
+    let start = match r.start_bound() {
+        Bound::Included(&s) => s as i64,
+        Bound::Excluded(&s) => s as i64 + 1,
+        Bound::Unbounded => 0,
+    };
+    let stop = match r.end_bound() {
+        Bound::Included(&-1) => i64::MAX,
+        Bound::Included(&e) => e as i64 + 1,
+        Bound::Excluded(&e) => e as i64,
+        Bound::Unbounded => i64::MAX,
+    };
+    (start, stop)
+}
+
+impl<T: Encode + Decode> ArrayProxy<T> {
+    /// The number of items (fixed when the array was made; Python's `len(a)`).
+    ///
+    /// # Errors
+    /// Transport errors, as for every call.
+    pub fn len(&self) -> Result<usize> {
+        int(self.r.call(Op::Len)?).map(|n| n as usize)
+    }
+
+    /// Whether the array has no items.
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The item at `i` (negative counts from the end; Python's `a[i]`).
+    ///
+    /// # Errors
+    /// [`ManagerError::IndexOutOfRange`](crate::ManagerError::IndexOutOfRange).
+    pub fn get(&self, i: isize) -> Result<T> {
+        let v = val(self.r.call(Op::Index(i as i64))?)?;
+        self.r.dec(v)
+    }
+
+    /// Replaces the item at `i` (Python's `a[i] = v`).
+    ///
+    /// # Errors
+    /// [`ManagerError::IndexOutOfRange`](crate::ManagerError::IndexOutOfRange).
+    pub fn set(&self, i: isize, v: &T) -> Result<()> {
+        unit(self.r.call(Op::SetIndex(i as i64, enc(v)?))?)
+    }
+
+    /// The items of a slice, as Python's `a[start:stop]`: `a.slice(1..3)`,
+    /// `a.slice(-2..)`, `a.slice(..)`. Bounds past either end are clamped, as in
+    /// Python (never an error).
+    ///
+    /// # Errors
+    /// Transport errors; `Codec` if the items are not `T`s.
+    pub fn slice(&self, range: impl std::ops::RangeBounds<isize>) -> Result<Vec<T>> {
+        let (start, stop) = bounds(range);
+        let vs = vals(self.r.call(Op::Slice { start, stop })?)?;
+        vs.into_iter().map(|v| self.r.dec(v)).collect()
+    }
+
+    /// Replaces the items of a slice (Python's `a[start:stop] = items`), atomically.
+    ///
+    /// # Errors
+    /// [`ManagerError::SizeMismatch`](crate::ManagerError::SizeMismatch) if `items` is
+    /// not exactly as long as the (clamped) slice: an array's length never changes.
+    pub fn set_slice<'a>(
+        &self,
+        range: impl std::ops::RangeBounds<isize>,
+        items: impl IntoIterator<Item = &'a T>,
+    ) -> Result<()>
+    where
+        T: 'a,
+    {
+        let (start, stop) = bounds(range);
+        let items = items.into_iter().map(enc).collect::<Result<Vec<_>>>()?;
+        unit(self.r.call(Op::SetSlice { start, stop, items })?)
+    }
+
+    /// A snapshot of every item (Python's `a[:]` / `list(a)`).
+    ///
+    /// # Errors
+    /// As [`slice`](Self::slice).
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let vs = vals(self.r.call(Op::Snapshot)?)?;
+        vs.into_iter().map(|v| self.r.dec(v)).collect()
     }
 }
 

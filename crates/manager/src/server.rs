@@ -1,5 +1,6 @@
 //! The server: a thread per connection (as in CPython), objects in one table with their
 //! reference counts, per-object state behind a mutex and a condition variable.
+use crate::bell::{Bell, Next};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
 use std::any::Any;
@@ -57,6 +58,8 @@ impl Dict {
 enum State {
     List(Vec<Val>),
     Dict(Dict),
+    /// A fixed-length array (`Manager::array`).
+    Array(Vec<Val>),
     Value(Val),
     Ns(BTreeMap<String, Val>),
     Queue {
@@ -103,7 +106,7 @@ impl State {
         let mut out = Vec::new();
         let mut add = |v: &Val| out.extend_from_slice(&v.refs);
         match self {
-            State::List(l) => l.iter().for_each(&mut add),
+            State::List(l) | State::Array(l) => l.iter().for_each(&mut add),
             State::Dict(d) => d.order.values().for_each(|(k, v)| {
                 add(k);
                 add(v)
@@ -431,21 +434,51 @@ fn serve_conn(shared: &Shared, conn: Connection) {
             same_build,
             build,
         };
+        let mut bell: Option<Bell> = None;
         loop {
-            let req = match conn.recv::<Request>() {
-                Ok(r) => r,
-                Err(e @ (RecvError::Decode(_) | RecvError::TypeMismatch(_))) => {
-                    // A well-framed message that is not a request (bytes that do not
-                    // decode, or a message of another type): refuse it and go on.
+            // The next request, and whether its reply goes through the doorbell.
+            let (req, rung) = match bell.as_mut().map(|b| b.next(&conn)) {
+                None => match conn.recv::<Request>() {
+                    Ok(r) => (r, false),
+                    Err(e @ (RecvError::Decode(_) | RecvError::TypeMismatch(_))) => {
+                        // A well-framed message that is not a request (bytes that do
+                        // not decode, or a message of another type): refuse it, go on.
+                        let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
+                        if conn.send(&r).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                Some(Next::Rung(r)) => (r, true),
+                Some(Next::Plain(r)) => (r, false),
+                Some(Next::RungBad(m)) => {
+                    let r = Reply::Fault(FaultKind::BadRequest, m);
+                    if !bell.as_mut().is_some_and(|b| b.reply(&conn, &r)) {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Next::PlainBad(e)) => {
                     let r = Reply::Fault(FaultKind::BadRequest, e.to_string());
                     if conn.send(&r).is_err() {
                         break;
                     }
                     continue;
                 }
-                Err(_) => break,
+                Some(Next::Gone) => break,
             };
-            let stop = matches!(req.op, Op::Shutdown);
+            if req.obj == 0 && matches!(req.op, Op::Attach) && bell.is_none() {
+                match attach(&conn) {
+                    Ok(b) => bell = Some(b),
+                    Err(true) => break,
+                    Err(false) => {}
+                }
+                continue;
+            }
+            // Only a request to the server itself stops it (`handle` refuses the others).
+            let stop = req.obj == 0 && matches!(req.op, Op::Shutdown);
             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.handle(req)))
                 .unwrap_or_else(|p| Err((FaultKind::Panicked, panic_text(&*p))));
             let reply = match reply {
@@ -455,7 +488,11 @@ fn serve_conn(shared: &Shared, conn: Connection) {
             if matches!(reply, Reply::Fault(FaultKind::Timeout, ref m) if m == GONE) {
                 break;
             }
-            if conn.send(&reply).is_err() {
+            let sent = match bell.as_mut() {
+                Some(b) if rung => b.reply(&conn, &reply),
+                _ => conn.send(&reply).is_ok(),
+            };
+            if !sent {
                 break;
             }
             if stop {
@@ -470,6 +507,33 @@ fn serve_conn(shared: &Shared, conn: Connection) {
 }
 
 const GONE: &str = "client gone";
+
+/// Answers a client's [`Op::Attach`]: on a Unix socket, `Unit` and then a doorbell
+/// region (see `bell`); elsewhere a fault, and the connection goes on without one.
+/// `Err(true)`: the socket failed; `Err(false)`: refused, the client was told.
+fn attach(conn: &Connection) -> Result<Bell, bool> {
+    let local = conn
+        .fileno()
+        .and_then(|fd| rustix::net::getsockname(fd).ok())
+        .is_some_and(|a| a.address_family() == rustix::net::AddressFamily::UNIX);
+    let made = if local {
+        Bell::create().map_err(|e| e.to_string())
+    } else {
+        Err("a doorbell needs a Unix socket".to_owned())
+    };
+    match made {
+        Ok((bell, region)) => {
+            if conn.send(&Reply::Unit).is_err() || conn.send(&region).is_err() {
+                return Err(true);
+            }
+            Ok(bell)
+        }
+        Err(m) => {
+            let r = Reply::Fault(FaultKind::Unsupported, m);
+            Err(conn.send(&r).is_err())
+        }
+    }
+}
 
 fn panic_text(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -488,6 +552,21 @@ fn deadline(t: Micros) -> Option<Instant> {
 enum WaitEnd {
     Ready,
     TimedOut,
+}
+
+/// The range a Python slice `[start:stop]` (step 1) covers in a sequence of `len`
+/// items: negative bounds count from the end, and both are clamped into the sequence.
+fn slice(len: usize, start: i64, stop: i64) -> std::ops::Range<usize> {
+    let n = len as i64;
+    let clamp = |x: i64| {
+        if x < 0 {
+            (n.saturating_add(x)).max(0)
+        } else {
+            x.min(n)
+        }
+    };
+    let (a, b) = (clamp(start), clamp(stop));
+    a as usize..b.max(a) as usize
 }
 
 fn index(len: usize, i: i64) -> Result<usize, Fault> {
@@ -590,6 +669,16 @@ impl Ctx<'_> {
                     )))
                 }
                 Op::Shutdown => Ok(Reply::Unit),
+                Op::CreateArray(items) => {
+                    let refs: Vec<u64> =
+                        items.iter().flat_map(|v| v.refs.iter().copied()).collect();
+                    sh.hold_stored(&refs)?;
+                    Ok(Reply::Id(sh.add_object(
+                        self.session,
+                        Kind::Array,
+                        State::Array(items),
+                    )))
+                }
                 Op::ShmCreate { size } => {
                     let size = usize::try_from(size)
                         .map_err(|_| (FaultKind::BadRequest, "size too large".into()))?;
@@ -735,6 +824,7 @@ impl Ctx<'_> {
                 }
             }
             Kind::Custom => return Err((FaultKind::BadRequest, "use CreateCustom".into())),
+            Kind::Array => return Err((FaultKind::BadRequest, "use CreateArray".into())),
         };
         Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
     }
@@ -752,7 +842,9 @@ impl Ctx<'_> {
             Op::DictInsert(k, v) | Op::DictSetDefault(k, v) => {
                 k.refs.iter().chain(&v.refs).copied().collect()
             }
-            Op::Extend(vs) => vs.iter().flat_map(|v| v.refs.iter().copied()).collect(),
+            Op::Extend(vs) | Op::SetSlice { items: vs, .. } => {
+                vs.iter().flat_map(|v| v.refs.iter().copied()).collect()
+            }
             Op::DictUpdate(ps) => ps
                 .iter()
                 .flat_map(|(k, v)| k.refs.iter().chain(&v.refs).copied())
@@ -853,6 +945,46 @@ impl Ctx<'_> {
             (State::List(l), Op::Sort { tramp, sig }) => {
                 self.custom_ok()?;
                 crate::sys::run_sort(self.build, tramp, &sig, l)?;
+                Ok(Reply::Unit)
+            }
+            // ------------------------------------------------------------ array
+            (State::Array(a), Op::Len) => Ok(Reply::Int(a.len() as i64)),
+            (State::Array(a), Op::Snapshot) => {
+                let vs = a.clone();
+                drop(st);
+                Ok(self.out_vals(vs))
+            }
+            (State::Array(a), Op::Index(i)) => {
+                let v = a[index(a.len(), i)?].clone();
+                drop(st);
+                Ok(self.out(v))
+            }
+            (State::Array(a), Op::SetIndex(i, v)) => {
+                let j = index(a.len(), i)?;
+                dropped.push(std::mem::replace(&mut a[j], v));
+                Ok(Reply::Unit)
+            }
+            (State::Array(a), Op::Slice { start, stop }) => {
+                let r = slice(a.len(), start, stop);
+                let vs = a[r].to_vec();
+                drop(st);
+                Ok(self.out_vals(vs))
+            }
+            (State::Array(a), Op::SetSlice { start, stop, items }) => {
+                let r = slice(a.len(), start, stop);
+                if r.len() != items.len() {
+                    return Err((
+                        FaultKind::SizeMismatch,
+                        format!(
+                            "a slice of {} items cannot take {} items",
+                            r.len(),
+                            items.len()
+                        ),
+                    ));
+                }
+                for (slot, v) in a[r].iter_mut().zip(items) {
+                    dropped.push(std::mem::replace(slot, v));
+                }
                 Ok(Reply::Unit)
             }
             // ------------------------------------------------------------ dict
@@ -1512,6 +1644,185 @@ mod tests {
         t.join().unwrap().unwrap();
     }
 
+    fn attach_bell(c: &Connection) -> Bell {
+        c.send(&Request {
+            obj: 0,
+            op: Op::Attach,
+        })
+        .unwrap();
+        assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
+        Bell::attach(c.recv::<mproc_core::Region>().unwrap()).unwrap()
+    }
+
+    fn bell_len(b: &mut Bell, c: &Connection, id: u64) -> i64 {
+        match b
+            .call(
+                c,
+                &Request {
+                    obj: id,
+                    op: Op::Len,
+                },
+            )
+            .unwrap()
+        {
+            Reply::Int(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_doorbell_bytes_are_refused_and_the_server_goes_on() {
+        use crate::bell::{CAP, REP_BUF, REQ_BUF};
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let mut b = attach_bell(&c);
+        let create = Request {
+            obj: 0,
+            op: Op::Create {
+                kind: Kind::List,
+                init: None,
+                n: 0,
+            },
+        };
+        let id = match b.call(&c, &create).unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        // Junk of every short length in the request buffer: refused, one by one.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..400usize {
+            let junk: Vec<u8> = (0..i % 211).map(|_| next() as u8).collect();
+            let mut al = rkyv::util::AlignedVec::<16>::new();
+            al.extend_from_slice(&junk);
+            let decoded = codec::decode::<Request>(&al, Vec::new());
+            if matches!(
+                &decoded,
+                Ok(Request {
+                    op: Op::Shutdown,
+                    ..
+                })
+            ) {
+                continue;
+            }
+            // Junk that happens to decode is served as the request it spells; the rest
+            // is refused.
+            match b.ring(&c, Some(&junk), junk.len() as u32, None).unwrap() {
+                Reply::Fault(FaultKind::BadRequest, _) => assert!(decoded.is_err()),
+                _ => assert!(decoded.is_ok(), "junk of {} bytes served", junk.len()),
+            }
+        }
+        // Lengths beyond the buffer.
+        for len in [CAP as u32 + 1, u32::MAX - 1, 1 << 31] {
+            assert!(matches!(
+                b.ring(&c, None, len, None).unwrap(),
+                Reply::Fault(FaultKind::BadRequest, _)
+            ));
+        }
+        // A second doorbell on the same connection is refused.
+        assert!(matches!(
+            b.call(
+                &c,
+                &Request {
+                    obj: 0,
+                    op: Op::Attach
+                }
+            )
+            .unwrap(),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        // A peer scribbling on both buffers while calls run: every call ends (an answer,
+        // a refusal or a reply that does not validate), none crashes either side.
+        let region = b.region().try_clone().unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut x = 0x1234_5678u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let at = if x & 1 == 0 { REQ_BUF } else { REP_BUF };
+                    let _ = region.write_bytes(at + (x >> 50) as usize % 64, &x.to_le_bytes());
+                }
+            });
+            let push = Request {
+                obj: id,
+                op: Op::Push(Val {
+                    bytes: vec![1, 2, 3, 4],
+                    refs: vec![],
+                    ty: 7,
+                }),
+            };
+            let results: Vec<_> = (0..2000).map(|_| b.call(&c, &push)).collect();
+            stop.store(true, Ordering::Relaxed);
+            for r in results {
+                match r {
+                    Ok(_) | Err(ManagerError::Protocol(_)) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        });
+        // (The scribbles may have turned a push into any request on that list, a
+        // decref included: go on with a new one.)
+        let id = match b.call(&c, &create).unwrap() {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let n = bell_len(&mut b, &c, id);
+        assert_eq!(n, 0);
+        // Messages too big for the buffers take the socket, announced by the doorbell.
+        let big = Val {
+            bytes: (0..200_000u32).map(|i| i as u8).collect(),
+            refs: vec![],
+            ty: 9,
+        };
+        let push_big = Request {
+            obj: id,
+            op: Op::Push(big.clone()),
+        };
+        assert!(matches!(b.call(&c, &push_big).unwrap(), Reply::Unit));
+        match b
+            .call(
+                &c,
+                &Request {
+                    obj: id,
+                    op: Op::Index(-1),
+                },
+            )
+            .unwrap()
+        {
+            Reply::Val(v) => assert_eq!(v, big),
+            other => panic!("{other:?}"),
+        }
+        // A request sent on the socket alone is still answered there.
+        c.send(&Request {
+            obj: id,
+            op: Op::Len,
+        })
+        .unwrap();
+        assert_eq!(
+            match c.recv::<Reply>().unwrap() {
+                Reply::Int(n) => n,
+                other => panic!("{other:?}"),
+            },
+            n + 1
+        );
+        assert_eq!(bell_len(&mut b, &c, id), n + 1);
+        let _ = b.call(
+            &c,
+            &Request {
+                obj: 0,
+                op: Op::Shutdown,
+            },
+        );
+        t.join().unwrap().unwrap();
+    }
+
     #[test]
     fn an_unauthenticated_request_is_never_read() {
         let (a, t) = serve();
@@ -1753,6 +2064,18 @@ mod tests {
                     name: String::new(),
                 },
             },
+            Op::CreateArray(vec![Val::default(); 3]),
+            Op::Slice {
+                start: i64::MIN,
+                stop: i64::MAX,
+            },
+            Op::SetSlice {
+                start: -1,
+                stop: i64::MIN,
+                items: vec![Val::default()],
+            },
+            Op::Nudge,
+            Op::Attach,
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let e = codec::encode(&Request { obj: i as u64, op }).unwrap();
@@ -1812,5 +2135,15 @@ mod tests {
                 fuzz_request(&bytes);
             }
         }
+    }
+
+    #[test]
+    fn slices_clamp_as_python_does() {
+        assert_eq!(slice(5, 1, 3), 1..3);
+        assert_eq!(slice(5, -2, i64::MAX), 3..5);
+        assert_eq!(slice(5, i64::MIN, -4), 0..1);
+        assert_eq!(slice(5, 4, 1), 4..4);
+        assert_eq!(slice(5, 7, 9), 5..5);
+        assert_eq!(slice(0, i64::MIN, i64::MAX), 0..0);
     }
 }

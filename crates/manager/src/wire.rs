@@ -34,6 +34,7 @@ pub(crate) enum Kind {
     Condition,
     Barrier,
     Custom,
+    Array,
 }
 
 /// The fingerprint of a function's type ([`mproc_core::code::FnSig`]) as it travels with
@@ -162,6 +163,25 @@ pub(crate) enum Op {
     /// The names of the segments the server made.
     ShmNames,
     Shutdown,
+    /// Wakes a server asleep on a connection with a doorbell (see `bell`): the request
+    /// itself is in the shared buffer.
+    Nudge,
+    /// Asks for a doorbell on this (local) connection: the server answers `Unit` and
+    /// then sends the region, or a fault.
+    Attach,
+    /// Creates a fixed-length array holding these items.
+    CreateArray(Vec<Val>),
+    /// The items `start..stop` (clamped as Python clamps a slice).
+    Slice {
+        start: i64,
+        stop: i64,
+    },
+    /// Replaces the items `start..stop` (clamped) by as many items.
+    SetSlice {
+        start: i64,
+        stop: i64,
+        items: Vec<Val>,
+    },
 }
 
 /// One request: an object id (0 for the server itself) and what to do.
@@ -189,6 +209,8 @@ pub(crate) enum FaultKind {
     Unsupported,
     /// A function's type fingerprint differs from the one its trampoline was made for.
     Signature,
+    /// A slice assignment of another length than the slice (a fixed-length array).
+    SizeMismatch,
 }
 
 /// The server's answer.

@@ -4,7 +4,7 @@
 //! (`_TestContainers`, `_TestQueue`, `_TestLock`, `_TestEvent`, `_TestCondition`,
 //! `_TestBarrier`, `_TestMyManager`).
 use mproc_manager::{
-    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
     ManagerError, NamespaceProxy, Proxy, QueueProxy, RLockProxy,
 };
 use mproc_spawn::Process;
@@ -402,4 +402,78 @@ fn joinable_queue_join_waits_for_task_done() {
     assert!(matches!(q.task_done(), Err(ManagerError::NotFound)));
     let plain = m.queue::<u32>(0).unwrap();
     assert!(matches!(plain.task_done(), Err(ManagerError::WrongKind)));
+}
+
+fn child_array_writes((a, k): (ArrayProxy<i64>, isize)) -> i64 {
+    a.set(k, &(k as i64 * 10)).unwrap();
+    a.set_slice(4 + k..5 + k, &[-(k as i64)]).unwrap();
+    a.get(k).unwrap()
+}
+
+#[test]
+fn array_fixed_length_shared_by_processes() {
+    let m = Manager::start().unwrap();
+    // Python: m.Array('q', 8)
+    let a = m.array(&[0i64; 8]).unwrap();
+    assert_eq!(a.len().unwrap(), 8);
+    let mut ps: Vec<_> = (0..4)
+        .map(|k| start(child_array_writes, (a.clone(), k)))
+        .collect();
+    for (k, p) in ps.iter_mut().enumerate() {
+        assert_eq!(p.join().unwrap(), k as i64 * 10);
+    }
+    assert_eq!(a.to_vec().unwrap(), [0, 10, 20, 30, 0, -1, -2, -3]);
+    // Slices as Python's: negative and out-of-range bounds clamp.
+    assert_eq!(a.slice(-3..).unwrap(), [-1, -2, -3]);
+    assert_eq!(a.slice(1..=2).unwrap(), [10, 20]);
+    assert_eq!(a.slice(6..100).unwrap(), [-2, -3]);
+    let (from, to) = (5, 2);
+    assert_eq!(a.slice(from..to).unwrap(), Vec::<i64>::new());
+    assert_eq!(a.slice(-100..=-8).unwrap(), [0]);
+    assert_eq!(a.get(-1).unwrap(), -3);
+    // Failure paths: the length never changes.
+    assert!(matches!(a.get(8), Err(ManagerError::IndexOutOfRange)));
+    assert!(matches!(a.set(-9, &1), Err(ManagerError::IndexOutOfRange)));
+    assert!(matches!(
+        a.set_slice(0..2, &[1, 2, 3]),
+        Err(ManagerError::SizeMismatch(_))
+    ));
+    assert!(matches!(
+        a.set_slice(.., &[1]),
+        Err(ManagerError::SizeMismatch(_))
+    ));
+    assert_eq!(a.len().unwrap(), 8);
+    a.set_slice(.., &[7; 8]).unwrap();
+    assert_eq!(a.to_vec().unwrap(), [7; 8]);
+    // An empty array; an array of strings.
+    let e = m.array::<u8>(&[]).unwrap();
+    assert!(e.is_empty().unwrap());
+    assert!(matches!(e.get(0), Err(ManagerError::IndexOutOfRange)));
+    let s = m.array(&["x".to_string()]).unwrap();
+    s.set(0, &"y".to_string()).unwrap();
+    assert_eq!(s.to_vec().unwrap(), ["y"]);
+}
+
+fn child_push_via_array(a: ArrayProxy<ListProxy<u8>>) {
+    a.get(0).unwrap().push(&42).unwrap();
+}
+
+#[test]
+fn an_array_of_proxies_keeps_its_objects() {
+    let m = Manager::start().unwrap();
+    let l = m.list::<u8>().unwrap();
+    let a = m.array(&[l]).unwrap();
+    let before = m.number_of_objects().unwrap();
+    // The list's only proxy left is inside the array.
+    assert_eq!(before, 2);
+    let mut p = start(child_push_via_array, a.clone());
+    p.join().unwrap();
+    assert_eq!(a.get(0).unwrap().to_vec().unwrap(), [42]);
+    drop(a);
+    // The array and the list it held are freed together.
+    let t = Instant::now();
+    while m.number_of_objects().unwrap() != 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(m.number_of_objects().unwrap(), 0);
 }
