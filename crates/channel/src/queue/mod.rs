@@ -24,7 +24,7 @@ use mproc_core::codec::{self, CodecError, Decode, Encode, TypeMismatch, TypeTag}
 use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
-use ring::{Blocked, ReadClaim, Ring, WriteClaim, kind};
+use ring::{Blocked, Geometry, ReadClaim, Ring, WriteClaim, kind};
 use rkyv::Archive;
 use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
@@ -43,8 +43,14 @@ use sys::{Checked, Held, SealedMap};
 /// Slots of a queue created without a `maxsize` (Python's unbounded default).
 pub const DEFAULT_CAPACITY: usize = 32_768;
 /// Payload bytes per slot unless [`QueueBuilder::slot_size`] says otherwise; larger
-/// messages travel in a region of their own.
+/// messages go into the queue's arena (up to a chunk) or a region of their own.
 pub const DEFAULT_SLOT_SIZE: usize = 224;
+/// Most arena chunks a queue gets unless [`QueueBuilder::arena_chunks`] says otherwise
+/// (never more than its capacity).
+pub const DEFAULT_ARENA_CHUNKS: usize = 1024;
+/// Archive bytes per arena chunk unless [`QueueBuilder::chunk_size`] says otherwise:
+/// messages larger than a slot and up to this size travel through the arena.
+pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
 
 /// The process-local state of one queue handle (shared by its clones).
 #[derive(Debug)]
@@ -66,6 +72,8 @@ struct Inner {
     /// handle captured by a fork closure, not passed as an argument) has no feeder
     /// thread and never spills.
     owner: u32,
+    /// The name of the message type (for type mismatch errors).
+    type_name: &'static str,
 }
 
 /// An encoded message waiting in the producer process.
@@ -140,15 +148,12 @@ struct Taken<'a> {
 }
 
 impl Inner {
-    fn create(
-        capacity: u64,
-        slot_size: usize,
-        unbounded: bool,
-        tag: TypeTag,
-    ) -> Result<Inner, QueueCreateError> {
-        let ring = Ring::create(capacity, slot_size, unbounded, tag.hash()).map_err(|e| {
+    fn create(g: Geometry, unbounded: bool, tag: TypeTag) -> Result<Inner, QueueCreateError> {
+        let ring = Ring::create(g, unbounded, tag.hash()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
-                QueueCreateError::InvalidOptions("capacity or slot size out of range")
+                QueueCreateError::InvalidOptions(
+                    "capacity, slot size or arena out of range (or too large together)",
+                )
             } else {
                 QueueCreateError::Io(e)
             }
@@ -156,10 +161,11 @@ impl Inner {
         Ok(Inner::from_parts(
             ring,
             Side::new().map_err(QueueCreateError::Io)?,
+            tag.name(),
         ))
     }
 
-    fn from_parts(ring: Ring, side: Side) -> Inner {
+    fn from_parts(ring: Ring, side: Side, type_name: &'static str) -> Inner {
         Inner {
             ring,
             side,
@@ -170,6 +176,7 @@ impl Inner {
             pending: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
             owner: sys::my_pid(),
+            type_name,
         }
     }
 
@@ -192,7 +199,7 @@ impl Inner {
                 "another message type (the queue's header disagrees)",
             )));
         }
-        Ok(Inner::from_parts(ring, Side::from_fds(tx, rx)))
+        Ok(Inner::from_parts(ring, Side::from_fds(tx, rx), tag.name()))
     }
 
     fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<WriteClaim<'_>, PutFail> {
@@ -235,14 +242,20 @@ impl Inner {
             claim.publish(kind::INLINE | flag, len as u64);
             return Ok(());
         }
+        let fits_chunk = len <= ring.chunk_size();
+        if fds.is_empty() && fits_chunk && ring.next_chunk_free() {
+            let mut claim = self.claim_write(pid, deadline)?;
+            if claim.claim_chunk() {
+                claim.write_chunk(bytes);
+                claim.publish(kind::ARENA | flag, len as u64);
+                return Ok(());
+            }
+            // Another producer took the chunk first (the slot's position moved on):
+            // this slot goes out empty (`SKIP`) and the message takes the memfd path.
+            drop(claim);
+        }
         // The slow path: fds travel on the side socket, in ring order.
         let large = len > ring.slot_size();
-        let memfd = if large {
-            Some(side::sealed_memfd(bytes).map_err(PutFail::Io)?)
-        } else {
-            None
-        };
-        let all: Vec<BorrowedFd<'_>> = memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
         let lock = PidLock::new(ring.a32(ring::H_PROD_LOCK));
         // The lock is held only for a claim and a send: an unbounded queue's put,
         // which asks for room "now", still waits for it.
@@ -254,14 +267,26 @@ impl Inner {
         if !lock.lock(pid, lock_deadline) {
             return Err(PutFail::Full);
         }
-        let r = self.claim_write(pid, deadline).and_then(|claim| {
-            if !large {
+        let r = self.claim_write(pid, deadline).and_then(|mut claim| {
+            // Where the archive goes: the slot, the arena chunk (only with fds here:
+            // without, a free chunk was tried above) or a sealed memfd of its own.
+            let (place, memfd) = if !large {
                 claim.write(bytes);
-            }
+                (kind::INLINE, None)
+            } else if !fds.is_empty() && fits_chunk && claim.claim_chunk() {
+                claim.write_chunk(bytes);
+                (kind::ARENA, None)
+            } else {
+                (
+                    kind::LARGE,
+                    Some(side::sealed_memfd(bytes).map_err(PutFail::Io)?),
+                )
+            };
+            let all: Vec<BorrowedFd<'_>> =
+                memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
             match self.side.send(claim.pos(), &all, deadline) {
                 Ok(()) => {
-                    let k = kind::FDS | if large { kind::LARGE } else { kind::INLINE };
-                    claim.publish(k | flag, len as u64);
+                    claim.publish(kind::FDS | place | flag, len as u64);
                     Ok(())
                 }
                 // Dropping the claim publishes an empty slot that consumers skip.
@@ -328,10 +353,24 @@ impl Inner {
             let k = claim.kind() & !kind::HANDLES;
             let len = claim.len();
             let bad = |m| Err(GetError::Corrupt(CorruptMessage::BadSlot(m)));
+            if k == kind::SKIP {
+                continue;
+            }
+            let found = claim.type_hash();
+            if found != self.ring.type_hash() {
+                // Dropping the claim releases the slot: the message is dropped.
+                return Err(GetError::TypeMismatch(TypeMismatch::new(
+                    self.type_name,
+                    &format!("another message type (fingerprint {found:#018x})"),
+                )));
+            }
             let held = match k {
-                kind::SKIP => continue,
                 kind::INLINE => Held::slot(claim, len),
                 k if k == kind::FDS | kind::INLINE => Held::slot(claim, len),
+                k if k & !kind::FDS == kind::ARENA => match Held::chunk(claim, len) {
+                    Ok(h) => Ok(h),
+                    Err((_claim, m)) => return bad(m),
+                },
                 k if k == kind::FDS | kind::LARGE => {
                     drop(claim); // the archive is in its own region: free the slot now
                     if fds.is_empty() {
@@ -471,9 +510,25 @@ where
 
 /// Options for a new queue of `T`:
 /// `let q: Queue<u64> = Queue::builder().maxsize(100).slot_size(1024).build()?`.
+///
+/// ```
+/// use mproc_channel::Queue;
+/// let q: Queue<Vec<u8>> = Queue::builder()
+///     .maxsize(64)
+///     .slot_size(512)      // archives up to 512 bytes: inline in their slot
+///     .arena_chunks(16)    // up to 16 messages in flight through the arena...
+///     .chunk_size(4096)    // ...of up to 4 KiB each; larger ones: a memfd each
+///     .build()
+///     .unwrap();
+/// q.put(vec![1; 3000]).unwrap(); // through the arena
+/// assert_eq!(q.get().unwrap(), vec![1; 3000]);
+/// assert_eq!((q.slot_size(), q.chunk_size()), (512, 4096));
+/// ```
 pub struct QueueBuilder<T> {
     maxsize: usize,
     slot_size: usize,
+    arena_chunks: usize,
+    chunk_size: usize,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -482,6 +537,8 @@ impl<T> fmt::Debug for QueueBuilder<T> {
         f.debug_struct("QueueBuilder")
             .field("maxsize", &self.maxsize)
             .field("slot_size", &self.slot_size)
+            .field("arena_chunks", &self.arena_chunks)
+            .field("chunk_size", &self.chunk_size)
             .finish()
     }
 }
@@ -497,6 +554,8 @@ impl<T> Default for QueueBuilder<T> {
         QueueBuilder {
             maxsize: 0,
             slot_size: DEFAULT_SLOT_SIZE,
+            arena_chunks: DEFAULT_ARENA_CHUNKS,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             _t: PhantomData,
         }
     }
@@ -511,9 +570,30 @@ impl<T: Archive> QueueBuilder<T> {
     }
 
     /// Bytes of archive a slot holds (rounded up to a multiple of 16). Larger messages
-    /// travel in a region of their own (about 20 µs more each).
+    /// go into the arena (see [`QueueBuilder::chunk_size`]) or, above a chunk, into a
+    /// region of their own (about 20 µs more each).
     pub fn slot_size(mut self, bytes: usize) -> Self {
         self.slot_size = bytes.max(16).div_ceil(16) * 16;
+        self
+    }
+
+    /// Number of arena chunks (default [`DEFAULT_ARENA_CHUNKS`], never more than the
+    /// capacity; 0: no arena). The message at ring position `p` may use chunk
+    /// `p % chunks`: a consumer more than this many messages behind its producers (or a
+    /// [`MessageRef`] held that long) sends later mid-size messages the slow way
+    /// until it catches up.
+    pub fn arena_chunks(mut self, chunks: usize) -> Self {
+        self.arena_chunks = chunks;
+        self
+    }
+
+    /// Bytes of archive an arena chunk holds (default [`DEFAULT_CHUNK_SIZE`]; rounded
+    /// up to a multiple of 16, at most 1 GiB; 0: no arena). A message larger than a
+    /// slot and no larger than a chunk is written into a chunk of the queue's own
+    /// memory, as fast as an inline one byte for byte. The arena's memory is only
+    /// touched as it is used: chunks times the largest mid-size message, at most.
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes.div_ceil(16).saturating_mul(16);
         self
     }
 
@@ -527,7 +607,25 @@ impl<T: Archive> QueueBuilder<T> {
         if cap > ring::MAX_CAPACITY {
             return Err(QueueCreateError::InvalidOptions("maxsize above 2^30"));
         }
-        Inner::create(cap, self.slot_size, self.maxsize == 0, TypeTag::of::<T>())
+        if self.chunk_size > ring::MAX_CHUNK_SIZE {
+            return Err(QueueCreateError::InvalidOptions("chunk size above 1 GiB"));
+        }
+        let chunks = u64::try_from(self.arena_chunks)
+            .unwrap_or(u64::MAX)
+            .min(cap);
+        // An arena whose chunks are no larger than a slot would never be used.
+        let (chunks, chunk_size) = if chunks == 0 || self.chunk_size <= self.slot_size {
+            (0, 0)
+        } else {
+            (chunks, self.chunk_size)
+        };
+        let g = Geometry {
+            cap,
+            slot_size: self.slot_size,
+            chunks,
+            chunk_size,
+        };
+        Inner::create(g, self.maxsize == 0, TypeTag::of::<T>())
     }
 
     /// Creates a [`Queue`].
@@ -693,9 +791,26 @@ impl<T> Queue<T> {
         self.inner.ring.capacity() as usize
     }
 
-    /// Payload bytes per slot; larger messages travel in a region of their own.
+    /// Payload bytes per slot; larger messages go into the arena (up to
+    /// [`Queue::chunk_size`]) or a region of their own.
     pub fn slot_size(&self) -> usize {
         self.inner.ring.slot_size()
+    }
+
+    /// Archive bytes per arena chunk (0: the queue has no arena).
+    pub fn chunk_size(&self) -> usize {
+        self.inner.ring.chunk_size()
+    }
+
+    /// Number of arena chunks (0: the queue has no arena).
+    pub fn arena_chunks(&self) -> usize {
+        self.inner.ring.chunks() as usize
+    }
+
+    /// Arena chunks held right now by messages put but not yet released (by every
+    /// process). A diagnostic: 0 once the queue is empty and no [`MessageRef`] lives.
+    pub fn arena_chunks_in_use(&self) -> usize {
+        self.inner.ring.chunks_in_use() as usize
     }
 
     /// Closes the queue for every process: further puts fail with `Closed`; gets
