@@ -8,8 +8,10 @@
 //! or deserialise it ([`Queue::get`]). Waiting is a futex in the same memory, after a
 //! short adaptive spin.
 //!
-//! The public types' docs ([`Queue`]) say how capacity, large messages, handles and
-//! failures behave.
+//! Messages come in three size classes: inline in a slot (≤ 224 bytes by default), in
+//! the ring's overflow arena (≤ 64 KiB by default, as fast as inline), or in a sealed
+//! memfd of their own. The public types' docs ([`Queue`]) say how capacity, message
+//! sizes, handles and failures behave.
 mod error;
 mod ring;
 mod side;
@@ -35,9 +37,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use sys::{Checked, Held, SealedMap};
 
 /// Slots of a queue created without a `maxsize` (Python's unbounded default).
@@ -59,6 +61,12 @@ struct Inner {
     side: Side,
     get_spin: Spin,
     put_spin: Spin,
+    /// How long a producer spins for an arena chunk a consumer is reading.
+    chunk_spin: Spin,
+    /// The dequeue position when a producer last gave up waiting for a chunk whose
+    /// message was still queued (`u64::MAX`: never): until consumers move past it,
+    /// producers take the memfd way at once.
+    chunk_stalled_at: AtomicU64,
     /// Messages of an unbounded queue that found the ring full, oldest first, waiting
     /// in this process for the feeder thread to move them into the ring.
     spill: Mutex<Spill>,
@@ -107,6 +115,13 @@ impl<T> From<(PutFail, T)> for PutError<T> {
         }
     }
 }
+
+/// The longest a put waits for an arena chunk whose message consumers are moving
+/// towards (see `Inner::chunk_ready`).
+const CHUNK_WAIT: Duration = Duration::from_millis(20);
+/// How long consumers may stand still (a descheduled consumer on a loaded machine
+/// stands still for a few ms) before a put stops waiting for an arena chunk.
+const CHUNK_STALL: Duration = Duration::from_millis(5);
 
 /// Largest serialisation buffer a thread keeps between puts (a fresh one would cost a
 /// page fault per 4 KiB on every large message).
@@ -171,6 +186,8 @@ impl Inner {
             side,
             get_spin: Spin::new(),
             put_spin: Spin::new(),
+            chunk_spin: Spin::new(),
+            chunk_stalled_at: AtomicU64::new(u64::MAX),
             spill: Mutex::new(Spill::default()),
             drained: Condvar::new(),
             pending: AtomicUsize::new(0),
@@ -243,7 +260,7 @@ impl Inner {
             return Ok(());
         }
         let fits_chunk = len <= ring.chunk_size();
-        if fds.is_empty() && fits_chunk && ring.next_chunk_free() {
+        if fds.is_empty() && fits_chunk && self.chunk_ready() {
             let mut claim = self.claim_write(pid, deadline)?;
             if claim.claim_chunk() {
                 claim.write_chunk(bytes);
@@ -296,6 +313,57 @@ impl Inner {
         });
         lock.unlock();
         r
+    }
+
+    /// Whether the arena chunk of the next position is free, or frees soon enough to be
+    /// worth a wait (the memfd way costs tens of µs on both sides).
+    ///
+    /// The wait matters: a producer that ran `K` messages ahead of its consumers and
+    /// took the memfd way would stay that far ahead for good, since each memfd message
+    /// costs the consumer as much as the producer. So while consumers move towards the
+    /// chunk's message, the producer waits for them (spinning, then sleeping until a
+    /// consumer releases a slot), at most [`CHUNK_WAIT`] per put. When consumers do not
+    /// move for [`CHUNK_STALL`] (nobody reads yet, or the chunk's reader holds it) the
+    /// message takes the memfd way, and later puts do so at once until consumers move.
+    fn chunk_ready(&self) -> bool {
+        let ring = &self.ring;
+        if ring.chunks() == 0 {
+            return false;
+        }
+        if ring.next_chunk_free() {
+            return true;
+        }
+        let started = Instant::now();
+        let mut deq = ring.dequeue_pos();
+        let mut moved = started;
+        loop {
+            let Some(holder) = ring.next_chunk_holder() else {
+                if ring.next_chunk_free() {
+                    return true;
+                }
+                continue; // another producer took it: look at the next position's
+            };
+            if deq == self.chunk_stalled_at.load(Ordering::Relaxed) {
+                return false; // nobody has moved since a wait last gave up
+            }
+            let slice = CHUNK_STALL.min(Duration::from_millis(1));
+            ring.wait_chunk(deq, &self.chunk_spin, Deadline::after(slice));
+            let now = ring.dequeue_pos();
+            let t = Instant::now();
+            // Progress counts while the chunk's message is still queued: consumers
+            // moving past other messages do not free a chunk that one of them reads.
+            if now != deq && holder >= deq {
+                moved = t;
+            }
+            deq = now;
+            if t - moved >= CHUNK_STALL {
+                self.chunk_stalled_at.store(deq, Ordering::Relaxed);
+                return false;
+            }
+            if t - started >= CHUNK_WAIT {
+                return false;
+            }
+        }
     }
 
     fn claim_read(
@@ -682,13 +750,34 @@ impl<T: Archive> QueueBuilder<T> {
 /// memory (or, for large messages and handles, in flight in the queue's socket), which
 /// lives as long as any process holds the queue.
 ///
+/// # Message sizes
+///
+/// Each message takes one of three ways, by the size of its archive:
+///
+/// | archive | travels | cost |
+/// |---|---|---|
+/// | ≤ [`Queue::slot_size`] ([`DEFAULT_SLOT_SIZE`]) | inline, in its slot | one copy in, none out |
+/// | ≤ [`Queue::chunk_size`] ([`DEFAULT_CHUNK_SIZE`]) | in an arena chunk of the ring's own memory | the same |
+/// | larger | in a sealed memfd of its own | about 20 µs more |
+///
+/// The arena has [`Queue::arena_chunks`] chunks ([`DEFAULT_ARENA_CHUNKS`], at most the
+/// capacity); the message at ring position `p` may use chunk `p % chunks` and holds it
+/// until its consumer releases it (a [`MessageRef`] until it drops). When that chunk is
+/// still held (a consumer more than `chunks` messages behind), the producer waits while
+/// consumers move towards it (at most 20 ms per put, also for an unbounded queue:
+/// this is what keeps a fast producer on the fast path), and takes the memfd way
+/// instead when they stand still for 5 ms (nobody reading yet, a guard held):
+/// slower, never lost. The arena's pages, like the slots', are only
+/// touched as they are used. [`QueueBuilder::slot_size`], [`QueueBuilder::arena_chunks`]
+/// and [`QueueBuilder::chunk_size`] change the classes.
+///
 /// # Large messages and handles
 ///
-/// A message whose archive is larger than a slot ([`DEFAULT_SLOT_SIZE`] bytes unless
-/// [`QueueBuilder::slot_size`] says otherwise) is written into a memfd of its own,
-/// sealed against writes, and that fd is handed to the consumer, who maps it read-only:
-/// one copy in, none out. Handles inside messages (fds, regions, other queues) travel
-/// the same way. The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
+/// A message whose archive is larger than a chunk (or any larger than a slot when the
+/// queue has no arena) is written into a memfd of its own, sealed against writes, and
+/// that fd is handed to the consumer, who maps it read-only: one copy in, none out.
+/// Handles inside messages (fds, regions, other queues) travel the same way (beside an
+/// inline or arena archive). The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
 /// the queue keeps open (see the `side` module for the protocol that keeps it in step
 /// with the ring); unlike `/proc/PID/fd` or `pidfd_getfd` it needs no ptrace rights and
 /// does not need the producer to stay alive.
@@ -698,9 +787,12 @@ impl<T: Archive> QueueBuilder<T> {
 /// A process killed while it holds a slot (a consumer inside `get_ref`, a producer in
 /// the middle of `put`) does not wedge the queue: a waiter that finds a held slot in
 /// its way checks every 5 ms whether the holder is alive and takes the slot back (a
-/// waiter on a plain empty or full queue wakes every 50 ms).
-/// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
-/// usable. (A reused pid delays the recovery until that process exits.)
+/// waiter on a plain empty or full queue wakes every 50 ms), with the arena chunk its
+/// message held; a producer that needs a chunk a dead process holds takes it back at
+/// once. A corrupt message is reported as [`GetError::Corrupt`], a slot stamped with
+/// another type's fingerprint as [`GetError::TypeMismatch`], and the message is
+/// dropped; the queue stays usable. (A reused pid delays the recovery until that
+/// process exits.)
 pub struct Queue<T> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(T) -> T>,

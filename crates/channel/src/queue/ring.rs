@@ -418,6 +418,21 @@ impl Ring {
         }
     }
 
+    /// The position whose message holds the chunk of the next position to be claimed,
+    /// or `None` if that chunk looks free (plain loads: for waiting on).
+    pub(crate) fn next_chunk_holder(&self) -> Option<u64> {
+        let p = self.a64(H_ENQ).load(Ordering::Relaxed);
+        match self.owner(p).load(Ordering::Relaxed) {
+            0 => None,
+            cur => Some(cur.wrapping_sub(1)),
+        }
+    }
+
+    /// The shared dequeue position (the next message a consumer will claim).
+    pub(crate) fn dequeue_pos(&self) -> u64 {
+        self.a64(H_DEQ).load(Ordering::Relaxed)
+    }
+
     /// The chunk of `pos` is owned by `cur`: if that is `tag(p0)` of an earlier position
     /// whose slot is held by a dead process, frees it. Returns whether the chunk is
     /// free now.
@@ -752,6 +767,14 @@ impl Ring {
     pub(crate) fn wait_readable(&self, budget: &Spin, deadline: Deadline) {
         self.wait(H_NOT_EMPTY, H_NOT_EMPTY_WAITERS, budget, deadline, || {
             self.readable()
+        })
+    }
+
+    /// Waits until the chunk of the next position looks free or the dequeue position
+    /// is no longer `deq` (or `deadline`): consumers wake it when they release a slot.
+    pub(crate) fn wait_chunk(&self, deq: u64, budget: &Spin, deadline: Deadline) {
+        self.wait(H_NOT_FULL, H_NOT_FULL_WAITERS, budget, deadline, || {
+            self.next_chunk_holder().is_none() || self.dequeue_pos() != deq
         })
     }
 
