@@ -427,10 +427,7 @@ impl Inner {
             let found = claim.type_hash();
             if found != self.ring.type_hash() {
                 // Dropping the claim releases the slot: the message is dropped.
-                return Err(GetError::TypeMismatch(TypeMismatch::new(
-                    self.type_name,
-                    &format!("another message type (fingerprint {found:#018x})"),
-                )));
+                return Err(self.mismatch(found));
             }
             let held = match k {
                 kind::INLINE => Held::slot(claim, len),
@@ -457,6 +454,15 @@ impl Inner {
                 Err(_claim) => bad("message length beyond the slot"),
             };
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mismatch(&self, found: u64) -> GetError {
+        GetError::TypeMismatch(TypeMismatch::new(
+            self.type_name,
+            &format!("another message type (fingerprint {found:#018x})"),
+        ))
     }
 
     fn get<T: Decode>(&self, deadline: Deadline) -> Result<T, GetError> {

@@ -502,26 +502,6 @@ impl Ring {
         self.a64(self.slot_off(pos) + S_STATE)
     }
 
-    /// Offset of the payload of the slot of `pos`.
-    pub(crate) fn payload_off(&self, pos: u64) -> usize {
-        self.slot_off(pos) + SLOT_HEADER
-    }
-
-    /// The kind word of the slot of `pos`.
-    pub(crate) fn kind(&self, pos: u64) -> &AtomicU32 {
-        self.a32(self.slot_off(pos) + S_KIND)
-    }
-
-    /// The type fingerprint word of the slot of `pos`.
-    pub(crate) fn slot_type(&self, pos: u64) -> &AtomicU64 {
-        self.a64(self.slot_off(pos) + S_TYPE)
-    }
-
-    /// The length word of the slot of `pos`.
-    pub(crate) fn len_word(&self, pos: u64) -> &AtomicU64 {
-        self.a64(self.slot_off(pos) + S_LEN)
-    }
-
     /// Whether the queue was created without a `maxsize` (puts never wait: what does
     /// not fit waits in the producer process instead).
     pub(crate) fn is_unbounded(&self) -> bool {
@@ -558,7 +538,8 @@ impl Ring {
         let enq = self.a64(H_ENQ);
         let mut p = enq.load(Ordering::Relaxed);
         loop {
-            let st = self.state(p);
+            let off = self.slot_off(p);
+            let st = self.a64(off + S_STATE);
             let s = st.load(Ordering::Acquire);
             let (seq, holder) = unpack(s);
             let d = dist(seq, seq_free(p));
@@ -571,6 +552,7 @@ impl Ring {
                     return Ok(WriteClaim {
                         ring: self,
                         pos: p,
+                        off,
                         done: false,
                         chunk: false,
                     });
@@ -590,11 +572,13 @@ impl Ring {
         }
     }
 
-    fn publish(&self, pos: u64, kind: u32, len: u64) {
-        self.kind(pos).store(kind, Ordering::Relaxed);
-        self.slot_type(pos).store(self.type_hash, Ordering::Relaxed);
-        self.len_word(pos).store(len, Ordering::Relaxed);
-        self.state(pos)
+    /// Publishes position `pos`, whose slot is at `off`.
+    fn publish(&self, pos: u64, off: usize, kind: u32, len: u64) {
+        self.a32(off + S_KIND).store(kind, Ordering::Relaxed);
+        self.a64(off + S_TYPE)
+            .store(self.type_hash, Ordering::Relaxed);
+        self.a64(off + S_LEN).store(len, Ordering::Relaxed);
+        self.a64(off + S_STATE)
             .store(pack(seq_published(pos), 0), Ordering::Release);
         self.notify(H_NOT_EMPTY, H_NOT_EMPTY_WAITERS);
     }
@@ -605,12 +589,13 @@ impl Ring {
         let deq = self.a64(H_DEQ);
         let mut q = deq.load(Ordering::Relaxed);
         loop {
-            let st = self.state(q);
+            let off = self.slot_off(q);
+            let st = self.a64(off + S_STATE);
             let s = st.load(Ordering::Acquire);
             let (seq, holder) = unpack(s);
             let d = dist(seq, seq_published(q));
             if d == 0 && holder == 0 {
-                if !locked && self.kind(q).load(Ordering::Relaxed) & kind::FDS != 0 {
+                if !locked && self.a32(off + S_KIND).load(Ordering::Relaxed) & kind::FDS != 0 {
                     return Err(Blocked::NeedsLock);
                 }
                 if st
@@ -618,7 +603,11 @@ impl Ring {
                     .is_ok()
                 {
                     let _ = deq.compare_exchange(q, q + 1, Ordering::Relaxed, Ordering::Relaxed);
-                    return Ok(ReadClaim { ring: self, pos: q });
+                    return Ok(ReadClaim {
+                        ring: self,
+                        pos: q,
+                        off,
+                    });
                 }
             } else if d < 0 {
                 let now = deq.load(Ordering::Relaxed);
@@ -634,11 +623,12 @@ impl Ring {
         }
     }
 
-    fn release(&self, pos: u64) {
-        if self.kind(pos).load(Ordering::Relaxed) & kind::ARENA != 0 {
+    /// Releases position `pos`, whose slot is at `off`.
+    fn release(&self, pos: u64, off: usize) {
+        if self.a32(off + S_KIND).load(Ordering::Relaxed) & kind::ARENA != 0 {
             self.free_chunk(pos);
         }
-        self.state(pos)
+        self.a64(off + S_STATE)
             .store(pack(seq_free(pos + self.cap), 0), Ordering::Release);
         self.notify(H_NOT_FULL, H_NOT_FULL_WAITERS);
     }
@@ -792,6 +782,8 @@ impl Ring {
 pub(crate) struct ReadClaim<'a> {
     ring: &'a Ring,
     pos: u64,
+    /// Offset of the slot (computed once: `pos % capacity` is a division).
+    off: usize,
 }
 
 impl<'a> ReadClaim<'a> {
@@ -807,17 +799,17 @@ impl<'a> ReadClaim<'a> {
 
     /// The slot's kind word (see [`kind`]).
     pub(crate) fn kind(&self) -> u32 {
-        self.ring.kind(self.pos).load(Ordering::Relaxed)
+        self.ring.a32(self.off + S_KIND).load(Ordering::Relaxed)
     }
 
     /// The slot's length word.
     pub(crate) fn len(&self) -> u64 {
-        self.ring.len_word(self.pos).load(Ordering::Relaxed)
+        self.ring.a64(self.off + S_LEN).load(Ordering::Relaxed)
     }
 
     /// The slot's type fingerprint word.
     pub(crate) fn type_hash(&self) -> u64 {
-        self.ring.slot_type(self.pos).load(Ordering::Relaxed)
+        self.ring.a64(self.off + S_TYPE).load(Ordering::Relaxed)
     }
 
     /// Offset of the data of this position's arena chunk, if this message holds it
@@ -830,13 +822,13 @@ impl<'a> ReadClaim<'a> {
 
     /// Offset of the payload within the region.
     pub(crate) fn payload_off(&self) -> usize {
-        self.ring.payload_off(self.pos)
+        self.off + SLOT_HEADER
     }
 }
 
 impl Drop for ReadClaim<'_> {
     fn drop(&mut self) {
-        self.ring.release(self.pos);
+        self.ring.release(self.pos, self.off);
     }
 }
 
@@ -847,6 +839,8 @@ impl Drop for ReadClaim<'_> {
 pub(crate) struct WriteClaim<'a> {
     ring: &'a Ring,
     pos: u64,
+    /// Offset of the slot.
+    off: usize,
     done: bool,
     chunk: bool,
 }
@@ -864,7 +858,7 @@ impl<'a> WriteClaim<'a> {
 
     /// Offset of the payload within the region.
     pub(crate) fn payload_off(&self) -> usize {
-        self.ring.payload_off(self.pos)
+        self.off + SLOT_HEADER
     }
 
     /// Copies `bytes` (at most a slot's payload) into the slot.
@@ -899,7 +893,7 @@ impl<'a> WriteClaim<'a> {
         if self.chunk && kind & kind::ARENA == 0 {
             self.ring.free_chunk(self.pos); // claimed but not used
         }
-        self.ring.publish(self.pos, kind, len);
+        self.ring.publish(self.pos, self.off, kind, len);
     }
 }
 
@@ -909,7 +903,7 @@ impl Drop for WriteClaim<'_> {
             if self.chunk {
                 self.ring.free_chunk(self.pos);
             }
-            self.ring.publish(self.pos, kind::SKIP, 0);
+            self.ring.publish(self.pos, self.off, kind::SKIP, 0);
         }
     }
 }
