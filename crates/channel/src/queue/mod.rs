@@ -260,7 +260,7 @@ impl Inner {
             return Ok(());
         }
         let fits_chunk = len <= ring.chunk_size();
-        if fds.is_empty() && fits_chunk && self.chunk_ready() {
+        if fds.is_empty() && fits_chunk && self.chunk_ready(deadline) {
             let mut claim = self.claim_write(pid, deadline)?;
             if claim.claim_chunk() {
                 claim.write_chunk(bytes);
@@ -325,7 +325,9 @@ impl Inner {
     /// consumer releases a slot), at most [`CHUNK_WAIT`] per put. When consumers do not
     /// move for [`CHUNK_STALL`] (nobody reads yet, or the chunk's reader holds it) the
     /// message takes the memfd way, and later puts do so at once until consumers move.
-    fn chunk_ready(&self) -> bool {
+    /// A bounded queue's put also stops at its own `deadline` (`try_put` never waits);
+    /// an unbounded queue's, which asks for room "now", still waits for its chunk.
+    fn chunk_ready(&self, deadline: Deadline) -> bool {
         let ring = &self.ring;
         if ring.chunks() == 0 {
             return false;
@@ -333,9 +335,13 @@ impl Inner {
         if ring.next_chunk_free() {
             return true;
         }
-        let started = Instant::now();
+        let give_up = if self.may_spill() {
+            Deadline::after(CHUNK_WAIT)
+        } else {
+            deadline.min(Deadline::after(CHUNK_WAIT))
+        };
         let mut deq = ring.dequeue_pos();
-        let mut moved = started;
+        let mut moved = Instant::now();
         loop {
             let Some(holder) = ring.next_chunk_holder() else {
                 if ring.next_chunk_free() {
@@ -346,8 +352,11 @@ impl Inner {
             if deq == self.chunk_stalled_at.load(Ordering::Relaxed) {
                 return false; // nobody has moved since a wait last gave up
             }
-            let slice = CHUNK_STALL.min(Duration::from_millis(1));
-            ring.wait_chunk(deq, &self.chunk_spin, Deadline::after(slice));
+            if give_up.is_expired() {
+                return false;
+            }
+            let slice = give_up.min(Deadline::after(Duration::from_millis(1)));
+            ring.wait_chunk(deq, &self.chunk_spin, slice);
             let now = ring.dequeue_pos();
             let t = Instant::now();
             // Progress counts while the chunk's message is still queued: consumers
@@ -358,9 +367,6 @@ impl Inner {
             deq = now;
             if t - moved >= CHUNK_STALL {
                 self.chunk_stalled_at.store(deq, Ordering::Relaxed);
-                return false;
-            }
-            if t - started >= CHUNK_WAIT {
                 return false;
             }
         }
@@ -653,9 +659,10 @@ impl<T: Archive> QueueBuilder<T> {
 
     /// Number of arena chunks (default [`DEFAULT_ARENA_CHUNKS`], never more than the
     /// capacity; 0: no arena). The message at ring position `p` may use chunk
-    /// `p % chunks`: a consumer more than this many messages behind its producers (or a
-    /// [`MessageRef`] held that long) sends later mid-size messages the slow way
-    /// until it catches up.
+    /// `p % chunks`: a producer this many messages ahead of its consumers waits for
+    /// them while they move (at most 20 ms a put), and sends mid-size messages the
+    /// slow way (a memfd each) while they stand still or a [`MessageRef`] holds the
+    /// chunk it needs.
     pub fn arena_chunks(mut self, chunks: usize) -> Self {
         self.arena_chunks = chunks;
         self
