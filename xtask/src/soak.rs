@@ -60,7 +60,7 @@ pub(crate) fn run(args: &[String]) -> bool {
         return soaked;
     }
     println!(
-        "\nxtask soak: loom models of the queue ring and the lock word (release, 3 preemptions)"
+        "\nxtask soak: loom models of the queue ring, its arena and the lock word (release, 3 preemptions)"
     );
     let modelled = crate::cargo()
         .args([
@@ -72,6 +72,8 @@ pub(crate) fn run(args: &[String]) -> bool {
             "loom_ring",
             "--test",
             "loom_lock",
+            "--test",
+            "loom_arena",
         ])
         .status()
         .is_ok_and(|s| s.success());

@@ -39,6 +39,7 @@ pub use conn::{
 // Queues: the queue work owns these.
 mod queue;
 pub use queue::{
-    CorruptMessage, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, GetError, InPlace, JoinableQueue,
-    MessageRef, PutError, Queue, QueueBuilder, QueueCreateError, SimpleQueue, TaskDoneError,
+    CorruptMessage, DEFAULT_ARENA_CHUNKS, DEFAULT_CAPACITY, DEFAULT_CHUNK_SIZE, DEFAULT_SLOT_SIZE,
+    GetError, InPlace, JoinableQueue, MessageRef, PutError, Queue, QueueBuilder, QueueCreateError,
+    SimpleQueue, TaskDoneError,
 };

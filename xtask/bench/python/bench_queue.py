@@ -61,6 +61,8 @@ def main():
     ctx = mp.get_context("fork")
     pingpong(ctx)
     stream(ctx, "queue.small_throughput", "msg/s", pick(200_000, 40_000), None, 1.0)
+    stream(ctx, "queue.mid_512b_throughput", "msg/s", pick(200_000, 40_000), bytes(512), 1.0)
+    stream(ctx, "queue.mid_8kib_throughput", "msg/s", pick(100_000, 20_000), bytes(8192), 1.0)
     stream(ctx, "queue.bw_1mib", "GB/s", pick(500, 100), bytes(MIB), MIB / 1e9)
 
 

@@ -5,6 +5,11 @@
 //! - `queue.pingpong`: a u64 there and back, µs per round trip.
 //! - `queue.small_throughput`: one producer process, one consumer, u64 messages, msgs/s
 //!   (`mproc-serde`: the same values as `Serde<u64>`).
+//! - `queue.mid_512b_throughput` / `queue.mid_8kib_throughput`: as small_throughput,
+//!   with `Vec<u8>` messages of 512 bytes and 8 KiB, larger than a default slot (224
+//!   bytes) and so carried by the queue's arena; each `get` allocates the vector, as
+//!   CPython's unpickling does. Raw: an SPSC ring of 512 B / 8 KiB blocks in shared
+//!   memory, memcpy in and out (into a fresh `Vec`), spinning when full or empty.
 //! - `queue.bw_1mib`: 1 MiB `Vec<u8>` messages, GB/s. mproc: slots sized for them,
 //!   `put_in_place` (serialised straight into the slot) and `get_ref` (the consumer
 //!   checks the length and two bytes, then frees the slot); "mproc-region": default
@@ -82,6 +87,14 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
     }
     if opts.wants("queue.small_throughput") {
         throughput(opts, emit);
+    }
+    for (w, size) in [
+        ("queue.mid_512b_throughput", 512),
+        ("queue.mid_8kib_throughput", 8 << 10),
+    ] {
+        if opts.wants(w) {
+            mid_throughput(opts, emit, w, size);
+        }
     }
     if opts.wants("queue.bw_1mib") {
         bandwidth(opts, emit);
@@ -286,6 +299,88 @@ fn throughput(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         });
         let _ = go_tx.send(STOP);
         emit(Record::from_samples(w, "ipc-channel", "msg/s", &s));
+    }
+}
+
+/// msg/s of `Vec<u8>` messages of `size` bytes from one producer process to this one.
+fn mid_throughput(opts: &Opts, emit: &mut dyn FnMut(Record), w: &str, size: usize) {
+    let samples = opts.pick(10, 5);
+    let ops: u64 = if size <= 1024 {
+        opts.pick(1_000_000, 200_000)
+    } else {
+        opts.pick(200_000, 50_000)
+    };
+    {
+        let go: Queue<u64> = Queue::new().unwrap();
+        let data: Queue<Vec<u8>> = Queue::new().unwrap();
+        let _child = fork(|| {
+            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            while let Ok(n) = go.get() {
+                if n == STOP {
+                    break;
+                }
+                for _ in 0..n {
+                    data.put_ref(&payload).unwrap();
+                }
+            }
+        });
+        let s = rate(samples, ops, |n| {
+            go.put(n).unwrap();
+            for _ in 0..n {
+                let v = data.get().unwrap();
+                std::hint::black_box(v.len());
+            }
+        });
+        let _ = go.put(STOP);
+        emit(Record::from_samples(w, "mproc", "msg/s", &s));
+    }
+    {
+        // Raw: an SPSC ring of `size`-byte blocks, memcpy in and out.
+        const CAP: u64 = 256;
+        let block = size.next_multiple_of(64);
+        let r = Region::new(256 + CAP as usize * block).unwrap();
+        let head = r.atomic_u64(0).unwrap(); // next to write
+        let tail = r.atomic_u64(64).unwrap(); // next to read
+        let order = r.atomic_u64(128).unwrap(); // messages requested
+        let at = |i: u64| 256 + (i % CAP) as usize * block;
+        let _child = fork(|| {
+            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            let mut done = 0u64;
+            loop {
+                let want = order.load(Ordering::Acquire);
+                if want == STOP {
+                    break;
+                }
+                if done == want {
+                    std::thread::yield_now();
+                    continue;
+                }
+                while head.load(Ordering::Relaxed) - tail.load(Ordering::Acquire) == CAP {
+                    std::hint::spin_loop();
+                }
+                let h = head.load(Ordering::Relaxed);
+                r.write_bytes(at(h), &payload).unwrap();
+                head.store(h + 1, Ordering::Release);
+                done += 1;
+            }
+        });
+        let mut requested = 0u64;
+        let s = rate(samples, ops, |n| {
+            requested += n;
+            order.store(requested, Ordering::Release);
+            for _ in 0..n {
+                let t = tail.load(Ordering::Relaxed);
+                while head.load(Ordering::Acquire) == t {
+                    std::hint::spin_loop();
+                }
+                let mut v = vec![0u8; size];
+                r.read_bytes(at(t), &mut v).unwrap();
+                std::hint::black_box(v.len());
+                tail.store(t + 1, Ordering::Release);
+            }
+        });
+        order.store(STOP, Ordering::Release);
+        emit(Record::from_samples(w, "raw", "msg/s", &s));
     }
 }
 

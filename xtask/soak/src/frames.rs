@@ -88,7 +88,7 @@ pub(crate) fn run(b: Budget) -> Outcome {
         corpus.len(),
         queue.cases
     );
-    out.faults = "random payloads, random headers, truncated frames, oversized lengths, fd-count lies, mistyped and oversized queue messages".into();
+    out.faults = "random payloads, random headers, truncated frames, oversized lengths, fd-count lies, mistyped and oversized queue messages, queue slots stamped with another type".into();
     out.seen = format!(
         "connection: {}; queue: {}; no panic, no hang",
         show(&conn),
@@ -284,10 +284,12 @@ const RING_HEADER: usize = 384;
 const SLOT_HEADER: usize = 32;
 const SLOT_KIND: usize = 8;
 const SLOT_LEN: usize = 16;
+const SLOT_TYPE: usize = 24;
 const KIND_INLINE: u32 = 1;
 
 /// Valid messages put into a `Queue<T>`, then damaged in their slot before the get:
-/// random payload bytes, a shortened length, a length past the slot, a random kind word.
+/// random payload bytes, a shortened length, a length past the slot, a random kind word,
+/// a random type fingerprint (then `TypeMismatch`).
 /// Each get ends in a value or `Corrupt`, promptly, and the queue goes on.
 fn queue_cases(rng: &mut Rng, time: Duration, seen: &mut Seen) -> Result<(), String> {
     let typed: Queue<T> = Queue::with_maxsize(16).map_err(|e| e.to_string())?;
@@ -318,7 +320,13 @@ fn queue_cases(rng: &mut Rng, time: Duration, seen: &mut Seen) -> Result<(), Str
         let label = if !inline || len == 0 {
             "untouched"
         } else {
-            match i % 4 {
+            match i % 5 {
+                4 => {
+                    let t = rng.next_u64();
+                    ring.write_bytes(slot + SLOT_TYPE, &t.to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    "type"
+                }
                 0 => {
                     let huge = typed.slot_size() as u64 + 1 + rng.below(u64::MAX / 2);
                     ring.write_bytes(slot + SLOT_LEN, &huge.to_le_bytes())
@@ -353,6 +361,9 @@ fn queue_cases(rng: &mut Rng, time: Duration, seen: &mut Seen) -> Result<(), Str
         match r {
             Ok(_) => seen.saw(format!("{label}:Ok")),
             Err(GetError::Corrupt(_)) => seen.saw(format!("{label}:Corrupt")),
+            Err(GetError::TypeMismatch(_)) if label == "type" => {
+                seen.saw(format!("{label}:TypeMismatch"))
+            }
             Err(e) => return Err(format!("a {label} slot gave {e} (message lost)")),
         }
         if i.is_multiple_of(16) {

@@ -9,7 +9,9 @@
 //!
 //! Invariants: no `count` above 1 (nothing duplicated); every message reported sent is
 //! counted once, or is explained by a killed consumer (at most one message per consumer
-//! kill: the one it held); the queue still carries messages afterwards.
+//! kill: the one it held); the queue still carries messages afterwards, and once it
+//! has gone round its ring twice more no arena chunk is left held (a chunk of a killed
+//! producer or consumer is freed exactly once, with its slot).
 use crate::util::{Rng, kill_ours};
 use crate::{Budget, Outcome};
 use mproc_channel::{GetError, Queue};
@@ -27,10 +29,22 @@ const HOLD_OFF: usize = 64;
 const SENT_OFF: usize = HOLD_OFF + 8 * MAXC as usize;
 const CNT_OFF: usize = SENT_OFF + 4 * MAXP as usize;
 const NONE: u64 = u64::MAX;
-/// (producer, seq, payload): every 16th message carries 96 KiB, more than a ring slot,
-/// so it travels in a region of its own.
+/// (producer, seq, payload): every 16th message carries 96 KiB, more than an arena
+/// chunk, so it travels in a region of its own; every 4th of the others is mid-size
+/// (past a slot, within a chunk: it travels in the queue's arena); the rest are small.
 type Msg = (u64, u64, Vec<u8>);
 const BIG: usize = 96 * 1024;
+
+/// The payload length of message `seq`.
+fn payload_len(seq: u64) -> usize {
+    if seq.is_multiple_of(16) {
+        BIG
+    } else if seq % 4 == 1 {
+        300 + (seq as usize * 4099) % 40_000
+    } else {
+        0
+    }
+}
 
 fn cnt_off(p: u64, seq: u64) -> usize {
     CNT_OFF + 4 * (p * PER + seq) as usize
@@ -41,11 +55,7 @@ fn producer((q, r, p): (Queue<Msg>, Region, u64)) -> u64 {
     let sent = r.atomic_u32(SENT_OFF + 4 * p as usize).expect("in bounds");
     let mut seq = 0;
     while seq < PER && stop.load(Ordering::SeqCst) == 0 {
-        let payload = if seq.is_multiple_of(16) {
-            vec![(seq % 251) as u8; BIG]
-        } else {
-            Vec::new()
-        };
+        let payload = vec![(seq % 251) as u8; payload_len(seq)];
         match q.put_timeout((p, seq, payload), Duration::from_millis(50)) {
             Ok(()) => {
                 seq += 1;
@@ -72,11 +82,8 @@ fn consumer((q, r, c): (Queue<Msg>, Region, u64)) -> u64 {
         match q.get_timeout(Duration::from_millis(50)) {
             Ok((p, seq, payload)) => {
                 hold.store(p * PER + seq, Ordering::SeqCst);
-                let intact = if seq.is_multiple_of(16) {
-                    payload.len() == BIG && payload.iter().all(|&b| b == (seq % 251) as u8)
-                } else {
-                    payload.is_empty()
-                };
+                let intact = payload.len() == payload_len(seq)
+                    && payload.iter().all(|&b| b == (seq % 251) as u8);
                 if p < MAXP && seq < PER && intact {
                     r.atomic_u32(cnt_off(p, seq))
                         .expect("in bounds")
@@ -288,12 +295,30 @@ fn run_phase(b: Budget, kill_consumers: bool) -> Outcome {
     if !usable {
         out.violate("the queue no longer carries messages");
     }
+    // Two more laps of mid-size messages: every slot a killed process held is then
+    // reclaimed, and so is its chunk: none may stay held.
+    let laps = 2 * q.maxsize() as u64;
+    let mut lapped = true;
+    for i in 0..laps {
+        let m = (u64::MAX, i, vec![9; 1000 + i as usize]);
+        lapped &= q.put_timeout(m, Duration::from_secs(5)).is_ok()
+            && matches!(q.get_timeout(Duration::from_secs(5)), Ok((u64::MAX, j, _)) if j == i);
+    }
+    let chunks_held = q.arena_chunks_in_use();
+    if !lapped {
+        out.violate("mid-size messages after the run did not go through");
+    }
+    if chunks_held != 0 {
+        out.violate(format!(
+            "{chunks_held} arena chunks still held after two clean laps"
+        ));
+    }
     out.load = format!(
-        "Queue maxsize 64 (1 message in 16 of 96 KiB, past the slot size), 2 producers + 2 consumers alive at a time ({np} producer and {nc} consumer processes over the run)"
+        "Queue maxsize 64 (1 message in 16 of 96 KiB, past the arena chunk size; 1 in 4 of the rest 0.3-40 KiB, in the arena), 2 producers + 2 consumers alive at a time ({np} producer and {nc} consumer processes over the run)"
     );
     out.faults = format!("{pkills} producer and {ckills} consumer SIGKILLs at random points");
     out.seen = format!(
-        "{reported} puts reported sent, {received} received, {dup} duplicated, {missing} missing, each held by a killed consumer ({held} caught holding, <= 1 per consumer kill); queue usable after: {usable}"
+        "{reported} puts reported sent, {received} received, {dup} duplicated, {missing} missing, each held by a killed consumer ({held} caught holding, <= 1 per consumer kill); queue usable after: {usable}; arena chunks held after two laps: {chunks_held}"
     );
     out
 }

@@ -1,5 +1,5 @@
 //! One small error type per queue operation.
-use mproc_core::codec::CodecError;
+use mproc_core::codec::{CodecError, TypeMismatch};
 use std::fmt;
 use std::io;
 
@@ -105,6 +105,10 @@ pub enum GetError {
     /// The next message was corrupt (bad length, bad kind, failed validation) or its
     /// fds never arrived. That message is dropped; the queue stays usable.
     Corrupt(CorruptMessage),
+    /// The next message's slot carries the fingerprint of another type than the
+    /// queue's (a peer wrote it as another type). That message is dropped; the queue
+    /// stays usable.
+    TypeMismatch(TypeMismatch),
 }
 
 impl fmt::Display for GetError {
@@ -113,6 +117,7 @@ impl fmt::Display for GetError {
             GetError::Empty => f.write_str("queue is empty"),
             GetError::Closed => f.write_str("queue is closed and drained"),
             GetError::Corrupt(e) => write!(f, "{e}"),
+            GetError::TypeMismatch(e) => write!(f, "queue {e}"),
         }
     }
 }
@@ -121,6 +126,7 @@ impl std::error::Error for GetError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             GetError::Corrupt(e) => Some(e),
+            GetError::TypeMismatch(e) => Some(e),
             _ => None,
         }
     }

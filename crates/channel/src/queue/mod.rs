@@ -8,8 +8,10 @@
 //! or deserialise it ([`Queue::get`]). Waiting is a futex in the same memory, after a
 //! short adaptive spin.
 //!
-//! The public types' docs ([`Queue`]) say how capacity, large messages, handles and
-//! failures behave.
+//! Messages come in three size classes: inline in a slot (≤ 224 bytes by default), in
+//! the ring's overflow arena (≤ 64 KiB by default, as fast as inline), or in a sealed
+//! memfd of their own. The public types' docs ([`Queue`]) say how capacity, message
+//! sizes, handles and failures behave.
 mod error;
 mod ring;
 mod side;
@@ -24,7 +26,7 @@ use mproc_core::codec::{self, CodecError, Decode, Encode, TypeMismatch, TypeTag}
 use mproc_core::futex;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
-use ring::{Blocked, ReadClaim, Ring, WriteClaim, kind};
+use ring::{Blocked, Geometry, ReadClaim, Ring, WriteClaim, kind};
 use rkyv::Archive;
 use rkyv::util::AlignedVec;
 use side::{CHECK_INTERVAL, PidLock, SendFdsError, Side};
@@ -35,16 +37,22 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use sys::{Checked, Held, SealedMap};
 
 /// Slots of a queue created without a `maxsize` (Python's unbounded default).
 pub const DEFAULT_CAPACITY: usize = 32_768;
 /// Payload bytes per slot unless [`QueueBuilder::slot_size`] says otherwise; larger
-/// messages travel in a region of their own.
+/// messages go into the queue's arena (up to a chunk) or a region of their own.
 pub const DEFAULT_SLOT_SIZE: usize = 224;
+/// Most arena chunks a queue gets unless [`QueueBuilder::arena_chunks`] says otherwise
+/// (never more than its capacity).
+pub const DEFAULT_ARENA_CHUNKS: usize = 1024;
+/// Archive bytes per arena chunk unless [`QueueBuilder::chunk_size`] says otherwise:
+/// messages larger than a slot and up to this size travel through the arena.
+pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
 
 /// The process-local state of one queue handle (shared by its clones).
 #[derive(Debug)]
@@ -53,6 +61,12 @@ struct Inner {
     side: Side,
     get_spin: Spin,
     put_spin: Spin,
+    /// How long a producer spins for an arena chunk a consumer is reading.
+    chunk_spin: Spin,
+    /// The dequeue position when a producer last gave up waiting for a chunk whose
+    /// message was still queued (`u64::MAX`: never): until consumers move past it,
+    /// producers take the memfd way at once.
+    chunk_stalled_at: AtomicU64,
     /// Messages of an unbounded queue that found the ring full, oldest first, waiting
     /// in this process for the feeder thread to move them into the ring.
     spill: Mutex<Spill>,
@@ -66,6 +80,8 @@ struct Inner {
     /// handle captured by a fork closure, not passed as an argument) has no feeder
     /// thread and never spills.
     owner: u32,
+    /// The name of the message type (for type mismatch errors).
+    type_name: &'static str,
 }
 
 /// An encoded message waiting in the producer process.
@@ -99,6 +115,13 @@ impl<T> From<(PutFail, T)> for PutError<T> {
         }
     }
 }
+
+/// The longest a put waits for an arena chunk whose message consumers are moving
+/// towards (see `Inner::chunk_ready`).
+const CHUNK_WAIT: Duration = Duration::from_millis(20);
+/// How long consumers may stand still (a descheduled consumer on a loaded machine
+/// stands still for a few ms) before a put stops waiting for an arena chunk.
+const CHUNK_STALL: Duration = Duration::from_millis(5);
 
 /// Largest serialisation buffer a thread keeps between puts (a fresh one would cost a
 /// page fault per 4 KiB on every large message).
@@ -175,15 +198,12 @@ fn behind_slot<'r>(
 }
 
 impl Inner {
-    fn create(
-        capacity: u64,
-        slot_size: usize,
-        unbounded: bool,
-        tag: TypeTag,
-    ) -> Result<Inner, QueueCreateError> {
-        let ring = Ring::create(capacity, slot_size, unbounded, tag.hash()).map_err(|e| {
+    fn create(g: Geometry, unbounded: bool, tag: TypeTag) -> Result<Inner, QueueCreateError> {
+        let ring = Ring::create(g, unbounded, tag.hash()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
-                QueueCreateError::InvalidOptions("capacity or slot size out of range")
+                QueueCreateError::InvalidOptions(
+                    "capacity, slot size or arena out of range (or too large together)",
+                )
             } else {
                 QueueCreateError::Io(e)
             }
@@ -191,20 +211,24 @@ impl Inner {
         Ok(Inner::from_parts(
             ring,
             Side::new().map_err(QueueCreateError::Io)?,
+            tag.name(),
         ))
     }
 
-    fn from_parts(ring: Ring, side: Side) -> Inner {
+    fn from_parts(ring: Ring, side: Side, type_name: &'static str) -> Inner {
         Inner {
             ring,
             side,
             get_spin: Spin::new(),
             put_spin: Spin::new(),
+            chunk_spin: Spin::new(),
+            chunk_stalled_at: AtomicU64::new(u64::MAX),
             spill: Mutex::new(Spill::default()),
             drained: Condvar::new(),
             pending: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
             owner: sys::my_pid(),
+            type_name,
         }
     }
 
@@ -227,7 +251,7 @@ impl Inner {
                 "another message type (the queue's header disagrees)",
             )));
         }
-        Ok(Inner::from_parts(ring, Side::from_fds(tx, rx)))
+        Ok(Inner::from_parts(ring, Side::from_fds(tx, rx), tag.name()))
     }
 
     fn claim_write(&self, pid: u32, deadline: Deadline) -> Result<WriteClaim<'_>, PutFail> {
@@ -277,14 +301,20 @@ impl Inner {
             claim.publish(kind::INLINE | flag, len as u64);
             return Ok(());
         }
+        let fits_chunk = len <= ring.chunk_size();
+        if fds.is_empty() && fits_chunk && self.chunk_ready(deadline) {
+            let mut claim = self.claim_write(pid, deadline)?;
+            if claim.claim_chunk() {
+                claim.write_chunk(bytes);
+                claim.publish(kind::ARENA | flag, len as u64);
+                return Ok(());
+            }
+            // Another producer took the chunk first (the slot's position moved on):
+            // this slot goes out empty (`SKIP`) and the message takes the memfd path.
+            drop(claim);
+        }
         // The slow path: fds travel on the side socket, in ring order.
         let large = len > ring.slot_size();
-        let memfd = if large {
-            Some(side::sealed_memfd(bytes).map_err(PutFail::Io)?)
-        } else {
-            None
-        };
-        let all: Vec<BorrowedFd<'_>> = memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
         let lock = PidLock::new(ring.a32(ring::H_PROD_LOCK));
         // The lock is held only for a claim and a send: an unbounded queue's put,
         // which asks for room "now", still waits for it.
@@ -296,14 +326,26 @@ impl Inner {
         if !lock.lock(pid, lock_deadline) {
             return Err(PutFail::Full);
         }
-        let r = self.claim_write(pid, deadline).and_then(|claim| {
-            if !large {
+        let r = self.claim_write(pid, deadline).and_then(|mut claim| {
+            // Where the archive goes: the slot, the arena chunk (only with fds here:
+            // without, a free chunk was tried above) or a sealed memfd of its own.
+            let (place, memfd) = if !large {
                 claim.write(bytes);
-            }
+                (kind::INLINE, None)
+            } else if !fds.is_empty() && fits_chunk && claim.claim_chunk() {
+                claim.write_chunk(bytes);
+                (kind::ARENA, None)
+            } else {
+                (
+                    kind::LARGE,
+                    Some(side::sealed_memfd(bytes).map_err(PutFail::Io)?),
+                )
+            };
+            let all: Vec<BorrowedFd<'_>> =
+                memfd.iter().chain(fds.iter()).map(AsFd::as_fd).collect();
             match self.side.send(claim.pos(), &all, deadline) {
                 Ok(()) => {
-                    let k = kind::FDS | if large { kind::LARGE } else { kind::INLINE };
-                    claim.publish(k | flag, len as u64);
+                    claim.publish(kind::FDS | place | flag, len as u64);
                     Ok(())
                 }
                 // Dropping the claim publishes an empty slot that consumers skip.
@@ -313,6 +355,63 @@ impl Inner {
         });
         lock.unlock();
         r
+    }
+
+    /// Whether the arena chunk of the next position is free, or frees soon enough to be
+    /// worth a wait (the memfd way costs tens of µs on both sides).
+    ///
+    /// The wait matters: a producer that ran `K` messages ahead of its consumers and
+    /// took the memfd way would stay that far ahead for good, since each memfd message
+    /// costs the consumer as much as the producer. So while consumers move towards the
+    /// chunk's message, the producer waits for them (spinning, then sleeping until a
+    /// consumer releases a slot), at most [`CHUNK_WAIT`] per put. When consumers do not
+    /// move for [`CHUNK_STALL`] (nobody reads yet, or the chunk's reader holds it) the
+    /// message takes the memfd way, and later puts do so at once until consumers move.
+    /// A bounded queue's put also stops at its own `deadline` (`try_put` never waits);
+    /// an unbounded queue's, which asks for room "now", still waits for its chunk.
+    fn chunk_ready(&self, deadline: Deadline) -> bool {
+        let ring = &self.ring;
+        if ring.chunks() == 0 {
+            return false;
+        }
+        if ring.next_chunk_free() {
+            return true;
+        }
+        let give_up = if self.may_spill() {
+            Deadline::after(CHUNK_WAIT)
+        } else {
+            deadline.min(Deadline::after(CHUNK_WAIT))
+        };
+        let mut deq = ring.dequeue_pos();
+        let mut moved = Instant::now();
+        loop {
+            let Some(holder) = ring.next_chunk_holder() else {
+                if ring.next_chunk_free() {
+                    return true;
+                }
+                continue; // another producer took it: look at the next position's
+            };
+            if deq == self.chunk_stalled_at.load(Ordering::Relaxed) {
+                return false; // nobody has moved since a wait last gave up
+            }
+            if give_up.is_expired() {
+                return false;
+            }
+            let slice = give_up.min(Deadline::after(Duration::from_millis(1)));
+            ring.wait_chunk(deq, &self.chunk_spin, slice);
+            let now = ring.dequeue_pos();
+            let t = Instant::now();
+            // Progress counts while the chunk's message is still queued: consumers
+            // moving past other messages do not free a chunk that one of them reads.
+            if now != deq && holder >= deq {
+                moved = t;
+            }
+            deq = now;
+            if t - moved >= CHUNK_STALL {
+                self.chunk_stalled_at.store(deq, Ordering::Relaxed);
+                return false;
+            }
+        }
     }
 
     fn claim_read(
@@ -377,10 +476,21 @@ impl Inner {
             let k = claim.kind() & !kind::HANDLES;
             let len = claim.len();
             let bad = |m| Err(GetError::Corrupt(CorruptMessage::BadSlot(m)));
+            if k == kind::SKIP {
+                continue;
+            }
+            let found = claim.type_hash();
+            if found != self.ring.type_hash() {
+                // Dropping the claim releases the slot: the message is dropped.
+                return Err(self.mismatch(found));
+            }
             let held = match k {
-                kind::SKIP => continue,
                 kind::INLINE => Held::slot(claim, len),
                 k if k == kind::FDS | kind::INLINE => Held::slot(claim, len),
+                k if k & !kind::FDS == kind::ARENA => match Held::chunk(claim, len) {
+                    Ok(h) => Ok(h),
+                    Err((_claim, m)) => return bad(m),
+                },
                 k if k == kind::FDS | kind::LARGE => {
                     drop(claim); // the archive is in its own region: free the slot now
                     if fds.is_empty() {
@@ -399,6 +509,15 @@ impl Inner {
                 Err(_claim) => bad("message length beyond the slot"),
             };
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mismatch(&self, found: u64) -> GetError {
+        GetError::TypeMismatch(TypeMismatch::new(
+            self.type_name,
+            &format!("another message type (fingerprint {found:#018x})"),
+        ))
     }
 
     fn get<T: Decode>(&self, deadline: Deadline) -> Result<T, GetError> {
@@ -520,9 +639,25 @@ where
 
 /// Options for a new queue of `T`:
 /// `let q: Queue<u64> = Queue::builder().maxsize(100).slot_size(1024).build()?`.
+///
+/// ```
+/// use mproc_channel::Queue;
+/// let q: Queue<Vec<u8>> = Queue::builder()
+///     .maxsize(64)
+///     .slot_size(512)      // archives up to 512 bytes: inline in their slot
+///     .arena_chunks(16)    // up to 16 messages in flight through the arena...
+///     .chunk_size(4096)    // ...of up to 4 KiB each; larger ones: a memfd each
+///     .build()
+///     .unwrap();
+/// q.put(vec![1; 3000]).unwrap(); // through the arena
+/// assert_eq!(q.get().unwrap(), vec![1; 3000]);
+/// assert_eq!((q.slot_size(), q.chunk_size()), (512, 4096));
+/// ```
 pub struct QueueBuilder<T> {
     maxsize: usize,
     slot_size: usize,
+    arena_chunks: usize,
+    chunk_size: usize,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -531,6 +666,8 @@ impl<T> fmt::Debug for QueueBuilder<T> {
         f.debug_struct("QueueBuilder")
             .field("maxsize", &self.maxsize)
             .field("slot_size", &self.slot_size)
+            .field("arena_chunks", &self.arena_chunks)
+            .field("chunk_size", &self.chunk_size)
             .finish()
     }
 }
@@ -546,6 +683,8 @@ impl<T> Default for QueueBuilder<T> {
         QueueBuilder {
             maxsize: 0,
             slot_size: DEFAULT_SLOT_SIZE,
+            arena_chunks: DEFAULT_ARENA_CHUNKS,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             _t: PhantomData,
         }
     }
@@ -560,9 +699,31 @@ impl<T: Archive> QueueBuilder<T> {
     }
 
     /// Bytes of archive a slot holds (rounded up to a multiple of 16). Larger messages
-    /// travel in a region of their own (about 20 µs more each).
+    /// go into the arena (see [`QueueBuilder::chunk_size`]) or, above a chunk, into a
+    /// region of their own (about 20 µs more each).
     pub fn slot_size(mut self, bytes: usize) -> Self {
         self.slot_size = bytes.max(16).div_ceil(16) * 16;
+        self
+    }
+
+    /// Number of arena chunks (default [`DEFAULT_ARENA_CHUNKS`], never more than the
+    /// capacity; 0: no arena). The message at ring position `p` may use chunk
+    /// `p % chunks`: a producer this many messages ahead of its consumers waits for
+    /// them while they move (at most 20 ms a put), and sends mid-size messages the
+    /// slow way (a memfd each) while they stand still or a [`MessageRef`] holds the
+    /// chunk it needs.
+    pub fn arena_chunks(mut self, chunks: usize) -> Self {
+        self.arena_chunks = chunks;
+        self
+    }
+
+    /// Bytes of archive an arena chunk holds (default [`DEFAULT_CHUNK_SIZE`]; rounded
+    /// up to a multiple of 16, at most 1 GiB; 0: no arena). A message larger than a
+    /// slot and no larger than a chunk is written into a chunk of the queue's own
+    /// memory, as fast as an inline one byte for byte. The arena's memory is only
+    /// touched as it is used: chunks times the largest mid-size message, at most.
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes.div_ceil(16).saturating_mul(16);
         self
     }
 
@@ -576,7 +737,25 @@ impl<T: Archive> QueueBuilder<T> {
         if cap > ring::MAX_CAPACITY {
             return Err(QueueCreateError::InvalidOptions("maxsize above 2^30"));
         }
-        Inner::create(cap, self.slot_size, self.maxsize == 0, TypeTag::of::<T>())
+        if self.chunk_size > ring::MAX_CHUNK_SIZE {
+            return Err(QueueCreateError::InvalidOptions("chunk size above 1 GiB"));
+        }
+        let chunks = u64::try_from(self.arena_chunks)
+            .unwrap_or(u64::MAX)
+            .min(cap);
+        // An arena whose chunks are no larger than a slot would never be used.
+        let (chunks, chunk_size) = if chunks == 0 || self.chunk_size <= self.slot_size {
+            (0, 0)
+        } else {
+            (chunks, self.chunk_size)
+        };
+        let g = Geometry {
+            cap,
+            slot_size: self.slot_size,
+            chunks,
+            chunk_size,
+        };
+        Inner::create(g, self.maxsize == 0, TypeTag::of::<T>())
     }
 
     /// Creates a [`Queue`].
@@ -633,13 +812,34 @@ impl<T: Archive> QueueBuilder<T> {
 /// memory (or, for large messages and handles, in flight in the queue's socket), which
 /// lives as long as any process holds the queue.
 ///
+/// # Message sizes
+///
+/// Each message takes one of three ways, by the size of its archive:
+///
+/// | archive | travels | cost |
+/// |---|---|---|
+/// | ≤ [`Queue::slot_size`] ([`DEFAULT_SLOT_SIZE`]) | inline, in its slot | one copy in, none out |
+/// | ≤ [`Queue::chunk_size`] ([`DEFAULT_CHUNK_SIZE`]) | in an arena chunk of the ring's own memory | the same |
+/// | larger | in a sealed memfd of its own | about 20 µs more |
+///
+/// The arena has [`Queue::arena_chunks`] chunks ([`DEFAULT_ARENA_CHUNKS`], at most the
+/// capacity); the message at ring position `p` may use chunk `p % chunks` and holds it
+/// until its consumer releases it (a [`MessageRef`] until it drops). When that chunk is
+/// still held (a consumer more than `chunks` messages behind), the producer waits while
+/// consumers move towards it (at most 20 ms per put, also for an unbounded queue:
+/// this is what keeps a fast producer on the fast path), and takes the memfd way
+/// instead when they stand still for 5 ms (nobody reading yet, a guard held):
+/// slower, never lost. The arena's pages, like the slots', are only
+/// touched as they are used. [`QueueBuilder::slot_size`], [`QueueBuilder::arena_chunks`]
+/// and [`QueueBuilder::chunk_size`] change the classes.
+///
 /// # Large messages and handles
 ///
-/// A message whose archive is larger than a slot ([`DEFAULT_SLOT_SIZE`] bytes unless
-/// [`QueueBuilder::slot_size`] says otherwise) is written into a memfd of its own,
-/// sealed against writes, and that fd is handed to the consumer, who maps it read-only:
-/// one copy in, none out. Handles inside messages (fds, regions, other queues) travel
-/// the same way. The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
+/// A message whose archive is larger than a chunk (or any larger than a slot when the
+/// queue has no arena) is written into a memfd of its own, sealed against writes, and
+/// that fd is handed to the consumer, who maps it read-only: one copy in, none out.
+/// Handles inside messages (fds, regions, other queues) travel the same way (beside an
+/// inline or arena archive). The fds cross on a `SOCK_SEQPACKET` socket pair that every holder of
 /// the queue keeps open (see the `side` module for the protocol that keeps it in step
 /// with the ring); unlike `/proc/PID/fd` or `pidfd_getfd` it needs no ptrace rights and
 /// does not need the producer to stay alive.
@@ -650,9 +850,10 @@ impl<T: Archive> QueueBuilder<T> {
 /// the middle of `put`) does not wedge the queue: a waiter that finds a held slot in
 /// its way for more than 1 ms has its process watch the holder's pidfd, is woken when
 /// the holder exits and takes the slot back (a waiter on a plain empty or full queue
-/// wakes every 50 ms).
-/// A corrupt message is reported as [`GetError::Corrupt`] and dropped; the queue stays
-/// usable. (A reused pid delays the recovery until that process exits.)
+/// wakes every 50 ms), with the arena chunk its message held; a producer that needs a
+/// chunk a dead process holds takes it back at once. A corrupt message is reported as
+/// [`GetError::Corrupt`], a slot stamped with another type's fingerprint as
+/// [`GetError::TypeMismatch`], and the message is dropped; the queue stays usable.
 pub struct Queue<T> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(T) -> T>,
@@ -743,9 +944,26 @@ impl<T> Queue<T> {
         self.inner.ring.capacity() as usize
     }
 
-    /// Payload bytes per slot; larger messages travel in a region of their own.
+    /// Payload bytes per slot; larger messages go into the arena (up to
+    /// [`Queue::chunk_size`]) or a region of their own.
     pub fn slot_size(&self) -> usize {
         self.inner.ring.slot_size()
+    }
+
+    /// Archive bytes per arena chunk (0: the queue has no arena).
+    pub fn chunk_size(&self) -> usize {
+        self.inner.ring.chunk_size()
+    }
+
+    /// Number of arena chunks (0: the queue has no arena).
+    pub fn arena_chunks(&self) -> usize {
+        self.inner.ring.chunks() as usize
+    }
+
+    /// Arena chunks held right now by messages put but not yet released (by every
+    /// process). A diagnostic: 0 once the queue is empty and no [`MessageRef`] lives.
+    pub fn arena_chunks_in_use(&self) -> usize {
+        self.inner.ring.chunks_in_use() as usize
     }
 
     /// Closes the queue for every process: further puts fail with `Closed`; gets

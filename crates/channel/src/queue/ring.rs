@@ -25,6 +25,43 @@
 //! from another one, and a process forked into one tags its claims as foreign).
 //! Sequence numbers are compared with wrapping arithmetic, so 32 bits suffice.
 //!
+//! Every published slot also carries the fingerprint of the message type
+//! (`TypeTag::hash`) in its header, beside `state`: a consumer checks it per message.
+//!
+//! # The overflow arena
+//!
+//! After the slots lie `K` chunks of `C` bytes each (both fixed at creation and kept in
+//! the header), for messages larger than a slot but no larger than a chunk. Position
+//! `p` may only use chunk `p % K`, and each chunk has an owner word: 0 (free) or
+//! `tag(p) = p + 1`, the position whose message it holds. Ownership follows the slot
+//! of `p` and is always exact, so a chunk is never freed twice nor leaked:
+//!
+//! | step | who | action |
+//! |---|---|---|
+//! | claim | producer holding slot `p` as `(2p, pid)` | CAS owner `0 → tag(p)` (busy: the message takes the memfd path) |
+//! | publish | same producer | writes the archive, then the slot as `(2p + 1, 0)`, kind `ARENA` |
+//! | give up | same producer | owner `tag(p) → 0`, then publishes `SKIP` |
+//! | read | consumer holding slot `p` as `(2p + 1, pid)` | checks owner `== tag(p)` before reading |
+//! | release | same consumer | owner `tag(p) → 0`, then releases the slot |
+//! | dead producer | the reader stuck at `p` | CAS owner `tag(p) → 0`, then skips the slot |
+//! | dead consumer | the writer stuck at `p + capacity` | CAS owner `tag(p) → 0`, then releases the slot |
+//! | dead holder | a producer that finds chunk `p % K` owned by `tag(p0)` | if slot `p0` is `(2p0, pid)` or `(2p0 + 1, pid)` and `pid` is dead: CAS owner `tag(p0) → 0` |
+//!
+//! Every step frees the chunk *before* it lets go of the slot, so "owner is `tag(p0)`"
+//! implies "slot `p0` has not been released" (its state still names `p0`, and nobody but
+//! the dead or live holder of `p0` can write `tag(p0)`). Hence, whichever process dies at
+//! whichever instruction:
+//! - dies before its CAS on the owner: the chunk is free or still `tag(p0)`, and the slot
+//!   still names a dead holder, so the next reclaimer (or the producer of `p0 + K`) frees it;
+//! - dies between the owner CAS and the slot step: the chunk is free and the slot is
+//!   still held by a dead pid, so it is reclaimed later; that reclaimer's CAS on the owner
+//!   fails harmlessly (the owner is `0` or a later tag, never `tag(p0)` again);
+//! - two reclaimers race: only one CAS `tag(p0) → …` succeeds.
+//!
+//! A producer that finds its chunk busy (a consumer more than `K` messages behind, or a
+//! `get_ref` guard still held) gives its slot back as `SKIP` and sends the message in a
+//! sealed memfd instead (see `side.rs`).
+//!
 //! Waiting: two futex words, "not empty" and "not full", each with a count of sleepers.
 //! A waker bumps the word and calls `FUTEX_WAKE` only when the count is non-zero, so
 //! the uncontended paths never enter the kernel.
@@ -36,12 +73,14 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = 4;
 const H_CAPACITY: usize = 8;
 const H_SLOT_SIZE: usize = 16;
+/// Number of arena chunks (0: no arena).
+const H_CHUNKS: usize = 24;
 const H_CLOSED: usize = 32;
 /// Robust lock word (owner pid) serialising producers of messages that carry fds.
 pub(crate) const H_PROD_LOCK: usize = 36;
@@ -52,6 +91,8 @@ const H_FLAGS: usize = 44;
 const FLAG_UNBOUNDED: u32 = 1;
 /// The message type's fingerprint (`TypeTag::hash`), fixed at creation.
 const H_TYPE: usize = 48;
+/// Bytes of archive an arena chunk holds.
+const H_CHUNK_SIZE: usize = 56;
 const H_ENQ: usize = 64;
 const H_DEQ: usize = 128;
 const H_NOT_EMPTY: usize = 192;
@@ -66,6 +107,8 @@ pub(crate) const HEADER: usize = 384;
 const S_STATE: usize = 0;
 const S_KIND: usize = 8;
 const S_LEN: usize = 16;
+/// The fingerprint of the published message's type.
+const S_TYPE: usize = 24;
 /// Bytes of a slot before its payload (keeps the payload 16-byte aligned).
 pub(crate) const SLOT_HEADER: usize = 32;
 
@@ -85,6 +128,20 @@ pub(crate) mod kind {
     pub(crate) const SKIP: u32 = 8;
     /// A flag beside the others: the archive holds handles (rebuilt with the fd table).
     pub(crate) const HANDLES: u32 = 16;
+    /// The archive is in the arena chunk of the slot's position (with `FDS`: its fds
+    /// travelled on the socket).
+    pub(crate) const ARENA: u32 = 32;
+}
+
+/// Bytes between two owner words of the arena (one cache line each).
+const OWNER_STRIDE: usize = 64;
+
+/// Largest arena chunk (so that offsets stay far from overflow).
+pub(crate) const MAX_CHUNK_SIZE: usize = 1 << 30;
+
+/// The owner word of a chunk that holds the message of position `p`.
+fn tag(p: u64) -> u64 {
+    p.wrapping_add(1)
 }
 
 fn pack(seq: u32, holder: u32) -> u64 {
@@ -121,6 +178,69 @@ pub(crate) enum Blocked {
     NeedsLock,
 }
 
+/// The shape of a ring: its slots, then the arena's owner words, then its chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Number of slots.
+    pub(crate) cap: u64,
+    /// Payload bytes per slot.
+    pub(crate) slot_size: usize,
+    /// Number of arena chunks (0: none).
+    pub(crate) chunks: u64,
+    /// Archive bytes per chunk.
+    pub(crate) chunk_size: usize,
+}
+
+/// Offsets derived from a [`Geometry`].
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    stride: usize,
+    owners: usize,
+    chunk_base: usize,
+    chunk_stride: usize,
+    len: usize,
+}
+
+impl Geometry {
+    /// Whether the numbers are in range (not yet whether they fit in memory).
+    fn valid(&self) -> bool {
+        self.cap != 0
+            && self.cap <= MAX_CAPACITY
+            && self.slot_size != 0
+            && self.slot_size.is_multiple_of(16)
+            && self.chunks <= MAX_CAPACITY
+            && self.chunk_size <= MAX_CHUNK_SIZE
+            && self.chunk_size.is_multiple_of(16)
+            && (self.chunks == 0) == (self.chunk_size == 0)
+    }
+
+    /// Offsets of this geometry, or `None` if it overflows.
+    fn layout(&self) -> Option<Layout> {
+        let stride = SLOT_HEADER
+            .checked_add(self.slot_size)?
+            .checked_next_multiple_of(64)?;
+        let slots = usize::try_from(self.cap).ok()?.checked_mul(stride)?;
+        let owners = HEADER.checked_add(slots)?;
+        let chunks = usize::try_from(self.chunks).ok()?;
+        let chunk_base = owners
+            .checked_add(chunks.checked_mul(OWNER_STRIDE)?)?
+            .checked_next_multiple_of(4096)?;
+        let chunk_stride = self.chunk_size.checked_next_multiple_of(64)?;
+        let len = if chunks == 0 {
+            owners
+        } else {
+            chunk_base.checked_add(chunks.checked_mul(chunk_stride)?)?
+        };
+        Some(Layout {
+            stride,
+            owners,
+            chunk_base,
+            chunk_stride,
+            len,
+        })
+    }
+}
+
 /// One mapping of a ring.
 #[derive(Debug)]
 pub(crate) struct Ring {
@@ -128,43 +248,49 @@ pub(crate) struct Ring {
     cap: u64,
     slot_size: usize,
     stride: usize,
-}
-
-/// Bytes a ring of this geometry needs, or `None` if it overflows.
-fn region_len(cap: u64, slot_size: usize) -> Option<(usize, usize)> {
-    let stride = SLOT_HEADER
-        .checked_add(slot_size)?
-        .checked_next_multiple_of(64)?;
-    let slots = usize::try_from(cap).ok()?.checked_mul(stride)?;
-    Some((stride, HEADER.checked_add(slots)?))
+    chunks: u64,
+    chunk_size: usize,
+    owners: usize,
+    chunk_base: usize,
+    chunk_stride: usize,
+    type_hash: u64,
 }
 
 impl Ring {
-    /// Creates a fresh ring of `cap` slots of `slot_size` payload bytes each.
-    pub(crate) fn create(
-        cap: u64,
-        slot_size: usize,
-        unbounded: bool,
-        type_hash: u64,
-    ) -> io::Result<Ring> {
+    fn with_layout(map: Mapped, g: Geometry, l: Layout, type_hash: u64) -> Ring {
+        Ring {
+            map,
+            cap: g.cap,
+            slot_size: g.slot_size,
+            stride: l.stride,
+            chunks: g.chunks,
+            chunk_size: g.chunk_size,
+            owners: l.owners,
+            chunk_base: l.chunk_base,
+            chunk_stride: l.chunk_stride,
+            type_hash,
+        }
+    }
+
+    /// Creates a fresh ring of this geometry. Its memory is a sparse memfd: pages of
+    /// slots and chunks cost nothing until they are first used.
+    pub(crate) fn create(g: Geometry, unbounded: bool, type_hash: u64) -> io::Result<Ring> {
         let bad = |m| io::Error::new(io::ErrorKind::InvalidInput, m);
-        if cap == 0 || cap > MAX_CAPACITY {
-            return Err(bad("queue capacity must be between 1 and 2^30 slots"));
+        if !g.valid() {
+            return Err(bad(
+                "queue capacity, slot size or arena out of range (see QueueBuilder)",
+            ));
         }
-        if slot_size == 0 || !slot_size.is_multiple_of(16) {
-            return Err(bad("slot size must be a non-zero multiple of 16 bytes"));
-        }
-        let (stride, len) = region_len(cap, slot_size).ok_or_else(|| bad("queue too large"))?;
-        let region = Region::named_memfd("mproc-queue", len)?;
-        let ring = Ring {
-            map: Mapped::new(region),
-            cap,
-            slot_size,
-            stride,
-        };
+        let l = g.layout().ok_or_else(|| bad("queue too large"))?;
+        let region = Region::named_memfd("mproc-queue", l.len)?;
+        let ring = Ring::with_layout(Mapped::new(region), g, l, type_hash);
+        let cap = g.cap;
         ring.a64(H_CAPACITY).store(cap, Ordering::Relaxed);
         ring.a64(H_SLOT_SIZE)
-            .store(slot_size as u64, Ordering::Relaxed);
+            .store(g.slot_size as u64, Ordering::Relaxed);
+        ring.a64(H_CHUNKS).store(g.chunks, Ordering::Relaxed);
+        ring.a64(H_CHUNK_SIZE)
+            .store(g.chunk_size as u64, Ordering::Relaxed);
         for i in 0..cap {
             ring.state(i).store(pack(seq_free(i), 0), Ordering::Relaxed);
         }
@@ -198,19 +324,29 @@ impl Ring {
             .ok_or("queue region too small")?;
         let slot_size =
             usize::try_from(slot_size.load(Ordering::Relaxed)).map_err(|_| "bad slot size")?;
-        if cap == 0 || cap > MAX_CAPACITY || slot_size == 0 || !slot_size.is_multiple_of(16) {
-            return Err("bad queue geometry");
-        }
-        let (stride, len) = region_len(cap, slot_size).ok_or("bad queue geometry")?;
-        if len > region.len() {
-            return Err("queue region smaller than its geometry");
-        }
-        Ok(Ring {
-            map: Mapped::new(region),
+        let word = |off| {
+            region
+                .atomic_u64(off)
+                .map(|w| w.load(Ordering::Relaxed))
+                .ok_or("queue region too small")
+        };
+        let chunks = word(H_CHUNKS)?;
+        let chunk_size = usize::try_from(word(H_CHUNK_SIZE)?).map_err(|_| "bad chunk size")?;
+        let type_hash = word(H_TYPE)?;
+        let g = Geometry {
             cap,
             slot_size,
-            stride,
-        })
+            chunks,
+            chunk_size,
+        };
+        if !g.valid() {
+            return Err("bad queue geometry");
+        }
+        let l = g.layout().ok_or("bad queue geometry")?;
+        if l.len > region.len() {
+            return Err("queue region smaller than its geometry");
+        }
+        Ok(Ring::with_layout(Mapped::new(region), g, l, type_hash))
     }
 
     /// The region behind the ring.
@@ -220,7 +356,121 @@ impl Ring {
 
     /// The fingerprint of the message type the ring was created for.
     pub(crate) fn type_hash(&self) -> u64 {
-        self.a64(H_TYPE).load(Ordering::Relaxed)
+        self.type_hash
+    }
+
+    /// Number of arena chunks (0: no arena).
+    pub(crate) fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Archive bytes per arena chunk (0: no arena).
+    pub(crate) fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    fn owner(&self, pos: u64) -> &AtomicU64 {
+        self.a64(self.owners + (pos % self.chunks) as usize * OWNER_STRIDE)
+    }
+
+    /// Offset of the data of the arena chunk of `pos` (only if the ring has an arena).
+    pub(crate) fn chunk_off(&self, pos: u64) -> usize {
+        self.chunk_base + (pos % self.chunks) as usize * self.chunk_stride
+    }
+
+    /// Whether the chunk of `pos` is held for the message of `pos` (a consumer checks
+    /// this before it reads an `ARENA` slot's chunk).
+    pub(crate) fn chunk_held_for(&self, pos: u64) -> bool {
+        self.chunks != 0 && self.owner(pos).load(Ordering::Acquire) == tag(pos)
+    }
+
+    /// Claims the chunk of `pos` for the producer holding the slot of `pos`; `false` if
+    /// it is busy with the message of an earlier position whose holder lives (or the
+    /// ring has no arena).
+    fn claim_chunk(&self, pos: u64) -> bool {
+        if self.chunks == 0 {
+            return false;
+        }
+        let w = self.owner(pos);
+        match w.compare_exchange(0, tag(pos), Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => true,
+            Err(cur) => {
+                self.free_chunk_of_dead(cur, pos)
+                    && w.compare_exchange(0, tag(pos), Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+            }
+        }
+    }
+
+    /// Whether the chunk of the next position to be claimed is free (after freeing it
+    /// if a dead process holds it). A producer asks before it claims a slot, so that a
+    /// busy chunk sends it the memfd way without wasting a slot on `SKIP` (only a race
+    /// with another producer still can).
+    pub(crate) fn next_chunk_free(&self) -> bool {
+        if self.chunks == 0 {
+            return false;
+        }
+        let p = self.a64(H_ENQ).load(Ordering::Relaxed);
+        match self.owner(p).load(Ordering::Relaxed) {
+            0 => true,
+            cur => self.free_chunk_of_dead(cur, p),
+        }
+    }
+
+    /// The position whose message holds the chunk of the next position to be claimed,
+    /// or `None` if that chunk looks free (plain loads: for waiting on).
+    pub(crate) fn next_chunk_holder(&self) -> Option<u64> {
+        let p = self.a64(H_ENQ).load(Ordering::Relaxed);
+        match self.owner(p).load(Ordering::Relaxed) {
+            0 => None,
+            cur => Some(cur.wrapping_sub(1)),
+        }
+    }
+
+    /// The shared dequeue position (the next message a consumer will claim).
+    pub(crate) fn dequeue_pos(&self) -> u64 {
+        self.a64(H_DEQ).load(Ordering::Relaxed)
+    }
+
+    /// The chunk of `pos` is owned by `cur`: if that is `tag(p0)` of an earlier position
+    /// whose slot is held by a dead process, frees it. Returns whether the chunk is
+    /// free now.
+    fn free_chunk_of_dead(&self, cur: u64, pos: u64) -> bool {
+        let p0 = cur.wrapping_sub(1);
+        if cur == 0 || p0 >= pos || p0 % self.chunks != pos % self.chunks {
+            return false; // not a tag this protocol writes
+        }
+        // The owner is `tag(p0)`, so the slot of `p0` has not been released (see the
+        // table above): its state still names `p0`.
+        let (seq, holder) = unpack(self.state(p0).load(Ordering::Acquire));
+        if (seq != seq_free(p0) && seq != seq_published(p0))
+            || holder == 0
+            || !mproc_core::pid::holder_dead(holder)
+        {
+            return false;
+        }
+        let _ = self
+            .owner(pos)
+            .compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+        true
+    }
+
+    /// Frees the chunk of `pos` if the message of `pos` holds it (exact: a chunk that
+    /// was already freed, or claimed since by a later position, is left alone).
+    fn free_chunk(&self, pos: u64) {
+        if self.chunks != 0 {
+            let _ =
+                self.owner(pos)
+                    .compare_exchange(tag(pos), 0, Ordering::Release, Ordering::Relaxed);
+        }
+    }
+
+    /// How many arena chunks are held now (a diagnostic: 0 when the queue is idle and
+    /// every message was released).
+    pub(crate) fn chunks_in_use(&self) -> u64 {
+        (0..self.chunks)
+            .filter(|&i| self.owner(i).load(Ordering::Relaxed) != 0)
+            .count() as u64
     }
 
     /// Number of slots.
@@ -249,21 +499,6 @@ impl Ring {
 
     fn state(&self, pos: u64) -> &AtomicU64 {
         self.a64(self.slot_off(pos) + S_STATE)
-    }
-
-    /// Offset of the payload of the slot of `pos`.
-    pub(crate) fn payload_off(&self, pos: u64) -> usize {
-        self.slot_off(pos) + SLOT_HEADER
-    }
-
-    /// The kind word of the slot of `pos`.
-    pub(crate) fn kind(&self, pos: u64) -> &AtomicU32 {
-        self.a32(self.slot_off(pos) + S_KIND)
-    }
-
-    /// The length word of the slot of `pos`.
-    pub(crate) fn len_word(&self, pos: u64) -> &AtomicU64 {
-        self.a64(self.slot_off(pos) + S_LEN)
     }
 
     /// Whether the queue was created without a `maxsize` (puts never wait: what does
@@ -302,7 +537,8 @@ impl Ring {
         let enq = self.a64(H_ENQ);
         let mut p = enq.load(Ordering::Relaxed);
         loop {
-            let st = self.state(p);
+            let off = self.slot_off(p);
+            let st = self.a64(off + S_STATE);
             let s = st.load(Ordering::Acquire);
             let (seq, holder) = unpack(s);
             let d = dist(seq, seq_free(p));
@@ -315,7 +551,9 @@ impl Ring {
                     return Ok(WriteClaim {
                         ring: self,
                         pos: p,
+                        off,
                         done: false,
+                        chunk: false,
                     });
                 }
             } else if d < 0 {
@@ -333,10 +571,13 @@ impl Ring {
         }
     }
 
-    fn publish(&self, pos: u64, kind: u32, len: u64) {
-        self.kind(pos).store(kind, Ordering::Relaxed);
-        self.len_word(pos).store(len, Ordering::Relaxed);
-        self.state(pos)
+    /// Publishes position `pos`, whose slot is at `off`.
+    fn publish(&self, pos: u64, off: usize, kind: u32, len: u64) {
+        self.a32(off + S_KIND).store(kind, Ordering::Relaxed);
+        self.a64(off + S_TYPE)
+            .store(self.type_hash, Ordering::Relaxed);
+        self.a64(off + S_LEN).store(len, Ordering::Relaxed);
+        self.a64(off + S_STATE)
             .store(pack(seq_published(pos), 0), Ordering::Release);
         self.notify(H_NOT_EMPTY, H_NOT_EMPTY_WAITERS);
     }
@@ -347,12 +588,13 @@ impl Ring {
         let deq = self.a64(H_DEQ);
         let mut q = deq.load(Ordering::Relaxed);
         loop {
-            let st = self.state(q);
+            let off = self.slot_off(q);
+            let st = self.a64(off + S_STATE);
             let s = st.load(Ordering::Acquire);
             let (seq, holder) = unpack(s);
             let d = dist(seq, seq_published(q));
             if d == 0 && holder == 0 {
-                if !locked && self.kind(q).load(Ordering::Relaxed) & kind::FDS != 0 {
+                if !locked && self.a32(off + S_KIND).load(Ordering::Relaxed) & kind::FDS != 0 {
                     return Err(Blocked::NeedsLock);
                 }
                 if st
@@ -360,7 +602,11 @@ impl Ring {
                     .is_ok()
                 {
                     let _ = deq.compare_exchange(q, q + 1, Ordering::Relaxed, Ordering::Relaxed);
-                    return Ok(ReadClaim { ring: self, pos: q });
+                    return Ok(ReadClaim {
+                        ring: self,
+                        pos: q,
+                        off,
+                    });
                 }
             } else if d < 0 {
                 let now = deq.load(Ordering::Relaxed);
@@ -376,8 +622,12 @@ impl Ring {
         }
     }
 
-    fn release(&self, pos: u64) {
-        self.state(pos)
+    /// Releases position `pos`, whose slot is at `off`.
+    fn release(&self, pos: u64, off: usize) {
+        if self.a32(off + S_KIND).load(Ordering::Relaxed) & kind::ARENA != 0 {
+            self.free_chunk(pos);
+        }
+        self.a64(off + S_STATE)
             .store(pack(seq_free(pos + self.cap), 0), Ordering::Release);
         self.notify(H_NOT_FULL, H_NOT_FULL_WAITERS);
     }
@@ -428,6 +678,8 @@ impl Ring {
         if seq != seq_free(q) || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
+        // The chunk first, then the slot (see the arena table).
+        self.free_chunk(q);
         let done = pack(seq_free(q + self.cap), 0);
         if st
             .compare_exchange(s, done, Ordering::AcqRel, Ordering::Relaxed)
@@ -452,6 +704,8 @@ impl Ring {
         if seq != lap_before || !mproc_core::pid::holder_dead(holder) {
             return false;
         }
+        // The chunk first, then the slot (see the arena table).
+        self.free_chunk(p.wrapping_sub(self.cap));
         st.compare_exchange(s, pack(seq_free(p), 0), Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
@@ -498,6 +752,14 @@ impl Ring {
         })
     }
 
+    /// Waits until the chunk of the next position looks free or the dequeue position
+    /// is no longer `deq` (or `deadline`): consumers wake it when they release a slot.
+    pub(crate) fn wait_chunk(&self, deq: u64, budget: &Spin, deadline: Deadline) {
+        self.wait(H_NOT_FULL, H_NOT_FULL_WAITERS, budget, deadline, || {
+            self.next_chunk_holder().is_none() || self.dequeue_pos() != deq
+        })
+    }
+
     /// Waits until a producer may be able to make progress (or `deadline`).
     pub(crate) fn wait_writable(&self, budget: &Spin, deadline: Deadline) {
         self.wait(H_NOT_FULL, H_NOT_FULL_WAITERS, budget, deadline, || {
@@ -512,6 +774,8 @@ impl Ring {
 pub(crate) struct ReadClaim<'a> {
     ring: &'a Ring,
     pos: u64,
+    /// Offset of the slot (computed once: `pos % capacity` is a division).
+    off: usize,
 }
 
 impl<'a> ReadClaim<'a> {
@@ -527,23 +791,36 @@ impl<'a> ReadClaim<'a> {
 
     /// The slot's kind word (see [`kind`]).
     pub(crate) fn kind(&self) -> u32 {
-        self.ring.kind(self.pos).load(Ordering::Relaxed)
+        self.ring.a32(self.off + S_KIND).load(Ordering::Relaxed)
     }
 
     /// The slot's length word.
     pub(crate) fn len(&self) -> u64 {
-        self.ring.len_word(self.pos).load(Ordering::Relaxed)
+        self.ring.a64(self.off + S_LEN).load(Ordering::Relaxed)
+    }
+
+    /// The slot's type fingerprint word.
+    pub(crate) fn type_hash(&self) -> u64 {
+        self.ring.a64(self.off + S_TYPE).load(Ordering::Relaxed)
+    }
+
+    /// Offset of the data of this position's arena chunk, if this message holds it
+    /// (the claim keeps it until it drops).
+    pub(crate) fn chunk_off(&self) -> Option<usize> {
+        self.ring
+            .chunk_held_for(self.pos)
+            .then(|| self.ring.chunk_off(self.pos))
     }
 
     /// Offset of the payload within the region.
     pub(crate) fn payload_off(&self) -> usize {
-        self.ring.payload_off(self.pos)
+        self.off + SLOT_HEADER
     }
 }
 
 impl Drop for ReadClaim<'_> {
     fn drop(&mut self) {
-        self.ring.release(self.pos);
+        self.ring.release(self.pos, self.off);
     }
 }
 
@@ -554,7 +831,10 @@ impl Drop for ReadClaim<'_> {
 pub(crate) struct WriteClaim<'a> {
     ring: &'a Ring,
     pos: u64,
+    /// Offset of the slot.
+    off: usize,
     done: bool,
+    chunk: bool,
 }
 
 impl<'a> WriteClaim<'a> {
@@ -570,7 +850,7 @@ impl<'a> WriteClaim<'a> {
 
     /// Offset of the payload within the region.
     pub(crate) fn payload_off(&self) -> usize {
-        self.ring.payload_off(self.pos)
+        self.off + SLOT_HEADER
     }
 
     /// Copies `bytes` (at most a slot's payload) into the slot.
@@ -582,17 +862,40 @@ impl<'a> WriteClaim<'a> {
             .expect("a slot's payload is inside the region");
     }
 
+    /// Claims this position's arena chunk; `false` if it is busy (or there is no arena).
+    pub(crate) fn claim_chunk(&mut self) -> bool {
+        if !self.chunk {
+            self.chunk = self.ring.claim_chunk(self.pos);
+        }
+        self.chunk
+    }
+
+    /// Copies `bytes` (at most a chunk) into the claimed chunk.
+    pub(crate) fn write_chunk(&self, bytes: &[u8]) {
+        assert!(self.chunk && bytes.len() <= self.ring.chunk_size());
+        self.ring
+            .region()
+            .write_bytes(self.ring.chunk_off(self.pos), bytes)
+            .expect("a chunk is inside the region");
+    }
+
     /// Publishes the slot with its kind and length and wakes a consumer.
     pub(crate) fn publish(mut self, kind: u32, len: u64) {
         self.done = true;
-        self.ring.publish(self.pos, kind, len);
+        if self.chunk && kind & kind::ARENA == 0 {
+            self.ring.free_chunk(self.pos); // claimed but not used
+        }
+        self.ring.publish(self.pos, self.off, kind, len);
     }
 }
 
 impl Drop for WriteClaim<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.ring.publish(self.pos, kind::SKIP, 0);
+            if self.chunk {
+                self.ring.free_chunk(self.pos);
+            }
+            self.ring.publish(self.pos, self.off, kind::SKIP, 0);
         }
     }
 }

@@ -6,6 +6,9 @@
 //! time: the producer that claimed it (until it publishes) or the consumer that claimed
 //! it (until it releases). While a consumer holds a slot, no process following the
 //! protocol writes its bytes, so a shared `&[u8]` over them is sound for that span.
+//! The same holds for a slot's arena chunk: its owner word names the slot's position
+//! from the producer's claim until the consumer's release (see `ring.rs`), and no
+//! producer writes a chunk it has not claimed.
 //! Large messages live in a memfd sealed against writes (`F_SEAL_WRITE`) before it is
 //! handed over, so a read-only mapping of it can never change under the reader.
 use super::ring::{ReadClaim, WriteClaim};
@@ -50,6 +53,31 @@ impl<'a> Held<'a> {
         })
     }
 
+    /// The first `len` bytes of the arena chunk of a claimed `ARENA` slot; gives the
+    /// claim back with the reason if the chunk is not held for this message or `len`
+    /// exceeds a chunk.
+    pub(crate) fn chunk(
+        claim: ReadClaim<'a>,
+        len: u64,
+    ) -> Result<Held<'a>, (ReadClaim<'a>, &'static str)> {
+        let ring = claim.ring();
+        let Some(off) = claim.chunk_off() else {
+            return Err((claim, "arena chunk not held for this message"));
+        };
+        let Ok(len) = usize::try_from(len) else {
+            return Err((claim, "message length beyond its arena chunk"));
+        };
+        if len > ring.chunk_size() || off + ring.chunk_size() > ring.region().len() {
+            return Err((claim, "message length beyond its arena chunk"));
+        }
+        Ok(Held {
+            ptr: ring.region().as_ptr().wrapping_add(off),
+            len,
+            _claim: Some(claim),
+            _map: None,
+        })
+    }
+
     /// The first `len` bytes of a sealed large-message mapping; `None` if it is shorter.
     pub(crate) fn large(map: SealedMap, len: usize) -> Option<Held<'a>> {
         if len > map.bytes().len() {
@@ -69,7 +97,10 @@ impl<'a> Held<'a> {
         // construction; the ring's region outlives 'a, the sealed map is owned by
         // `self` and a mapping does not move when its owner moves), and nobody writes
         // it while `self` lives: `self` owns the read claim on the slot (released only
-        // when `self` drops), or the memfd is sealed against writes.
+        // when `self` drops) and, for an arena chunk, the chunk's owner word named this
+        // message's position when it was checked (it is freed only by this claim's drop
+        // or by a reclaimer that has found this process dead), or the memfd is sealed
+        // against writes.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
