@@ -321,32 +321,12 @@ pub mod atomic_copy {
     pub unsafe fn load_pod<P: bytemuck::Pod>(src: *const u8) -> P {
         let size = size_of::<P>();
         if matches!(size, 1 | 2 | 4 | 8) && (src as usize).is_multiple_of(size) {
-            // One aligned atomic load: the common case (a `Value`'s element), which the
-            // general copy below would do in several steps after an alignment check.
+            // One aligned atomic load (`load_steps` picks the width `size` at an address
+            // aligned for it): the common case, a `Value`'s element, without `load`'s
+            // head/body/tail split.
             let mut v = P::zeroed();
-            let out = bytemuck::bytes_of_mut(&mut v);
-            // SAFETY: the caller's contract (valid for `size` bytes, only ever accessed
-            // atomically); `src` is aligned for the atomic of that width (checked).
-            unsafe {
-                match size {
-                    8 => out.copy_from_slice(
-                        &AtomicU64::from_ptr(src.cast_mut().cast())
-                            .load(Ordering::Relaxed)
-                            .to_ne_bytes(),
-                    ),
-                    4 => out.copy_from_slice(
-                        &AtomicU32::from_ptr(src.cast_mut().cast())
-                            .load(Ordering::Relaxed)
-                            .to_ne_bytes(),
-                    ),
-                    2 => out.copy_from_slice(
-                        &AtomicU16::from_ptr(src.cast_mut().cast())
-                            .load(Ordering::Relaxed)
-                            .to_ne_bytes(),
-                    ),
-                    _ => out[0] = AtomicU8::from_ptr(src.cast_mut()).load(Ordering::Relaxed),
-                }
-            }
+            // SAFETY: the caller's contract; `v` is private memory of `size` bytes.
+            unsafe { load_steps(src.cast_mut(), bytemuck::bytes_of_mut(&mut v), 0, size) };
             return v;
         }
         let mut v = P::zeroed();
@@ -364,23 +344,9 @@ pub mod atomic_copy {
     pub unsafe fn store_pod<P: bytemuck::Pod>(dst: *mut u8, value: P) {
         let size = size_of::<P>();
         if matches!(size, 1 | 2 | 4 | 8) && (dst as usize).is_multiple_of(size) {
-            let mut b = [0u8; 8];
-            b[..size].copy_from_slice(bytemuck::bytes_of(&value));
-            let bits = u64::from_ne_bytes(b);
-            // SAFETY: as in `load_pod`: the caller's contract, and `dst` is aligned for
-            // the atomic of width `size` (checked); `b` holds the value's bytes first.
-            unsafe {
-                match size {
-                    8 => AtomicU64::from_ptr(dst.cast()).store(bits, Ordering::Relaxed),
-                    4 => AtomicU32::from_ptr(dst.cast()).store(
-                        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-                        Ordering::Relaxed,
-                    ),
-                    2 => AtomicU16::from_ptr(dst.cast())
-                        .store(u16::from_ne_bytes([b[0], b[1]]), Ordering::Relaxed),
-                    _ => AtomicU8::from_ptr(dst).store(b[0], Ordering::Relaxed),
-                }
-            }
+            // One aligned atomic store, as in `load_pod`.
+            // SAFETY: the caller's contract.
+            unsafe { store_steps(dst, bytemuck::bytes_of(&value), 0, size) };
             return;
         }
         // SAFETY: the caller's contract.
