@@ -188,13 +188,13 @@ impl RecvSpin {
         }
     }
 
-    /// The spin to make for this receive, if any.
-    fn take(&mut self) -> Option<&Spin> {
+    /// Whether this receive spins (data already there counts as met at once).
+    fn take(&mut self) -> bool {
         if self.skip > 0 {
             self.skip -= 1;
-            return None;
+            return false;
         }
-        Spin::useful().then_some(&self.spin)
+        Spin::useful()
     }
 
     /// Records whether the spin met the frame.
@@ -343,35 +343,26 @@ fn read_some(
         }
         None => recv(fd, &mut *buf, flags).map(|(n, _)| n),
     };
-    if let Some(rs) = spin {
-        // Data already there needs no spin (and must not count as one that met it).
-        match attempt(RecvFlags::DONTWAIT) {
-            Err(Errno::AGAIN) if !deadline.is_some_and(|d| d.is_expired()) => {}
-            Err(Errno::AGAIN) => return Err(RecvError::Timeout),
-            Err(Errno::INTR) => {}
-            Err(Errno::CONNRESET) => return Ok(0),
-            Ok(n) => return Ok(n),
-            Err(e) => return Err(RecvError::Io(e.into())),
+    if let Some(rs) = spin
+        && rs.take()
+    {
+        let spun = rs.spin.spin_costly(|| match attempt(RecvFlags::DONTWAIT) {
+            Err(Errno::AGAIN) if !deadline.is_some_and(|d| d.is_expired()) => None,
+            other => Some(other),
+        });
+        rs.outcome(spun.is_some());
+        match spun {
+            Some(Ok(n)) => return Ok(n),
+            Some(Err(Errno::CONNRESET)) => return Ok(0),
+            Some(Err(Errno::AGAIN)) => return Err(RecvError::Timeout),
+            Some(Err(Errno::INTR)) | None => {}
+            Some(Err(e)) => return Err(RecvError::Io(e.into())),
         }
-        if let Some(s) = rs.take() {
-            let spun = s.spin_costly(|| match attempt(RecvFlags::DONTWAIT) {
-                Err(Errno::AGAIN) if !deadline.is_some_and(|d| d.is_expired()) => None,
-                other => Some(other),
-            });
-            rs.outcome(spun.is_some());
-            match spun {
-                Some(Ok(n)) => return Ok(n),
-                Some(Err(Errno::CONNRESET)) => return Ok(0),
-                Some(Err(Errno::AGAIN)) => return Err(RecvError::Timeout),
-                Some(Err(Errno::INTR)) | None => {}
-                Some(Err(e)) => return Err(RecvError::Io(e.into())),
-            }
-            // Nothing within the budget: sleep, and tell the budget how long it took.
-            let slept = std::time::Instant::now();
-            let r = read_blocking(fd, &mut attempt, deadline);
-            rs.spin.slept(slept.elapsed());
-            return r;
-        }
+        // Nothing within the budget: sleep, and tell the budget how long it took.
+        let slept = std::time::Instant::now();
+        let r = read_blocking(fd, &mut attempt, deadline);
+        rs.spin.slept(slept.elapsed());
+        return r;
     }
     read_blocking(fd, &mut attempt, deadline)
 }
