@@ -312,6 +312,63 @@ pub mod atomic_copy {
         }
     }
 
+    /// Reads a `P` of 1, 2, 4 or 8 bytes with one atomic load (the width is chosen at
+    /// compile time); `None`, reading nothing, for any other size.
+    ///
+    /// # Safety
+    ///
+    /// As [`load`], for `size_of::<P>()` bytes, and `src` aligned to `size_of::<P>()`.
+    #[inline(always)]
+    pub unsafe fn load_word<P: bytemuck::Pod>(src: *const u8) -> Option<P> {
+        use bytemuck::pod_read_unaligned as from;
+        let p = src.cast_mut();
+        // SAFETY: the caller's contract: in range, only accessed atomically, aligned.
+        unsafe {
+            Some(match size_of::<P>() {
+                8 => from(
+                    &AtomicU64::from_ptr(p.cast())
+                        .load(Ordering::Relaxed)
+                        .to_ne_bytes(),
+                ),
+                4 => from(
+                    &AtomicU32::from_ptr(p.cast())
+                        .load(Ordering::Relaxed)
+                        .to_ne_bytes(),
+                ),
+                2 => from(
+                    &AtomicU16::from_ptr(p.cast())
+                        .load(Ordering::Relaxed)
+                        .to_ne_bytes(),
+                ),
+                1 => from(&[AtomicU8::from_ptr(p).load(Ordering::Relaxed)]),
+                _ => return None,
+            })
+        }
+    }
+
+    /// Writes a `P` of 1, 2, 4 or 8 bytes with one atomic store, as [`load_word`]
+    /// reads; `false`, writing nothing, for any other size.
+    ///
+    /// # Safety
+    ///
+    /// As [`store`], for `size_of::<P>()` bytes, and `dst` aligned to `size_of::<P>()`.
+    #[inline(always)]
+    pub unsafe fn store_word<P: bytemuck::Pod>(dst: *mut u8, value: P) -> bool {
+        use bytemuck::pod_read_unaligned as from;
+        let b = bytemuck::bytes_of(&value);
+        // SAFETY: the caller's contract: in range, only accessed atomically, aligned.
+        unsafe {
+            match size_of::<P>() {
+                8 => AtomicU64::from_ptr(dst.cast()).store(from(b), Ordering::Relaxed),
+                4 => AtomicU32::from_ptr(dst.cast()).store(from(b), Ordering::Relaxed),
+                2 => AtomicU16::from_ptr(dst.cast()).store(from(b), Ordering::Relaxed),
+                1 => AtomicU8::from_ptr(dst).store(b[0], Ordering::Relaxed),
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Reads a plain-data value from shared bytes at `src` (any alignment).
     ///
     /// # Safety
@@ -319,15 +376,13 @@ pub mod atomic_copy {
     /// As [`load`], for `size_of::<P>()` bytes.
     #[inline]
     pub unsafe fn load_pod<P: bytemuck::Pod>(src: *const u8) -> P {
-        let size = size_of::<P>();
-        if matches!(size, 1 | 2 | 4 | 8) && (src as usize).is_multiple_of(size) {
-            // One aligned atomic load (`load_steps` picks the width `size` at an address
-            // aligned for it): the common case, a `Value`'s element, without `load`'s
-            // head/body/tail split.
-            let mut v = P::zeroed();
-            // SAFETY: the caller's contract; `v` is private memory of `size` bytes.
-            unsafe { load_steps(src.cast_mut(), bytemuck::bytes_of_mut(&mut v), 0, size) };
-            return v;
+        if (src as usize).is_multiple_of(size_of::<P>()) {
+            // One aligned atomic load: the common case, a `Value`'s element, without
+            // `load`'s head/body/tail split.
+            // SAFETY: the caller's contract, and aligned (checked).
+            if let Some(v) = unsafe { load_word(src) } {
+                return v;
+            }
         }
         let mut v = P::zeroed();
         // SAFETY: the caller's contract; `v` is private memory of the right size.
@@ -342,11 +397,8 @@ pub mod atomic_copy {
     /// As [`store`], for `size_of::<P>()` bytes.
     #[inline]
     pub unsafe fn store_pod<P: bytemuck::Pod>(dst: *mut u8, value: P) {
-        let size = size_of::<P>();
-        if matches!(size, 1 | 2 | 4 | 8) && (dst as usize).is_multiple_of(size) {
-            // One aligned atomic store, as in `load_pod`.
-            // SAFETY: the caller's contract.
-            unsafe { store_steps(dst, bytemuck::bytes_of(&value), 0, size) };
+        // SAFETY: the caller's contract, and aligned (checked) for the one-store path.
+        if (dst as usize).is_multiple_of(size_of::<P>()) && unsafe { store_word(dst, value) } {
             return;
         }
         // SAFETY: the caller's contract.

@@ -125,7 +125,7 @@ impl ShmLock for mproc_sync::Lock {
         sync_create(mproc_sync::Lock::new())
     }
 
-    #[inline]
+    #[inline(always)]
     fn acquire(&self) -> Acquisition<Self::Guard<'_>> {
         match self.lock() {
             Ok(g) => Acquisition::Clean(g),
@@ -147,7 +147,7 @@ impl ShmLock for mproc_sync::RLock {
         sync_create(mproc_sync::RLock::new())
     }
 
-    #[inline]
+    #[inline(always)]
     fn acquire(&self) -> Acquisition<Self::Guard<'_>> {
         match self.lock() {
             Ok(g) => Acquisition::Clean(g),
@@ -230,21 +230,32 @@ impl<T: Element, L: ShmLock> Value<T, L> {
     /// [`HolderDied`] carrying the guard: the previous holder died or panicked holding
     /// the lock; the value may be half-updated. The caller holds the lock: repair the
     /// value through [`HolderDied::into_inner`].
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::type_complexity)]
     pub fn lock(&self) -> Result<ValueGuard<'_, T, L>, HolderDied<ValueGuard<'_, T, L>>> {
-        let guard = |held| ValueGuard {
-            local: self.raw.get(),
-            dirty: false,
-            value: &self.raw,
-            _held: held,
-        };
-        match take(self.lock.acquire()) {
-            Ok(held) => Ok(guard(held)),
-            Err(e) => Err(HolderDied {
-                pid: e.pid,
-                guard: guard(e.guard),
+        match self.lock.acquire() {
+            Acquisition::Clean(held) => Ok(ValueGuard {
+                local: self.raw.get(),
+                dirty: false,
+                value: &self.raw,
+                _held: held,
             }),
+            Acquisition::HolderDied { guard, pid } => Err(self.died(guard, pid)),
+        }
+    }
+
+    /// The report of a lock taken from a dead holder, with its guard.
+    #[cold]
+    #[allow(clippy::type_complexity)]
+    fn died<'a>(&'a self, held: L::Guard<'a>, pid: u32) -> HolderDied<ValueGuard<'a, T, L>> {
+        HolderDied {
+            pid,
+            guard: ValueGuard {
+                local: self.raw.get(),
+                dirty: false,
+                value: &self.raw,
+                _held: held,
+            },
         }
     }
 
@@ -339,7 +350,7 @@ impl<T: Element, L: ShmLock> DerefMut for ValueGuard<'_, T, L> {
 }
 
 impl<T: Element, L: ShmLock> Drop for ValueGuard<'_, T, L> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.dirty {
             self.value.set(self.local);

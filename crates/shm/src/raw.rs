@@ -2,7 +2,7 @@
 //! `multiprocessing.sharedctypes.RawValue` / `RawArray`).
 use crate::element::{Element, zero};
 use crate::error::{AllocError, IndexError};
-use crate::sys::Shared;
+use crate::sys::{OneElem, Shared};
 use mproc_core::Region;
 use mproc_core::transfer::{Exporter, Importer, Transfer, TransferError};
 use std::fmt;
@@ -49,7 +49,7 @@ pub(crate) fn check_type<T: Element>(input: &mut Importer<'_>) -> Result<(), Tra
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RawValue<T: Element> {
-    region: Arc<Region>,
+    elem: OneElem<T::Repr>,
     _t: PhantomData<T>,
 }
 
@@ -70,34 +70,29 @@ impl<T: Element> RawValue<T> {
     pub fn new(value: T) -> Result<Self, AllocError> {
         let region = Arc::new(Region::named_memfd("mproc-value", bytes_for::<T>(1)?)?);
         let v = RawValue {
-            region,
+            elem: OneElem::new(region)
+                .ok_or_else(|| std::io::Error::other("a fresh mapping holds no aligned element"))?,
             _t: PhantomData,
         };
         v.set(value);
         Ok(v)
     }
 
-    fn shared(&self) -> Shared<'_> {
-        Shared::of_region(&self.region)
-    }
-
     /// A copy of the value.
     #[inline]
     pub fn get(&self) -> T {
-        T::from_repr(self.shared().read_elem(0).expect("one element fits"))
+        T::from_repr(self.elem.get())
     }
 
     /// Stores `value`.
     #[inline]
     pub fn set(&self, value: T) {
-        self.shared()
-            .write_elem(0, value.into_repr())
-            .expect("one element fits");
+        self.elem.set(value.into_repr());
     }
 
     /// The memory behind the value.
     pub fn region(&self) -> &Region {
-        &self.region
+        self.elem.region()
     }
 }
 
@@ -106,7 +101,7 @@ impl<T: Element> RawValue<T> {
 impl<T: Element> Clone for RawValue<T> {
     fn clone(&self) -> Self {
         RawValue {
-            region: Arc::clone(&self.region),
+            elem: OneElem::new(Arc::clone(self.elem.region())).expect("checked when made"),
             _t: PhantomData,
         }
     }
@@ -117,17 +112,15 @@ impl<T: Element> Transfer for RawValue<T> {
 
     fn export(&self, out: &mut Exporter<'_>) -> Result<(), TransferError> {
         put_type::<T>(out);
-        self.region.export(out)
+        self.elem.region().export(out)
     }
 
     fn import(input: &mut Importer<'_>) -> Result<Self, TransferError> {
         check_type::<T>(input)?;
         let region = Region::import(input)?;
-        if region.len() < size_of::<T::Repr>() {
-            return Err(TransferError::Malformed("value region too small"));
-        }
         Ok(RawValue {
-            region: Arc::new(region),
+            elem: OneElem::new(Arc::new(region))
+                .ok_or(TransferError::Malformed("value region too small"))?,
             _t: PhantomData,
         })
     }

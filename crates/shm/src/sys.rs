@@ -59,6 +59,7 @@ impl<'a> Shared<'a> {
     }
 
     /// The address `offset` bytes in, if `offset + size <= len`.
+    #[inline]
     fn at(&self, offset: usize, size: usize) -> Option<*mut u8> {
         let end = offset.checked_add(size)?;
         (end <= self.len).then(|| self.ptr.as_ptr().wrapping_add(offset))
@@ -92,6 +93,7 @@ impl<'a> Shared<'a> {
     }
 
     /// Reads a `P` at any byte offset (no alignment needed).
+    #[inline]
     pub(crate) fn read_pod<P: Pod>(&self, offset: usize) -> Option<P> {
         let p = self.at(offset, size_of::<P>())?;
         // SAFETY: in bounds (checked); an atomic byte-wise read; any bit pattern is a
@@ -100,12 +102,14 @@ impl<'a> Shared<'a> {
     }
 
     /// Writes a `P` at any byte offset (no alignment needed).
+    #[inline]
     pub(crate) fn write_pod<P: Pod>(&self, offset: usize, value: P) -> Option<()> {
         self.write(offset, bytemuck::bytes_of(&value))
     }
 
     /// Reads the `index`th `P` of an array of `P` starting at byte 0 of this window.
     /// The window must start `align_of::<P>()`-aligned (page-aligned mappings are).
+    #[inline]
     pub(crate) fn read_elem<P: Pod>(&self, index: usize) -> Option<P> {
         let offset = index.checked_mul(size_of::<P>())?;
         let p = self.at(offset, size_of::<P>())?;
@@ -116,6 +120,7 @@ impl<'a> Shared<'a> {
     }
 
     /// Writes the `index`th `P` (see [`Shared::read_elem`]).
+    #[inline]
     pub(crate) fn write_elem<P: Pod>(&self, index: usize, value: P) -> Option<()> {
         let offset = index.checked_mul(size_of::<P>())?;
         let p = self.at(offset, size_of::<P>())?;
@@ -279,6 +284,70 @@ shm_atomic!(
     AtomicUsize,
     AtomicIsize
 );
+
+/// One `P` at byte 0 of a region this owns: the pointer is checked once (in bounds,
+/// aligned) when made, so a read or write is one atomic access with no bounds check or
+/// pointer chase on the way (the hot path of `Value::lock`).
+pub(crate) struct OneElem<P> {
+    region: std::sync::Arc<mproc_core::Region>,
+    ptr: NonNull<u8>,
+    _p: PhantomData<P>,
+}
+
+// SAFETY: the element is only reached through atomic copies, fine from any thread; the
+// owned `Arc<Region>` is itself Send + Sync.
+unsafe impl<P> Send for OneElem<P> {}
+// SAFETY: as for `Send`.
+unsafe impl<P> Sync for OneElem<P> {}
+
+impl<P: Pod> OneElem<P> {
+    /// Element 0 of `region`, if it holds a whole, aligned `P` there.
+    pub(crate) fn new(region: std::sync::Arc<mproc_core::Region>) -> Option<Self> {
+        let p = NonNull::new(region.as_ptr())?;
+        // 8-aligned too, so a 1/2/4/8-byte `P` is aligned to its size (`load_word`);
+        // a mapping starts on a page.
+        let fits = region.len() >= size_of::<P>()
+            && p.cast::<P>().is_aligned()
+            && (p.as_ptr() as usize).is_multiple_of(8);
+        fits.then_some(OneElem {
+            region,
+            ptr: p,
+            _p: PhantomData,
+        })
+    }
+
+    /// The region holding the element.
+    pub(crate) fn region(&self) -> &std::sync::Arc<mproc_core::Region> {
+        &self.region
+    }
+
+    /// Reads the element.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> P {
+        let p = self.ptr.as_ptr();
+        // SAFETY: in bounds, aligned for `P` and to 8 bytes (checked in `new`, so a
+        // 1/2/4/8-byte `P` is aligned to its size), mapped while `region` lives (owned), read
+        // atomically; any bit pattern is a valid `P`.
+        unsafe {
+            match mproc_core::atomic_copy::load_word(p) {
+                Some(v) => v,
+                None => mproc_core::atomic_copy::load_pod(p),
+            }
+        }
+    }
+
+    /// Writes the element.
+    #[inline(always)]
+    pub(crate) fn set(&self, value: P) {
+        let p = self.ptr.as_ptr();
+        // SAFETY: as in `get`; every mapping of this crate is writable.
+        unsafe {
+            if !mproc_core::atomic_copy::store_word(p, value) {
+                mproc_core::atomic_copy::store_pod(p, value);
+            }
+        }
+    }
+}
 
 /// The table behind a pointer this crate stored in `tracker::TABLE`.
 pub(crate) fn leaked_ref(t: *mut mproc_core::Region) -> &'static mproc_core::Region {

@@ -17,7 +17,7 @@ fn acquired_bool(a: Option<Acquired>) -> Result<bool, OwnerDied<()>> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn guard_result<'a, R: RawLock>(raw: &'a R, a: Acquired) -> LockResult<LockGuard<'a, R>> {
     match a {
         Acquired::Clean => Ok(LockGuard::new(raw)),
@@ -108,7 +108,7 @@ macro_rules! lock_common {
             ///
             /// # Errors
             /// [`OwnerDied`] carrying the guard: acquired from a holder that died.
-            #[inline]
+            #[inline(always)]
             pub fn lock(&self) -> LockResult<LockGuard<'_, $raw>> {
                 let raw = self.state();
                 guard_result(raw, raw.lock())

@@ -287,7 +287,7 @@ impl<'a, R: crate::RawLock + ?Sized> LockGuard<'a, R> {
 }
 
 impl<R: crate::RawLock + ?Sized> Drop for LockGuard<'_, R> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its acquisition is held (it is created right
         // after a successful lock and never cloned), so the lock is held here.
