@@ -414,7 +414,22 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn claim_read(
+        &self,
+        pid: u32,
+        deadline: Deadline,
+    ) -> Result<(ReadClaim<'_>, Vec<OwnedFd>), GetError> {
+        // The common case, a published slot without fds, first and inlined; the
+        // waiting, the locked fd path and the dead-holder reclaim are out of line.
+        match self.ring.try_claim_read(pid, false) {
+            Ok(c) => Ok((c, Vec::new())),
+            Err(_) => self.claim_read_slow(pid, deadline),
+        }
+    }
+
+    #[inline(never)]
+    fn claim_read_slow(
         &self,
         pid: u32,
         deadline: Deadline,
@@ -468,6 +483,7 @@ impl Inner {
 
     /// Takes the next message: its bytes (still in the slot, or in its own mapping)
     /// and its fds.
+    #[inline]
     fn take(&self, deadline: Deadline) -> Result<Taken<'_>, GetError> {
         let pid = sys::my_pid();
         loop {
@@ -532,6 +548,7 @@ impl Inner {
         r.map_err(|e| GetError::Corrupt(CorruptMessage::Invalid(e)))
     }
 
+    #[inline]
     fn get_ref<T: Decode>(&self, deadline: Deadline) -> Result<MessageRef<'_, T>, GetError> {
         let t = self.take(deadline)?;
         match Checked::<T>::new(t.held) {

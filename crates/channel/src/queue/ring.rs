@@ -584,6 +584,7 @@ impl Ring {
 
     /// Claims the next published slot for reading. A slot whose message carries fds is
     /// claimed only if `locked` (the consumer lock is held).
+    #[inline]
     pub(crate) fn try_claim_read(&self, pid: u32, locked: bool) -> Result<ReadClaim<'_>, Blocked> {
         let deq = self.a64(H_DEQ);
         let mut q = deq.load(Ordering::Relaxed);

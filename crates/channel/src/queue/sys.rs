@@ -36,6 +36,7 @@ pub(crate) struct Held<'a> {
 impl<'a> Held<'a> {
     /// The first `len` payload bytes of a claimed slot; gives the claim back if `len`
     /// exceeds the slot.
+    #[inline]
     pub(crate) fn slot(claim: ReadClaim<'a>, len: u64) -> Result<Held<'a>, ReadClaim<'a>> {
         let ring = claim.ring();
         let Ok(len) = usize::try_from(len) else {
@@ -92,6 +93,7 @@ impl<'a> Held<'a> {
     }
 
     /// The message bytes.
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` is in bounds of a live mapping (checked at
         // construction; the ring's region outlives 'a, the sealed map is owned by
@@ -114,6 +116,7 @@ pub(crate) struct Checked<'a, T> {
 
 impl<'a, T: mproc_core::Decode> Checked<'a, T> {
     /// Validates the bytes; gives them back with the error if they are not a valid `T`.
+    #[inline]
     pub(crate) fn new(held: Held<'a>) -> Result<Self, (Held<'a>, mproc_core::codec::CodecError)> {
         match mproc_core::codec::access::<T>(held.bytes()) {
             Ok(_) => Ok(Checked {
