@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mproc_channel::{Connection, RecvError};
-use mproc_core::codec::{self, FrameHeader, FrameKind, TypeTag};
+use mproc_core::codec::{self, TypeTag};
 use rkyv::util::AlignedVec;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::time::Duration;
@@ -16,19 +16,7 @@ type Msg = (u32, Option<String>, Vec<u64>);
 /// A typed frame of `Msg` around `archive`, as `send::<Msg>` writes one, so that the
 /// archive's validation is reached without guessing the type's fingerprint.
 fn typed_frame(archive: &[u8]) -> Vec<u8> {
-    let tag = TypeTag::of::<Msg>();
-    let mut payload = tag.block_head().to_vec();
-    payload.extend_from_slice(tag.wire_name());
-    payload.resize(tag.block_len(), 0);
-    payload.extend_from_slice(archive);
-    let head = FrameHeader {
-        nfds: 0,
-        len: payload.len() as u64,
-    };
-    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
-    f.extend_from_slice(&payload);
-    f.resize(16 + head.padded_len() as usize, 0);
-    f
+    TypeTag::of::<Msg>().typed_frame(archive, 0)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 //! checks of our own for frame validation.
 use mproc_channel::{Connection, Pipe, RecvError, SendError, Waitable, wait};
 use mproc_core::Region;
-use mproc_core::codec::{FrameError, FrameHeader, FrameKind, TypeTag};
+use mproc_core::codec::{FrameError, FrameHeader, TypeTag};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -26,19 +26,7 @@ fn raw_pair() -> (Connection, OwnedFd) {
 
 /// A typed frame (as `send::<T>` writes one) whose archive is `archive`, any bytes.
 fn typed_frame<T: rkyv::Archive>(archive: &[u8]) -> Vec<u8> {
-    let tag = TypeTag::of::<T>();
-    let mut payload = tag.block_head().to_vec();
-    payload.extend_from_slice(tag.wire_name());
-    payload.resize(tag.block_len(), 0);
-    payload.extend_from_slice(archive);
-    let head = FrameHeader {
-        nfds: 0,
-        len: payload.len() as u64,
-    };
-    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
-    f.extend_from_slice(&payload);
-    f.resize(16 + head.padded_len() as usize, 0);
-    f
+    TypeTag::of::<T>().typed_frame(archive, 0)
 }
 
 fn write_raw(fd: &OwnedFd, bytes: &[u8]) {

@@ -468,6 +468,32 @@ impl TypeTag {
     pub fn block_len(&self) -> usize {
         16 + self.wire_name().len().next_multiple_of(16)
     }
+
+    /// A whole typed frame as a sender of this type writes one (header announcing `nfds`
+    /// fds, type block, `archive`, padding) around any archive bytes: for tests, fuzzers
+    /// and tools that craft frames, valid or not, without a `Connection`.
+    ///
+    /// ```
+    /// use mproc_core::codec::{FrameHeader, FrameKind, TypeTag};
+    /// let f = TypeTag::of::<u64>().typed_frame(&7u64.to_le_bytes(), 0);
+    /// let (head, kind) = FrameHeader::parse_kind(&f[..16].try_into().unwrap(), u64::MAX).unwrap();
+    /// assert_eq!(kind, FrameKind::Typed);
+    /// assert_eq!(f.len(), 16 + head.padded_len() as usize);
+    /// ```
+    pub fn typed_frame(&self, archive: &[u8], nfds: u32) -> Vec<u8> {
+        let mut payload = self.block_head().to_vec();
+        payload.extend_from_slice(self.wire_name());
+        payload.resize(self.block_len(), 0);
+        payload.extend_from_slice(archive);
+        let head = FrameHeader {
+            nfds,
+            len: payload.len() as u64,
+        };
+        let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
+        f.extend_from_slice(&payload);
+        f.resize(HEADER_LEN + head.padded_len() as usize, 0);
+        f
+    }
 }
 
 /// Longest type name a typed frame carries (longer ones are cut; the fingerprint covers

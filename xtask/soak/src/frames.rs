@@ -7,7 +7,7 @@
 use crate::util::Rng;
 use crate::{Budget, Outcome};
 use mproc_channel::{Connection, GetError, Pipe, Queue, RecvError};
-use mproc_core::codec::{FrameHeader, FrameKind, TypeTag, encode};
+use mproc_core::codec::{FrameHeader, TypeTag, encode};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -129,19 +129,7 @@ fn typed_frame(archive: &[u8]) -> Vec<u8> {
 
 /// As [`typed_frame`], with a header that announces `nfds` fds.
 fn typed_frame_fds(archive: &[u8], nfds: u32) -> Vec<u8> {
-    let tag = TypeTag::of::<T>();
-    let mut payload = tag.block_head().to_vec();
-    payload.extend_from_slice(tag.wire_name());
-    payload.resize(tag.block_len(), 0);
-    payload.extend_from_slice(archive);
-    let head = FrameHeader {
-        nfds,
-        len: payload.len() as u64,
-    };
-    let mut f = head.to_bytes_kind(FrameKind::Typed).to_vec();
-    f.extend_from_slice(&payload);
-    f.resize(16 + head.padded_len() as usize, 0);
-    f
+    TypeTag::of::<T>().typed_frame(archive, nfds)
 }
 
 /// After a bad frame on `w`, a good one must still come through `c`.
