@@ -234,48 +234,17 @@ fn throughput(opts: &Opts, emit: &mut dyn FnMut(Record)) {
         emit(Record::from_samples(w, "mproc-serde", "msg/s", &s));
     }
     {
-        // Raw: a single-producer single-consumer ring of u64 in shared memory, bare
-        // atomics, spinning (yielding) when full or empty.
-        const CAP: u64 = 4096;
-        let r = Region::new(((CAP as usize) + 32) * 8).unwrap();
-        let head = r.atomic_u64(0).unwrap(); // next to write
-        let tail = r.atomic_u64(64).unwrap(); // next to read
-        let order = r.atomic_u64(128).unwrap(); // messages requested
-        let slot = |i: u64| r.atomic_u64(256 + ((i % CAP) as usize) * 8).unwrap();
-        let _child = fork(|| {
-            let mut done = 0u64;
-            loop {
-                let want = order.load(Ordering::Acquire);
-                if want == STOP {
-                    break;
-                }
-                if done == want {
-                    std::thread::yield_now();
-                    continue;
-                }
-                while head.load(Ordering::Relaxed) - tail.load(Ordering::Acquire) == CAP {
-                    std::hint::spin_loop();
-                }
-                let h = head.load(Ordering::Relaxed);
-                slot(h).store(done, Ordering::Relaxed);
-                head.store(h + 1, Ordering::Release);
-                done += 1;
-            }
-        });
-        let mut requested = 0u64;
-        let s = rate(samples, ops, |n| {
-            requested += n;
-            order.store(requested, Ordering::Release);
-            for _ in 0..n {
-                let t = tail.load(Ordering::Relaxed);
-                while head.load(Ordering::Acquire) == t {
-                    std::hint::spin_loop();
-                }
-                std::hint::black_box(slot(t).load(Ordering::Relaxed));
-                tail.store(t + 1, Ordering::Release);
-            }
-        });
-        order.store(STOP, Ordering::Release);
+        // Raw: a single-producer single-consumer ring of u64 in shared memory.
+        let s = raw_spsc(
+            samples,
+            ops,
+            4096,
+            8,
+            |r, off, i| r.atomic_u64(off).unwrap().store(i, Ordering::Relaxed),
+            |r, off| {
+                std::hint::black_box(r.atomic_u64(off).unwrap().load(Ordering::Relaxed));
+            },
+        );
         emit(Record::from_samples(w, "raw", "msg/s", &s));
     }
     {
@@ -336,52 +305,75 @@ fn mid_throughput(opts: &Opts, emit: &mut dyn FnMut(Record), w: &str, size: usiz
     }
     {
         // Raw: an SPSC ring of `size`-byte blocks, memcpy in and out.
-        const CAP: u64 = 256;
-        let block = size.next_multiple_of(64);
-        let r = Region::new(256 + CAP as usize * block).unwrap();
-        let head = r.atomic_u64(0).unwrap(); // next to write
-        let tail = r.atomic_u64(64).unwrap(); // next to read
-        let order = r.atomic_u64(128).unwrap(); // messages requested
-        let at = |i: u64| 256 + (i % CAP) as usize * block;
-        let _child = fork(|| {
-            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-            let mut done = 0u64;
-            loop {
-                let want = order.load(Ordering::Acquire);
-                if want == STOP {
-                    break;
-                }
-                if done == want {
-                    std::thread::yield_now();
-                    continue;
-                }
-                while head.load(Ordering::Relaxed) - tail.load(Ordering::Acquire) == CAP {
-                    std::hint::spin_loop();
-                }
-                let h = head.load(Ordering::Relaxed);
-                r.write_bytes(at(h), &payload).unwrap();
-                head.store(h + 1, Ordering::Release);
-                done += 1;
-            }
-        });
-        let mut requested = 0u64;
-        let s = rate(samples, ops, |n| {
-            requested += n;
-            order.store(requested, Ordering::Release);
-            for _ in 0..n {
-                let t = tail.load(Ordering::Relaxed);
-                while head.load(Ordering::Acquire) == t {
-                    std::hint::spin_loop();
-                }
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let s = raw_spsc(
+            samples,
+            ops,
+            256,
+            size.next_multiple_of(64),
+            |r, off, _| r.write_bytes(off, &payload).unwrap(),
+            |r, off| {
                 let mut v = vec![0u8; size];
-                r.read_bytes(at(t), &mut v).unwrap();
+                r.read_bytes(off, &mut v).unwrap();
                 std::hint::black_box(v.len());
-                tail.store(t + 1, Ordering::Release);
-            }
-        });
-        order.store(STOP, Ordering::Release);
+            },
+        );
         emit(Record::from_samples(w, "raw", "msg/s", &s));
     }
+}
+
+/// The raw floor of the throughput rows: a single-producer single-consumer ring of `cap`
+/// blocks of `block` bytes in shared memory, bare atomics, spinning (yielding) when full
+/// or empty. A forked producer fills block `i` with `put(region, offset, i)`; this
+/// process empties it with `take(region, offset)`. msg/s per sample.
+fn raw_spsc(
+    samples: usize,
+    ops: u64,
+    cap: u64,
+    block: usize,
+    put: impl Fn(&Region, usize, u64),
+    mut take: impl FnMut(&Region, usize),
+) -> Vec<f64> {
+    let r = Region::new(256 + cap as usize * block).unwrap();
+    let head = r.atomic_u64(0).unwrap(); // next to write
+    let tail = r.atomic_u64(64).unwrap(); // next to read
+    let order = r.atomic_u64(128).unwrap(); // messages requested
+    let at = |i: u64| 256 + (i % cap) as usize * block;
+    let _child = fork(|| {
+        let mut done = 0u64;
+        loop {
+            let want = order.load(Ordering::Acquire);
+            if want == STOP {
+                break;
+            }
+            if done == want {
+                std::thread::yield_now();
+                continue;
+            }
+            while head.load(Ordering::Relaxed) - tail.load(Ordering::Acquire) == cap {
+                std::hint::spin_loop();
+            }
+            let h = head.load(Ordering::Relaxed);
+            put(&r, at(h), done);
+            head.store(h + 1, Ordering::Release);
+            done += 1;
+        }
+    });
+    let mut requested = 0u64;
+    let s = rate(samples, ops, |n| {
+        requested += n;
+        order.store(requested, Ordering::Release);
+        for _ in 0..n {
+            let t = tail.load(Ordering::Relaxed);
+            while head.load(Ordering::Acquire) == t {
+                std::hint::spin_loop();
+            }
+            take(&r, at(t));
+            tail.store(t + 1, Ordering::Release);
+        }
+    });
+    order.store(STOP, Ordering::Release);
+    s
 }
 
 const MIB: usize = 1 << 20;
