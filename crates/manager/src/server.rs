@@ -3,6 +3,8 @@
 use crate::bell::{Bell, Next};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -370,6 +372,11 @@ impl Server {
     /// # Errors
     /// Never returns an error today; the `Result` leaves room for listener failures.
     pub fn serve_forever(self) -> std::io::Result<()> {
+        mp_log!(
+            Level::INFO,
+            "manager serving at {:?}",
+            self.listener.address()
+        );
         while !self.shared.stop.load(Ordering::SeqCst) {
             let conn = match self.listener.accept() {
                 Ok(c) => c,
@@ -496,6 +503,7 @@ fn serve_conn(shared: &Shared, conn: Connection) {
                 break;
             }
             if stop {
+                mp_log!(Level::DEBUG, "manager received shutdown message");
                 shared.stop.store(true, Ordering::SeqCst);
                 // Wake the accept loop.
                 let _ = Client(&shared.address, None);

@@ -219,6 +219,7 @@ fn spawned_child(spec: &str) -> ! {
     }
     sys::ignore_sigpipe();
     child::prepare(&boot.info, spec.parent);
+    child::about_to_run();
     let outcome = entry.run(&boot.sig_name, &args, fds);
     child::finish(&result, outcome)
 }
