@@ -129,6 +129,10 @@ fn role(name: &str) {
     let mut p = Process::new(say_seven, ());
     p.start().unwrap();
     assert_eq!(p.join_timeout(LONG).unwrap(), Some(7));
+    if name == "debug" {
+        let m = mproc::manager::Manager::start().unwrap();
+        m.shutdown().unwrap();
+    }
 }
 
 const ROLE: &str = "MPROC_LOGGER_TEST_ROLE";
@@ -213,10 +217,17 @@ fn a_level_below_info_shows_the_debug_records_too() {
         "[DEBUG/PoolWorker-1] worker exiting after 2 tasks",
         "[INFO/PoolWorker-1] process exiting with exitcode 0",
         "[INFO/Process-2] process exiting with exitcode 0",
+        "[DEBUG/MainProcess] sending shutdown message to manager",
+        "[DEBUG/mproc-manager] manager received shutdown message",
         "[INFO/MainProcess] process shutting down",
     ] {
         assert!(err.lines().any(|l| l == line), "{line:?} missing: {err}");
     }
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("[INFO/mproc-manager] manager serving at '\\x00mproc-manager-")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -374,8 +374,8 @@ impl Server {
     pub fn serve_forever(self) -> std::io::Result<()> {
         mp_log!(
             Level::INFO,
-            "manager serving at {:?}",
-            self.listener.address()
+            "manager serving at {}",
+            python_repr(self.listener.address())
         );
         while !self.shared.stop.load(Ordering::SeqCst) {
             let conn = match self.listener.accept() {
@@ -401,6 +401,15 @@ impl Server {
             seg.unlink();
         }
         Ok(())
+    }
+}
+
+/// An address as Python's `%r` shows it: `'/path'`, `'\x00name'`, `('127.0.0.1', 5000)`.
+fn python_repr(a: &Address) -> String {
+    match a {
+        Address::Unix(p) => format!("'{}'", p.display()),
+        Address::Abstract(n) => format!("'\\x00{}'", String::from_utf8_lossy(n)),
+        Address::Tcp(s) => format!("('{}', {})", s.ip(), s.port()),
     }
 }
 
