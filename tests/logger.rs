@@ -110,6 +110,14 @@ fn say_seven(_: ()) -> u32 {
     7
 }
 
+fn fail(_: ()) {
+    panic!("the target fails");
+}
+
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 /// The subprocess's side of the stderr tests: start a child, join it, exit.
 fn role(name: &str) {
     match name {
@@ -124,6 +132,22 @@ fn role(name: &str) {
             pool.join();
         }
         "off" => {}
+        "panic" => {
+            log_to_stderr(Some(LogLevel::INFO));
+            let mut p = Process::new(fail, ());
+            p.start().unwrap();
+            assert!(p.join_timeout(LONG).is_err());
+            return;
+        }
+        "join" => {
+            log_to_stderr(Some(LogLevel::INFO));
+            mproc::spawn::set_join_at_exit(true);
+            let mut p = Process::new(nap, 200);
+            p.start().unwrap();
+            // Kept running; the exit handler joins it.
+            drop(p);
+            return;
+        }
         other => panic!("unknown role {other}"),
     }
     let mut p = Process::new(say_seven, ());
@@ -239,4 +263,57 @@ fn nothing_is_logged_by_default() {
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("[INFO/"), "stderr: {err}");
     assert!(!err.contains("self.run()"), "stderr: {err}");
+}
+
+#[test]
+fn a_failing_child_logs_its_exit_code() {
+    if let Ok(r) = std::env::var(ROLE) {
+        return role(&r);
+    }
+    let (status, err) = run_role("a_failing_child_logs_its_exit_code", "panic");
+    assert!(status.success(), "{status}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
+    let expected = [
+        "[INFO/Process-1] child process calling self.run()",
+        "[INFO/Process-1] process shutting down",
+        "[INFO/Process-1] process exiting with exitcode 1",
+        "[INFO/MainProcess] process shutting down",
+    ];
+    assert_eq!(lines, expected, "stderr: {err}");
+}
+
+#[test]
+fn the_exit_handler_says_which_children_it_joins() {
+    if let Ok(r) = std::env::var(ROLE) {
+        return role(&r);
+    }
+    let (status, err) = run_role("the_exit_handler_says_which_children_it_joins", "join");
+    assert!(status.success(), "{status}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
+    // The child's lines and the parent's exit run concurrently: compare each
+    // process's own lines, in order.
+    let of = |who: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains(&format!("/{who}]")))
+            .collect()
+    };
+    assert_eq!(
+        of("MainProcess"),
+        [
+            "[INFO/MainProcess] process shutting down",
+            "[INFO/MainProcess] calling join() for process Process-1",
+        ],
+        "stderr: {err}"
+    );
+    assert_eq!(
+        of("Process-1"),
+        [
+            "[INFO/Process-1] child process calling self.run()",
+            "[INFO/Process-1] process shutting down",
+            "[INFO/Process-1] process exiting with exitcode 0",
+        ],
+        "stderr: {err}"
+    );
 }
