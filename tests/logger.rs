@@ -132,6 +132,10 @@ fn role(name: &str) {
             pool.join();
         }
         "off" => {}
+        "bare" => {
+            log_to_stderr(Some(LogLevel::INFO));
+            return;
+        }
         "panic" => {
             log_to_stderr(Some(LogLevel::INFO));
             let mut p = Process::new(fail, ());
@@ -314,6 +318,24 @@ fn the_exit_handler_says_which_children_it_joins() {
             "[INFO/Process-1] process shutting down",
             "[INFO/Process-1] process exiting with exitcode 0",
         ],
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn a_process_that_starts_no_child_still_says_it_shuts_down() {
+    if let Ok(r) = std::env::var(ROLE) {
+        return role(&r);
+    }
+    let (status, err) = run_role(
+        "a_process_that_starts_no_child_still_says_it_shuts_down",
+        "bare",
+    );
+    assert!(status.success(), "{status}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(
+        lines,
+        ["[INFO/MainProcess] process shutting down"],
         "stderr: {err}"
     );
 }

@@ -1193,6 +1193,7 @@ impl Dispatcher {
         };
         let running = Progress::new(&w.progress).and_then(|p| p.running());
         let (signal, exitcode) = reap(&mut w);
+        mp_log!(Level::DEBUG, "cleaning up worker {i}");
         let lost = match w.killed_for {
             Some(limit) => TaskError::TimedOut { pid: w.pid, limit },
             None => TaskError::WorkerLost {
