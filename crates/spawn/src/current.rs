@@ -82,7 +82,7 @@ pub(crate) fn become_child(info: &ChildInfo) {
 }
 
 /// Lets mproc's logger name this process in its stderr records.
-pub(crate) fn register_name_source() {
+fn register_name_source() {
     mproc_core::logger::set_process_name_source(own_name);
 }
 
@@ -372,7 +372,8 @@ pub fn active_children() -> Vec<ChildSummary> {
         .collect()
 }
 
-/// Pidfds of the registered non-daemon children that still run (for the exit hook).
+/// Names and pidfds of the registered non-daemon children that still run (for the exit
+/// hook).
 pub(crate) fn running_non_daemon() -> Vec<(String, Arc<Pidfd>)> {
     REGISTRY
         .get()
