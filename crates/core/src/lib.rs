@@ -13,6 +13,8 @@
 //! - [`watch`]: the kernel's notice that a lock holder died, delivered to a futex word.
 //! - [`code`]: functions carried to another process as offsets, checked on arrival.
 //! - [`scm`]: fd passing over Unix sockets.
+//! - [`logger`]: mproc's own logger (Python's `multiprocessing.get_logger()` and
+//!   `log_to_stderr()`).
 //! - `Serde<T>` (feature `serde`): any serde type as a message, in bincode's format.
 //!
 //! ```
@@ -29,6 +31,7 @@ mod deadline;
 pub mod futex;
 #[allow(unsafe_code)]
 mod image;
+pub mod logger;
 #[allow(unsafe_code)]
 pub mod pid;
 mod pidfd;

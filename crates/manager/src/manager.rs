@@ -5,6 +5,8 @@ use crate::proxy::*;
 use crate::server::Server;
 use crate::wire::{Kind, Op, Reply};
 use mproc_channel::{Address, Connection, Pipe, RecvError};
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::{Decode, Encode};
 use mproc_spawn::{Process, StartMethod};
 use std::sync::Arc;
@@ -261,6 +263,7 @@ impl Manager {
             std::mem::forget(p);
             return Ok(());
         }
+        mp_log!(Level::DEBUG, "sending shutdown message to manager");
         let r = self.shutdown_server();
         match p.join_timeout(Duration::from_secs(5)) {
             Ok(Some(())) => {}

@@ -3,6 +3,8 @@
 use crate::bell::{Bell, Next};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -370,6 +372,11 @@ impl Server {
     /// # Errors
     /// Never returns an error today; the `Result` leaves room for listener failures.
     pub fn serve_forever(self) -> std::io::Result<()> {
+        mp_log!(
+            Level::INFO,
+            "manager serving at {}",
+            python_repr(self.listener.address())
+        );
         while !self.shared.stop.load(Ordering::SeqCst) {
             let conn = match self.listener.accept() {
                 Ok(c) => c,
@@ -394,6 +401,15 @@ impl Server {
             seg.unlink();
         }
         Ok(())
+    }
+}
+
+/// An address as Python's `%r` shows it: `'/path'`, `'\x00name'`, `('127.0.0.1', 5000)`.
+fn python_repr(a: &Address) -> String {
+    match a {
+        Address::Unix(p) => format!("'{}'", p.display()),
+        Address::Abstract(n) => format!("'\\x00{}'", String::from_utf8_lossy(n)),
+        Address::Tcp(s) => format!("('{}', {})", s.ip(), s.port()),
     }
 }
 
@@ -496,6 +512,7 @@ fn serve_conn(shared: &Shared, conn: Connection) {
                 break;
             }
             if stop {
+                mp_log!(Level::DEBUG, "manager received shutdown message");
                 shared.stop.store(true, Ordering::SeqCst);
                 // Wake the accept loop.
                 let _ = Client(&shared.address, None);

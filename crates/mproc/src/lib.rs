@@ -11,6 +11,7 @@
 //! | `Pool`, `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
 //! | `logging.handlers.QueueHandler`/`QueueListener`, `%(processName)s` | [`logging`] (`mproc-log`) |
 //! | `Manager`, `managers.BaseManager`, `SyncManager` | [`manager`] (`mproc-manager`) |
+//! | `get_logger()`, `log_to_stderr(level)`, `util.SUBDEBUG` … | [`get_logger`], [`log_to_stderr`], [`LogLevel`] (`mproc_core::logger`) |
 //!
 //! See `docs/guide.md` for the full Python-to-Rust map.
 //!
@@ -82,6 +83,8 @@ pub use mproc_core::Message;
 #[cfg(feature = "serde")]
 #[doc(inline)]
 pub use mproc_core::Serde;
+#[doc(inline)]
+pub use mproc_core::logger::{Level as LogLevel, Logger, get_logger, log_to_stderr};
 /// The rkyv crate mproc's messages use (derive through `mproc::{Archive, Serialize,
 /// Deserialize}` with `#[rkyv(crate = mproc::rkyv)]`).
 pub use mproc_core::rkyv;
@@ -109,6 +112,8 @@ pub mod prelude {
     pub use mproc_channel::{
         Client, Connection, JoinableQueue, Listener, Pipe, Queue, SimpleQueue, wait,
     };
+    #[doc(no_inline)]
+    pub use mproc_core::logger::{get_logger, log_to_stderr};
     #[doc(no_inline)]
     pub use mproc_core::{Deadline, Decode, Encode, Handle, Message, Region, Transfer};
     #[doc(no_inline)]

@@ -81,5 +81,8 @@ mod prelude_alone {
         let e = Event::new().unwrap();
         e.set();
         assert!(e.is_set());
+        // Python's `get_logger` / `log_to_stderr` (not called: they switch logging on).
+        let _: fn() -> mproc::Logger = get_logger;
+        let _: fn(Option<mproc::LogLevel>) -> mproc::Logger = log_to_stderr;
     }
 }

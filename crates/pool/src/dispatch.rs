@@ -16,6 +16,8 @@ use crate::wire::{self, Cursor, FrameBuf, InBuf, OutQueue};
 use crate::worker::{self, InitArgs, PROGRESS_LEN, Progress, WorkerArgs};
 use mproc_core::Deadline;
 use mproc_core::futex::Spinner;
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::{Handle, Region};
 use mproc_spawn::{Process, StartMethod};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -426,6 +428,7 @@ fn spawn_worker(cfg: &Config, shared: &Shared) -> Result<Worker, String> {
         proc = proc.start_method(m);
     }
     proc.start().map_err(|e| e.to_string())?;
+    mp_log!(Level::DEBUG, "added worker");
     let pid = proc.pid().unwrap_or(0);
     rustix::fs::fcntl_setfl(&parent, rustix::fs::OFlags::NONBLOCK)
         .map_err(|e| format!("socket: {e}"))?;
@@ -1190,6 +1193,7 @@ impl Dispatcher {
         };
         let running = Progress::new(&w.progress).and_then(|p| p.running());
         let (signal, exitcode) = reap(&mut w);
+        mp_log!(Level::DEBUG, "cleaning up worker {i}");
         let lost = match w.killed_for {
             Some(limit) => TaskError::TimedOut { pid: w.pid, limit },
             None => TaskError::WorkerLost {
@@ -1299,9 +1303,11 @@ impl Dispatcher {
 
     /// Kills every worker, fails everything, reaps.
     fn terminate_all(&mut self, e: &TaskError) {
+        mp_log!(Level::DEBUG, "terminating workers");
         for w in self.workers.iter_mut().flatten() {
             kill(w);
         }
+        mp_log!(Level::DEBUG, "joining pool workers");
         let mut fails = Vec::new();
         for slot in self.workers.iter_mut() {
             if let Some(mut w) = slot.take() {

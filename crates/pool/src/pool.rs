@@ -5,6 +5,8 @@ use crate::func::FnRef;
 use crate::job::{Job, Payload, Raw, Sink};
 use crate::result::{AsyncResult, IMap, MapResult, collect_each, collect_map};
 use crate::star::{self, StarFn};
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::{Encode, Message};
 use mproc_spawn::StartMethod;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -673,6 +675,11 @@ impl Pool {
     /// No more tasks will be submitted; workers exit once the queued ones are done
     /// (Python: `close`). Later submissions fail with [`TaskError::Closed`].
     pub fn close(&self) {
+        mp_log!(Level::DEBUG, "closing pool");
+        self.close_quietly();
+    }
+
+    fn close_quietly(&self) {
         self.shared.lock().closed = true;
         self.shared.wake();
     }
@@ -681,6 +688,7 @@ impl Pool {
     /// later submissions with [`TaskError::Closed`].
     /// Returns promptly however much work is pending (Python: `terminate`).
     pub fn terminate(&self) {
+        mp_log!(Level::DEBUG, "terminating pool");
         self.shared.lock().terminate = true;
         self.shared.wake();
         self.join_thread();
@@ -689,7 +697,8 @@ impl Pool {
     /// Waits for the workers to finish the queued work and exit (Python: `join`).
     /// Implies [`Pool::close`] (where Python raises if `close` was not called).
     pub fn join(&self) {
-        self.close();
+        mp_log!(Level::DEBUG, "joining pool");
+        self.close_quietly();
         self.join_thread();
     }
 

@@ -5,6 +5,8 @@
 use crate::func::{CallCtx, FnRef, PackedCtx, StateSlot, panic_text};
 use crate::wire::{self, Cursor, FrameBuf, InBuf};
 use mproc_core::futex::Spinner;
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::{Handle, Region};
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -454,6 +456,8 @@ fn run(args: WorkerArgs) -> io::Result<()> {
                     states.remove(&arg);
                 }
                 wire::K_EXIT => {
+                    mp_log!(Level::DEBUG, "worker got sentinel -- exiting");
+                    mp_log!(Level::DEBUG, "worker exiting after {done} tasks");
                     out.flush(sock, &announce)?;
                     return Ok(());
                 }
@@ -466,6 +470,7 @@ fn run(args: WorkerArgs) -> io::Result<()> {
             }
             inbuf.consume(&frame);
             if args.max_tasks != 0 && done >= args.max_tasks {
+                mp_log!(Level::DEBUG, "worker exiting after {done} tasks");
                 out.flush(sock, &announce)?;
                 return Ok(());
             }

@@ -92,7 +92,9 @@ fn dispatch() {
         sys::remove_env_before_main(SERVER_ENV);
     }
     match decision {
-        Dispatch::Nothing => {}
+        // The program runs normally: Python's exit handler is registered at start-up,
+        // as CPython's `multiprocessing.util` registers `_exit_function` on import.
+        Dispatch::Nothing => crate::exit::arm(),
         Dispatch::RefuseSecure => {
             let _ = std::panic::catch_unwind(|| {
                 eprintln!(
@@ -219,6 +221,7 @@ fn spawned_child(spec: &str) -> ! {
     }
     sys::ignore_sigpipe();
     child::prepare(&boot.info, spec.parent);
+    child::about_to_run();
     let outcome = entry.run(&boot.sig_name, &args, fds);
     child::finish(&result, outcome)
 }

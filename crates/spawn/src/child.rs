@@ -3,6 +3,8 @@ use crate::current::{self, ChildInfo};
 use crate::{sys, wire};
 use mproc_core::Message;
 use mproc_core::codec::{self, Encoded};
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::rkyv::util::AlignedVec;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -91,13 +93,23 @@ pub(crate) fn prepare(info: &ChildInfo, real_parent: i32) {
     crate::forkserver::reset_after_fork();
 }
 
+/// Says (through mproc's logger) that the target is about to run: called by every
+/// start method right before it runs the target.
+pub(crate) fn about_to_run() {
+    mp_log!(Level::INFO, "child process calling self.run()");
+}
+
 /// Sends the outcome, flushes stdio and exits with Python's exit code.
 pub(crate) fn finish(result: &OwnedFd, outcome: Outcome) -> ! {
     let code = outcome.exit_code();
     if let Outcome::Refused(msg) = &outcome {
         let _ = catch_unwind(AssertUnwindSafe(|| writeln!(std::io::stderr(), "{msg}")));
+    } else {
+        // Python's `_exit_function`, which a child runs after its target.
+        mp_log!(Level::INFO, "process shutting down");
     }
     crate::exit::join_children();
+    mp_log!(Level::INFO, "process exiting with exitcode {code}");
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let _ = wire::write_outcome(result.as_fd(), outcome);
         let _ = std::io::stdout().flush();

@@ -16,6 +16,10 @@ pub(crate) struct ChildInfo {
     pub(crate) method: u8,
     /// The parent's [`set_join_at_exit`](crate::set_join_at_exit) setting.
     pub(crate) join_at_exit: bool,
+    /// The parent's logger (`mproc_core::logger`): its effective level and whether it
+    /// logs to stderr; `None` if the parent never asked for it. Adopted by spawn and
+    /// forkserver children (fork children inherit the logger itself).
+    pub(crate) log: Option<(u32, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +74,16 @@ pub(crate) fn become_child(info: &ChildInfo) {
         method: StartMethod::from_code(info.method),
     };
     drop(me);
+    if StartMethod::from_code(info.method) != Some(StartMethod::Fork) {
+        mproc_core::logger::adopt_child_settings(info.log);
+    }
+    register_name_source();
     run_child_start_hooks();
+}
+
+/// Lets mproc's logger name this process in its stderr records.
+fn register_name_source() {
+    mproc_core::logger::set_process_name_source(own_name);
 }
 
 /// Functions every new child runs once it knows who it is, before its target.
@@ -325,6 +338,17 @@ pub(crate) fn register(summary: ChildSummary, pidfd: Arc<Pidfd>) -> u64 {
     id
 }
 
+/// The name of a registered child.
+pub(crate) fn name_of(id: u64) -> Option<String> {
+    REGISTRY
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|e| e.id == id)
+        .map(|e| e.summary.name.clone())
+}
+
 /// Forgets a child (joined, reaped or dropped).
 pub(crate) fn unregister(id: u64) {
     REGISTRY
@@ -348,14 +372,15 @@ pub fn active_children() -> Vec<ChildSummary> {
         .collect()
 }
 
-/// Pidfds of the registered non-daemon children that still run (for the exit hook).
-pub(crate) fn running_non_daemon() -> Vec<Arc<Pidfd>> {
+/// Names and pidfds of the registered non-daemon children that still run (for the exit
+/// hook).
+pub(crate) fn running_non_daemon() -> Vec<(String, Arc<Pidfd>)> {
     REGISTRY
         .get()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter(|e| !e.summary.daemon && e.pidfd.is_alive())
-        .map(|e| Arc::clone(&e.pidfd))
+        .map(|e| (e.summary.name.clone(), Arc::clone(&e.pidfd)))
         .collect()
 }

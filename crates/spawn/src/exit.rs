@@ -4,6 +4,8 @@ use crate::current;
 use crate::process::ChildState;
 use crate::sys::{self, ForkLocal};
 use mproc_core::Deadline;
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
@@ -38,8 +40,15 @@ static HOOK: Once = Once::new();
 pub fn set_join_at_exit(on: bool) {
     JOIN_AT_EXIT.store(on, Ordering::Relaxed);
     if on {
-        HOOK.call_once(|| sys::at_exit(exit_hook));
+        arm();
     }
+}
+
+/// Registers the exit hook (once): Python's exit handler, which says "process shutting
+/// down" through mproc's logger and joins the non-daemon children if
+/// [`set_join_at_exit`] is on.
+pub(crate) fn arm() {
+    HOOK.call_once(|| sys::at_exit(exit_hook));
 }
 
 /// Whether [`set_join_at_exit`] is on.
@@ -56,7 +65,11 @@ pub(crate) fn keep_until_exit(c: ChildState) {
 }
 
 extern "C" fn exit_hook() {
-    join_children();
+    // Nothing may unwind out of an `atexit` handler.
+    let _ = std::panic::catch_unwind(|| {
+        mp_log!(Level::INFO, "process shutting down");
+        join_children();
+    });
 }
 
 /// Waits for every non-daemon child (the exit hook; also called by a child process
@@ -67,12 +80,16 @@ pub(crate) fn join_children() {
     }
     let kept = std::mem::take(&mut *KEPT.get().lock().unwrap_or_else(|e| e.into_inner()));
     for c in kept {
+        if let Some(name) = current::name_of(c.reg) {
+            mp_log!(Level::INFO, "calling join() for process {name}");
+        }
         c.wait_until(Deadline::never());
         current::unregister(c.reg);
     }
     // Children whose handles still exist somewhere (leaked, in a static, on another
     // thread's stack): wait for them to end, without reaping (their owner does).
-    for pidfd in current::running_non_daemon() {
+    for (name, pidfd) in current::running_non_daemon() {
+        mp_log!(Level::INFO, "calling join() for process {name}");
         let _ = pidfd.wait_exit(None);
     }
 }

@@ -767,6 +767,7 @@ fn child_of_server(job: Job, nonce: u64, key: &[u8; 32]) -> ! {
             )),
         )
     }
+    child::about_to_run();
     let outcome = entry.run(&boot.sig_name, args, arg_fds);
     child::finish(&result, outcome)
 }

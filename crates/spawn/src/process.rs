@@ -335,6 +335,8 @@ impl<R> Process<R> {
     pub fn start(&mut self) -> Result<(), ProcessError> {
         // Keeps the bootstrap constructor linked into every binary that starts processes.
         std::hint::black_box(bootstrap::link_hook());
+        // Python's exit handler ("process shutting down", joining children).
+        crate::exit::arm();
         if self.closed.is_some() {
             return Err(ProcessError::Closed);
         }
@@ -393,6 +395,7 @@ impl<R> Process<R> {
             parent_name: current::own_name(),
             method: method.code(),
             join_at_exit: crate::exit::join_at_exit(),
+            log: mproc_core::logger::settings_for_child(),
         };
         let exe = match (&self.executable, method) {
             (Some(p), _) => p.clone(),
@@ -956,11 +959,13 @@ fn start_fork(prepared: Prepared, info: ChildInfo) -> io::Result<Started> {
                     keep.extend(current::parent_sentinel_raw());
                     sys::close_fds_except(&keep);
                     sys::stdio_devnull();
+                    child::about_to_run();
                     local(&enc.bytes, enc.fds)
                 }
                 // A closure may use any fd it captured: everything stays open.
                 Prepared::Closure(c) => {
                     sys::stdio_devnull();
+                    child::about_to_run();
                     c()
                 }
             };

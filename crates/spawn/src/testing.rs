@@ -72,6 +72,7 @@ where
         parent_name: "MainProcess".into(),
         method: crate::StartMethod::Spawn.code(),
         join_at_exit: false,
+        log: None,
     };
     let arg_fds: Vec<i32> = enc.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let boot = bootstrap::make_boot(
@@ -192,6 +193,7 @@ where
         parent_name: "MainProcess".into(),
         method: crate::StartMethod::ForkServer.code(),
         join_at_exit: false,
+        log: None,
     };
     let tamper = move |boot: wire::Boot, key: &[u8; 32], args: &[u8]| {
         let other_key = mproc_core::code::start_key(!boot.nonce);

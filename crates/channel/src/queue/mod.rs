@@ -24,6 +24,8 @@ pub use sys::InPlace;
 
 use mproc_core::codec::{self, CodecError, Decode, Encode, TypeMismatch, TypeTag};
 use mproc_core::futex;
+use mproc_core::logger::Level;
+use mproc_core::mp_log;
 use mproc_core::transfer::{Exporter, Importer};
 use mproc_core::{Deadline, Message, Region, Transfer, TransferError};
 use ring::{Blocked, Geometry, ReadClaim, Ring, WriteClaim, kind};
@@ -591,14 +593,19 @@ impl Inner {
         loop {
             let next = {
                 let mut spill = self.lock_spill();
-                match spill.queue.pop_front() {
-                    Some(p) => p,
-                    None => {
-                        spill.feeding = false;
-                        self.drained.notify_all();
-                        return;
-                    }
+                let next = spill.queue.pop_front();
+                if next.is_none() {
+                    spill.feeding = false;
+                    self.drained.notify_all();
                 }
+                next
+            };
+            let Some(next) = next else {
+                mp_log!(
+                    Level::DEBUG,
+                    "feeder thread has nothing left to feed -- exiting"
+                );
+                return;
             };
             // Closed or failed: the message is dropped, as Python's feeder drops what
             // it cannot send.
@@ -1071,6 +1078,7 @@ impl<T: Message> Queue<T> {
         inner.pending.fetch_add(1, Ordering::AcqRel);
         if !spill.feeding {
             spill.feeding = true;
+            mp_log!(Level::DEBUG, "starting thread to feed data to queue");
             let feeder = Arc::clone(inner);
             let started = std::thread::Builder::new()
                 .name("mproc-queue-feeder".into())
