@@ -55,6 +55,16 @@ pub(crate) fn run(args: &[String]) -> bool {
     );
     t.step("clippy", report("clippy", ok));
 
+    // The API docs as docs.rs renders them: a broken or private intra-doc link fails.
+    banner("cargo doc -D warnings");
+    let (ok, _) = log.run(
+        "doc",
+        crate::cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    );
+    t.step("doc", report("doc", ok));
+
     let nextest = crate::cargo()
         .args(["nextest", "--version"])
         .stdout(Stdio::null())

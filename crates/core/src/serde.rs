@@ -1,28 +1,4 @@
-//! serde types as messages: [`Serde<T>`] carries any `T: Serialize + DeserializeOwned`
-//! as a `Process` argument or result, a `Pool` task or result, and a `Queue` or `Pipe`
-//! message (feature `serde`).
-//!
-//! Inside the rkyv archive the value is a byte vector in bincode's format (fixed-width
-//! integers, little-endian): rkyv checks the vector's bounds, then bincode decodes it,
-//! refusing bytes that are cut short, have bytes left over, or claim more than they hold;
-//! a bad message is a [`CodecError`](crate::codec::CodecError), never a panic.
-//!
-//! ```
-//! use mproc_core::{codec, Serde};
-//! use std::collections::HashMap;
-//!
-//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-//! struct Order { id: u64, items: HashMap<String, u32> }
-//!
-//! let order = Order { id: 7, items: HashMap::from([("tea".into(), 2)]) };
-//! let enc = codec::encode(&Serde(order)).unwrap();
-//! let back: Serde<Order> = codec::decode(&enc.bytes, enc.fds).unwrap();
-//! assert_eq!(back.id, 7);
-//! assert_eq!(back.into_inner().items["tea"], 2);
-//! ```
-//!
-//! Handles (locks, queues, regions) do not travel inside a `Serde`: carry them beside it
-//! in a tuple or an rkyv struct.
+//! `Serde<T>`: serde types as mproc messages (feature `serde`); see [`Serde`].
 use bincode::Options;
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer, WriterExt};
@@ -31,7 +7,33 @@ use rkyv::{Archive, Deserialize, Place, Serialize};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-/// A serde value travelling as an mproc message (see the [module docs](self)).
+/// A serde value travelling as an mproc message.
+///
+/// serde types as messages: [`Serde<T>`] carries any `T: Serialize + DeserializeOwned`
+/// as a `Process` argument or result, a `Pool` task or result, and a `Queue` or `Pipe`
+/// message (feature `serde`).
+///
+/// Inside the rkyv archive the value is a byte vector in bincode's format (fixed-width
+/// integers, little-endian): rkyv checks the vector's bounds, then bincode decodes it,
+/// refusing bytes that are cut short, have bytes left over, or claim more than they hold;
+/// a bad message is a [`CodecError`](crate::codec::CodecError), never a panic.
+///
+/// ```
+/// use mproc_core::{codec, Serde};
+/// use std::collections::HashMap;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Order { id: u64, items: HashMap<String, u32> }
+///
+/// let order = Order { id: 7, items: HashMap::from([("tea".into(), 2)]) };
+/// let enc = codec::encode(&Serde(order)).unwrap();
+/// let back: Serde<Order> = codec::decode(&enc.bytes, enc.fds).unwrap();
+/// assert_eq!(back.id, 7);
+/// assert_eq!(back.into_inner().items["tea"], 2);
+/// ```
+///
+/// Handles (locks, queues, regions) do not travel inside a `Serde`: carry them beside it
+/// in a tuple or an rkyv struct.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Serde<T>(pub T);
 

@@ -17,7 +17,7 @@
 //! a watch leaked with `mem::forget` cannot make it read freed memory.
 //!
 //! A fork child inherits no thread: the watcher records the pid of its process and
-//! marks the process in its fork-wiped pid page (see [`pid`](crate::pid)), so a child
+//! marks the process in its fork-wiped pid page (see [`pid`](mod@crate::pid)), so a child
 //! builds its own watcher the first time it needs one, never touching its parent's.
 //!
 //! ```

@@ -22,14 +22,14 @@
 //! # }
 //! ```
 //!
-//! - [`MpiPool::spmd`]: under `mpirun`/`srun -n N`, rank 0 runs the user's code with a
+//! - `MpiPool::spmd`: under `mpirun`/`srun -n N`, rank 0 runs the user's code with a
 //!   pool whose workers are the other N − 1 ranks (mpi4py's `MPICommExecutor`).
-//! - [`MpiPool::spawn`]: from a program started without `mpirun`, spawn `n` workers
+//! - `MpiPool::spawn`: from a program started without `mpirun`, spawn `n` workers
 //!   with `MPI_Comm_spawn` (mpi4py's `MPIPoolExecutor`); they talk over TCP.
 //! - The same calls as mproc-pool's `Pool`/`Executor`: `map`, `map_async`, `imap`,
-//!   `imap_unordered`, `starmap`, `apply`, `apply_async`, `submit`, [`as_completed`];
-//!   failures are mproc-pool's [`TaskError`](mproc_pool::TaskError) and
-//!   [`MapError`](mproc_pool::MapError).
+//!   `imap_unordered`, `starmap`, `apply`, `apply_async`, `submit`, `as_completed`;
+//!   failures are mproc-pool's `TaskError` and
+//!   `MapError`.
 //! - Tasks are plain `fn(A) -> R` (workers run the same binary; functions travel as
 //!   checked code offsets); arguments and results travel as rkyv bytes. Handles (fds)
 //!   cannot cross MPI: they fail with a typed codec error.

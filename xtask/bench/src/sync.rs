@@ -102,8 +102,8 @@ const IMPL_MPROC: u32 = 0;
 const IMPL_RAW: u32 = 1;
 const IMPL_RAW_SLEEP: u32 = 2;
 
-/// Shared region layout: [0] start flag, [64] raw lock word, [128] counter (u64),
-/// [192] raw ping word, [256] raw pong word.
+/// Shared region layout (byte offsets): 0 start flag, 64 raw lock word, 128 counter
+/// (u64), 192 raw ping word, 256 raw pong word.
 fn word(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off).expect("bench region layout")
 }

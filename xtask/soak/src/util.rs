@@ -74,7 +74,7 @@ pub(crate) fn alive_not_zombie(pid: i32) -> bool {
     }
 }
 
-/// (state, ppid) from a /proc/<pid>/stat line.
+/// (state, ppid) from a `/proc/<pid>/stat` line.
 fn stat_state(s: &str) -> Option<char> {
     let rest = &s[s.rfind(')')? + 2..];
     rest.chars().next()
