@@ -4,8 +4,8 @@
 //! Work stays in the process, so tasks are closures (`Fn(A) -> R + Send + Sync`), with no
 //! message bounds, and results are plain values. Each worker thread takes chunks from one
 //! shared queue. A thread that waits for a result while being a worker of the same pool
-//! (a callback, or a task that uses its own pool) runs queued tasks meanwhile, so nested
-//! use of a pool never waits for itself.
+//! (a callback, or a task that uses its own pool) runs the queued chunks of that very
+//! result meanwhile (and nothing else), so nested use of a pool never waits for itself.
 use crate::error::{MapError, PoolError, ResultError, TaskError};
 use crate::func::panic_text;
 use crate::pool::default_chunksize;
@@ -25,7 +25,30 @@ enum Fate {
     Fail(TaskError),
 }
 
-type Task = Box<dyn FnOnce(Fate) + Send>;
+/// A queued chunk: `owner` names the job or stream it belongs to (the address of its
+/// shared state, alive as long as the task), so a thread waiting on that result can
+/// run it.
+struct Task {
+    owner: usize,
+    run: Box<dyn FnOnce(Fate) + Send>,
+}
+
+impl Task {
+    fn new<T>(owner: &Arc<T>, run: impl FnOnce(Fate) + Send + 'static) -> Task {
+        Task {
+            owner: owner_id(owner),
+            run: Box::new(run),
+        }
+    }
+
+    fn call(self, fate: Fate) {
+        (self.run)(fate)
+    }
+}
+
+fn owner_id<T>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a) as *const () as usize
+}
 
 struct State {
     queue: VecDeque<Task>,
@@ -93,7 +116,7 @@ impl Inner {
         if let Some(e) = refuse {
             drop(g);
             for t in tasks {
-                t(Fate::Fail(e.clone()));
+                t.call(Fate::Fail(e.clone()));
             }
             return;
         }
@@ -122,8 +145,11 @@ impl Inner {
 }
 
 /// Waits until `done(&T)` holds (checked under `m`) or the deadline passes; whether it
-/// holds. A worker thread of `pool` runs the pool's queued tasks while it waits.
+/// holds. A worker thread of `pool` runs the queued tasks of `owner` (the result it
+/// waits for) while it waits, and no other: a task of some other job could need a lock
+/// the waiting thread holds.
 fn block_on<T>(
+    owner: usize,
     pool: &Weak<Inner>,
     m: &Mutex<T>,
     cv: &Condvar,
@@ -138,10 +164,12 @@ fn block_on<T>(
             if done(&lock(m)) {
                 break true;
             }
-            if let Some(t) = st.queue.pop_front() {
+            if let Some(i) = st.queue.iter().position(|t| t.owner == owner)
+                && let Some(t) = st.queue.remove(i)
+            {
                 drop(st);
                 // A task's panic is caught inside the task itself.
-                t(Fate::Run);
+                t.call(Fate::Run);
                 st = p.lock();
                 continue;
             }
@@ -354,11 +382,18 @@ impl<R> Job<R> {
             || (self.decided() && self.finisher.load(Ordering::Acquire) == thread_token())
     }
 
-    fn wait(&self, deadline: Option<Instant>) -> bool {
+    fn wait(self: &Arc<Self>, deadline: Option<Instant>) -> bool {
         if self.is_ready() {
             return true;
         }
-        block_on(&self.pool, &self.m, &self.cv, deadline, |_| self.is_ready())
+        block_on(
+            owner_id(self),
+            &self.pool,
+            &self.m,
+            &self.cv,
+            deadline,
+            |_| self.is_ready(),
+        )
     }
 
     fn successful(&self) -> Option<bool> {
@@ -684,7 +719,7 @@ where
             let k = self.chunks;
             self.chunks += 1;
             let (f, stream) = (self.func.clone(), self.stream.clone());
-            tasks.push(Box::new(move |fate| {
+            tasks.push(Task::new(&stream.clone(), move |fate| {
                 let n = items.len();
                 let out = match fate {
                     Fate::Run if stream.cancelled.load(Ordering::Acquire) => {
@@ -724,7 +759,14 @@ where
             }
         };
         let stream = self.stream.clone();
-        if !block_on(&stream.pool, &stream.m, &stream.cv, deadline, has) {
+        if !block_on(
+            owner_id(&stream),
+            &stream.pool,
+            &stream.m,
+            &stream.cv,
+            deadline,
+            has,
+        ) {
             return Some(Err(ResultError::Timeout));
         }
         let out = {
@@ -926,7 +968,7 @@ fn worker(inner: Arc<Inner>, init: Option<Init>) {
         drop(g);
         inner.cv.notify_all();
         for t in pending {
-            t(Fate::Fail(TaskError::Broken {
+            t.call(Fate::Fail(TaskError::Broken {
                 reason: reason.clone(),
             }));
         }
@@ -939,7 +981,7 @@ fn worker(inner: Arc<Inner>, init: Option<Init>) {
         }
         if let Some(t) = g.queue.pop_front() {
             drop(g);
-            t(Fate::Run);
+            t.call(Fate::Run);
             g = inner.lock();
             continue;
         }
@@ -1054,7 +1096,7 @@ impl ThreadPool {
                 break;
             }
             let (f, job) = (f.clone(), job.clone());
-            tasks.push(Box::new(move |fate| {
+            tasks.push(Task::new(&job.clone(), move |fate| {
                 let n = chunk.len();
                 let out = match fate {
                     // A fail-fast job that has failed already skips its other chunks.
@@ -1095,7 +1137,7 @@ impl ThreadPool {
     /// Submits `f(args)` with Python's `callback` and `error_callback`: one of them runs
     /// when the task finishes, before `get()` returns, on the worker thread that ran
     /// the task, outside every lock of the pool. A callback may use this pool (`apply`,
-    /// `map`, waiting on its own result: the thread runs queued tasks while it waits) or
+    /// `map`, waiting on its own result: the thread runs the awaited work itself) or
     /// terminate it; a panicking callback is contained.
     pub fn apply_async_with<A, R, F>(
         &self,
@@ -1410,7 +1452,7 @@ impl ThreadPool {
         drop(g);
         self.inner.cv.notify_all();
         for t in pending {
-            t(Fate::Fail(TaskError::Terminated));
+            t.call(Fate::Fail(TaskError::Terminated));
         }
         self.join_threads();
     }

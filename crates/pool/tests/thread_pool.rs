@@ -750,3 +750,36 @@ fn works_inside_a_child_process() {
     assert_eq!(got.unwrap(), Some((0..100u64).map(sqr).sum()));
     assert_eq!(parent.apply(sqr, 4).unwrap(), 16);
 }
+
+#[test]
+fn a_waiting_task_runs_only_its_own_work() {
+    // One thread; a task holding a lock maps on its own pool while another job that
+    // needs the lock is queued ahead of the map's chunks. The waiting thread runs the
+    // map's chunks itself and never the other job (which would wait for the lock it
+    // holds). On failure the pool is leaked rather than joined, so the test fails
+    // instead of hanging.
+    let pool = Arc::new(std::mem::ManuallyDrop::new(ThreadPool::new(1).unwrap()));
+    let m = Arc::new(Mutex::new(0u64));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (queued_tx, queued_rx) = mpsc::channel::<()>();
+    let queued_rx = Mutex::new(queued_rx);
+    let (p, m1) = (pool.clone(), m.clone());
+    let first = pool.apply_async(
+        move |_: ()| {
+            let mut g = m1.lock().unwrap();
+            started_tx.send(()).unwrap();
+            queued_rx.lock().unwrap().recv().unwrap();
+            *g = p.map(sqr, 0..4u64).unwrap().iter().sum();
+            *g
+        },
+        (),
+    );
+    started_rx.recv_timeout(LONG).unwrap();
+    let m2 = m.clone();
+    let second = pool.apply_async(move |_: ()| *m2.lock().unwrap() + 1, ());
+    queued_tx.send(()).unwrap();
+    assert_eq!(first.get_timeout(Duration::from_secs(20)), Ok(14));
+    assert_eq!(second.get_timeout(Duration::from_secs(20)), Ok(15));
+    let pool = Arc::into_inner(pool).unwrap();
+    drop(std::mem::ManuallyDrop::into_inner(pool));
+}
