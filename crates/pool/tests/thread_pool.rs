@@ -783,3 +783,48 @@ fn a_waiting_task_runs_only_its_own_work() {
     let pool = Arc::into_inner(pool).unwrap();
     drop(std::mem::ManuallyDrop::into_inner(pool));
 }
+
+#[test]
+fn join_after_a_failed_map_returns() {
+    // test_map_no_failfast (bpo-23992): a map that fails does not hang close + join.
+    let pool = ThreadPool::new(2).unwrap();
+    let e = pool.map_chunked(boom_at_5, 0..200u64, 1).unwrap_err();
+    assert_eq!(e.index, 5);
+    let t = Instant::now();
+    pool.close();
+    pool.join();
+    assert!(t.elapsed() < LONG);
+}
+
+#[test]
+fn task_functions_and_arguments_are_released() {
+    // test_release_task_refs: once the work is done, the pool holds no reference to the
+    // function, its arguments or its results.
+    let pool = ThreadPool::new(2).unwrap();
+    let f_ref = Arc::new(());
+    let args: Vec<Arc<()>> = (0..10).map(|_| Arc::new(())).collect();
+    let f = f_ref.clone();
+    let out = pool
+        .map_chunked(
+            move |a: Arc<()>| {
+                let _ = &f;
+                Arc::strong_count(&a)
+            },
+            args.clone(),
+            3,
+        )
+        .unwrap();
+    assert!(out.iter().all(|&c| c >= 2));
+    let r = pool.apply_async(|a: Arc<()>| a, args[0].clone());
+    drop(r.get().unwrap());
+    drop(r);
+    let mut it = pool.imap(|a: Arc<()>| a, args.clone());
+    drop(it.next());
+    drop(it);
+    pool.close();
+    pool.join();
+    assert_eq!(Arc::strong_count(&f_ref), 1);
+    for a in &args {
+        assert_eq!(Arc::strong_count(a), 1);
+    }
+}
