@@ -1073,12 +1073,29 @@ impl ThreadPool {
         R: Send + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
     {
-        // As Python's map makes a list of its iterable first.
-        let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
+        // An input that knows its length (a range, a vector) is chunked as it is read;
+        // any other is collected first, as Python's map makes a list of its iterable.
+        let mut it = items.into_iter();
+        let (lo, hi) = it.size_hint();
+        let collected: Option<Vec<A>> = (hi != Some(lo)).then(|| it.by_ref().collect());
+        let hint = collected.as_ref().map_or(lo, Vec::len);
         let cs = chunksize
-            .unwrap_or_else(|| default_chunksize(n, self.processes))
+            .unwrap_or_else(|| default_chunksize(hint, self.processes))
             .max(1);
+        // The chunks as read: `n` is what the input really held, whatever its hint said.
+        let mut chunks: Vec<Vec<A>> = Vec::with_capacity(hint.div_ceil(cs));
+        let mut cut = |it: &mut dyn Iterator<Item = A>| loop {
+            let chunk: Vec<A> = it.take(cs).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        };
+        match collected {
+            Some(v) => cut(&mut v.into_iter()),
+            None => cut(&mut it),
+        }
+        let n = chunks.iter().map(Vec::len).sum();
         let job = Job::new(&self.inner, n, cs, fail_fast);
         if let Some(h) = hook {
             *lock(&job.hook) = Some(h);
@@ -1088,13 +1105,8 @@ impl ThreadPool {
             return job;
         }
         let f: Arc<dyn Fn(A) -> R + Send + Sync> = Arc::new(f);
-        let mut tasks: Vec<Task> = Vec::with_capacity(n.div_ceil(cs));
-        let mut it = items.into_iter();
-        for k in 0.. {
-            let chunk: Vec<A> = it.by_ref().take(cs).collect();
-            if chunk.is_empty() {
-                break;
-            }
+        let mut tasks: Vec<Task> = Vec::with_capacity(chunks.len());
+        for (k, chunk) in chunks.into_iter().enumerate() {
             let (f, job) = (f.clone(), job.clone());
             tasks.push(Task::new(&job.clone(), move |fate| {
                 let n = chunk.len();

@@ -828,3 +828,29 @@ fn task_functions_and_arguments_are_released() {
         assert_eq!(Arc::strong_count(a), 1);
     }
 }
+
+/// An iterator whose `size_hint` claims `claim` items exactly, whatever it holds.
+struct Liar {
+    left: u64,
+    claim: usize,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.left)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claim, Some(self.claim))
+    }
+}
+
+#[test]
+fn an_input_whose_length_hint_lies_is_taken_as_it_is() {
+    let pool = ThreadPool::new(2).unwrap();
+    let fewer = pool.map(sqr, Liar { left: 3, claim: 50 }).unwrap();
+    assert_eq!(fewer, vec![4, 1, 0]);
+    let more = pool.map(sqr, Liar { left: 30, claim: 2 }).unwrap();
+    assert_eq!(more, (0..30u64).rev().map(sqr).collect::<Vec<_>>());
+}
