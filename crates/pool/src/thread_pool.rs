@@ -60,6 +60,9 @@ struct State {
 
 struct Inner {
     id: u64,
+    /// The process that made the pool: a fork child inherits the pool but not its
+    /// threads, so there the pool refuses work instead of queueing it forever.
+    pid: u32,
     state: Mutex<State>,
     /// Signalled when a task is queued, the pool closes, or (when helpers wait) a result
     /// arrives.
@@ -104,9 +107,18 @@ impl Inner {
             return;
         }
         let mut g = self.lock();
+        let here = mproc_core::pid::current();
         let refuse = if let Some(reason) = &g.broken {
             Some(TaskError::Broken {
                 reason: reason.clone(),
+            })
+        } else if here != self.pid {
+            Some(TaskError::Broken {
+                reason: format!(
+                    "this ThreadPool was made in process {}; process {here} is a fork of it, \
+                     without the pool's threads",
+                    self.pid
+                ),
             })
         } else if g.closed || g.terminated {
             Some(TaskError::Closed)
@@ -926,6 +938,7 @@ impl ThreadPoolBuilder {
         }
         let inner = Arc::new(Inner {
             id: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+            pid: mproc_core::pid::current(),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
@@ -998,7 +1011,10 @@ fn worker(inner: Arc<Inner>, init: Option<Init>) {
 /// Tasks are closures, `Fn(A) -> R + Send + Sync + 'static`, and may borrow nothing
 /// but what they own (an `Arc` of shared state, say); arguments and results are plain
 /// `Send` values. Every method takes `&self`; a `ThreadPool` can be shared between
-/// threads. It works the same under every start method, in a child process too.
+/// threads. A child process (any start method) makes and uses its own pools as the
+/// parent does; a pool a fork child inherits from its parent has no threads there, so
+/// there it fails every submission with [`TaskError::Broken`] rather than queue work
+/// that would never run.
 ///
 /// Dropping a pool terminates it, as leaving Python's `with ThreadPool() as p:` block
 /// does: tasks not started fail with [`TaskError::Terminated`]. Threads cannot be

@@ -854,3 +854,34 @@ fn an_input_whose_length_hint_lies_is_taken_as_it_is() {
     let more = pool.map(sqr, Liar { left: 30, claim: 2 }).unwrap();
     assert_eq!(more, (0..30u64).rev().map(sqr).collect::<Vec<_>>());
 }
+
+static GLOBAL: std::sync::LazyLock<ThreadPool> =
+    std::sync::LazyLock::new(|| ThreadPool::new(2).unwrap());
+
+/// Uses the program-wide pool: under `fork` the child inherits the parent's, without
+/// its threads; under `spawn`/`forkserver` it makes its own.
+fn use_global(x: u64) -> (bool, String) {
+    match GLOBAL.apply(sqr, x) {
+        Ok(v) => (true, v.to_string()),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+#[test]
+fn a_pool_inherited_through_fork_refuses_work() {
+    assert_eq!(GLOBAL.apply(sqr, 2).unwrap(), 4);
+    let mut p = Process::new(use_global, 5u64).daemon(true);
+    p.start().unwrap();
+    let got = p.join_timeout(LONG);
+    if !matches!(got, Ok(Some(_))) {
+        let _ = p.kill();
+        let _ = p.join_timeout(LONG);
+    }
+    let (ok, text) = got.unwrap().unwrap();
+    if mproc_spawn::get_start_method() == mproc_spawn::StartMethod::Fork {
+        assert!(!ok && text.contains("fork"), "{text}");
+    } else {
+        assert!(ok && text == "25", "{text}");
+    }
+    assert_eq!(GLOBAL.apply(sqr, 3).unwrap(), 9);
+}
