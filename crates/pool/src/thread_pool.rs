@@ -316,6 +316,10 @@ struct Job<R> {
     ready: AtomicBool,
     /// The thread that ran the callbacks (it may wait on this job from them).
     finisher: AtomicU64,
+    /// A chunk has started running.
+    started: AtomicBool,
+    /// `cancel` took its chunks out of the queue.
+    cancelled: AtomicBool,
     hook: Mutex<Option<Hook<R>>>,
 }
 
@@ -338,6 +342,8 @@ impl<R> Job<R> {
             complete: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             finisher: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
             hook: Mutex::new(None),
         })
     }
@@ -406,6 +412,36 @@ impl<R> Job<R> {
             deadline,
             |_| self.is_ready(),
         )
+    }
+
+    /// Takes this job's chunks out of the queue and fails them with
+    /// [`TaskError::Cancelled`]; whether any was taken.
+    fn cancel(self: &Arc<Self>) -> bool {
+        let Some(p) = self.pool.upgrade() else {
+            return false;
+        };
+        let owner = owner_id(self);
+        let mut g = p.lock();
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < g.queue.len() {
+            if g.queue[i].owner == owner
+                && let Some(t) = g.queue.remove(i)
+            {
+                taken.push(t);
+            } else {
+                i += 1;
+            }
+        }
+        drop(g);
+        if taken.is_empty() {
+            return false;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        for t in taken {
+            t.call(Fate::Fail(TaskError::Cancelled));
+        }
+        true
     }
 
     fn successful(&self) -> Option<bool> {
@@ -527,6 +563,22 @@ impl<R> ThreadAsyncResult<R> {
     /// Python raises `ValueError`).
     pub fn successful(&self) -> Option<bool> {
         self.job.successful()
+    }
+
+    /// Cancels the task if no thread has taken it yet; then it fails with
+    /// [`TaskError::Cancelled`]. Returns whether it was cancelled (now or before).
+    pub fn cancel(&self) -> bool {
+        self.cancelled() || self.job.cancel()
+    }
+
+    /// Whether the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.job.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Whether a thread is running it now.
+    pub fn running(&self) -> bool {
+        self.job.started.load(Ordering::Acquire) && !self.job.decided()
     }
 }
 
@@ -1129,7 +1181,10 @@ impl ThreadPool {
                 let out = match fate {
                     // A fail-fast job that has failed already skips its other chunks.
                     Fate::Run if job.decided() => return,
-                    Fate::Run => run_chunk(&*f, chunk),
+                    Fate::Run => {
+                        job.started.store(true, Ordering::Release);
+                        run_chunk(&*f, chunk)
+                    }
                     Fate::Fail(e) => Outcome::failed(n, &e),
                 };
                 debug_assert_eq!(out.len(), n);

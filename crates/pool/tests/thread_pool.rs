@@ -885,3 +885,53 @@ fn a_pool_inherited_through_fork_refuses_work() {
     }
     assert_eq!(GLOBAL.apply(sqr, 3).unwrap(), 9);
 }
+
+#[test]
+fn cancel_a_task_not_started() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let gate = pool.apply_async(move |_: ()| rx.lock().unwrap().recv().is_ok(), ());
+    let deadline = Instant::now() + LONG;
+    while !gate.running() {
+        assert!(Instant::now() < deadline, "the gate never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let queued = pool.apply_async(sqr, 4);
+    assert!(!queued.running());
+    assert!(!gate.cancel(), "a running task cannot be cancelled");
+    assert!(queued.cancel());
+    assert!(queued.cancel());
+    assert!(queued.cancelled());
+    assert_eq!(queued.get(), Err(TaskError::Cancelled));
+    assert_eq!(queued.successful(), Some(false));
+    tx.send(()).unwrap();
+    assert!(gate.get_timeout(LONG).unwrap());
+    assert!(!gate.running());
+    assert!(!gate.cancelled());
+    // A finished task is not cancelled either.
+    assert!(!gate.cancel());
+    assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
+}
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ThreadPool>();
+    send_sync::<mproc_pool::ThreadAsyncResult<String>>();
+    send_sync::<mproc_pool::ThreadMapResult<Vec<u8>>>();
+    fn send<T: Send>() {}
+    send::<mproc_pool::ThreadIMap<std::ops::Range<u64>, u64>>();
+    // A ThreadPool shared between threads, each submitting.
+    let pool = Arc::new(ThreadPool::new(2).unwrap());
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let p = pool.clone();
+            std::thread::spawn(move || p.map(move |x: u64| x + t, 0..100u64).unwrap())
+        })
+        .collect();
+    for (t, h) in hs.into_iter().enumerate() {
+        let v = h.join().unwrap();
+        assert_eq!(v, (0..100u64).map(|x| x + t as u64).collect::<Vec<_>>());
+    }
+}
