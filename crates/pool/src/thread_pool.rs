@@ -1165,12 +1165,13 @@ impl ThreadPool {
         }
         let n = chunks.iter().map(Vec::len).sum();
         let job = Job::new(&self.inner, n, cs, fail_fast);
-        if let Some(h) = hook {
-            *lock(&job.hook) = Some(h);
-        }
         if n == 0 {
+            // Ready at once; as in CPython (and `Pool`), no callback runs for an empty map.
             job.finish();
             return job;
+        }
+        if let Some(h) = hook {
+            *lock(&job.hook) = Some(h);
         }
         let f: Arc<dyn Fn(A) -> R + Send + Sync> = Arc::new(f);
         let mut tasks: Vec<Task> = Vec::with_capacity(chunks.len());

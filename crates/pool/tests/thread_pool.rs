@@ -120,6 +120,21 @@ fn empty_iterable() {
     assert!(r.wait_timeout(LONG));
     assert_eq!(r.get().unwrap(), Vec::<u64>::new());
     assert_eq!(r.successful(), Some(true));
+    // As in CPython (and mproc's Pool), an empty map calls no callback.
+    let called = Arc::new(AtomicUsize::new(0));
+    let (c1, c2) = (called.clone(), called.clone());
+    let r = pool.map_async_with(
+        sqr,
+        Vec::<u64>::new(),
+        move |_| {
+            c1.fetch_add(1, Ordering::SeqCst);
+        },
+        move |_| {
+            c2.fetch_add(1, Ordering::SeqCst);
+        },
+    );
+    assert_eq!(r.get().unwrap(), Vec::<u64>::new());
+    assert_eq!(called.load(Ordering::SeqCst), 0);
     assert_eq!(
         pool.starmap(|a: u64, b: u64| a + b, Vec::<(u64, u64)>::new())
             .unwrap(),
