@@ -950,3 +950,24 @@ fn handles_cross_threads() {
         assert_eq!(v, (0..100u64).map(|x| x + t as u64).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn terminate_waits_for_running_tasks_and_keeps_their_results() {
+    // Threads cannot be killed: a task running at terminate() finishes, terminate waits
+    // for it, and its result is delivered (CPython's ThreadPool leaves it unset forever).
+    let pool = ThreadPool::new(1).unwrap();
+    let running = pool.apply_async(slow_sqr, (6, 300));
+    let deadline = Instant::now() + LONG;
+    while !running.running() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let queued = pool.apply_async(sqr, 2);
+    pool.terminate();
+    assert!(
+        running.ready(),
+        "terminate returned before the running task ended"
+    );
+    assert_eq!(running.get(), Ok(36));
+    assert_eq!(queued.get(), Err(TaskError::Terminated));
+}
