@@ -8,7 +8,7 @@
 //! | `Lock`, `RLock`, `Semaphore`, `Condition`, `Event`, `Barrier` | [`sync`] (`mproc-sync`) |
 //! | `shared_memory.SharedMemory`, `Value`, `Array` | [`shm`] (`mproc-shm`) |
 //! | `Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `connection` | [`channel`] (`mproc-channel`) |
-//! | `Pool`, `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
+//! | `Pool`, `pool.ThreadPool` (`dummy.Pool`), `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
 //! | `logging.handlers.QueueHandler`/`QueueListener`, `%(processName)s` | [`logging`] (`mproc-log`) |
 //! | `Manager`, `managers.BaseManager`, `SyncManager` | [`manager`] (`mproc-manager`) |
 //! | `get_logger()`, `log_to_stderr(level)`, `util.SUBDEBUG` … | [`get_logger`], [`log_to_stderr`], [`LogLevel`] (`mproc_core::logger`) |
@@ -118,7 +118,7 @@ pub mod prelude {
     pub use mproc_core::{Deadline, Decode, Encode, Handle, Message, Region, Transfer};
     #[doc(no_inline)]
     pub use mproc_pool::{
-        AsyncResult, Executor, IMap, MapResult, Pool, StarFn, TaskFuture, wait_futures,
+        AsyncResult, Executor, IMap, MapResult, Pool, StarFn, TaskFuture, ThreadPool, wait_futures,
     };
     #[doc(no_inline)]
     pub use mproc_shm::{Array, ShareableList, SharedMemory, Value};

@@ -22,6 +22,9 @@
 //! - [`AsyncResult`], [`MapResult`], [`IMap`]: Python's result objects; `AsyncResult`
 //!   is also a `std::future::Future`.
 //! - [`Executor`] (`ProcessPoolExecutor`), its [`TaskFuture`], [`as_completed`], [`wait_futures`].
+//! - [`ThreadPool`] (Python's `multiprocessing.pool.ThreadPool`, `multiprocessing.dummy.Pool`):
+//!   the same API over threads of this process, for closures over any `Send` values;
+//!   [`ThreadAsyncResult`], [`ThreadMapResult`], [`ThreadIMap`] are its result objects.
 //!
 //! Task functions are plain `fn`s (no captures); arguments and results are rkyv
 //! messages ([`mproc_core::Message`]), handles (locks, queues, regions…) included.
@@ -82,6 +85,7 @@ mod result;
 mod star;
 #[allow(unsafe_code)]
 mod sys;
+mod thread_pool;
 mod wire;
 mod worker;
 
@@ -90,6 +94,9 @@ pub use executor::{Executor, ReturnWhen, TaskFuture, as_completed, wait_futures}
 pub use pool::{Pool, PoolBuilder, default_chunksize};
 pub use result::{AsyncResult, IMap, MapResult};
 pub use star::StarFn;
+pub use thread_pool::{
+    ThreadAsyncResult, ThreadIMap, ThreadMapResult, ThreadPool, ThreadPoolBuilder, ThreadStarFn,
+};
 
 #[doc(no_inline)]
 pub use mproc_spawn::StartMethod;

@@ -2,6 +2,7 @@
 workloads as xtask/bench/src/pool.rs (Pool(2), default start method)."""
 import concurrent.futures
 import multiprocessing as mp
+import multiprocessing.pool
 import time
 
 from common import emit, pick, rate, time_per_op
@@ -44,6 +45,9 @@ def main():
             emit(name, "items/s", s)
         s = rate(samples, 100_000, lambda k: list(pool.imap(square, range(k), 1000)))
         emit("pool.imap_c1000", "items/s", s)
+        with multiprocessing.pool.ThreadPool(2) as tpool:
+            s = rate(samples, 1_000_000, lambda k: tpool.map(square, range(k), 1000))
+            emit("pool.threadpool_map_c1000", "items/s", s)
         with concurrent.futures.ProcessPoolExecutor(2) as ex:
             for name, cs, n in [
                 ("pool.executor_map_c1", 1, pick(5_000, 1_000)),

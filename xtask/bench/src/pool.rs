@@ -13,9 +13,11 @@
 //!   divided by pool time; `rayon` on the same work beside it;
 //! - `pool.cpu_bound_speedup_executor` (×): the same through the executor (CPython:
 //!   `ProcessPoolExecutor`).
+//! - `pool.threadpool_map_c1000` (items/s): ThreadPool(2) map of x*x over 1,000,000
+//!   integers, chunksize 1000 (CPython: `multiprocessing.pool.ThreadPool(2).map`).
 use crate::harness::{Opts, Record, rate, time_per_op};
 use mproc::Serde;
-use mproc::pool::{Executor, Pool};
+use mproc::pool::{Executor, Pool, ThreadPool};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -112,6 +114,18 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             black_box(r);
         });
         emit(Record::from_samples(name, "mproc", "items/s", &s));
+    }
+    if opts.wants("pool.threadpool_map_c1000") {
+        let tp = ThreadPool::new(2).expect("thread pool");
+        let s = rate(samples, 1_000_000, |k| {
+            black_box(tp.map_chunked(square, 0..k, 1000).expect("map"));
+        });
+        emit(Record::from_samples(
+            "pool.threadpool_map_c1000",
+            "mproc",
+            "items/s",
+            &s,
+        ));
     }
     if opts.wants("pool.apply_async_rtt") {
         let iters = opts.pick(5000, 1000);
