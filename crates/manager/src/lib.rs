@@ -16,7 +16,8 @@
 //! - Proxies: [`ListProxy`], [`ArrayProxy`], [`DictProxy`], [`ValueProxy`],
 //!   [`NamespaceProxy`], [`QueueProxy`], [`LockProxy`], [`RLockProxy`],
 //!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`], and
-//!   [`Proxy`] for custom objects. Every proxy is a handle (`mproc_core::Transfer`):
+//!   [`PoolProxy`] (a process pool in the server, with [`AsyncResultProxy`] and
+//!   [`IMapProxy`]), and [`Proxy`] for custom objects. Every proxy is a handle (`mproc_core::Transfer`):
 //!   pass it to a `Process`, a pool task, through a queue or into another manager object
 //!   (nested proxies); it reconnects where it lands.
 //! - Reference counting as in CPython: an object lives while a proxy to it lives in any
@@ -31,7 +32,7 @@
 //!   clients, and messages over 60 KiB, use the socket.
 //!
 //! Trust: an authenticated client may make the server run functions of this program
-//! (custom objects, `sort`), as Python's manager unpickles what an authenticated peer
+//! (custom objects, `sort`, pool tasks), as Python's manager unpickles what an authenticated peer
 //! sends. Keep the auth key secret. Clients that run another build are refused those
 //! calls; the plain containers work with any build.
 #![deny(unsafe_code)]
@@ -40,6 +41,8 @@ mod bell;
 mod client;
 mod error;
 mod manager;
+mod pool_proxy;
+mod pooled;
 mod proxy;
 mod server;
 mod shm;
@@ -49,9 +52,11 @@ mod wire;
 
 pub use error::{ManagerError, Result};
 pub use manager::{Manager, ManagerBuilder};
+pub use pool_proxy::IMapProxy;
 pub use proxy::{
-    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
-    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
+    ArrayProxy, AsyncResultProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy,
+    LockProxy, NamespaceProxy, PoolProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy,
+    ValueProxy,
 };
 pub use server::Server;
 #[doc(hidden)]

@@ -498,6 +498,36 @@ impl Manager {
         )?))
     }
 
+    /// A new process pool of `processes` workers in the server (Python's
+    /// `manager.Pool(processes)`): the workers are children of the server and die with
+    /// it; any process holding the proxy submits work to this one pool.
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// fn add((a, b): (i32, i32)) -> i32 { a + b }
+    /// let m = Manager::start().unwrap();
+    /// let pool = m.pool(2).unwrap();
+    /// assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+    /// ```
+    ///
+    /// Task functions travel as custom methods do (functions of this program, checked
+    /// against their type fingerprint in the server): clients of another build are
+    /// refused with `Unsupported`.
+    ///
+    /// # Errors
+    /// `BadRequest` for zero processes; [`ManagerError::PoolStart`] if a worker could
+    /// not be started.
+    pub fn pool(&self, processes: usize) -> Result<PoolProxy> {
+        let processes = u64::try_from(processes).unwrap_or(u64::MAX);
+        match self.session.call(0, Op::CreatePool { processes })? {
+            Reply::Id(id) => Ok(PoolProxy::from_ref(Arc::new(RefInner {
+                session: Arc::clone(&self.session),
+                id,
+            }))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A new custom object built in the server by `ctor(args)` (Python: a type
     /// registered on `BaseManager` and created through it). Call its methods with
     /// [`Proxy::call`]. No registration step is needed: the constructor and the methods

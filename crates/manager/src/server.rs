@@ -1,12 +1,14 @@
 //! The server: a thread per connection (as in CPython), objects in one table with their
 //! reference counts, per-object state behind a mutex and a condition variable.
 use crate::bell::{Bell, Next};
+use crate::pooled::{Pending, Stream, Submitted};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
+use mproc_pool::Pool;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// The id of the server's registry of published objects.
@@ -98,6 +100,13 @@ enum State {
         broken: bool,
     },
     Custom(Box<dyn Any + Send>),
+    /// A process pool (`Manager::pool`); shared so that a long map runs without the
+    /// object's lock.
+    Pool(Arc<Pool>),
+    /// A submitted `apply_async`/`map_async`.
+    PoolResult(Arc<dyn Pending>),
+    /// A running `imap`/`imap_unordered`.
+    PoolIter(Arc<Mutex<Box<dyn Stream>>>),
 }
 
 impl State {
@@ -169,6 +178,8 @@ impl Segment {
 pub(crate) struct Shared {
     table: Mutex<Table>,
     segments: Mutex<Vec<Segment>>,
+    /// Every pool made in this server, terminated when it stops serving.
+    pools: Mutex<Vec<Weak<Pool>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
     address: Address,
@@ -346,6 +357,7 @@ impl Server {
             shared: Arc::new(Shared {
                 table: Mutex::new(table),
                 segments: Mutex::new(Vec::new()),
+                pools: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
                 stop: AtomicBool::new(false),
                 address,
@@ -392,6 +404,12 @@ impl Server {
         // Python's SharedMemoryManager: every segment made through the server goes with it.
         for seg in lock(&self.shared.segments).drain(..) {
             seg.unlink();
+        }
+        // Pools go too: their workers are killed and reaped, and the tasks still running
+        // fail with `Terminated` for the clients that wait on them.
+        let pools: Vec<Weak<Pool>> = lock(&self.shared.pools).drain(..).collect();
+        for p in pools.iter().filter_map(Weak::upgrade) {
+            p.terminate();
         }
         Ok(())
     }
@@ -699,6 +717,7 @@ impl Ctx<'_> {
                         .collect(),
                 )),
                 Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
+                Op::CreatePool { processes } => self.create_pool(processes),
                 _ => Err((FaultKind::BadRequest, "no object named".into())),
             };
         }
@@ -749,7 +768,166 @@ impl Ctx<'_> {
             _ => {}
         }
         let o = sh.obj(id)?;
+        if matches!(o.kind, Kind::Pool | Kind::PoolResult | Kind::PoolIter) {
+            return self.pool_op(&o, req.op);
+        }
         self.object(&o, req.op)
+    }
+
+    fn create_pool(&self, processes: u64) -> Res {
+        let n = usize::try_from(processes)
+            .map_err(|_| (FaultKind::BadRequest, "too many processes".into()))?;
+        let pool = Pool::new(n).map_err(|e| match e {
+            mproc_pool::PoolError::InvalidArgument(m) => (FaultKind::BadRequest, m.to_owned()),
+            other => (FaultKind::PoolStart, other.to_string()),
+        })?;
+        let pool = Arc::new(pool);
+        {
+            let mut pools = lock(&self.shared.pools);
+            pools.retain(|w| w.strong_count() > 0);
+            pools.push(Arc::downgrade(&pool));
+        }
+        Ok(Reply::Id(self.shared.add_object(
+            self.session,
+            Kind::Pool,
+            State::Pool(pool),
+        )))
+    }
+
+    /// Runs `step` with a wait of at most a slice until it gives a value or `until`
+    /// passes (`Ok(None)`), checking between slices that the client is still there (if
+    /// not, the request is abandoned; the work it waited for goes on).
+    fn block<T>(
+        &self,
+        until: Option<Instant>,
+        mut step: impl FnMut(Duration) -> Option<T>,
+    ) -> Result<Option<T>, Fault> {
+        loop {
+            let slice = until.map_or(SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(SLICE)
+            });
+            if let Some(v) = step(slice) {
+                return Ok(Some(v));
+            }
+            if until.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            // The client sends nothing while it waits for this answer: anything readable
+            // means it closed the connection.
+            if self.conn.poll(Duration::ZERO).unwrap_or(true) {
+                return Err((FaultKind::Timeout, GONE.into()));
+            }
+        }
+    }
+
+    fn await_job(&self, job: &dyn Pending, until: Option<Instant>) -> Res {
+        match self.block(until, |t| job.get(t))? {
+            None => Err(fault(FaultKind::Timeout)),
+            Some(Ok(v)) => Ok(self.out(v)),
+            Some(Err(task)) => Ok(Reply::Task(task)),
+        }
+    }
+
+    /// Requests to pools and their results. The object's lock is held only to take a
+    /// handle on it: a long map leaves the pool free for other clients' requests.
+    fn pool_op(&self, o: &Obj, op: Op) -> Res {
+        enum Held {
+            Pool(Arc<Pool>),
+            Result(Arc<dyn Pending>),
+            Iter(Arc<Mutex<Box<dyn Stream>>>),
+        }
+        let held = match &*lock(&o.st) {
+            State::Pool(p) => Held::Pool(Arc::clone(p)),
+            State::PoolResult(r) => Held::Result(Arc::clone(r)),
+            State::PoolIter(i) => Held::Iter(Arc::clone(i)),
+            _ => return Err(fault(FaultKind::WrongKind)),
+        };
+        match (held, op) {
+            (
+                Held::Pool(pool),
+                Op::PoolRun {
+                    tramp,
+                    func,
+                    sig,
+                    what,
+                    args,
+                    chunksize,
+                    wait,
+                },
+            ) => {
+                self.custom_ok()?;
+                let chunksize = usize::try_from(chunksize)
+                    .map_err(|_| (FaultKind::BadRequest, "chunk size too large".into()))?;
+                let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::sys::run_pool(
+                        self.build, tramp, func, &sig, &pool, what, &args, chunksize,
+                    )
+                }))
+                .map_err(|p| (FaultKind::Panicked, panic_text(&*p)))??;
+                let (kind, st) = match submitted {
+                    Submitted::Job(job) if wait => return self.await_job(&*job, None),
+                    Submitted::Job(job) => (Kind::PoolResult, State::PoolResult(job)),
+                    Submitted::Iter(it) => {
+                        (Kind::PoolIter, State::PoolIter(Arc::new(Mutex::new(it))))
+                    }
+                };
+                Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
+            }
+            (Held::Pool(pool), Op::PoolClose) => {
+                pool.close();
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolTerminate) => {
+                pool.terminate();
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolJoin) => {
+                // `join` cannot be given up half-way: it runs on a thread of its own, so
+                // that a client that leaves while it waits frees this connection's thread.
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("mproc-manager-join".into())
+                    .spawn(move || {
+                        pool.join();
+                        let _ = tx.send(());
+                    })
+                    .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                self.block(None, |t| match rx.recv_timeout(t) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    _ => Some(()),
+                })?;
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolPids) => Ok(Reply::Ints(
+                pool.pids().into_iter().map(i64::from).collect(),
+            )),
+            (Held::Result(job), Op::PoolGet { timeout }) => {
+                self.await_job(&*job, deadline(timeout))
+            }
+            (Held::Result(job), Op::Wait { timeout, .. }) => Ok(Reply::Bool(
+                self.block(deadline(timeout), |t| job.wait(t).then_some(()))?
+                    .is_some(),
+            )),
+            (Held::Result(job), Op::PoolReady) => Ok(Reply::Bool(job.ready())),
+            (Held::Result(job), Op::PoolSuccessful) => Ok(Reply::Int(match job.successful() {
+                None => -1,
+                Some(false) => 0,
+                Some(true) => 1,
+            })),
+            (Held::Iter(it), Op::PoolNext { timeout }) => {
+                let mut it = lock(&it);
+                match self.block(deadline(timeout), |t| it.next(t))? {
+                    None => Err(fault(FaultKind::Timeout)),
+                    Some(None) => Ok(Reply::MaybeVal(None)),
+                    Some(Some(Ok(v))) => Ok(self.out(v)),
+                    Some(Some(Err(task))) => Ok(Reply::Task(task)),
+                }
+            }
+            _ => Err((
+                FaultKind::WrongKind,
+                format!("a {:?} object does not take this request", o.kind),
+            )),
+        }
     }
 
     fn keep(&self, seg: Segment) -> Reply {
@@ -825,6 +1003,9 @@ impl Ctx<'_> {
             }
             Kind::Custom => return Err((FaultKind::BadRequest, "use CreateCustom".into())),
             Kind::Array => return Err((FaultKind::BadRequest, "use CreateArray".into())),
+            Kind::Pool | Kind::PoolResult | Kind::PoolIter => {
+                return Err((FaultKind::BadRequest, "use CreatePool".into()));
+            }
         };
         Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
     }
@@ -1515,6 +1696,7 @@ pub fn fuzz_request(data: &[u8]) {
     let shared = SHARED.get_or_init(|| Shared {
         table: Mutex::new(Table::default()),
         segments: Mutex::new(Vec::new()),
+        pools: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         address: Address::abstract_name("mproc-manager-fuzz-unbound"),
@@ -1530,7 +1712,11 @@ pub fn fuzz_request(data: &[u8]) {
     };
     if matches!(
         req.op,
-        Op::Shutdown | Op::Hello { .. } | Op::ShmCreate { .. } | Op::ShmList { .. }
+        Op::Shutdown
+            | Op::Hello { .. }
+            | Op::ShmCreate { .. }
+            | Op::ShmList { .. }
+            | Op::CreatePool { .. }
     ) {
         return;
     }

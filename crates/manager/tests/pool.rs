@@ -1,0 +1,374 @@
+//! A process pool held by a manager's server (Python's `manager.Pool(processes)`), used
+//! across processes under the start method the run selects (`MPROC_START_METHOD`).
+//! `test_pool` follows CPython's `TestSyncManagerTypes.test_pool`; the others cover
+//! results, task failures, other clients during a long map, and shutdown.
+use mproc_manager::{AsyncResultProxy, ListProxy, Manager, ManagerError, PoolProxy};
+use mproc_pool::{MapError, TaskError};
+use mproc_spawn::Process;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    a * b
+}
+
+fn boom(x: u32) -> u32 {
+    if x == 3 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+fn die(_: u32) -> u32 {
+    // SAFETY: a worker process kills itself, as an OOM kill would.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL)
+    };
+    0
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Marks that it started (`<path>.started`), then waits (at most a minute) until the
+/// file `path` exists.
+fn wait_for_file(path: String) -> u32 {
+    let _ = std::fs::write(format!("{path}.started"), b"");
+    let t = Instant::now();
+    while !Path::new(&path).exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    1
+}
+
+fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir()
+        .join(format!(
+            "mproc-mgrpool-{tag}-{}-{nanos}",
+            std::process::id()
+        ))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn wait_started(path: &str) {
+    let started = format!("{path}.started");
+    let t = Instant::now();
+    while !Path::new(&started).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no task of the map started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn cleanup(path: &str) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(format!("{path}.started"));
+}
+
+/// Whether `pid` is gone (no such process, or a zombie nobody reaped yet).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn wait_dead(pid: i32, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if dead(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Every live descendant of `root`, from the process table.
+fn descendants(root: i32) -> HashSet<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = HashSet::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).into_iter().flatten() {
+            if out.insert(c) {
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// CPython's `_test_pool`: the child uses the manager's pool and leaves it as `with
+/// obj:` does, by terminating it.
+fn child_uses_pool(pool: PoolProxy) -> u64 {
+    let s = pool.map(square, 0..10u64).unwrap().into_iter().sum();
+    pool.terminate().unwrap();
+    s
+}
+
+#[test]
+fn test_pool() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(4).unwrap();
+    assert_eq!(pool.pids().unwrap().len(), 4);
+    let mut p = Process::new(child_uses_pool, pool.clone());
+    p.start().unwrap();
+    assert_eq!(p.join().unwrap(), 285);
+    assert_eq!(p.exitcode(), Some(0));
+    // The child terminated the one pool every holder shares.
+    match pool.apply(square, 2) {
+        Err(ManagerError::Task(TaskError::Closed)) => {}
+        other => panic!("expected a closed pool, got {other:?}"),
+    }
+    m.shutdown().unwrap();
+}
+
+fn child_gets(r: AsyncResultProxy<Vec<u64>>) -> Vec<u64> {
+    r.get().unwrap()
+}
+
+#[test]
+fn map_apply_and_async_results_are_right() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let squares: Vec<u64> = (0..20).map(|x| x * x).collect();
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    assert_eq!(pool.map(square, 0..20u64).unwrap(), squares);
+    assert_eq!(pool.map_chunked(square, 0..20u64, 3).unwrap(), squares);
+    assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.starmap(mul, [(2, 3), (4, 5)]).unwrap(), [6, 20]);
+
+    let a = pool.apply_async(square, 9).unwrap();
+    assert_eq!(a.get().unwrap(), 81);
+    assert!(a.ready().unwrap());
+    assert_eq!(a.successful().unwrap(), Some(true));
+    assert_eq!(a.get().unwrap(), 81, "a result can be fetched again");
+
+    let slow = pool.apply_async(nap, 1500).unwrap();
+    assert!(matches!(
+        slow.get_timeout(Duration::from_millis(10)),
+        Err(ManagerError::Timeout)
+    ));
+    assert_eq!(slow.successful().unwrap(), None);
+    assert!(slow.wait_timeout(Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(slow.get().unwrap(), 1500);
+
+    let ma = pool.map_async(square, 0..5u64).unwrap();
+    // The result proxy crosses into a child, which waits on the same result.
+    let mut p = Process::new(child_gets, ma.clone());
+    p.start().unwrap();
+    assert_eq!(p.join().unwrap(), [0, 1, 4, 9, 16]);
+    assert_eq!(ma.get().unwrap(), [0, 1, 4, 9, 16]);
+    let sa = pool.starmap_async(mul, vec![(1, 1), (2, 2)]).unwrap();
+    assert_eq!(sa.get().unwrap(), [1, 4]);
+
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..20u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ordered, squares);
+    let mut any: Vec<u64> = pool
+        .imap_unordered(square, 0..20u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    any.sort();
+    assert_eq!(any, squares);
+    let mut it = pool.imap(nap, [1500u64]).unwrap();
+    assert!(matches!(
+        it.next_timeout(Duration::from_millis(10)),
+        Some(Err(ManagerError::Timeout))
+    ));
+    assert_eq!(it.next().unwrap().unwrap(), 1500);
+    assert!(it.next().is_none());
+
+    pool.close().unwrap();
+    pool.join().unwrap();
+    match pool.apply(square, 1) {
+        Err(ManagerError::Task(TaskError::Closed)) => {}
+        other => panic!("expected a closed pool, got {other:?}"),
+    }
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_failed_task_is_a_typed_error_and_the_pool_goes_on() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    match pool.apply(boom, 3) {
+        Err(ManagerError::Task(TaskError::Panicked { message })) => {
+            assert!(message.contains("boom at 3"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    match pool.map(boom, 0..6u32) {
+        Err(ManagerError::Map(MapError {
+            index: 3,
+            error: TaskError::Panicked { .. },
+        })) => {}
+        other => panic!("expected item 3's panic, got {other:?}"),
+    }
+    let r = pool.apply_async(boom, 3).unwrap();
+    assert!(matches!(
+        r.get(),
+        Err(ManagerError::Task(TaskError::Panicked { .. }))
+    ));
+    assert_eq!(r.successful().unwrap(), Some(false));
+    let items: Vec<_> = pool.imap(boom, 0..5u32).unwrap().collect();
+    assert_eq!(items.len(), 5);
+    assert!(matches!(
+        items[3],
+        Err(ManagerError::Task(TaskError::Panicked { .. }))
+    ));
+    assert_eq!(items[4].as_ref().unwrap(), &4);
+    // A worker that dies fails its task alone; the pool replaces it.
+    match pool.apply(die, 0) {
+        Err(ManagerError::Task(TaskError::WorkerLost { signal, .. })) => {
+            assert_eq!(signal, Some(libc::SIGKILL))
+        }
+        other => panic!("expected a lost worker, got {other:?}"),
+    }
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+    m.shutdown().unwrap();
+}
+
+fn appender((l, n): (ListProxy<u32>, u32)) {
+    for i in 0..n {
+        l.append(&i).unwrap();
+    }
+}
+
+#[test]
+fn a_long_map_does_not_block_other_clients() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let l = m.list::<u32>().unwrap();
+    let path = marker("block");
+    let (p2, arg) = (pool.clone(), path.clone());
+    // The map cannot finish before the marker file exists.
+    let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
+    wait_started(&path);
+    let mut c = Process::new(appender, (l.clone(), 50));
+    c.start().unwrap();
+    let joined = c.join_timeout(Duration::from_secs(60));
+    // This process's own other calls go on too (on another connection).
+    l.append(&99).unwrap();
+    let mapping = !mapper.is_finished();
+    std::fs::write(&path, b"").unwrap();
+    let mapped = mapper.join().unwrap();
+    cleanup(&path);
+    assert!(
+        matches!(joined, Ok(Some(()))),
+        "the second client did not finish: {joined:?}"
+    );
+    assert!(mapping, "the map ended before its marker existed");
+    assert_eq!(mapped.unwrap(), [1, 1, 1, 1]);
+    assert_eq!(l.len().unwrap(), 51);
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_during_a_map_is_a_typed_error_and_leaves_no_process() {
+    let m = Manager::start().unwrap();
+    let server = m.pid().unwrap();
+    let pool = m.pool(2).unwrap();
+    let workers = pool.pids().unwrap();
+    assert_eq!(workers.len(), 2);
+    let path = marker("shutdown");
+    let (p2, arg) = (pool.clone(), path.clone());
+    // Its marker never comes: the map runs until the shutdown.
+    let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
+    wait_started(&path);
+    let tree = descendants(server);
+    for w in &workers {
+        assert!(tree.contains(w), "worker {w} is not under the server");
+    }
+    m.shutdown().unwrap();
+    let r = mapper.join().unwrap();
+    cleanup(&path);
+    assert!(
+        matches!(
+            r,
+            Err(ManagerError::ServerGone)
+                | Err(ManagerError::Map(MapError {
+                    error: TaskError::Terminated,
+                    ..
+                }))
+        ),
+        "{r:?}"
+    );
+    assert!(dead(server));
+    for pid in tree {
+        assert!(
+            wait_dead(pid, Duration::from_secs(10)),
+            "process {pid} outlived the manager's server"
+        );
+    }
+    assert!(matches!(
+        pool.apply(square, 1),
+        Err(ManagerError::ServerGone)
+    ));
+}
+
+#[test]
+fn dropping_the_last_proxy_terminates_the_pool() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let workers = pool.pids().unwrap();
+    let n = m.number_of_objects().unwrap();
+    drop(pool);
+    assert_eq!(m.number_of_objects().unwrap(), n - 1);
+    for w in workers {
+        assert!(
+            wait_dead(w, Duration::from_secs(10)),
+            "worker {w} outlived its pool"
+        );
+    }
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn zero_processes_is_a_bad_request() {
+    let m = Manager::start().unwrap();
+    assert!(matches!(m.pool(0), Err(ManagerError::BadRequest(_))));
+    // The server goes on.
+    assert_eq!(m.pool(1).unwrap().apply(square, 3).unwrap(), 9);
+    m.shutdown().unwrap();
+}
