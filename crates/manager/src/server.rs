@@ -2213,6 +2213,96 @@ mod tests {
         t.join().unwrap().unwrap();
     }
 
+    fn pool_square(x: u64) -> u64 {
+        x * x
+    }
+
+    fn pool_mul(a: u64, b: u64) -> u64 {
+        a * b
+    }
+
+    #[test]
+    fn pool_tasks_are_refused_for_another_build_or_a_forged_signature() {
+        use crate::wire::PoolWhat;
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let pool = match ask(&c, 0, Op::CreatePool { processes: 1 }) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let (tramp, func, good) = crate::sys::task_refs(pool_square);
+        let run = |sig: Sig, what: PoolWhat| Op::PoolRun {
+            tramp,
+            func,
+            sig,
+            what,
+            args: crate::client::enc(&4u64).unwrap(),
+            chunksize: 0,
+            wait: true,
+        };
+        match ask(&c, pool, run(good.clone(), PoolWhat::Apply)) {
+            Reply::Val(v) => assert_eq!(plain::<u64>(&v), 16),
+            other => panic!("{other:?}"),
+        }
+        // The fingerprint of another function type, with this function and trampoline.
+        let forged = crate::sys::task_refs(|s: String| s.len() as u64).2;
+        assert_names_both(
+            ask(&c, pool, run(forged, PoolWhat::Apply)),
+            "fn(u64) -> u64",
+            "fn(alloc::string::String) -> u64",
+        );
+        // A plain task's trampoline does not run starmaps; a starmap's checks its own
+        // fingerprint.
+        assert!(matches!(
+            ask(&c, pool, run(good.clone(), PoolWhat::Starmap)),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        let (st, sf, ssig) = crate::sys::star_refs(pool_mul);
+        let star = |sig: Sig| Op::PoolRun {
+            tramp: st,
+            func: sf,
+            sig,
+            what: PoolWhat::Starmap,
+            args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
+            chunksize: 0,
+            wait: true,
+        };
+        match ask(&c, pool, star(ssig)) {
+            Reply::Val(v) => assert_eq!(plain::<Vec<u64>>(&v), [6]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ask(&c, pool, star(good.clone())),
+            Reply::Fault(FaultKind::Signature, _)
+        ));
+        // Another build may hold the pool but not run code on it.
+        let other = Client(&a, Some(b"key")).unwrap();
+        hello(&other, mproc_core::code::layout() ^ 1);
+        assert!(matches!(
+            ask(&other, pool, run(good, PoolWhat::Map)),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        assert!(matches!(ask(&other, pool, Op::PoolPids), Reply::Ints(p) if p.len() == 1));
+        // Pool requests on another kind of object, and other requests on a pool.
+        let list = create_list(&c);
+        assert!(matches!(
+            ask(&c, list, Op::PoolClose),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        assert!(matches!(
+            ask(&c, pool, Op::Len),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
     #[test]
     fn the_fuzz_entry_survives_encoded_requests_of_every_kind() {
         let ops = vec![
