@@ -3,7 +3,7 @@
 use crate::client::{enc, unexpected};
 use crate::error::{ManagerError, Result};
 use crate::proxy::{AsyncResultProxy, PoolProxy, RefInner, boolean, int, micros, unit, val};
-use crate::wire::{Op, PoolWhat, Reply, Sig, Val};
+use crate::wire::{Op, PoolRun, PoolWhat, Reply, Sig, Val};
 use mproc_core::{Decode, Message};
 use mproc_pool::StarFn;
 use std::fmt;
@@ -21,7 +21,7 @@ impl PoolProxy {
         chunksize: usize,
         wait: bool,
     ) -> Result<Reply> {
-        self.r.call(Op::PoolRun {
+        self.r.call(Op::PoolRun(Box::new(PoolRun {
             tramp,
             func,
             sig,
@@ -29,7 +29,7 @@ impl PoolProxy {
             args,
             chunksize: chunksize as u64,
             wait,
-        })
+        })))
     }
 
     /// A handle on the object a submission made in the server.

@@ -824,7 +824,7 @@ impl Ctx<'_> {
         match self.block(until, |t| job.get(t))? {
             None => Err(fault(FaultKind::Timeout)),
             Some(Ok(v)) => Ok(self.out(v)),
-            Some(Err(task)) => Ok(Reply::Task(task)),
+            Some(Err(task)) => Ok(Reply::Task(Box::new(task))),
         }
     }
 
@@ -843,9 +843,8 @@ impl Ctx<'_> {
             _ => return Err(fault(FaultKind::WrongKind)),
         };
         match (held, op) {
-            (
-                Held::Pool(pool),
-                Op::PoolRun {
+            (Held::Pool(pool), Op::PoolRun(run)) => {
+                let crate::wire::PoolRun {
                     tramp,
                     func,
                     sig,
@@ -853,8 +852,7 @@ impl Ctx<'_> {
                     args,
                     chunksize,
                     wait,
-                },
-            ) => {
+                } = *run;
                 self.custom_ok()?;
                 let chunksize = usize::try_from(chunksize)
                     .map_err(|_| (FaultKind::BadRequest, "chunk size too large".into()))?;
@@ -920,7 +918,7 @@ impl Ctx<'_> {
                     None => Err(fault(FaultKind::Timeout)),
                     Some(None) => Ok(Reply::MaybeVal(None)),
                     Some(Some(Ok(v))) => Ok(self.out(v)),
-                    Some(Some(Err(task))) => Ok(Reply::Task(task)),
+                    Some(Some(Err(task))) => Ok(Reply::Task(Box::new(task))),
                 }
             }
             _ => Err((
@@ -2232,14 +2230,16 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let (tramp, func, good) = crate::sys::task_refs(pool_square);
-        let run = |sig: Sig, what: PoolWhat| Op::PoolRun {
-            tramp,
-            func,
-            sig,
-            what,
-            args: crate::client::enc(&4u64).unwrap(),
-            chunksize: 0,
-            wait: true,
+        let run = |sig: Sig, what: PoolWhat| {
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp,
+                func,
+                sig,
+                what,
+                args: crate::client::enc(&4u64).unwrap(),
+                chunksize: 0,
+                wait: true,
+            }))
         };
         match ask(&c, pool, run(good.clone(), PoolWhat::Apply)) {
             Reply::Val(v) => assert_eq!(plain::<u64>(&v), 16),
@@ -2259,14 +2259,16 @@ mod tests {
             Reply::Fault(FaultKind::BadRequest, _)
         ));
         let (st, sf, ssig) = crate::sys::star_refs(pool_mul);
-        let star = |sig: Sig| Op::PoolRun {
-            tramp: st,
-            func: sf,
-            sig,
-            what: PoolWhat::Starmap,
-            args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
-            chunksize: 0,
-            wait: true,
+        let star = |sig: Sig| {
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp: st,
+                func: sf,
+                sig,
+                what: PoolWhat::Starmap,
+                args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
+                chunksize: 0,
+                wait: true,
+            }))
         };
         match ask(&c, pool, star(ssig)) {
             Reply::Val(v) => assert_eq!(plain::<Vec<u64>>(&v), [6]),

@@ -207,18 +207,9 @@ pub(crate) enum Op {
     CreatePool {
         processes: u64,
     },
-    /// Runs a function of this program on a pool object: submitted, then either awaited
-    /// (`wait`: the reply is the result) or kept as a result object (the reply is its
-    /// id). `chunksize` 0 is the pool's default.
-    PoolRun {
-        tramp: u64,
-        func: u64,
-        sig: Sig,
-        what: PoolWhat,
-        args: Val,
-        chunksize: u64,
-        wait: bool,
-    },
+    /// Runs a function of this program on a pool object (boxed: the hot requests do
+    /// not grow with it).
+    PoolRun(Box<PoolRun>),
     /// A pool result's value, waiting at most `timeout`.
     PoolGet {
         timeout: Micros,
@@ -236,6 +227,20 @@ pub(crate) enum Op {
     PoolJoin,
     /// The pids of a pool's workers.
     PoolPids,
+}
+
+/// A function of this program submitted to a pool object: submitted, then either
+/// awaited (`wait`: the reply is the result) or kept as a result object (the reply is
+/// its id). `chunksize` 0 is the pool's default.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) struct PoolRun {
+    pub(crate) tramp: u64,
+    pub(crate) func: u64,
+    pub(crate) sig: Sig,
+    pub(crate) what: PoolWhat,
+    pub(crate) args: Val,
+    pub(crate) chunksize: u64,
+    pub(crate) wait: bool,
 }
 
 /// One request: an object id (0 for the server itself) and what to do.
@@ -283,8 +288,9 @@ pub(crate) enum Reply {
     Ints(Vec<i64>),
     Names(Vec<String>),
     Fault(FaultKind, String),
-    /// A pool task failed (`mproc_pool::TaskError`, with the item's index for a map).
-    Task(WireTask),
+    /// A pool task failed (`mproc_pool::TaskError`, with the item's index for a map;
+    /// boxed: the hot replies do not grow with it).
+    Task(Box<WireTask>),
 }
 
 /// A pool task's failure on the wire (`mproc_pool::TaskError`, plus the index of the
