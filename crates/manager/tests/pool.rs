@@ -2,7 +2,7 @@
 //! across processes under the start method the run selects (`MPROC_START_METHOD`).
 //! `test_pool` follows CPython's `TestSyncManagerTypes.test_pool`; the others cover
 //! results, task failures, other clients during a long map, and shutdown.
-use mproc_manager::{AsyncResultProxy, ListProxy, Manager, ManagerError, PoolProxy};
+use mproc_manager::{AsyncResultProxy, ListProxy, LockProxy, Manager, ManagerError, PoolProxy};
 use mproc_pool::{MapError, TaskError};
 use mproc_spawn::Process;
 use std::collections::{HashMap, HashSet};
@@ -301,6 +301,37 @@ fn a_long_map_does_not_block_other_clients() {
     assert!(mapping, "the map ended before its marker existed");
     assert_eq!(mapped.unwrap(), [1, 1, 1, 1]);
     assert_eq!(l.len().unwrap(), 51);
+    m.shutdown().unwrap();
+}
+
+fn child_maps((pool, lock, path): (PoolProxy, LockProxy, String)) -> Vec<u32> {
+    lock.acquire().unwrap();
+    pool.map(wait_for_file, vec![path; 2]).unwrap()
+}
+
+#[test]
+fn a_client_killed_during_a_map_leaves_the_server_and_pool_working() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let lock = m.lock().unwrap();
+    let path = marker("killed");
+    let mut c = Process::new(child_maps, (pool.clone(), lock.clone(), path.clone()));
+    c.start().unwrap();
+    wait_started(&path);
+    c.kill().unwrap();
+    let _ = c.join_timeout(Duration::from_secs(30));
+    assert_eq!(c.exitcode(), Some(-libc::SIGKILL));
+    // The lock the child held is released when its session ends, which needs the
+    // connection waiting on its map to notice it left: before the map could end.
+    let freed = lock.acquire_timeout(Some(Duration::from_secs(30)));
+    assert!(matches!(freed, Ok(true)), "{freed:?}");
+    // The server goes on; the orphaned tasks finish once their marker exists, and the
+    // pool serves the next map.
+    let l = m.list::<u8>().unwrap();
+    l.append(&1).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+    cleanup(&path);
     m.shutdown().unwrap();
 }
 
