@@ -334,15 +334,19 @@ impl<R: Decode> AsyncResultProxy<R> {
     /// # Errors
     /// Transport errors.
     pub fn wait(&self) -> Result<()> {
-        self.wait_timeout(None).map(|_| ())
+        self.wait_for(None).map(|_| ())
     }
 
-    /// Waits at most `timeout` (`None`: for ever); whether the work has finished
-    /// (Python's `wait(timeout)` followed by `ready()`).
+    /// Waits at most `timeout`; whether the work has finished (Python's
+    /// `wait(timeout)` followed by `ready()`).
     ///
     /// # Errors
     /// Transport errors.
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait_for(Some(timeout))
+    }
+
+    fn wait_for(&self, timeout: Option<Duration>) -> Result<bool> {
         boolean(self.r.call(Op::Wait {
             timeout: micros(timeout),
             owner: 0,

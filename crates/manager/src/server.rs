@@ -2354,6 +2354,23 @@ mod tests {
             },
             Op::Nudge,
             Op::Attach,
+            Op::CreatePool { processes: 0 },
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp: 1,
+                func: 2,
+                sig: Sig {
+                    hash: 3,
+                    name: String::new(),
+                },
+                what: crate::wire::PoolWhat::Map,
+                args: Val::default(),
+                chunksize: u64::MAX,
+                wait: true,
+            })),
+            Op::PoolGet { timeout: None },
+            Op::PoolNext { timeout: Some(0) },
+            Op::PoolJoin,
+            Op::PoolTerminate,
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let e = codec::encode(&Request { obj: i as u64, op }).unwrap();

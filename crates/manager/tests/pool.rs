@@ -2,7 +2,9 @@
 //! across processes under the start method the run selects (`MPROC_START_METHOD`).
 //! `test_pool` follows CPython's `TestSyncManagerTypes.test_pool`; the others cover
 //! results, task failures, other clients during a long map, and shutdown.
-use mproc_manager::{AsyncResultProxy, ListProxy, LockProxy, Manager, ManagerError, PoolProxy};
+use mproc_manager::{
+    AsyncResultProxy, DictProxy, ListProxy, LockProxy, Manager, ManagerError, PoolProxy,
+};
 use mproc_pool::{MapError, TaskError};
 use mproc_spawn::Process;
 use std::collections::{HashMap, HashSet};
@@ -185,7 +187,7 @@ fn map_apply_and_async_results_are_right() {
         Err(ManagerError::Timeout)
     ));
     assert_eq!(slow.successful().unwrap(), None);
-    assert!(slow.wait_timeout(Some(Duration::from_secs(60))).unwrap());
+    assert!(slow.wait_timeout(Duration::from_secs(60)).unwrap());
     assert_eq!(slow.get().unwrap(), 1500);
 
     let ma = pool.map_async(square, 0..5u64).unwrap();
@@ -224,6 +226,24 @@ fn map_apply_and_async_results_are_right() {
         Err(ManagerError::Task(TaskError::Closed)) => {}
         other => panic!("expected a closed pool, got {other:?}"),
     }
+    m.shutdown().unwrap();
+}
+
+fn record((d, i): (DictProxy<u32, u32>, u32)) -> u32 {
+    d.insert(&i, &(i * i)).unwrap();
+    i
+}
+
+#[test]
+fn tasks_take_proxies_of_the_same_manager() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let args: Vec<_> = (0..6).map(|i| (d.clone(), i)).collect();
+    assert_eq!(pool.map(record, args).unwrap(), [0, 1, 2, 3, 4, 5]);
+    let mut items = d.items().unwrap();
+    items.sort();
+    assert_eq!(items, (0..6).map(|i| (i, i * i)).collect::<Vec<_>>());
     m.shutdown().unwrap();
 }
 
