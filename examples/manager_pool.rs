@@ -29,7 +29,8 @@ fn boom(x: u32) -> u32 {
 }
 
 fn child(pool: PoolProxy) -> Vec<u64> {
-    pool.starmap(mul, [(2, 3), (4, 5)]).expect("starmap in the child")
+    pool.starmap(mul, [(2, 3), (4, 5)])
+        .expect("starmap in the child")
 }
 
 fn main() {

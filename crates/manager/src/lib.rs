@@ -51,7 +51,7 @@ mod sys;
 mod wire;
 
 pub use error::{ManagerError, Result};
-pub use manager::{Manager, ManagerBuilder};
+pub use manager::{Manager, ManagerBuilder, PoolProxyBuilder};
 pub use pool_proxy::IMapProxy;
 pub use proxy::{
     ArrayProxy, AsyncResultProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy,

@@ -717,7 +717,7 @@ impl Ctx<'_> {
                         .collect(),
                 )),
                 Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
-                Op::CreatePool { processes } => self.create_pool(processes),
+                Op::CreatePool(spec) => self.create_pool(*spec),
                 _ => Err((FaultKind::BadRequest, "no object named".into())),
             };
         }
@@ -774,10 +774,21 @@ impl Ctx<'_> {
         self.object(&o, req.op)
     }
 
-    fn create_pool(&self, processes: u64) -> Res {
-        let n = usize::try_from(processes)
-            .map_err(|_| (FaultKind::BadRequest, "too many processes".into()))?;
-        let pool = Pool::new(n).map_err(|e| match e {
+    fn create_pool(&self, spec: crate::wire::PoolSpec) -> Res {
+        let mut b = Pool::builder().maxtasksperchild(spec.max_tasks);
+        if let Some(n) = spec.processes {
+            let n = usize::try_from(n)
+                .map_err(|_| (FaultKind::BadRequest, "too many processes".into()))?;
+            b = b.processes(n);
+        }
+        if let Some(us) = spec.time_limit {
+            b = b.task_timeout(Duration::from_micros(us));
+        }
+        if let Some((tramp, func, sig, args)) = spec.init {
+            self.custom_ok()?;
+            b = crate::sys::run_init(self.build, tramp, func, &sig, b, &args)?;
+        }
+        let pool = b.build().map_err(|e| match e {
             mproc_pool::PoolError::InvalidArgument(m) => (FaultKind::BadRequest, m.to_owned()),
             other => (FaultKind::PoolStart, other.to_string()),
         })?;
@@ -1714,7 +1725,7 @@ pub fn fuzz_request(data: &[u8]) {
             | Op::Hello { .. }
             | Op::ShmCreate { .. }
             | Op::ShmList { .. }
-            | Op::CreatePool { .. }
+            | Op::CreatePool(_)
     ) {
         return;
     }
@@ -2225,7 +2236,11 @@ mod tests {
         let (a, t) = serve();
         let c = Client(&a, Some(b"key")).unwrap();
         hello(&c, mproc_core::code::layout());
-        let pool = match ask(&c, 0, Op::CreatePool { processes: 1 }) {
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            ..Default::default()
+        };
+        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
             Reply::Id(id) => id,
             other => panic!("{other:?}"),
         };
@@ -2286,6 +2301,17 @@ mod tests {
             Reply::Fault(FaultKind::Unsupported, _)
         ));
         assert!(matches!(ask(&other, pool, Op::PoolPids), Reply::Ints(p) if p.len() == 1));
+        // Nor make a pool with an initializer (a function of this program) in it.
+        let (it, ifn, isig) = crate::sys::init_refs(|_: u64| {});
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            init: Some((it, ifn, isig, crate::client::enc(&1u64).unwrap())),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ask(&other, 0, Op::CreatePool(Box::new(spec))),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
         // Pool requests on another kind of object, and other requests on a pool.
         let list = create_list(&c);
         assert!(matches!(
@@ -2354,7 +2380,7 @@ mod tests {
             },
             Op::Nudge,
             Op::Attach,
-            Op::CreatePool { processes: 0 },
+            Op::CreatePool(Box::default()),
             Op::PoolRun(Box::new(crate::wire::PoolRun {
                 tramp: 1,
                 func: 2,

@@ -23,7 +23,7 @@ use crate::wire::{FaultKind, PoolWhat, Sig, Val};
 use mproc_core::Message;
 use mproc_core::code::{CodeError, FnSig, checked_addr, offset_of};
 use mproc_core::{Decode, Encode, codec};
-use mproc_pool::{Pool, StarFn};
+use mproc_pool::{Pool, PoolBuilder, StarFn};
 use rkyv::util::AlignedVec;
 use std::any::Any;
 use std::sync::Arc;
@@ -69,6 +69,11 @@ fn check_sig(expected: FnSig, sig: &Sig) -> Result<(), Refusal> {
 pub(crate) type PoolTramp =
     unsafe fn(usize, &Sig, &Pool, PoolWhat, &Val, usize) -> Result<Submitted, Refusal>;
 
+/// Gives a pool builder its initializer (a function named by its address, with encoded
+/// arguments). `unsafe` on the terms of [`CtorTramp`].
+pub(crate) type InitTramp =
+    unsafe fn(usize, &Sig, PoolBuilder, &Val) -> Result<PoolBuilder, Refusal>;
+
 /// The fingerprint of a constructor `fn(A) -> T` (the object type `T` is in its name).
 pub(crate) fn sig_ctor<A: Decode, T: Send + 'static>() -> FnSig {
     FnSig::of::<fn(A) -> T, A, ()>()
@@ -96,6 +101,11 @@ where
     F::Output: Encode + Decode,
 {
     FnSig::of::<F, Args, F::Output>()
+}
+
+/// The fingerprint of a pool initializer `fn(I)`.
+pub(crate) fn sig_init<I: Decode>() -> FnSig {
+    FnSig::of::<fn(I), I, ()>()
 }
 
 fn aligned(b: &[u8]) -> AlignedVec<16> {
@@ -242,6 +252,25 @@ where
     })
 }
 
+/// Trampoline giving a pool builder the initializer `fn(I)` and its arguments.
+///
+/// # Safety
+///
+/// As [`tramp_ctor`].
+unsafe fn tramp_init<I: Message + Send + 'static>(
+    func: usize,
+    sig: &Sig,
+    builder: PoolBuilder,
+    args: &Val,
+) -> Result<PoolBuilder, Refusal> {
+    check_sig(sig_init::<I>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(I)`'s (checked above).
+    let f: fn(I) = unsafe { fn_from_addr(func) };
+    let a = decode::<I>(args).map_err(bad)?;
+    Ok(builder.initializer(f, a))
+}
+
 /// Trampoline submitting a starmap of the `fn` item type `F` over tuples `Args`. The
 /// function's address is not used: a `fn` item's type names it.
 ///
@@ -316,6 +345,15 @@ where
 {
     let t = offset_of(tramp_star::<F, Args> as PoolTramp as usize);
     (t, t, sig_star::<F, Args>().into())
+}
+
+/// The offsets naming the pool initializer `f` and its trampoline, and its fingerprint.
+pub(crate) fn init_refs<I: Message + Send + 'static>(f: fn(I)) -> (u64, u64, Sig) {
+    (
+        offset_of(tramp_init::<I> as InitTramp as usize),
+        offset_of(f as usize),
+        sig_init::<I>().into(),
+    )
 }
 
 /// The offsets naming `ctor` and its trampoline, and the fingerprint of its type.
@@ -422,4 +460,23 @@ pub(crate) fn run_pool(
     // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
     // made for, the type of `f` by the module contract.
     unsafe { t(f, sig, pool, what, args, chunksize) }
+}
+
+/// Gives `builder` the initializer named by a client of build `build` (see the module's
+/// safety contract).
+pub(crate) fn run_init(
+    build: u64,
+    tramp: u64,
+    func: u64,
+    sig: &Sig,
+    builder: PoolBuilder,
+    args: &Val,
+) -> Result<PoolBuilder, Refusal> {
+    let (t, f) = (addr(build, tramp)?, addr(build, func)?);
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is an
+    // `InitTramp` of this image paired with `f`.
+    let t: InitTramp = unsafe { fn_from_addr(t) };
+    // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
+    // made for, the type of `f` by the module contract.
+    unsafe { t(f, sig, builder, args) }
 }

@@ -203,10 +203,8 @@ pub(crate) enum Op {
         stop: i64,
         items: Vec<Val>,
     },
-    /// Creates a process pool of `processes` workers in the server.
-    CreatePool {
-        processes: u64,
-    },
+    /// Creates a process pool in the server (boxed: the hot requests do not grow).
+    CreatePool(Box<PoolSpec>),
     /// Runs a function of this program on a pool object (boxed: the hot requests do
     /// not grow with it).
     PoolRun(Box<PoolRun>),
@@ -227,6 +225,20 @@ pub(crate) enum Op {
     PoolJoin,
     /// The pids of a pool's workers.
     PoolPids,
+}
+
+/// The options of a pool made in the server (Python's `manager.Pool(processes,
+/// initializer, initargs, maxtasksperchild)`, plus a per-task time limit).
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub(crate) struct PoolSpec {
+    /// `None`: as many workers as the server's machine has CPUs.
+    pub(crate) processes: Option<u64>,
+    /// `0`: never replace a worker for its task count.
+    pub(crate) max_tasks: u64,
+    /// A per-task time limit, in microseconds.
+    pub(crate) time_limit: Micros,
+    /// The initializer: its trampoline's and its own offsets, fingerprint and arguments.
+    pub(crate) init: Option<(u64, u64, Sig, Val)>,
 }
 
 /// A function of this program submitted to a pool object: submitted, then either

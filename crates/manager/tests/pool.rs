@@ -9,6 +9,7 @@ use mproc_pool::{MapError, TaskError};
 use mproc_spawn::Process;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn square(x: u64) -> u64 {
@@ -412,6 +413,88 @@ fn dropping_the_last_proxy_terminates_the_pool() {
             "worker {w} outlived its pool"
         );
     }
+    m.shutdown().unwrap();
+}
+
+static BASE: AtomicU64 = AtomicU64::new(0);
+
+fn init_base(base: u64) {
+    BASE.store(base, Ordering::Relaxed);
+}
+
+fn init_panics(_: u64) {
+    panic!("initializer refused");
+}
+
+fn offset(x: u64) -> u64 {
+    BASE.load(Ordering::Relaxed) + x
+}
+
+fn my_pid(_: u32) -> i32 {
+    std::process::id() as i32
+}
+
+#[test]
+fn pool_options_follow_python() {
+    let m = Manager::start().unwrap();
+    // initializer / initargs: run in every worker before its tasks.
+    let pool = m
+        .pool_builder()
+        .processes(2)
+        .initializer(init_base, 1000)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.map(offset, 0..6u64).unwrap(),
+        [1000, 1001, 1002, 1003, 1004, 1005]
+    );
+    drop(pool);
+
+    // maxtasksperchild = 1: every task runs in a fresh worker.
+    let pool = m
+        .pool_builder()
+        .processes(1)
+        .maxtasksperchild(1)
+        .build()
+        .unwrap();
+    let pids: HashSet<i32> = (0..3).map(|i| pool.apply(my_pid, i).unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    drop(pool);
+
+    // A task past the time limit fails alone; the pool goes on.
+    let pool = m
+        .pool_builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    match pool.apply(nap, 30_000) {
+        Err(ManagerError::Task(TaskError::TimedOut { limit, .. })) => {
+            assert_eq!(limit, Duration::from_millis(300))
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(pool.apply(square, 6).unwrap(), 36);
+    drop(pool);
+
+    // An initializer that panics breaks the pool: tasks fail, nothing hangs.
+    let pool = m
+        .pool_builder()
+        .processes(1)
+        .initializer(init_panics, 0)
+        .build();
+    if let Ok(pool) = pool {
+        match pool.apply(square, 1) {
+            Err(ManagerError::Task(TaskError::Broken { .. })) => {}
+            other => panic!("expected a broken pool, got {other:?}"),
+        }
+    }
+    // A pool of the CPU count by default.
+    let pool = m.pool_builder().build().unwrap();
+    assert_eq!(
+        pool.pids().unwrap().len(),
+        std::thread::available_parallelism().unwrap().get()
+    );
     m.shutdown().unwrap();
 }
 
