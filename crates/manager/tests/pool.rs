@@ -400,6 +400,35 @@ fn shutdown_during_a_map_is_a_typed_error_and_leaves_no_process() {
 }
 
 #[test]
+fn a_killed_server_takes_its_pool_with_it() {
+    let m = Manager::start().unwrap();
+    let server = m.pid().unwrap();
+    let pool = m.pool(2).unwrap();
+    let path = marker("sigkill");
+    let (p2, arg) = (pool.clone(), path.clone());
+    let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
+    wait_started(&path);
+    let tree = descendants(server);
+    assert!(tree.len() >= 2, "{tree:?}");
+    // SAFETY: SIGKILL to the server process this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(server, libc::SIGKILL)
+    };
+    let r = mapper.join().unwrap();
+    cleanup(&path);
+    assert!(matches!(r, Err(ManagerError::ServerGone)), "{r:?}");
+    for pid in tree {
+        assert!(
+            wait_dead(pid, Duration::from_secs(10)),
+            "process {pid} outlived the killed server"
+        );
+    }
+    drop(pool);
+    drop(m);
+}
+
+#[test]
 fn dropping_the_last_proxy_terminates_the_pool() {
     let m = Manager::start().unwrap();
     let pool = m.pool(2).unwrap();
