@@ -79,9 +79,14 @@ fn wait_started(path: &str) {
     }
 }
 
-fn cleanup(path: &str) {
-    let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(format!("{path}.started"));
+/// Removes a marker's files when dropped, even when the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(format!("{}.started", self.0));
+    }
 }
 
 /// Whether `pid` is gone (no such process, or a zombie nobody reaped yet).
@@ -302,6 +307,7 @@ fn a_long_map_does_not_block_other_clients() {
     let pool = m.pool(2).unwrap();
     let l = m.list::<u32>().unwrap();
     let path = marker("block");
+    let _cleanup = Cleanup(path.clone());
     let (p2, arg) = (pool.clone(), path.clone());
     // The map cannot finish before the marker file exists.
     let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
@@ -314,7 +320,6 @@ fn a_long_map_does_not_block_other_clients() {
     let mapping = !mapper.is_finished();
     std::fs::write(&path, b"").unwrap();
     let mapped = mapper.join().unwrap();
-    cleanup(&path);
     assert!(
         matches!(joined, Ok(Some(()))),
         "the second client did not finish: {joined:?}"
@@ -336,6 +341,7 @@ fn a_client_killed_during_a_map_leaves_the_server_and_pool_working() {
     let pool = m.pool(2).unwrap();
     let lock = m.lock().unwrap();
     let path = marker("killed");
+    let _cleanup = Cleanup(path.clone());
     let mut c = Process::new(child_maps, (pool.clone(), lock.clone(), path.clone()));
     c.start().unwrap();
     wait_started(&path);
@@ -352,7 +358,6 @@ fn a_client_killed_during_a_map_leaves_the_server_and_pool_working() {
     l.append(&1).unwrap();
     std::fs::write(&path, b"").unwrap();
     assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
-    cleanup(&path);
     m.shutdown().unwrap();
 }
 
@@ -364,6 +369,7 @@ fn shutdown_during_a_map_is_a_typed_error_and_leaves_no_process() {
     let workers = pool.pids().unwrap();
     assert_eq!(workers.len(), 2);
     let path = marker("shutdown");
+    let _cleanup = Cleanup(path.clone());
     let (p2, arg) = (pool.clone(), path.clone());
     // Its marker never comes: the map runs until the shutdown.
     let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
@@ -374,7 +380,6 @@ fn shutdown_during_a_map_is_a_typed_error_and_leaves_no_process() {
     }
     m.shutdown().unwrap();
     let r = mapper.join().unwrap();
-    cleanup(&path);
     assert!(
         matches!(
             r,
@@ -405,6 +410,7 @@ fn a_killed_server_takes_its_pool_with_it() {
     let server = m.pid().unwrap();
     let pool = m.pool(2).unwrap();
     let path = marker("sigkill");
+    let _cleanup = Cleanup(path.clone());
     let (p2, arg) = (pool.clone(), path.clone());
     let mapper = std::thread::spawn(move || p2.map(wait_for_file, vec![arg; 4]));
     wait_started(&path);
@@ -416,7 +422,6 @@ fn a_killed_server_takes_its_pool_with_it() {
         libc::kill(server, libc::SIGKILL)
     };
     let r = mapper.join().unwrap();
-    cleanup(&path);
     assert!(matches!(r, Err(ManagerError::ServerGone)), "{r:?}");
     for pid in tree {
         assert!(
