@@ -145,8 +145,27 @@ impl PoolProxy {
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
+        self.map_async_chunked(f, items, None)
+    }
+
+    /// Submits a map handing `chunksize` items to a worker at a time (`None`: Python's
+    /// default rule; Python's `map_async(f, items, chunksize)`).
+    ///
+    /// # Errors
+    /// As [`map_async`](Self::map_async).
+    pub fn map_async_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResultProxy<Vec<R>>>
+    where
+        A: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
         let refs = crate::sys::task_refs(f);
-        let r = self.run(refs, PoolWhat::Map, Self::items(items)?, 0, false)?;
+        let chunk = chunksize.map_or(0, |n| n.max(1));
+        let r = self.run(refs, PoolWhat::Map, Self::items(items)?, chunk, false)?;
         Ok(AsyncResultProxy::from_ref(self.made(r)?))
     }
 
@@ -179,6 +198,27 @@ impl PoolProxy {
         self.r.dec(v)
     }
 
+    /// [`starmap`](Self::starmap) handing `chunksize` items to a worker at a time.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn starmap_chunked<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>>
+    where
+        F: StarFn<Args>,
+        Args: Message + Send + 'static,
+        F::Output: Message + Send + 'static,
+    {
+        let refs = crate::sys::star_refs(f);
+        let chunk = chunksize.max(1);
+        let v = val(self.run(refs, PoolWhat::Starmap, Self::items(items)?, chunk, true)?)?;
+        self.r.dec(v)
+    }
+
     /// Submits a starmap (Python's `starmap_async`).
     ///
     /// # Errors
@@ -193,8 +233,27 @@ impl PoolProxy {
         Args: Message + Send + 'static,
         F::Output: Message + Send + 'static,
     {
+        self.starmap_async_chunked(f, items, None)
+    }
+
+    /// Submits a starmap with an explicit chunk size (`None`: Python's default rule).
+    ///
+    /// # Errors
+    /// As [`map_async`](Self::map_async).
+    pub fn starmap_async_chunked<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResultProxy<Vec<F::Output>>>
+    where
+        F: StarFn<Args>,
+        Args: Message + Send + 'static,
+        F::Output: Message + Send + 'static,
+    {
         let refs = crate::sys::star_refs(f);
-        let r = self.run(refs, PoolWhat::Starmap, Self::items(items)?, 0, false)?;
+        let chunk = chunksize.map_or(0, |n| n.max(1));
+        let r = self.run(refs, PoolWhat::Starmap, Self::items(items)?, chunk, false)?;
         Ok(AsyncResultProxy::from_ref(self.made(r)?))
     }
 
@@ -203,13 +262,14 @@ impl PoolProxy {
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
         what: PoolWhat,
+        chunksize: usize,
     ) -> Result<IMapProxy<R>>
     where
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
         let refs = crate::sys::task_refs(f);
-        let r = self.run(refs, what, Self::items(items)?, 1, false)?;
+        let r = self.run(refs, what, Self::items(items)?, chunksize.max(1), false)?;
         Ok(IMapProxy {
             r: self.made(r)?,
             done: false,
@@ -242,7 +302,25 @@ impl PoolProxy {
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::Imap)
+        self.imap_inner(f, items, PoolWhat::Imap, 1)
+    }
+
+    /// [`imap`](Self::imap) handing `chunksize` items to a worker at a time (Python's
+    /// `imap(f, items, chunksize)`).
+    ///
+    /// # Errors
+    /// As [`imap`](Self::imap).
+    pub fn imap_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<IMapProxy<R>>
+    where
+        A: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_inner(f, items, PoolWhat::Imap, chunksize)
     }
 
     /// Python's `imap_unordered`: as [`imap`](Self::imap), results in the order they
@@ -259,7 +337,25 @@ impl PoolProxy {
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::ImapUnordered)
+        self.imap_inner(f, items, PoolWhat::ImapUnordered, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) handing `chunksize` items to a worker
+    /// at a time.
+    ///
+    /// # Errors
+    /// As [`imap`](Self::imap).
+    pub fn imap_unordered_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<IMapProxy<R>>
+    where
+        A: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_inner(f, items, PoolWhat::ImapUnordered, chunksize)
     }
 
     /// No more tasks; the workers exit once the queued ones are done (Python's

@@ -204,6 +204,28 @@ fn map_apply_and_async_results_are_right() {
     assert_eq!(ma.get().unwrap(), [0, 1, 4, 9, 16]);
     let sa = pool.starmap_async(mul, vec![(1, 1), (2, 2)]).unwrap();
     assert_eq!(sa.get().unwrap(), [1, 4]);
+    let chunked = pool.map_async_chunked(square, 0..20u64, Some(7)).unwrap();
+    assert_eq!(chunked.get().unwrap(), squares);
+    let pairs: Vec<(u64, u64)> = (0..20).map(|x| (x, x)).collect();
+    assert_eq!(
+        pool.starmap_chunked(mul, pairs.clone(), 6).unwrap(),
+        squares
+    );
+    let sc = pool.starmap_async_chunked(mul, pairs, Some(4)).unwrap();
+    assert_eq!(sc.get().unwrap(), squares);
+    let ic: Vec<u64> = pool
+        .imap_chunked(square, 0..20u64, 5)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ic, squares);
+    let mut iu: Vec<u64> = pool
+        .imap_unordered_chunked(square, 0..20u64, 3)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    iu.sort();
+    assert_eq!(iu, squares);
 
     let ordered: Vec<u64> = pool
         .imap(square, 0..20u64)
