@@ -554,6 +554,62 @@ fn pool_options_follow_python() {
     m.shutdown().unwrap();
 }
 
+fn child_maps_range((pool, base): (PoolProxy, u64)) -> Vec<u64> {
+    let mut out = Vec::new();
+    for round in 0..5 {
+        out.extend(
+            pool.map(square, base + round * 10..base + round * 10 + 10)
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[test]
+fn clients_map_on_one_pool_at_once() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let mut kids: Vec<_> = (0..3u64)
+        .map(|k| {
+            let mut p = Process::new(child_maps_range, (pool.clone(), k * 1000));
+            p.start().unwrap();
+            (k, p)
+        })
+        .collect();
+    // This process maps too, meanwhile.
+    for _ in 0..5 {
+        assert_eq!(
+            pool.map(square, 0..10u64).unwrap(),
+            (0..10).map(|x| x * x).collect::<Vec<_>>()
+        );
+    }
+    for (k, p) in kids.iter_mut() {
+        let k = *k;
+        let want: Vec<u64> = (k * 1000..k * 1000 + 50).map(|x| x * x).collect();
+        assert_eq!(p.join().unwrap(), want);
+    }
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_pool_over_tcp() {
+    let m = Manager::builder()
+        .address(mproc_channel::Address::tcp("127.0.0.1:0".parse().unwrap()))
+        .authkey(b"pool over tcp".to_vec())
+        .start()
+        .unwrap();
+    let remote = Manager::connect(m.address(), b"pool over tcp").unwrap();
+    let pool = remote.pool(2).unwrap();
+    assert_eq!(pool.map(square, 0..5u64).unwrap(), [0, 1, 4, 9, 16]);
+    let r = pool.apply_async(square, 12).unwrap();
+    assert_eq!(r.get().unwrap(), 144);
+    let mut p = Process::new(child_uses_pool, pool.clone());
+    p.start().unwrap();
+    assert_eq!(p.join().unwrap(), 285);
+    drop((pool, r, remote));
+    m.shutdown().unwrap();
+}
+
 #[test]
 fn zero_processes_is_a_bad_request() {
     let m = Manager::start().unwrap();
