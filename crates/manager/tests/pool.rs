@@ -610,6 +610,36 @@ fn a_pool_over_tcp() {
     m.shutdown().unwrap();
 }
 
+fn child_maps_only(pool: PoolProxy) -> u64 {
+    pool.map(square, 0..10u64).unwrap().into_iter().sum()
+}
+
+#[test]
+fn the_owner_may_drop_its_proxy_while_a_child_uses_the_pool() {
+    let m = Manager::start().unwrap();
+    let before = m.number_of_objects().unwrap();
+    let pool = m.pool(2).unwrap();
+    let workers = pool.pids().unwrap();
+    let mut p = Process::new(child_maps_only, pool.clone());
+    p.start().unwrap();
+    // The proxy on its way to the child keeps the pool.
+    drop(pool);
+    assert_eq!(p.join().unwrap(), 285);
+    // With the child's reference gone too, the pool is freed and its workers end.
+    let t = Instant::now();
+    while m.number_of_objects().unwrap() != before {
+        assert!(t.elapsed() < Duration::from_secs(10), "the pool stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for w in workers {
+        assert!(
+            wait_dead(w, Duration::from_secs(10)),
+            "worker {w} outlived its pool"
+        );
+    }
+    m.shutdown().unwrap();
+}
+
 #[test]
 fn zero_processes_is_a_bad_request() {
     let m = Manager::start().unwrap();
