@@ -179,6 +179,14 @@ fn map_apply_and_async_results_are_right() {
     assert_eq!(pool.map(square, 0..20u64).unwrap(), squares);
     assert_eq!(pool.map_chunked(square, 0..20u64, 3).unwrap(), squares);
     assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    // Items and results larger than a doorbell buffer travel on the socket.
+    let big = pool.map(square, 0..50_000u64).unwrap();
+    assert_eq!(big.len(), 50_000);
+    assert!(
+        big.iter()
+            .enumerate()
+            .all(|(i, &r)| r == (i as u64) * (i as u64))
+    );
     assert_eq!(pool.starmap(mul, [(2, 3), (4, 5)]).unwrap(), [6, 20]);
 
     let a = pool.apply_async(square, 9).unwrap();
