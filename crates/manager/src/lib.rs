@@ -15,11 +15,12 @@
 //!   [`serve`](Manager::serve) in this process.
 //! - Proxies: [`ListProxy`], [`ArrayProxy`], [`DictProxy`], [`ValueProxy`],
 //!   [`NamespaceProxy`], [`QueueProxy`], [`LockProxy`], [`RLockProxy`],
-//!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`], and
+//!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`],
 //!   [`PoolProxy`] (a process pool in the server, with [`AsyncResultProxy`] and
-//!   [`IMapProxy`]), and [`Proxy`] for custom objects. Every proxy is a handle (`mproc_core::Transfer`):
-//!   pass it to a `Process`, a pool task, through a queue or into another manager object
-//!   (nested proxies); it reconnects where it lands.
+//!   [`IMapProxy`]), and [`Proxy`] for custom objects. Every proxy but `IMapProxy` is a
+//!   handle (`mproc_core::Transfer`): pass it to a `Process`, a pool task, through a
+//!   queue or into another manager object (nested proxies); it reconnects where it
+//!   lands.
 //! - Reference counting as in CPython: an object lives while a proxy to it lives in any
 //!   process or inside another manager object; a client that dies releases its
 //!   references, and the locks it held.
@@ -32,9 +33,9 @@
 //!   clients, and messages over 60 KiB, use the socket.
 //!
 //! Trust: an authenticated client may make the server run functions of this program
-//! (custom objects, `sort`, pool tasks), as Python's manager unpickles what an authenticated peer
-//! sends. Keep the auth key secret. Clients that run another build are refused those
-//! calls; the plain containers work with any build.
+//! (custom objects, `sort`, pool tasks), as Python's manager unpickles what an
+//! authenticated peer sends. Keep the auth key secret. Clients that run another build
+//! are refused those calls; the plain containers work with any build.
 #![deny(unsafe_code)]
 
 mod bell;

@@ -157,7 +157,7 @@ pub(crate) fn val(r: Reply) -> Result<Val> {
     }
 }
 
-pub(crate) fn maybe(r: Reply) -> Result<Option<Val>> {
+fn maybe(r: Reply) -> Result<Option<Val>> {
     match r {
         Reply::MaybeVal(v) => Ok(v),
         other => Err(unexpected(&other)),
