@@ -178,8 +178,9 @@ impl Segment {
 pub(crate) struct Shared {
     table: Mutex<Table>,
     segments: Mutex<Vec<Segment>>,
-    /// Every pool made in this server, terminated when it stops serving.
-    pools: Mutex<Vec<Weak<Pool>>>,
+    /// Every pool made in this server, terminated when it stops serving (`None` from
+    /// then on: a pool made later is terminated at once).
+    pools: Mutex<Option<Vec<Weak<Pool>>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
     address: Address,
@@ -357,7 +358,7 @@ impl Server {
             shared: Arc::new(Shared {
                 table: Mutex::new(table),
                 segments: Mutex::new(Vec::new()),
-                pools: Mutex::new(Vec::new()),
+                pools: Mutex::new(Some(Vec::new())),
                 next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
                 stop: AtomicBool::new(false),
                 address,
@@ -407,7 +408,7 @@ impl Server {
         }
         // Pools go too: their workers are killed and reaped, and the tasks still running
         // fail with `Terminated` for the clients that wait on them.
-        let pools: Vec<Weak<Pool>> = lock(&self.shared.pools).drain(..).collect();
+        let pools = lock(&self.shared.pools).take().unwrap_or_default();
         for p in pools.iter().filter_map(Weak::upgrade) {
             p.terminate();
         }
@@ -793,10 +794,20 @@ impl Ctx<'_> {
             other => (FaultKind::PoolStart, other.to_string()),
         })?;
         let pool = Arc::new(pool);
-        {
-            let mut pools = lock(&self.shared.pools);
-            pools.retain(|w| w.strong_count() > 0);
-            pools.push(Arc::downgrade(&pool));
+        let kept = match lock(&self.shared.pools).as_mut() {
+            Some(pools) => {
+                pools.retain(|w| w.strong_count() > 0);
+                pools.push(Arc::downgrade(&pool));
+                true
+            }
+            None => false,
+        };
+        if !kept {
+            pool.terminate();
+            return Err((
+                FaultKind::PoolStart,
+                "the server has stopped serving".into(),
+            ));
         }
         Ok(Reply::Id(self.shared.add_object(
             self.session,
@@ -1705,7 +1716,7 @@ pub fn fuzz_request(data: &[u8]) {
     let shared = SHARED.get_or_init(|| Shared {
         table: Mutex::new(Table::default()),
         segments: Mutex::new(Vec::new()),
-        pools: Mutex::new(Vec::new()),
+        pools: Mutex::new(Some(Vec::new())),
         next_id: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         address: Address::abstract_name("mproc-manager-fuzz-unbound"),
@@ -2329,6 +2340,52 @@ mod tests {
         .unwrap();
         let _ = c.recv::<Reply>();
         t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_stopped_server_terminates_its_pools_and_makes_no_more() {
+        let (a, t) = serve();
+        let (c1, c2) = (
+            Client(&a, Some(b"key")).unwrap(),
+            Client(&a, Some(b"key")).unwrap(),
+        );
+        hello(&c1, mproc_core::code::layout());
+        hello(&c2, mproc_core::code::layout());
+        let spec = || {
+            Op::CreatePool(Box::new(crate::wire::PoolSpec {
+                processes: Some(1),
+                ..Default::default()
+            }))
+        };
+        let pool = match ask(&c2, 0, spec()) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(ask(&c1, 0, Op::Shutdown), Reply::Unit));
+        t.join().unwrap().unwrap();
+        // The other connection is still served: its pool was terminated, and no new
+        // pool is made.
+        let (tramp, func, sig) = crate::sys::task_refs(pool_square);
+        let run = Op::PoolRun(Box::new(crate::wire::PoolRun {
+            tramp,
+            func,
+            sig,
+            what: crate::wire::PoolWhat::Apply,
+            args: crate::client::enc(&2u64).unwrap(),
+            chunksize: 0,
+            wait: true,
+        }));
+        match ask(&c2, pool, run) {
+            Reply::Task(t) => assert!(matches!(
+                (*t).into_error(),
+                ManagerError::Task(mproc_pool::TaskError::Closed)
+            )),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ask(&c2, 0, spec()),
+            Reply::Fault(FaultKind::PoolStart, _)
+        ));
     }
 
     #[test]

@@ -649,6 +649,29 @@ fn the_owner_may_drop_its_proxy_while_a_child_uses_the_pool() {
 }
 
 #[test]
+fn a_server_in_this_process_terminates_its_pools_when_it_stops() {
+    let name = format!("mproc-mgrpool-inproc-{}", std::process::id());
+    let server =
+        Manager::get_server(mproc_channel::Address::abstract_name(name), b"in process").unwrap();
+    let address = server.address().clone();
+    let serving = std::thread::spawn(move || server.serve_forever());
+    let m = Manager::connect(&address, b"in process").unwrap();
+    let pool = m.pool(2).unwrap();
+    let workers = pool.pids().unwrap();
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    m.shutdown_server().unwrap();
+    serving.join().unwrap().unwrap();
+    // This process goes on; the server's pool did not.
+    for w in workers {
+        assert!(
+            wait_dead(w, Duration::from_secs(10)),
+            "worker {w} outlived the server"
+        );
+    }
+    assert!(pool.apply(square, 1).is_err());
+}
+
+#[test]
 fn zero_processes_is_a_bad_request() {
     let m = Manager::start().unwrap();
     assert!(matches!(m.pool(0), Err(ManagerError::BadRequest(_))));
