@@ -160,6 +160,7 @@ impl Session {
                 self.put_back(c);
                 match reply {
                     Reply::Fault(kind, msg) => Err(ManagerError::from_fault(kind, msg)),
+                    Reply::Task(task) => Err((*task).into_error()),
                     other => Ok(other),
                 }
             }

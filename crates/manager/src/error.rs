@@ -1,6 +1,7 @@
 //! The error every manager operation returns.
 use crate::wire::FaultKind;
 use mproc_channel::ConnectError;
+use mproc_pool::{MapError, TaskError};
 use std::fmt;
 use std::io;
 
@@ -59,6 +60,17 @@ pub enum ManagerError {
     /// A slice of an [`ArrayProxy`](crate::ArrayProxy) assigned a sequence of another
     /// length (Python's `ValueError`: an array's length is fixed).
     SizeMismatch(String),
+    /// A process pool could not be started in the server
+    /// ([`Manager::pool`](crate::Manager::pool)): a worker did not start.
+    PoolStart(String),
+    /// A task run on a manager's pool failed ([`PoolProxy`](crate::PoolProxy)'s `apply`,
+    /// an [`AsyncResultProxy`](crate::AsyncResultProxy) of `apply_async`, an item of an
+    /// [`IMapProxy`](crate::IMapProxy)): it panicked, its worker died, the pool was
+    /// terminated or closed… as the pool reports it (Python: the task's exception).
+    Task(TaskError),
+    /// A `map`/`starmap` on a manager's pool failed: the first failure, with the index of
+    /// its item (Python: the exception `Pool.map` raises).
+    Map(MapError),
     /// A socket error.
     Io(io::Error),
 }
@@ -81,6 +93,7 @@ impl ManagerError {
             FaultKind::Unsupported => ManagerError::Unsupported(msg),
             FaultKind::Signature => ManagerError::Signature(msg),
             FaultKind::SizeMismatch => ManagerError::SizeMismatch(msg),
+            FaultKind::PoolStart => ManagerError::PoolStart(msg),
         }
     }
 }
@@ -110,6 +123,9 @@ impl fmt::Display for ManagerError {
             ManagerError::Unsupported(m) => write!(f, "the manager refused the request: {m}"),
             ManagerError::Signature(m) => write!(f, "the manager refused to run a function: {m}"),
             ManagerError::SizeMismatch(m) => write!(f, "an array's length is fixed: {m}"),
+            ManagerError::PoolStart(m) => write!(f, "the manager could not start a pool: {m}"),
+            ManagerError::Task(e) => write!(f, "a task on the manager's pool failed: {e}"),
+            ManagerError::Map(e) => write!(f, "a map on the manager's pool failed: {e}"),
             ManagerError::Io(e) => write!(f, "manager connection failed: {e}"),
         }
     }
@@ -120,6 +136,8 @@ impl std::error::Error for ManagerError {
         match self {
             ManagerError::Connect(e) => Some(e),
             ManagerError::Io(e) => Some(e),
+            ManagerError::Task(e) => Some(e),
+            ManagerError::Map(e) => Some(e),
             _ => None,
         }
     }

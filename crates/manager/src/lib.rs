@@ -15,10 +15,12 @@
 //!   [`serve`](Manager::serve) in this process.
 //! - Proxies: [`ListProxy`], [`ArrayProxy`], [`DictProxy`], [`ValueProxy`],
 //!   [`NamespaceProxy`], [`QueueProxy`], [`LockProxy`], [`RLockProxy`],
-//!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`], and
-//!   [`Proxy`] for custom objects. Every proxy is a handle (`mproc_core::Transfer`):
-//!   pass it to a `Process`, a pool task, through a queue or into another manager object
-//!   (nested proxies); it reconnects where it lands.
+//!   [`SemaphoreProxy`], [`EventProxy`], [`ConditionProxy`], [`BarrierProxy`],
+//!   [`PoolProxy`] (a process pool in the server, with [`AsyncResultProxy`] and
+//!   [`IMapProxy`]), and [`Proxy`] for custom objects. Every proxy but `IMapProxy` is a
+//!   handle (`mproc_core::Transfer`): pass it to a `Process`, a pool task, through a
+//!   queue or into another manager object (nested proxies); it reconnects where it
+//!   lands.
 //! - Reference counting as in CPython: an object lives while a proxy to it lives in any
 //!   process or inside another manager object; a client that dies releases its
 //!   references, and the locks it held.
@@ -31,15 +33,17 @@
 //!   clients, and messages over 60 KiB, use the socket.
 //!
 //! Trust: an authenticated client may make the server run functions of this program
-//! (custom objects, `sort`), as Python's manager unpickles what an authenticated peer
-//! sends. Keep the auth key secret. Clients that run another build are refused those
-//! calls; the plain containers work with any build.
+//! (custom objects, `sort`, pool tasks), as Python's manager unpickles what an
+//! authenticated peer sends. Keep the auth key secret. Clients that run another build
+//! are refused those calls; the plain containers work with any build.
 #![deny(unsafe_code)]
 
 mod bell;
 mod client;
 mod error;
 mod manager;
+mod pool_proxy;
+mod pooled;
 mod proxy;
 mod server;
 mod shm;
@@ -48,10 +52,12 @@ mod sys;
 mod wire;
 
 pub use error::{ManagerError, Result};
-pub use manager::{Manager, ManagerBuilder};
+pub use manager::{Manager, ManagerBuilder, PoolProxyBuilder};
+pub use pool_proxy::IMapProxy;
 pub use proxy::{
-    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
-    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
+    ArrayProxy, AsyncResultProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy,
+    LockProxy, NamespaceProxy, PoolProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy,
+    ValueProxy,
 };
 pub use server::Server;
 #[doc(hidden)]

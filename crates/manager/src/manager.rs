@@ -7,7 +7,7 @@ use crate::wire::{Kind, Op, Reply};
 use mproc_channel::{Address, Connection, Pipe, RecvError};
 use mproc_core::logger::Level;
 use mproc_core::mp_log;
-use mproc_core::{Decode, Encode};
+use mproc_core::{Decode, Encode, Message};
 use mproc_spawn::{Process, StartMethod};
 use std::sync::Arc;
 use std::time::Duration;
@@ -501,6 +501,39 @@ impl Manager {
         )?))
     }
 
+    /// A new process pool of `processes` workers in the server (Python's
+    /// `manager.Pool(processes)`): the workers are children of the server and die with
+    /// it; any process holding the proxy submits work to this one pool. For the other
+    /// options (initializer, `maxtasksperchild`, a time limit), see
+    /// [`pool_builder`](Self::pool_builder).
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// fn add((a, b): (i32, i32)) -> i32 { a + b }
+    /// let m = Manager::start().unwrap();
+    /// let pool = m.pool(2).unwrap();
+    /// assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+    /// ```
+    ///
+    /// Task functions travel as custom methods do (functions of this program, checked
+    /// against their type fingerprint in the server): clients of another build are
+    /// refused with `Unsupported`.
+    ///
+    /// # Errors
+    /// `BadRequest` for zero processes; [`ManagerError::PoolStart`] if a worker could
+    /// not be started.
+    pub fn pool(&self, processes: usize) -> Result<PoolProxy> {
+        self.pool_builder().processes(processes).build()
+    }
+
+    /// A builder for a pool in the server with Python's other `manager.Pool` options.
+    pub fn pool_builder(&self) -> PoolProxyBuilder<'_> {
+        PoolProxyBuilder {
+            manager: self,
+            spec: Ok(crate::wire::PoolSpec::default()),
+        }
+    }
+
     /// A new custom object built in the server by `ctor(args)` (Python: a type
     /// registered on `BaseManager` and created through it). Call its methods with
     /// [`Proxy::call`]. No registration step is needed: the constructor and the methods
@@ -548,5 +581,105 @@ impl Manager {
 impl Drop for Manager {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// Options of a pool made in a manager's server (Python's `manager.Pool(processes,
+/// initializer, initargs, maxtasksperchild)`, plus mproc-pool's per-task time limit),
+/// from [`Manager::pool_builder`].
+///
+/// ```
+/// use mproc_manager::Manager;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// static BASE: AtomicU64 = AtomicU64::new(0);
+/// fn init(base: u64) { BASE.store(base, Ordering::Relaxed) }
+/// fn offset(x: u64) -> u64 { BASE.load(Ordering::Relaxed) + x }
+/// let m = Manager::start().unwrap();
+/// let pool = m.pool_builder().processes(2).initializer(init, 100).build().unwrap();
+/// assert_eq!(pool.map(offset, [1, 2]).unwrap(), [101, 102]);
+/// ```
+pub struct PoolProxyBuilder<'m> {
+    manager: &'m Manager,
+    spec: Result<crate::wire::PoolSpec>,
+}
+
+impl std::fmt::Debug for PoolProxyBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("PoolProxyBuilder");
+        if let Ok(s) = &self.spec {
+            d.field("processes", &s.processes)
+                .field("maxtasksperchild", &s.max_tasks)
+                .field("task_timeout_us", &s.time_limit)
+                .field("initializer", &s.init.is_some());
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl PoolProxyBuilder<'_> {
+    fn with(mut self, f: impl FnOnce(&mut crate::wire::PoolSpec) -> Result<()>) -> Self {
+        if let Ok(s) = &mut self.spec
+            && let Err(e) = f(s)
+        {
+            self.spec = Err(e);
+        }
+        self
+    }
+
+    /// Number of worker processes (default: the number of CPUs of the server's machine,
+    /// Python's `processes=None`).
+    pub fn processes(self, n: usize) -> Self {
+        self.with(|s| {
+            s.processes = Some(u64::try_from(n).unwrap_or(u64::MAX));
+            Ok(())
+        })
+    }
+
+    /// `f(args)` runs once in every worker before its first task (Python's
+    /// `initializer`, `initargs`). A function of this program, like the tasks; if it
+    /// panics, the pool is broken and tasks fail with `TaskError::Broken`.
+    pub fn initializer<I: Message + Send + 'static>(self, f: fn(I), args: I) -> Self {
+        self.with(|s| {
+            let (tramp, func, sig) = crate::sys::init_refs(f);
+            s.init = Some((tramp, func, sig, enc(&args)?));
+            Ok(())
+        })
+    }
+
+    /// A worker exits after this many tasks and a fresh one takes its place (Python's
+    /// `maxtasksperchild`; `0`, the default, means never).
+    pub fn maxtasksperchild(self, n: u64) -> Self {
+        self.with(|s| {
+            s.max_tasks = n;
+            Ok(())
+        })
+    }
+
+    /// A task still running after `limit` has its worker killed and replaced, and fails
+    /// with `TaskError::TimedOut` (mproc-pool's `task_timeout`).
+    pub fn task_timeout(self, limit: Duration) -> Self {
+        self.with(|s| {
+            s.time_limit = Some(limit.as_micros().min(u64::MAX as u128) as u64);
+            Ok(())
+        })
+    }
+
+    /// Starts the pool in the server.
+    ///
+    /// # Errors
+    /// `BadRequest` for zero processes; `Codec` if the initializer's arguments do not
+    /// encode; `Unsupported`/`Signature` for an initializer from another build or of
+    /// another type than the server's code; [`ManagerError::PoolStart`] if a worker
+    /// could not be started.
+    pub fn build(self) -> Result<PoolProxy> {
+        let spec = self.spec?;
+        let m = self.manager;
+        match m.session.call(0, Op::CreatePool(Box::new(spec)))? {
+            Reply::Id(id) => Ok(PoolProxy::from_ref(Arc::new(RefInner {
+                session: Arc::clone(&m.session),
+                id,
+            }))),
+            other => Err(unexpected(&other)),
+        }
     }
 }

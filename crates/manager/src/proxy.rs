@@ -27,11 +27,11 @@ impl Drop for RefInner {
 }
 
 impl RefInner {
-    fn call(&self, op: Op) -> Result<Reply> {
+    pub(crate) fn call(&self, op: Op) -> Result<Reply> {
         self.session.call(self.id, op)
     }
 
-    fn dec<T: Decode>(&self, v: Val) -> Result<T> {
+    pub(crate) fn dec<T: Decode>(&self, v: Val) -> Result<T> {
         dec(&self.session, v)
     }
 
@@ -125,32 +125,32 @@ fn io_err(e: ManagerError) -> TransferError {
     TransferError::Io(std::io::Error::other(e.to_string()))
 }
 
-fn micros(t: Option<Duration>) -> Micros {
+pub(crate) fn micros(t: Option<Duration>) -> Micros {
     t.map(|d| d.as_micros().min(u64::MAX as u128) as u64)
 }
 
-fn unit(r: Reply) -> Result<()> {
+pub(crate) fn unit(r: Reply) -> Result<()> {
     match r {
         Reply::Unit => Ok(()),
         other => Err(unexpected(&other)),
     }
 }
 
-fn boolean(r: Reply) -> Result<bool> {
+pub(crate) fn boolean(r: Reply) -> Result<bool> {
     match r {
         Reply::Bool(b) => Ok(b),
         other => Err(unexpected(&other)),
     }
 }
 
-fn int(r: Reply) -> Result<i64> {
+pub(crate) fn int(r: Reply) -> Result<i64> {
     match r {
         Reply::Int(n) => Ok(n),
         other => Err(unexpected(&other)),
     }
 }
 
-fn val(r: Reply) -> Result<Val> {
+pub(crate) fn val(r: Reply) -> Result<Val> {
     match r {
         Reply::Val(v) => Ok(v),
         other => Err(unexpected(&other)),
@@ -305,6 +305,38 @@ proxy_type!(
     /// A barrier held by a manager (Python's `manager.Barrier(parties)`).
     BarrierProxy[],
     "mproc_manager::BarrierProxy"
+);
+proxy_type!(
+    /// A process pool held by a manager (Python's `manager.Pool(processes)`), made by
+    /// [`Manager::pool`](crate::Manager::pool): its workers are children of the server,
+    /// and every process that holds the proxy submits work to the same pool.
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let m = Manager::start().unwrap();
+    /// let pool = m.pool(2).unwrap();
+    /// assert_eq!(pool.map(square, 0..5u64).unwrap(), [0, 1, 4, 9, 16]);
+    /// let r = pool.apply_async(square, 7).unwrap();
+    /// assert_eq!(r.get().unwrap(), 49);
+    /// pool.close().unwrap();
+    /// pool.join().unwrap();
+    /// ```
+    ///
+    /// Dropping the last proxy (in every process) frees the pool in the server, which
+    /// terminates it; Python's `with pool:` is [`terminate`](Self::terminate). A manager
+    /// that shuts down terminates its pools: waiting clients get
+    /// [`ManagerError::Map`]/[`ManagerError::Task`] with `TaskError::Terminated`, or
+    /// [`ManagerError::ServerGone`].
+    PoolProxy[],
+    "mproc_manager::PoolProxy"
+);
+proxy_type!(
+    /// The pending result of [`PoolProxy::apply_async`], [`PoolProxy::map_async`] or
+    /// [`PoolProxy::starmap_async`] (Python's `AsyncResult` proxy); `R` is the result
+    /// type (a `Vec` for the maps).
+    AsyncResultProxy[R],
+    "mproc_manager::AsyncResultProxy"
 );
 proxy_type!(
     /// A custom object held by a manager (a type registered on Python's `BaseManager`):

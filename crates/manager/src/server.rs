@@ -1,14 +1,16 @@
 //! The server: a thread per connection (as in CPython), objects in one table with their
 //! reference counts, per-object state behind a mutex and a condition variable.
 use crate::bell::{Bell, Next};
+use crate::pooled::{Pending, Stream, Submitted};
 use crate::wire::{FaultKind, Kind, Micros, Op, Reply, Request, Val};
 use mproc_channel::{Address, Client, Connection, Listener, RecvError};
 use mproc_core::logger::Level;
 use mproc_core::mp_log;
+use mproc_pool::Pool;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// The id of the server's registry of published objects.
@@ -100,6 +102,13 @@ enum State {
         broken: bool,
     },
     Custom(Box<dyn Any + Send>),
+    /// A process pool (`Manager::pool`); shared so that a long map runs without the
+    /// object's lock.
+    Pool(Arc<Pool>),
+    /// A submitted `apply_async`/`map_async`.
+    PoolResult(Arc<dyn Pending>),
+    /// A running `imap`/`imap_unordered`.
+    PoolIter(Arc<Mutex<Box<dyn Stream>>>),
 }
 
 impl State {
@@ -171,6 +180,9 @@ impl Segment {
 pub(crate) struct Shared {
     table: Mutex<Table>,
     segments: Mutex<Vec<Segment>>,
+    /// Every pool made in this server, terminated when it stops serving (`None` from
+    /// then on: a pool made later is terminated at once).
+    pools: Mutex<Option<Vec<Weak<Pool>>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
     address: Address,
@@ -348,6 +360,7 @@ impl Server {
             shared: Arc::new(Shared {
                 table: Mutex::new(table),
                 segments: Mutex::new(Vec::new()),
+                pools: Mutex::new(Some(Vec::new())),
                 next_id: AtomicU64::new((crate::client::random_u64() >> 8).max(ROOT + 1)),
                 stop: AtomicBool::new(false),
                 address,
@@ -399,6 +412,12 @@ impl Server {
         // Python's SharedMemoryManager: every segment made through the server goes with it.
         for seg in lock(&self.shared.segments).drain(..) {
             seg.unlink();
+        }
+        // Pools go too: their workers are killed and reaped, and the tasks still running
+        // fail with `Terminated` for the clients that wait on them.
+        let pools = lock(&self.shared.pools).take().unwrap_or_default();
+        for p in pools.iter().filter_map(Weak::upgrade) {
+            p.terminate();
         }
         Ok(())
     }
@@ -716,6 +735,7 @@ impl Ctx<'_> {
                         .collect(),
                 )),
                 Op::Len => Ok(Reply::Int(lock(&sh.table).objs.len() as i64 - 1)),
+                Op::CreatePool(spec) => self.create_pool(*spec),
                 _ => Err((FaultKind::BadRequest, "no object named".into())),
             };
         }
@@ -766,7 +786,185 @@ impl Ctx<'_> {
             _ => {}
         }
         let o = sh.obj(id)?;
+        if matches!(o.kind, Kind::Pool | Kind::PoolResult | Kind::PoolIter) {
+            return self.pool_op(&o, req.op);
+        }
         self.object(&o, req.op)
+    }
+
+    fn create_pool(&self, spec: crate::wire::PoolSpec) -> Res {
+        let mut b = Pool::builder().maxtasksperchild(spec.max_tasks);
+        if let Some(n) = spec.processes {
+            let n = usize::try_from(n)
+                .map_err(|_| (FaultKind::BadRequest, "too many processes".into()))?;
+            b = b.processes(n);
+        }
+        if let Some(us) = spec.time_limit {
+            b = b.task_timeout(Duration::from_micros(us));
+        }
+        if let Some((tramp, func, sig, args)) = spec.init {
+            self.custom_ok()?;
+            b = crate::sys::run_init(self.build, tramp, func, &sig, b, &args)?;
+        }
+        let pool = b.build().map_err(|e| match e {
+            mproc_pool::PoolError::InvalidArgument(m) => (FaultKind::BadRequest, m.to_owned()),
+            other => (FaultKind::PoolStart, other.to_string()),
+        })?;
+        let pool = Arc::new(pool);
+        let kept = match lock(&self.shared.pools).as_mut() {
+            Some(pools) => {
+                pools.retain(|w| w.strong_count() > 0);
+                pools.push(Arc::downgrade(&pool));
+                true
+            }
+            None => false,
+        };
+        if !kept {
+            pool.terminate();
+            return Err((
+                FaultKind::PoolStart,
+                "the server has stopped serving".into(),
+            ));
+        }
+        Ok(Reply::Id(self.shared.add_object(
+            self.session,
+            Kind::Pool,
+            State::Pool(pool),
+        )))
+    }
+
+    /// Runs `step` with a wait of at most a slice until it gives a value or `until`
+    /// passes (`Ok(None)`), checking between slices that the client is still there (if
+    /// not, the request is abandoned; the work it waited for goes on).
+    fn block<T>(
+        &self,
+        until: Option<Instant>,
+        mut step: impl FnMut(Duration) -> Option<T>,
+    ) -> Result<Option<T>, Fault> {
+        loop {
+            let slice = until.map_or(SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(SLICE)
+            });
+            if let Some(v) = step(slice) {
+                return Ok(Some(v));
+            }
+            if until.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            // The client sends nothing while it waits for this answer: anything readable
+            // means it closed the connection.
+            if self.conn.poll(Duration::ZERO).unwrap_or(true) {
+                return Err((FaultKind::Timeout, GONE.into()));
+            }
+        }
+    }
+
+    fn await_job(&self, job: &dyn Pending, until: Option<Instant>) -> Res {
+        match self.block(until, |t| job.get(t))? {
+            None => Err(fault(FaultKind::Timeout)),
+            Some(Ok(v)) => Ok(self.out(v)),
+            Some(Err(task)) => Ok(Reply::Task(Box::new(task))),
+        }
+    }
+
+    /// Requests to pools and their results. The object's lock is held only to take a
+    /// handle on it: a long map leaves the pool free for other clients' requests.
+    fn pool_op(&self, o: &Obj, op: Op) -> Res {
+        enum Held {
+            Pool(Arc<Pool>),
+            Result(Arc<dyn Pending>),
+            Iter(Arc<Mutex<Box<dyn Stream>>>),
+        }
+        let held = match &*lock(&o.st) {
+            State::Pool(p) => Held::Pool(Arc::clone(p)),
+            State::PoolResult(r) => Held::Result(Arc::clone(r)),
+            State::PoolIter(i) => Held::Iter(Arc::clone(i)),
+            _ => return Err(fault(FaultKind::WrongKind)),
+        };
+        match (held, op) {
+            (Held::Pool(pool), Op::PoolRun(run)) => {
+                let crate::wire::PoolRun {
+                    tramp,
+                    func,
+                    sig,
+                    what,
+                    args,
+                    chunksize,
+                    wait,
+                } = *run;
+                self.custom_ok()?;
+                let chunksize = usize::try_from(chunksize)
+                    .map_err(|_| (FaultKind::BadRequest, "chunk size too large".into()))?;
+                let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::sys::run_pool(
+                        self.build, tramp, func, &sig, &pool, what, &args, chunksize,
+                    )
+                }))
+                .map_err(|p| (FaultKind::Panicked, panic_text(&*p)))??;
+                let (kind, st) = match submitted {
+                    Submitted::Job(job) if wait => return self.await_job(&*job, None),
+                    Submitted::Job(job) => (Kind::PoolResult, State::PoolResult(job)),
+                    Submitted::Iter(it) => {
+                        (Kind::PoolIter, State::PoolIter(Arc::new(Mutex::new(it))))
+                    }
+                };
+                Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
+            }
+            (Held::Pool(pool), Op::PoolClose) => {
+                pool.close();
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolTerminate) => {
+                pool.terminate();
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolJoin) => {
+                // `join` cannot be given up half-way: it runs on a thread of its own, so
+                // that a client that leaves while it waits frees this connection's thread.
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("mproc-manager-join".into())
+                    .spawn(move || {
+                        pool.join();
+                        let _ = tx.send(());
+                    })
+                    .map_err(|e| (FaultKind::Unsupported, e.to_string()))?;
+                self.block(None, |t| match rx.recv_timeout(t) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    _ => Some(()),
+                })?;
+                Ok(Reply::Unit)
+            }
+            (Held::Pool(pool), Op::PoolPids) => Ok(Reply::Ints(
+                pool.pids().into_iter().map(i64::from).collect(),
+            )),
+            (Held::Result(job), Op::PoolGet { timeout }) => {
+                self.await_job(&*job, deadline(timeout))
+            }
+            (Held::Result(job), Op::Wait { timeout, .. }) => Ok(Reply::Bool(
+                self.block(deadline(timeout), |t| job.wait(t).then_some(()))?
+                    .is_some(),
+            )),
+            (Held::Result(job), Op::PoolReady) => Ok(Reply::Bool(job.ready())),
+            (Held::Result(job), Op::PoolSuccessful) => Ok(Reply::Int(match job.successful() {
+                None => -1,
+                Some(false) => 0,
+                Some(true) => 1,
+            })),
+            (Held::Iter(it), Op::PoolNext { timeout }) => {
+                let mut it = lock(&it);
+                match self.block(deadline(timeout), |t| it.next(t))? {
+                    None => Err(fault(FaultKind::Timeout)),
+                    Some(None) => Ok(Reply::MaybeVal(None)),
+                    Some(Some(Ok(v))) => Ok(self.out(v)),
+                    Some(Some(Err(task))) => Ok(Reply::Task(Box::new(task))),
+                }
+            }
+            _ => Err((
+                FaultKind::WrongKind,
+                format!("a {:?} object does not take this request", o.kind),
+            )),
+        }
     }
 
     fn keep(&self, seg: Segment) -> Reply {
@@ -842,6 +1040,9 @@ impl Ctx<'_> {
             }
             Kind::Custom => return Err((FaultKind::BadRequest, "use CreateCustom".into())),
             Kind::Array => return Err((FaultKind::BadRequest, "use CreateArray".into())),
+            Kind::Pool | Kind::PoolResult | Kind::PoolIter => {
+                return Err((FaultKind::BadRequest, "use CreatePool".into()));
+            }
         };
         Ok(Reply::Id(self.shared.add_object(self.session, kind, st)))
     }
@@ -1532,6 +1733,7 @@ pub fn fuzz_request(data: &[u8]) {
     let shared = SHARED.get_or_init(|| Shared {
         table: Mutex::new(Table::default()),
         segments: Mutex::new(Vec::new()),
+        pools: Mutex::new(Some(Vec::new())),
         next_id: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         address: Address::abstract_name("mproc-manager-fuzz-unbound"),
@@ -1547,7 +1749,11 @@ pub fn fuzz_request(data: &[u8]) {
     };
     if matches!(
         req.op,
-        Op::Shutdown | Op::Hello { .. } | Op::ShmCreate { .. } | Op::ShmList { .. }
+        Op::Shutdown
+            | Op::Hello { .. }
+            | Op::ShmCreate { .. }
+            | Op::ShmList { .. }
+            | Op::CreatePool(_)
     ) {
         return;
     }
@@ -2044,6 +2250,161 @@ mod tests {
         t.join().unwrap().unwrap();
     }
 
+    fn pool_square(x: u64) -> u64 {
+        x * x
+    }
+
+    fn pool_mul(a: u64, b: u64) -> u64 {
+        a * b
+    }
+
+    #[test]
+    fn pool_tasks_are_refused_for_another_build_or_a_forged_signature() {
+        use crate::wire::PoolWhat;
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            ..Default::default()
+        };
+        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let (tramp, func, good) = crate::sys::task_refs(pool_square);
+        let run = |sig: Sig, what: PoolWhat| {
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp,
+                func,
+                sig,
+                what,
+                args: crate::client::enc(&4u64).unwrap(),
+                chunksize: 0,
+                wait: true,
+            }))
+        };
+        match ask(&c, pool, run(good.clone(), PoolWhat::Apply)) {
+            Reply::Val(v) => assert_eq!(plain::<u64>(&v), 16),
+            other => panic!("{other:?}"),
+        }
+        // The fingerprint of another function type, with this function and trampoline.
+        let forged = crate::sys::task_refs(|s: String| s.len() as u64).2;
+        assert_names_both(
+            ask(&c, pool, run(forged, PoolWhat::Apply)),
+            "fn(u64) -> u64",
+            "fn(alloc::string::String) -> u64",
+        );
+        // A plain task's trampoline does not run starmaps; a starmap's checks its own
+        // fingerprint.
+        assert!(matches!(
+            ask(&c, pool, run(good.clone(), PoolWhat::Starmap)),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        let (st, sf, ssig) = crate::sys::star_refs(pool_mul);
+        let star = |sig: Sig| {
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp: st,
+                func: sf,
+                sig,
+                what: PoolWhat::Starmap,
+                args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
+                chunksize: 0,
+                wait: true,
+            }))
+        };
+        match ask(&c, pool, star(ssig)) {
+            Reply::Val(v) => assert_eq!(plain::<Vec<u64>>(&v), [6]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ask(&c, pool, star(good.clone())),
+            Reply::Fault(FaultKind::Signature, _)
+        ));
+        // Another build may hold the pool but not run code on it.
+        let other = Client(&a, Some(b"key")).unwrap();
+        hello(&other, mproc_core::code::layout() ^ 1);
+        assert!(matches!(
+            ask(&other, pool, run(good, PoolWhat::Map)),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        assert!(matches!(ask(&other, pool, Op::PoolPids), Reply::Ints(p) if p.len() == 1));
+        // Nor make a pool with an initializer (a function of this program) in it.
+        let (it, ifn, isig) = crate::sys::init_refs(|_: u64| {});
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            init: Some((it, ifn, isig, crate::client::enc(&1u64).unwrap())),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ask(&other, 0, Op::CreatePool(Box::new(spec))),
+            Reply::Fault(FaultKind::Unsupported, _)
+        ));
+        // Pool requests on another kind of object, and other requests on a pool.
+        let list = create_list(&c);
+        assert!(matches!(
+            ask(&c, list, Op::PoolClose),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        assert!(matches!(
+            ask(&c, pool, Op::Len),
+            Reply::Fault(FaultKind::WrongKind, _)
+        ));
+        c.send(&Request {
+            obj: 0,
+            op: Op::Shutdown,
+        })
+        .unwrap();
+        let _ = c.recv::<Reply>();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_stopped_server_terminates_its_pools_and_makes_no_more() {
+        let (a, t) = serve();
+        let (c1, c2) = (
+            Client(&a, Some(b"key")).unwrap(),
+            Client(&a, Some(b"key")).unwrap(),
+        );
+        hello(&c1, mproc_core::code::layout());
+        hello(&c2, mproc_core::code::layout());
+        let spec = || {
+            Op::CreatePool(Box::new(crate::wire::PoolSpec {
+                processes: Some(1),
+                ..Default::default()
+            }))
+        };
+        let pool = match ask(&c2, 0, spec()) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(ask(&c1, 0, Op::Shutdown), Reply::Unit));
+        t.join().unwrap().unwrap();
+        // The other connection is still served: its pool was terminated, and no new
+        // pool is made.
+        let (tramp, func, sig) = crate::sys::task_refs(pool_square);
+        let run = Op::PoolRun(Box::new(crate::wire::PoolRun {
+            tramp,
+            func,
+            sig,
+            what: crate::wire::PoolWhat::Apply,
+            args: crate::client::enc(&2u64).unwrap(),
+            chunksize: 0,
+            wait: true,
+        }));
+        match ask(&c2, pool, run) {
+            Reply::Task(t) => assert!(matches!(
+                (*t).into_error(),
+                ManagerError::Task(mproc_pool::TaskError::Closed)
+            )),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ask(&c2, 0, spec()),
+            Reply::Fault(FaultKind::PoolStart, _)
+        ));
+    }
+
     #[test]
     fn the_fuzz_entry_survives_encoded_requests_of_every_kind() {
         let ops = vec![
@@ -2093,6 +2454,23 @@ mod tests {
             },
             Op::Nudge,
             Op::Attach,
+            Op::CreatePool(Box::default()),
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp: 1,
+                func: 2,
+                sig: Sig {
+                    hash: 3,
+                    name: String::new(),
+                },
+                what: crate::wire::PoolWhat::Map,
+                args: Val::default(),
+                chunksize: u64::MAX,
+                wait: true,
+            })),
+            Op::PoolGet { timeout: None },
+            Op::PoolNext { timeout: Some(0) },
+            Op::PoolJoin,
+            Op::PoolTerminate,
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let e = codec::encode(&Request { obj: i as u64, op }).unwrap();

@@ -18,11 +18,15 @@
 //! forge a fingerprint, as Python trusts an authenticated peer with pickles: the auth key
 //! is what guards the server.
 use crate::client::enc;
-use crate::wire::{FaultKind, Sig, Val};
+use crate::pooled::Submitted;
+use crate::wire::{FaultKind, PoolWhat, Sig, Val};
+use mproc_core::Message;
 use mproc_core::code::{CodeError, FnSig, checked_addr, offset_of};
 use mproc_core::{Decode, Encode, codec};
+use mproc_pool::{Pool, PoolBuilder, StarFn};
 use rkyv::util::AlignedVec;
 use std::any::Any;
+use std::sync::Arc;
 
 /// Why a function named by a client was not run: the fault kind and its text.
 pub(crate) type Refusal = (FaultKind, String);
@@ -59,6 +63,17 @@ fn check_sig(expected: FnSig, sig: &Sig) -> Result<(), Refusal> {
         .map_err(code_fault)
 }
 
+/// Submits work to a pool: the function (named by its address), what to do with it,
+/// the encoded arguments and the chunk size (0: the pool's default). `unsafe` on the
+/// terms of [`CtorTramp`].
+pub(crate) type PoolTramp =
+    unsafe fn(usize, &Sig, &Pool, PoolWhat, &Val, usize) -> Result<Submitted, Refusal>;
+
+/// Gives a pool builder its initializer (a function named by its address, with encoded
+/// arguments). `unsafe` on the terms of [`CtorTramp`].
+pub(crate) type InitTramp =
+    unsafe fn(usize, &Sig, PoolBuilder, &Val) -> Result<PoolBuilder, Refusal>;
+
 /// The fingerprint of a constructor `fn(A) -> T` (the object type `T` is in its name).
 pub(crate) fn sig_ctor<A: Decode, T: Send + 'static>() -> FnSig {
     FnSig::of::<fn(A) -> T, A, ()>()
@@ -72,6 +87,25 @@ pub(crate) fn sig_method<T: 'static, A: Decode, R: Encode>() -> FnSig {
 /// The fingerprint of sorting items of type `T`.
 pub(crate) fn sig_sort<T: Decode + Ord>() -> FnSig {
     FnSig::of::<fn(&mut [T]), T, ()>()
+}
+
+/// The fingerprint of a pool task `fn(A) -> R` (as mproc-pool fingerprints it).
+pub(crate) fn sig_task<A: Decode, R: Encode + Decode>() -> FnSig {
+    FnSig::of::<fn(A) -> R, A, R>()
+}
+
+/// The fingerprint of a starmap function `F` over tuples `Args` (its type name is the
+/// `fn` item's path).
+pub(crate) fn sig_star<F: StarFn<Args>, Args: Decode>() -> FnSig
+where
+    F::Output: Encode + Decode,
+{
+    FnSig::of::<F, Args, F::Output>()
+}
+
+/// The fingerprint of a pool initializer `fn(I)`.
+pub(crate) fn sig_init<I: Decode>() -> FnSig {
+    FnSig::of::<fn(I), I, ()>()
 }
 
 fn aligned(b: &[u8]) -> AlignedVec<16> {
@@ -166,6 +200,162 @@ unsafe fn tramp_sort<T: Decode + Ord>(sig: &Sig, items: &mut Vec<Val>) -> Result
     Ok(())
 }
 
+fn bad(m: String) -> Refusal {
+    (FaultKind::BadRequest, m)
+}
+
+/// Trampoline submitting a pool task `fn(A) -> R` (`apply`, `map`, `imap`,
+/// `imap_unordered`).
+///
+/// # Safety
+///
+/// As [`tramp_ctor`].
+unsafe fn tramp_pool<A, R>(
+    func: usize,
+    sig: &Sig,
+    pool: &Pool,
+    what: PoolWhat,
+    args: &Val,
+    chunksize: usize,
+) -> Result<Submitted, Refusal>
+where
+    A: Message + Send + 'static,
+    R: Message + Send + 'static,
+{
+    check_sig(sig_task::<A, R>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(A) -> R`'s (checked above).
+    let f: fn(A) -> R = unsafe { fn_from_addr(func) };
+    let chunk = (chunksize > 0).then_some(chunksize);
+    Ok(match what {
+        PoolWhat::Apply => {
+            let a = decode::<A>(args).map_err(bad)?;
+            Submitted::Job(Arc::new(pool.apply_async(f, a)))
+        }
+        PoolWhat::Map => {
+            let items = decode::<Vec<A>>(args).map_err(bad)?;
+            Submitted::Job(Arc::new(pool.map_async_chunked(f, items, chunk)))
+        }
+        PoolWhat::Imap => {
+            let items = decode::<Vec<A>>(args).map_err(bad)?;
+            Submitted::Iter(Box::new(pool.imap_chunked(f, items, chunksize.max(1))))
+        }
+        PoolWhat::ImapUnordered => {
+            let items = decode::<Vec<A>>(args).map_err(bad)?;
+            Submitted::Iter(Box::new(pool.imap_unordered_chunked(
+                f,
+                items,
+                chunksize.max(1),
+            )))
+        }
+        PoolWhat::Starmap => return Err(bad("a starmap needs its own trampoline".into())),
+    })
+}
+
+/// Trampoline giving a pool builder the initializer `fn(I)` and its arguments.
+///
+/// # Safety
+///
+/// As [`tramp_ctor`].
+unsafe fn tramp_init<I: Message + Send + 'static>(
+    func: usize,
+    sig: &Sig,
+    builder: PoolBuilder,
+    args: &Val,
+) -> Result<PoolBuilder, Refusal> {
+    check_sig(sig_init::<I>(), sig)?;
+    // SAFETY: `func`'s type has the fingerprint `sig` (the caller's contract), which is
+    // `fn(I)`'s (checked above).
+    let f: fn(I) = unsafe { fn_from_addr(func) };
+    let a = decode::<I>(args).map_err(bad)?;
+    Ok(builder.initializer(f, a))
+}
+
+/// Trampoline submitting a starmap of the `fn` item type `F` over tuples `Args`. The
+/// function's address is not used: a `fn` item's type names it.
+///
+/// # Safety
+///
+/// None beyond the type's: it calls nothing by address (it checks `sig` all the same,
+/// so a client that claims another function type is refused).
+unsafe fn tramp_star<F, Args>(
+    _func: usize,
+    sig: &Sig,
+    pool: &Pool,
+    what: PoolWhat,
+    args: &Val,
+    chunksize: usize,
+) -> Result<Submitted, Refusal>
+where
+    F: StarFn<Args>,
+    Args: Message + Send + 'static,
+    F::Output: Message + Send + 'static,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "starmap takes a fn item, not a fn pointer or a closure"
+        )
+    };
+    check_sig(sig_star::<F, Args>(), sig)?;
+    if what != PoolWhat::Starmap {
+        return Err(bad("this trampoline only runs starmaps".into()));
+    }
+    if std::any::type_name::<F>().contains("{{closure}}") {
+        return Err(bad(format!(
+            "starmap takes a `fn` item, not a closure: {}",
+            std::any::type_name::<F>()
+        )));
+    }
+    let items = decode::<Vec<Args>>(args).map_err(bad)?;
+    // SAFETY: `F` is zero-sized (checked at compile time above) and, `StarFn` being
+    // sealed (mproc-pool implements it only for `Fn` types, which stable Rust lets no
+    // other type implement), a `fn` item or a closure type; not a closure (checked
+    // above). A `fn` item holds no bytes and no state, so one made from nothing is the
+    // function itself; the client held a value of `F`, so `F` is inhabited. This is
+    // mproc-pool's own argument for its starmap shim, which does the same in workers.
+    let f: F = unsafe { std::mem::zeroed() };
+    let chunk = (chunksize > 0).then_some(chunksize);
+    Ok(Submitted::Job(Arc::new(
+        pool.starmap_async_chunked(f, items, chunk),
+    )))
+}
+
+/// The offsets naming the pool task `f` and its trampoline, and its fingerprint.
+pub(crate) fn task_refs<A, R>(f: fn(A) -> R) -> (u64, u64, Sig)
+where
+    A: Message + Send + 'static,
+    R: Message + Send + 'static,
+{
+    (
+        offset_of(tramp_pool::<A, R> as PoolTramp as usize),
+        offset_of(f as usize),
+        sig_task::<A, R>().into(),
+    )
+}
+
+/// The offset of the starmap trampoline for `F` (twice: the function slot names the
+/// trampoline too, a `fn` item having no address of its own to send), and its
+/// fingerprint.
+pub(crate) fn star_refs<F, Args>(_f: F) -> (u64, u64, Sig)
+where
+    F: StarFn<Args>,
+    Args: Message + Send + 'static,
+    F::Output: Message + Send + 'static,
+{
+    let t = offset_of(tramp_star::<F, Args> as PoolTramp as usize);
+    (t, t, sig_star::<F, Args>().into())
+}
+
+/// The offsets naming the pool initializer `f` and its trampoline, and its fingerprint.
+pub(crate) fn init_refs<I: Message + Send + 'static>(f: fn(I)) -> (u64, u64, Sig) {
+    (
+        offset_of(tramp_init::<I> as InitTramp as usize),
+        offset_of(f as usize),
+        sig_init::<I>().into(),
+    )
+}
+
 /// The offsets naming `ctor` and its trampoline, and the fingerprint of its type.
 pub(crate) fn ctor_refs<A: Decode, T: Send + 'static>(ctor: fn(A) -> T) -> (u64, u64, Sig) {
     (
@@ -248,4 +438,45 @@ pub(crate) fn run_sort(
     let t: SortTramp = unsafe { fn_from_addr(t) };
     // SAFETY: the trampoline checks `sig` and calls nothing by address.
     unsafe { t(sig, items) }
+}
+
+/// Submits pool work named by a client of build `build` (see the module's safety
+/// contract).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_pool(
+    build: u64,
+    tramp: u64,
+    func: u64,
+    sig: &Sig,
+    pool: &Pool,
+    what: PoolWhat,
+    args: &Val,
+    chunksize: usize,
+) -> Result<Submitted, Refusal> {
+    let (t, f) = (addr(build, tramp)?, addr(build, func)?);
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is a
+    // `PoolTramp` of this image paired with `f`.
+    let t: PoolTramp = unsafe { fn_from_addr(t) };
+    // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
+    // made for, the type of `f` by the module contract.
+    unsafe { t(f, sig, pool, what, args, chunksize) }
+}
+
+/// Gives `builder` the initializer named by a client of build `build` (see the module's
+/// safety contract).
+pub(crate) fn run_init(
+    build: u64,
+    tramp: u64,
+    func: u64,
+    sig: &Sig,
+    builder: PoolBuilder,
+    args: &Val,
+) -> Result<PoolBuilder, Refusal> {
+    let (t, f) = (addr(build, tramp)?, addr(build, func)?);
+    // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is an
+    // `InitTramp` of this image paired with `f`.
+    let t: InitTramp = unsafe { fn_from_addr(t) };
+    // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
+    // made for, the type of `f` by the module contract.
+    unsafe { t(f, sig, builder, args) }
 }

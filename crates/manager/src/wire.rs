@@ -35,6 +35,27 @@ pub(crate) enum Kind {
     Barrier,
     Custom,
     Array,
+    /// A process pool (`Manager::pool`).
+    Pool,
+    /// The pending result of an `apply_async`/`map_async` on a pool.
+    PoolResult,
+    /// The results of an `imap`/`imap_unordered` on a pool, as they arrive.
+    PoolIter,
+}
+
+/// What a [`Op::PoolRun`] asks the pool to do with the function.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolWhat {
+    /// `f(args)` once; the arguments are one `A`.
+    Apply,
+    /// `f` over a `Vec<A>`, results in order.
+    Map,
+    /// A starmap function over a `Vec<Args>` of tuples.
+    Starmap,
+    /// `f` over a `Vec<A>`, results streamed in order.
+    Imap,
+    /// `f` over a `Vec<A>`, results streamed as they finish.
+    ImapUnordered,
 }
 
 /// The fingerprint of a function's type ([`mproc_core::code::FnSig`]) as it travels with
@@ -182,6 +203,56 @@ pub(crate) enum Op {
         stop: i64,
         items: Vec<Val>,
     },
+    /// Creates a process pool in the server (boxed: the hot requests do not grow).
+    CreatePool(Box<PoolSpec>),
+    /// Runs a function of this program on a pool object (boxed: the hot requests do
+    /// not grow with it).
+    PoolRun(Box<PoolRun>),
+    /// A pool result's value, waiting at most `timeout`.
+    PoolGet {
+        timeout: Micros,
+    },
+    /// Whether a pool result is ready.
+    PoolReady,
+    /// Whether a ready pool result succeeded (`Int`: -1 not ready, 0 failed, 1 succeeded).
+    PoolSuccessful,
+    /// The next result of a pool iterator (`MaybeVal(None)` at the end).
+    PoolNext {
+        timeout: Micros,
+    },
+    PoolClose,
+    PoolTerminate,
+    PoolJoin,
+    /// The pids of a pool's workers.
+    PoolPids,
+}
+
+/// The options of a pool made in the server (Python's `manager.Pool(processes,
+/// initializer, initargs, maxtasksperchild)`, plus a per-task time limit).
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub(crate) struct PoolSpec {
+    /// `None`: as many workers as the server's machine has CPUs.
+    pub(crate) processes: Option<u64>,
+    /// `0`: never replace a worker for its task count.
+    pub(crate) max_tasks: u64,
+    /// A per-task time limit, in microseconds.
+    pub(crate) time_limit: Micros,
+    /// The initializer: its trampoline's and its own offsets, fingerprint and arguments.
+    pub(crate) init: Option<(u64, u64, Sig, Val)>,
+}
+
+/// A function of this program submitted to a pool object: submitted, then either
+/// awaited (`wait`: the reply is the result) or kept as a result object (the reply is
+/// its id). `chunksize` 0 is the pool's default.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) struct PoolRun {
+    pub(crate) tramp: u64,
+    pub(crate) func: u64,
+    pub(crate) sig: Sig,
+    pub(crate) what: PoolWhat,
+    pub(crate) args: Val,
+    pub(crate) chunksize: u64,
+    pub(crate) wait: bool,
 }
 
 /// One request: an object id (0 for the server itself) and what to do.
@@ -211,6 +282,8 @@ pub(crate) enum FaultKind {
     Signature,
     /// A slice assignment of another length than the slice (a fixed-length array).
     SizeMismatch,
+    /// A process pool could not be started in the server.
+    PoolStart,
 }
 
 /// The server's answer.
@@ -227,6 +300,26 @@ pub(crate) enum Reply {
     Ints(Vec<i64>),
     Names(Vec<String>),
     Fault(FaultKind, String),
+    /// A pool task failed (`mproc_pool::TaskError`, with the item's index for a map;
+    /// boxed: the hot replies do not grow with it).
+    Task(Box<WireTask>),
+}
+
+/// A pool task's failure on the wire (`mproc_pool::TaskError`, plus the index of the
+/// failed item for a map).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WireTask {
+    /// Which `TaskError` variant (see `pooled::task_kind`).
+    pub(crate) kind: u8,
+    /// The panic message, broken-pool reason or codec message.
+    pub(crate) text: String,
+    pub(crate) pid: i32,
+    pub(crate) signal: Option<i32>,
+    pub(crate) exitcode: Option<i32>,
+    /// A time limit, in microseconds.
+    pub(crate) limit_us: u64,
+    /// The failed item's index, for a map.
+    pub(crate) index: Option<u64>,
 }
 
 /// A `ShareableList` item on the wire (mproc-shm's `Item` is not an rkyv type).

@@ -10,7 +10,7 @@
 //! | `Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `connection` | [`channel`] (`mproc-channel`) |
 //! | `Pool`, `pool.ThreadPool` (`dummy.Pool`), `concurrent.futures.ProcessPoolExecutor` | [`pool`] (`mproc-pool`) |
 //! | `logging.handlers.QueueHandler`/`QueueListener`, `%(processName)s` | [`logging`] (`mproc-log`) |
-//! | `Manager`, `managers.BaseManager`, `SyncManager` | [`manager`] (`mproc-manager`) |
+//! | `Manager`, `managers.BaseManager`, `SyncManager` (and its `Pool` proxy) | [`manager`] (`mproc-manager`) |
 //! | `get_logger()`, `log_to_stderr(level)`, `util.SUBDEBUG` … | [`get_logger`], [`log_to_stderr`], [`LogLevel`] (`mproc_core::logger`) |
 //!
 //! See `docs/guide.md` for the full Python-to-Rust map.
