@@ -260,13 +260,22 @@ impl OutQueue {
 }
 
 /// Writes a whole frame buffer to a blocking socket.
-pub(crate) fn write_all(sock: BorrowedFd<'_>, f: FrameBuf) -> io::Result<()> {
+///
+/// `full` runs each time the socket has no room left, before waiting for some: the
+/// reader must be told that data is there, or a frame bigger than the socket's buffer
+/// waits for a reader that waits for the frame's end.
+pub(crate) fn write_all(
+    sock: BorrowedFd<'_>,
+    f: FrameBuf,
+    full: &mut dyn FnMut(),
+) -> io::Result<()> {
     let mut q = OutQueue::default();
     q.push(f);
     loop {
         if q.flush(sock)? {
             return Ok(());
         }
+        full();
         // A blocking socket only returns WouldBlock if someone made it non-blocking:
         // wait for room rather than spin.
         let mut p = [rustix::event::PollFd::new(

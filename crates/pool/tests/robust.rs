@@ -381,3 +381,30 @@ fn worker_death_is_seen_by_a_waiting_caller() {
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
 }
+
+/// Results far bigger than a socket's buffer (python's default chunksize over 100,000
+/// items: 100 KiB-1 MiB per frame), while the caller sleeps in `get()` rather than
+/// driving the pool: a worker whose socket is full must tell the parent so, or it waits
+/// for room the parent never makes (it waits for the frame's end). Hung 1 run in 3 before.
+#[test]
+fn result_frames_bigger_than_the_socket_buffer_arrive() {
+    let rounds = 60;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _maps = std::thread::spawn(move || {
+        let pool = Pool::new(2).unwrap();
+        for _ in 0..rounds {
+            for cs in [None, Some(1000), Some(50_000)] {
+                let v = pool.map_async_chunked(sqr, 0..100_000u64, cs).get();
+                if tx.send(v.map(|v| (v.len(), v[99_999]))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    for round in 0..rounds * 3 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(r) => assert_eq!(r.unwrap(), (100_000, 99_999 * 99_999), "map {round}"),
+            Err(_) => panic!("map {round} never finished: a worker is stuck writing results"),
+        }
+    }
+}
