@@ -222,6 +222,34 @@ impl<T: Element, L: ShmLock> Value<T, L> {
         })
     }
 
+    /// `raw` behind a new lock of its own (Python's
+    /// `multiprocessing.sharedctypes.synchronized(obj)`): every handle made from this
+    /// value shares the lock; handles of `raw` itself still reach the memory unlocked.
+    ///
+    /// ```
+    /// use mproc_shm::{RawValue, Value};
+    /// let raw = RawValue::new(1u64)?;
+    /// let v: Value<u64> = Value::from_raw(raw.clone())?;
+    /// *v.lock().unwrap() += 1;
+    /// assert_eq!(raw.get(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the lock cannot be created.
+    #[doc(alias = "synchronized")]
+    pub fn from_raw(raw: RawValue<T>) -> Result<Self, AllocError> {
+        Ok(Value {
+            raw,
+            lock: L::create()?,
+        })
+    }
+
+    /// `raw` guarded by `lock` (Python's `synchronized(obj, lock)`).
+    pub fn from_raw_with_lock(raw: RawValue<T>, lock: L) -> Self {
+        Value { raw, lock }
+    }
+
     /// Takes the lock and returns a guard through which the value can be read and
     /// changed; the change is written back when the guard drops, before the lock is
     /// released.
@@ -461,6 +489,24 @@ impl<T: Element, L: ShmLock> Array<T, L> {
             raw: RawArray::from_slice(items)?,
             lock,
         })
+    }
+
+    /// `raw` behind a new lock of its own (Python's
+    /// `multiprocessing.sharedctypes.synchronized(obj)`), as [`Value::from_raw`].
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the lock cannot be created.
+    #[doc(alias = "synchronized")]
+    pub fn from_raw(raw: RawArray<T>) -> Result<Self, AllocError> {
+        Ok(Array {
+            raw,
+            lock: L::create()?,
+        })
+    }
+
+    /// `raw` guarded by `lock` (Python's `synchronized(obj, lock)`).
+    pub fn from_raw_with_lock(raw: RawArray<T>, lock: L) -> Self {
+        Array { raw, lock }
     }
 
     /// Number of elements.

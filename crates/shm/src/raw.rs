@@ -9,6 +9,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// Elements [`RawArray::copy`] moves at a time (a bounded private buffer).
+const COPY_PIECE: usize = 64 * 1024;
+
 /// Bytes for `len` elements of `T` (at least one byte: regions are never empty).
 fn bytes_for<T: Element>(len: usize) -> Result<usize, AllocError> {
     len.checked_mul(size_of::<T::Repr>())
@@ -88,6 +91,24 @@ impl<T: Element> RawValue<T> {
     #[inline]
     pub fn set(&self, value: T) {
         self.elem.set(value.into_repr());
+    }
+
+    /// A new value in new shared memory holding this one's current value (Python's
+    /// `multiprocessing.sharedctypes.copy`). Unlike [`clone`](Clone::clone), which gives
+    /// another handle on the same memory, the two then change independently.
+    ///
+    /// ```
+    /// let a = mproc_shm::RawValue::new(7u32)?;
+    /// let b = a.copy()?;
+    /// b.set(8);
+    /// assert_eq!((a.get(), b.get()), (7, 8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the memory cannot be created.
+    pub fn copy(&self) -> Result<Self, AllocError> {
+        Self::new(self.get())
     }
 
     /// The memory behind the value.
@@ -174,6 +195,36 @@ impl<T: Element> RawArray<T> {
         let a = Self::zeroed(items.len())?;
         a.write_from(0, items).expect("same length");
         Ok(a)
+    }
+
+    /// A new array in new shared memory holding a copy of this one's elements (Python's
+    /// `multiprocessing.sharedctypes.copy`); unlike [`clone`](Clone::clone), the two then
+    /// change independently. The elements are copied in pieces, each read whole, so a
+    /// concurrent writer may leave the copy with some elements from before its write and
+    /// some from after (lock a [`crate::Array`] around the copy to avoid that).
+    ///
+    /// ```
+    /// let a = mproc_shm::RawArray::from_slice(&[1u8, 2, 3])?;
+    /// let b = a.copy()?;
+    /// b.set(0, 9)?;
+    /// assert_eq!((a.to_vec(), b.to_vec()), (vec![1, 2, 3], vec![9, 2, 3]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::Io`] if the memory cannot be created.
+    pub fn copy(&self) -> Result<Self, AllocError> {
+        let new = Self::zeroed(self.len)?;
+        let mut buf = Vec::with_capacity(self.len.min(COPY_PIECE));
+        let mut start = 0;
+        while start < self.len {
+            let n = (self.len - start).min(COPY_PIECE);
+            buf.resize(n, zero::<T>());
+            self.read_into(start, &mut buf).expect("in bounds");
+            new.write_from(start, &buf).expect("same length");
+            start += n;
+        }
+        Ok(new)
     }
 
     /// Number of elements.

@@ -383,3 +383,61 @@ fn byte_copies_racing_atomic_views_never_tear_an_aligned_word() {
     assert!(seen > 0);
     shm.unlink().unwrap();
 }
+
+fn add_through_synchronized(args: (Value<u64>, RawValue<u64>, RawArray<i32>, u32)) -> u32 {
+    let (v, copy, array_copy, n) = args;
+    for _ in 0..n {
+        *v.lock().unwrap() += 1;
+    }
+    copy.set(99);
+    array_copy.fill(-1);
+    n
+}
+
+#[test]
+fn copies_are_independent_and_synchronized_raw_values_count_exactly() {
+    // Python: c = sharedctypes.copy(raw); v = sharedctypes.synchronized(raw)
+    let raw = RawValue::new(5u64).unwrap();
+    let copy = raw.copy().unwrap();
+    let array = RawArray::from_slice(&[1i32, 2, 3]).unwrap();
+    let array_copy = array.copy().unwrap();
+    let v: Value<u64> = Value::from_raw(raw.clone()).unwrap();
+    let mut a = start(
+        add_through_synchronized,
+        (v.clone(), copy.clone(), array_copy.clone(), 500),
+    );
+    let mut b = start(
+        add_through_synchronized,
+        (v.clone(), copy.clone(), array_copy.clone(), 500),
+    );
+    assert_eq!(join(&mut a) + join(&mut b), 1000);
+    // Every increment went through the one lock, and reached the raw memory.
+    assert_eq!(raw.get(), 1005);
+    assert_eq!(v.get().unwrap(), 1005);
+    // The copies were written by the children; the originals were not.
+    assert_eq!(copy.get(), 99);
+    assert_eq!(array_copy.to_vec(), [-1, -1, -1]);
+    assert_eq!(array.to_vec(), [1, 2, 3]);
+    // A synchronized array over an existing raw one, with a lock given by the caller.
+    let lock = mproc_sync::Lock::new().unwrap();
+    let arr: Array<i32> = Array::from_raw_with_lock(array.clone(), lock.clone());
+    lock.acquire().unwrap();
+    assert!(
+        arr.get_lock().try_acquire().is_ok_and(|got| !got),
+        "same lock"
+    );
+    lock.release().unwrap();
+    arr.set(0, 7).unwrap();
+    assert_eq!(array.get(0).unwrap(), 7);
+}
+
+#[test]
+fn copy_of_a_large_array_crosses_its_pieces() {
+    let n = 200_000; // more than one copy piece
+    let items: Vec<u32> = (0..n).collect();
+    let a = RawArray::from_slice(&items).unwrap();
+    let c = a.copy().unwrap();
+    assert_eq!(c.len(), a.len());
+    assert_eq!(c.to_vec(), items);
+    assert_eq!(RawArray::<u8>::zeroed(0).unwrap().copy().unwrap().len(), 0);
+}
