@@ -157,11 +157,38 @@ pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
             Err(e) => return Err(e.into()),
         }
     }
-    fcntl_add_seals(
-        &fd,
-        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-    )?;
+    retry_busy(SEAL_TRIES, || {
+        fcntl_add_seals(
+            &fd,
+            SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+    })?;
     Ok(fd)
+}
+
+/// How many times [`sealed_memfd`] asks for the write seal.
+const SEAL_TRIES: u32 = 12;
+
+/// Runs `op` until it does not fail with `EBUSY`, at most `tries` times, sleeping a
+/// little longer each time (0.5 ms doubling to 64 ms).
+///
+/// `F_SEAL_WRITE` fails with `EBUSY` while the kernel still holds extra references on
+/// the file's pages for a moment (page-cache batches, memory scanners): the kernel
+/// waits ~75 ms for them itself, then gives up. Seen about once in 10,000 seals on an
+/// idle machine; a later try succeeds.
+fn retry_busy(tries: u32, mut op: impl FnMut() -> rustix::io::Result<()>) -> io::Result<()> {
+    let mut pause = std::time::Duration::from_micros(500);
+    let mut left = tries;
+    loop {
+        match op() {
+            Err(Errno::BUSY) if left > 1 => {
+                left -= 1;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(64));
+            }
+            r => return r.map_err(io::Error::from),
+        }
+    }
 }
 
 fn wait_fd(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Deadline) {
@@ -214,5 +241,49 @@ impl<'a> PidLock<'a> {
     pub(crate) fn unlock(&self) {
         self.word.store(0, Ordering::Release);
         futex::wake(self.word, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_seal_is_tried_again_until_it_takes() {
+        let mut calls = 0;
+        let r = retry_busy(5, || {
+            calls += 1;
+            if calls < 3 { Err(Errno::BUSY) } else { Ok(()) }
+        });
+        assert!(r.is_ok());
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_seal_that_stays_busy_is_an_error_after_the_last_try() {
+        let mut calls = 0;
+        let r = retry_busy(4, || {
+            calls += 1;
+            Err(Errno::BUSY)
+        });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        assert_eq!(calls, 4);
+        // Other errors are not tried again.
+        let mut calls = 0;
+        let r = retry_busy(4, || {
+            calls += 1;
+            Err(Errno::PERM)
+        });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_sealed_memfd_holds_the_bytes_and_refuses_writes() {
+        let fd = sealed_memfd(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(rustix::io::pread(&fd, &mut buf, 0).unwrap(), 5);
+        assert_eq!(&buf, b"hello");
+        assert_eq!(rustix::io::pwrite(&fd, b"x", 0), Err(Errno::PERM));
     }
 }
