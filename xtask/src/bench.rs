@@ -51,10 +51,12 @@ pub(crate) fn run(args: &[String]) -> bool {
             .unwrap_or("")
             .trim_start_matches("bench_")
             .to_owned();
-        // A filter that names an area ("pool." or "pool.map") needs only that script.
+        // A filter that names an area ("pool." or "pool.map") needs only that script;
+        // names with no script of their own ("lock.", "value.") run every script.
         if let Some(f) = &filter
             && let Some((want, _)) = f.split_once('.')
             && want != area
+            && py_dir.join(format!("bench_{want}.py")).exists()
         {
             continue;
         }

@@ -59,4 +59,7 @@ def dict_child(d, conn):
 
 
 if __name__ == "__main__":
-    main()
+    from common import wants
+
+    if any(wants(w) for w in ("manager.list_append", "manager.list_len", "manager.dict_setget_child")):
+        main()

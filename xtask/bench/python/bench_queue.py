@@ -2,7 +2,7 @@
 one child (fork context, the cheapest to start; the workloads do not depend on it)."""
 import multiprocessing as mp
 
-from common import emit, pick, rate, time_per_op
+from common import emit, pick, rate, time_per_op, wants
 
 STOP = -1
 MIB = 1 << 20
@@ -41,8 +41,10 @@ def pingpong(ctx):
     emit("queue.pingpong", "µs", s)
 
 
-def stream(ctx, workload, unit, ops, payload, scale):
-    go, data = ctx.Queue(), ctx.Queue()
+def stream(ctx, workload, unit, ops, payload, scale, kind="Queue"):
+    if not wants(workload):
+        return
+    go, data = ctx.Queue(), getattr(ctx, kind)()
     p = ctx.Process(target=producer, args=(go, data, payload))
     p.start()
 
@@ -59,9 +61,13 @@ def stream(ctx, workload, unit, ops, payload, scale):
 
 def main():
     ctx = mp.get_context("fork")
-    pingpong(ctx)
+    if wants("queue.pingpong"):
+        pingpong(ctx)
     stream(ctx, "queue.small_throughput", "msg/s", pick(200_000, 40_000), None, 1.0)
+    stream(ctx, "queue.simplequeue_small_throughput", "msg/s", pick(200_000, 40_000), None, 1.0,
+           kind="SimpleQueue")
     stream(ctx, "queue.mid_512b_throughput", "msg/s", pick(200_000, 40_000), bytes(512), 1.0)
+    stream(ctx, "queue.mid_1kib_throughput", "msg/s", pick(200_000, 40_000), bytes(1024), 1.0)
     stream(ctx, "queue.mid_8kib_throughput", "msg/s", pick(100_000, 20_000), bytes(8192), 1.0)
     stream(ctx, "queue.bw_1mib", "GB/s", pick(500, 100), bytes(MIB), MIB / 1e9)
 

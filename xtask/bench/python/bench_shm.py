@@ -1,6 +1,6 @@
 """CPython's side of the `shm` area: SharedMemory create + close + unlink (4 KiB), a
 child writing 256 MiB (32 MiB with --quick) into a new SharedMemory that the parent then
-reads (process start included), and Value('d') += 1 under its lock.
+reads (process start included), Value('d') += 1 under its lock, and RawValue('d') += 1.
 Same workload names and units as xtask/bench/src/shm.rs."""
 import multiprocessing as mp
 import time
@@ -64,6 +64,16 @@ def locked_incr(samples):
     emit("value.locked_incr", "ops/s", rate(samples, pick(1_000_000, 200_000), run))
 
 
+def raw_incr(samples):
+    v = mp.RawValue("d", 0.0)
+
+    def run(n):
+        for _ in range(n):
+            v.value += 1
+
+    emit("rawvalue.incr", "ops/s", rate(samples, pick(5_000_000, 500_000), run))
+
+
 if __name__ == "__main__":
     import sys
 
@@ -74,3 +84,5 @@ if __name__ == "__main__":
         bandwidth(pick(5, 3))
     if flt in "value.locked_incr":
         locked_incr(pick(15, 5))
+    if flt in "rawvalue.incr":
+        raw_incr(pick(15, 5))

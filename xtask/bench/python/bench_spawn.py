@@ -2,7 +2,7 @@
 multiprocessing.Process under each start method, in microseconds."""
 import multiprocessing as mp
 
-from common import emit, pick, time_per_op
+from common import emit, pick, time_per_op, wants
 
 
 def noop():
@@ -18,6 +18,8 @@ def start_join(ctx, n):
 
 def main():
     for method, iters in (("fork", pick(200, 50)), ("spawn", pick(20, 5)), ("forkserver", pick(100, 30))):
+        if not wants("start." + method):
+            continue
         ctx = mp.get_context(method)
         s = time_per_op(pick(7, 3), iters, 1e-6, lambda n: start_join(ctx, n))
         emit("start." + method, "us", s)

@@ -5,6 +5,12 @@ import sys
 import time
 
 QUICK = "--quick" in sys.argv
+FILTER = sys.argv[sys.argv.index("--filter") + 1] if "--filter" in sys.argv[:-1] else ""
+
+
+def wants(workload):
+    """Whether a workload of this name should run (its name contains --filter's value)."""
+    return FILTER in workload
 
 
 def pick(full, quick):

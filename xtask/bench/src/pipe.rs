@@ -5,6 +5,11 @@
 //!   `recv::<u64>()` (rkyv, validated); raw: 8 bytes written and read.
 //! - `pipe.bw_1mib`: 1 MiB messages one way, GB/s. mproc: `send_bytes` /
 //!   `recv_bytes_view` (framed, received in place); raw: 1 MiB `write`s and `read`s.
+//! - `pipe.bw_64mib_one`: one 64 MiB message at a time, acknowledged by the receiver
+//!   before the next, GB/s. mproc: `send_bytes` / `recv_bytes` (the receiver gets a
+//!   fresh 64 MiB `Vec`, as CPython's `recv_bytes` gets fresh `bytes`); raw: 64 MiB
+//!   written and read into a buffer the child reuses. `mproc-view`: received with
+//!   `recv_bytes_view` (lent in place, no copy out).
 use crate::harness::{Opts, Record, fork, rate, time_per_op};
 use mproc::channel::{Connection, Pipe};
 use std::os::fd::OwnedFd;
@@ -51,6 +56,76 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
     }
     if opts.wants("pipe.bw_1mib") {
         bandwidth(opts, emit);
+    }
+    if opts.wants("pipe.bw_64mib_one") {
+        one_big(opts, emit);
+    }
+}
+
+fn one_big(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    const SIZE: usize = 64 * MIB;
+    let samples = opts.pick(7, 3);
+    let msgs = opts.pick(3, 1);
+    let w = "pipe.bw_64mib_one";
+    let gbps = |s: Vec<f64>| -> Vec<f64> { s.into_iter().map(|m| m * SIZE as f64 / 1e9).collect() };
+    let payload = vec![0x5au8; SIZE];
+    {
+        let (a, b): (Connection, Connection) = Pipe(true).expect("pipe");
+        let _child = fork(move || {
+            while let Ok(m) = b.recv_bytes() {
+                let ok = m.len() == SIZE;
+                drop(m);
+                if !ok || b.send_bytes(b"").is_err() {
+                    break;
+                }
+            }
+        });
+        let s = rate(samples, msgs, |n| {
+            for _ in 0..n {
+                a.send_bytes(&payload).unwrap();
+                a.recv_bytes().unwrap();
+            }
+        });
+        emit(Record::from_samples(w, "mproc", "GB/s", &gbps(s)));
+    }
+    {
+        // The same received with `recv_bytes_view` (lent in place: no copy out).
+        let (a, b): (Connection, Connection) = Pipe(true).expect("pipe");
+        let _child = fork(move || {
+            while let Ok(m) = b.recv_bytes_view() {
+                let ok = m.len() == SIZE;
+                drop(m);
+                if !ok || b.send_bytes(b"").is_err() {
+                    break;
+                }
+            }
+        });
+        let s = rate(samples, msgs, |n| {
+            for _ in 0..n {
+                a.send_bytes(&payload).unwrap();
+                a.recv_bytes().unwrap();
+            }
+        });
+        emit(Record::from_samples(w, "mproc-view", "GB/s", &gbps(s)));
+    }
+    {
+        let (a, b) = raw_pair();
+        let _child = fork(move || {
+            let mut buf = vec![0u8; SIZE];
+            while read_exact(&b, &mut buf) {
+                if !write_all(&b, b"k") {
+                    return;
+                }
+            }
+        });
+        let s = rate(samples, msgs, |n| {
+            for _ in 0..n {
+                assert!(write_all(&a, &payload));
+                let mut k = [0u8; 1];
+                assert!(read_exact(&a, &mut k));
+            }
+        });
+        emit(Record::from_samples(w, "raw", "GB/s", &gbps(s)));
     }
 }
 

@@ -7,6 +7,12 @@
 //! - `pool.apply_async_rtt` (µs per submit + get of a trivial task, one at a time);
 //! - `pool.imap_c1000` (items/s): Pool(2) `imap` of x*x over 100,000 integers, chunksize
 //!   1000, consumed in order;
+//! - `pool.imap_unordered_c1` / `_c1000` (items/s): Pool(2) `imap_unordered` of x*x over
+//!   20,000 integers with chunksize 1 and 100,000 with chunksize 1000, consumed as they come;
+//! - `pool.startup_first_result_fork` / `_spawn` / `_forkserver` (ms): `Pool(2)` creation
+//!   with that start method to the first result of `apply` (the pool's shutdown is not
+//!   timed); `raw` (fork only): a bare `fork`, the child writes the result into a pipe
+//!   and exits, the parent reads it;
 //! - `pool.executor_map_c1` / `_c1000` (items/s): the executor's `map` of x*x (CPython:
 //!   `ProcessPoolExecutor(2).map`), over 5,000 and 100,000 integers;
 //! - `pool.cpu_bound_speedup` (×): Pool(2) map over 40 tasks of ~20 ms, sequential time
@@ -18,6 +24,7 @@
 use crate::harness::{Opts, Record, rate, time_per_op};
 use mproc::Serde;
 use mproc::pool::{Executor, Pool, ThreadPool};
+use mproc::spawn::StartMethod;
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -57,7 +64,82 @@ fn calibrate(ms: f64) -> u64 {
     }
 }
 
+/// ms from `Pool(2)` creation with `method` to the first result of `apply`, per sample.
+fn startup(method: StartMethod, samples: usize) -> Vec<f64> {
+    (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            let pool = match Pool::builder().processes(2).start_method(method).build() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("pool bench: {method:?}: {e}");
+                    return f64::NAN;
+                }
+            };
+            let r = pool.apply(square, 3);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(pool);
+            if r.ok() != Some(9) {
+                return f64::NAN;
+            }
+            ms
+        })
+        .collect()
+}
+
+/// The raw floor of `pool.startup_first_result_fork`: fork, the child writes x*x into a
+/// pipe and exits, the parent reads it and reaps the child. ms per sample.
+fn raw_startup(samples: usize) -> Vec<f64> {
+    (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            let (r, w) = rustix::pipe::pipe().expect("pipe");
+            let child = crate::harness::fork(move || {
+                let _ = rustix::io::write(&w, &square(3).to_le_bytes());
+            });
+            let mut b = [0u8; 8];
+            let ok = rustix::io::read(&r, &mut b).is_ok_and(|n| n == 8);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(child);
+            if ok && u64::from_le_bytes(b) == 9 {
+                ms
+            } else {
+                f64::NAN
+            }
+        })
+        .collect()
+}
+
 pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    for (name, method) in [
+        ("pool.startup_first_result_fork", StartMethod::Fork),
+        ("pool.startup_first_result_spawn", StartMethod::Spawn),
+        (
+            "pool.startup_first_result_forkserver",
+            StartMethod::ForkServer,
+        ),
+    ] {
+        if !opts.wants(name) {
+            continue;
+        }
+        let samples = opts.pick(7, 3);
+        // A warm-up: the first forkserver start also starts the server.
+        black_box(startup(method, 1));
+        emit(Record::from_samples(
+            name,
+            "mproc",
+            "ms",
+            &startup(method, samples),
+        ));
+        if method == StartMethod::Fork {
+            emit(Record::from_samples(
+                name,
+                "raw",
+                "ms",
+                &raw_startup(samples),
+            ));
+        }
+    }
     let pool = match Pool::new(2) {
         Ok(p) => p,
         Err(e) => {
@@ -100,6 +182,19 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             "items/s",
             &s,
         ));
+    }
+    for (name, cs, items) in [
+        ("pool.imap_unordered_c1", 1, opts.pick(20_000, 5_000)),
+        ("pool.imap_unordered_c1000", 1000, n),
+    ] {
+        if !opts.wants(name) {
+            continue;
+        }
+        let s = rate(samples, items, |k| {
+            let r: Vec<Result<u64, _>> = pool.imap_unordered_chunked(square, 0..k, cs).collect();
+            black_box(r);
+        });
+        emit(Record::from_samples(name, "mproc", "items/s", &s));
     }
     for (name, cs, items) in [
         ("pool.executor_map_c1", 1, opts.pick(5_000, 1_000)),

@@ -13,8 +13,10 @@
 //!   front, so two cores take the page faults.
 //! - `value.locked_incr` (ops/s, one process): `*v.lock()? += 1.0` on a `Value<f64>`;
 //!   `raw` is a bare futex-mutex word and an f64 in a shared page.
+//! - `rawvalue.incr` (ops/s, one process): `v.set(v.get() + 1.0)` on a `RawValue<f64>`,
+//!   no lock; `raw` is the same on a bare f64 in a shared page (volatile).
 use crate::harness::{Opts, Record, rate, time_per_op};
-use mproc::shm::{SharedMemory, Value};
+use mproc::shm::{RawValue, SharedMemory, Value};
 use mproc::spawn::Process;
 use rustix::fs::Mode;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -28,6 +30,7 @@ pub fn run(opts: &Opts, emit: &mut dyn FnMut(Record)) {
     create_unlink(opts, emit);
     bandwidth(opts, emit);
     locked_incr(opts, emit);
+    raw_incr(opts, emit);
 }
 
 fn create_unlink(opts: &Opts, emit: &mut dyn FnMut(Record)) {
@@ -258,6 +261,43 @@ fn locked_incr(opts: &Opts, emit: &mut dyn FnMut(Record)) {
             if word.swap(0, Ordering::Release) == 2 {
                 let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
             }
+        }
+    });
+    emit(Record::from_samples(w, "raw", "ops/s", &raw));
+}
+
+fn raw_incr(opts: &Opts, emit: &mut dyn FnMut(Record)) {
+    let w = "rawvalue.incr";
+    if !opts.wants(w) {
+        return;
+    }
+    let (samples, ops) = (opts.pick(15, 5), opts.pick(50_000_000, 5_000_000));
+    let v: RawValue<f64> = RawValue::new(0.0).expect("raw value");
+    let mproc = rate(samples, ops, |n| {
+        for _ in 0..n {
+            let v = black_box(&v);
+            v.set(v.get() + 1.0);
+        }
+    });
+    black_box(v.get());
+    emit(Record::from_samples(w, "mproc", "ops/s", &mproc));
+
+    // SAFETY: a fresh anonymous shared page, kept for the rest of the process.
+    let page = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            4096,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+        )
+    }
+    .expect("mmap")
+    .cast::<f64>();
+    let raw = rate(samples, ops, |n| {
+        for _ in 0..n {
+            let p = black_box(page);
+            // SAFETY: the page is mapped, aligned and only this thread touches it.
+            unsafe { p.write_volatile(p.read_volatile() + 1.0) };
         }
     });
     emit(Record::from_samples(w, "raw", "ops/s", &raw));
