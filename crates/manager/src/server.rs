@@ -891,13 +891,14 @@ impl Ctx<'_> {
                     args,
                     chunksize,
                     wait,
+                    last,
                 } = *run;
                 self.custom_ok()?;
                 let chunksize = usize::try_from(chunksize)
                     .map_err(|_| (FaultKind::BadRequest, "chunk size too large".into()))?;
                 let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     crate::sys::run_pool(
-                        self.build, tramp, func, &sig, &pool, what, &args, chunksize,
+                        self.build, tramp, func, &sig, &pool, what, &args, chunksize, last,
                     )
                 }))
                 .map_err(|p| (FaultKind::Panicked, panic_text(&*p)))??;
@@ -951,8 +952,16 @@ impl Ctx<'_> {
                 Some(false) => 0,
                 Some(true) => 1,
             })),
-            (Held::Iter(it), Op::PoolNext { timeout }) => {
+            (Held::Iter(it), Op::PoolNext {
+                timeout,
+                more,
+                last,
+            }) => {
                 let mut it = lock(&it);
+                if more.is_some() || last {
+                    it.feed(more.as_deref(), last)
+                        .map_err(|e| (FaultKind::BadRequest, e))?;
+                }
                 match self.block(deadline(timeout), |t| it.next(t))? {
                     None => Err(fault(FaultKind::Timeout)),
                     Some(None) => Ok(Reply::MaybeVal(None)),
@@ -2282,6 +2291,7 @@ mod tests {
                 args: crate::client::enc(&4u64).unwrap(),
                 chunksize: 0,
                 wait: true,
+                last: false,
             }))
         };
         match ask(&c, pool, run(good.clone(), PoolWhat::Apply)) {
@@ -2311,6 +2321,7 @@ mod tests {
                 args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
                 chunksize: 0,
                 wait: true,
+                last: false,
             }))
         };
         match ask(&c, pool, star(ssig)) {
@@ -2391,6 +2402,7 @@ mod tests {
             args: crate::client::enc(&2u64).unwrap(),
             chunksize: 0,
             wait: true,
+            last: false,
         }));
         match ask(&c2, pool, run) {
             Reply::Task(t) => assert!(matches!(
@@ -2466,9 +2478,14 @@ mod tests {
                 args: Val::default(),
                 chunksize: u64::MAX,
                 wait: true,
+                last: false,
             })),
             Op::PoolGet { timeout: None },
-            Op::PoolNext { timeout: Some(0) },
+            Op::PoolNext {
+                timeout: Some(0),
+                more: None,
+                last: false,
+            },
             Op::PoolJoin,
             Op::PoolTerminate,
         ];
