@@ -602,10 +602,7 @@ impl<R: Decode> AsyncResultProxy<R> {
         let r = self.r.call(Op::PoolGet {
             timeout: micros(timeout),
         });
-        if matches!(
-            r,
-            Ok(_) | Err(ManagerError::Task(_) | ManagerError::Map(_))
-        ) {
+        if matches!(r, Ok(_) | Err(ManagerError::Task(_) | ManagerError::Map(_))) {
             // The work is done: its callback, if any, runs before the outcome is seen.
             self.r.cbs.wait();
         }

@@ -101,7 +101,8 @@ impl<R: Message + 'static> Pending for MapResult<R> {
 }
 
 /// Makes the pool's iterator over one batch of a stream's input.
-pub(crate) type MakeIMap<A, R> = Box<dyn Fn(&Pool, Vec<A>) -> IMap<std::vec::IntoIter<A>, R> + Send>;
+pub(crate) type MakeIMap<A, R> =
+    Box<dyn Fn(&Pool, Vec<A>) -> IMap<std::vec::IntoIter<A>, R> + Send>;
 
 /// The pool's iterator over one batch of the input, with the outcomes it gave while
 /// it was being started.

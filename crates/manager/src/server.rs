@@ -952,11 +952,14 @@ impl Ctx<'_> {
                 Some(false) => 0,
                 Some(true) => 1,
             })),
-            (Held::Iter(it), Op::PoolNext {
-                timeout,
-                more,
-                last,
-            }) => {
+            (
+                Held::Iter(it),
+                Op::PoolNext {
+                    timeout,
+                    more,
+                    last,
+                },
+            ) => {
                 let mut it = lock(&it);
                 if more.is_some() || last {
                     it.feed(more.as_deref(), last)

@@ -66,15 +66,8 @@ fn check_sig(expected: FnSig, sig: &Sig) -> Result<(), Refusal> {
 /// Submits work to a pool: the function (named by its address), what to do with it,
 /// the encoded arguments and the chunk size (0: the pool's default). `unsafe` on the
 /// terms of [`CtorTramp`].
-pub(crate) type PoolTramp = unsafe fn(
-    usize,
-    &Sig,
-    &Arc<Pool>,
-    PoolWhat,
-    &Val,
-    usize,
-    bool,
-) -> Result<Submitted, Refusal>;
+pub(crate) type PoolTramp =
+    unsafe fn(usize, &Sig, &Arc<Pool>, PoolWhat, &Val, usize, bool) -> Result<Submitted, Refusal>;
 
 /// Gives a pool builder its initializer (a function named by its address, with encoded
 /// arguments). `unsafe` on the terms of [`CtorTramp`].
