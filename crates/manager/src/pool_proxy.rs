@@ -728,7 +728,7 @@ where
         let Some(input) = self.input.as_mut() else {
             return Ok((None, false));
         };
-        if self.sent - self.received > self.batch as u64 {
+        if self.sent.saturating_sub(self.received) > self.batch as u64 {
             return Ok((None, false));
         }
         let items: Vec<I::Item> = input.by_ref().take(self.batch).collect();

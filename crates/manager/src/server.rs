@@ -2271,6 +2271,71 @@ mod tests {
     }
 
     #[test]
+    fn an_imap_refuses_a_wrong_batch_and_fails_rather_than_waits_for_missing_input() {
+        use crate::wire::PoolWhat;
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            ..Default::default()
+        };
+        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let (tramp, func, sig) = crate::sys::task_refs(pool_square);
+        let it = match ask(
+            &c,
+            pool,
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp,
+                func,
+                sig,
+                what: PoolWhat::Imap,
+                args: crate::client::enc(&vec![2u64, 3]).unwrap(),
+                chunksize: 1,
+                wait: false,
+                last: false,
+            })),
+        ) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let next = |more: Option<Val>, last: bool| Op::PoolNext {
+            timeout: None,
+            more: more.map(Box::new),
+            last,
+        };
+        // A batch of another item type is refused; the iterator goes on.
+        let wrong = crate::client::enc(&vec![String::from("x")]).unwrap();
+        assert!(matches!(
+            ask(&c, it, next(Some(wrong), false)),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        let val = |r: Reply| match r {
+            Reply::Val(v) => crate::sys::decode::<u64>(&v).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(val(ask(&c, it, next(None, false))), 4);
+        assert_eq!(val(ask(&c, it, next(None, false))), 9);
+        // The client sent no more and did not say the input ended: a failure, not a
+        // wait for input that cannot come.
+        assert!(matches!(
+            ask(&c, it, next(None, false)),
+            Reply::Task(w) if matches!(w.clone().into_error(), ManagerError::Task(mproc_pool::TaskError::Broken { .. }))
+        ));
+        let more = crate::client::enc(&vec![5u64]).unwrap();
+        assert_eq!(val(ask(&c, it, next(Some(more), true))), 25);
+        assert!(matches!(
+            ask(&c, it, next(None, false)),
+            Reply::MaybeVal(None)
+        ));
+        assert!(matches!(ask(&c, 0, Op::Shutdown), Reply::Unit));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
     fn pool_tasks_are_refused_for_another_build_or_a_forged_signature() {
         use crate::wire::PoolWhat;
         let (a, t) = serve();
