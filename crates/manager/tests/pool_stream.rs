@@ -437,3 +437,37 @@ fn a_dead_server_reaches_the_error_callback() {
         (0, 1)
     );
 }
+
+/// Each callback waits on a thread of its own: a thousand in flight all run, and `join`
+/// returns after the last.
+#[test]
+fn a_thousand_callbacks_in_flight_all_run_before_join_returns() {
+    let m = Manager::start().unwrap();
+    let pool = m.pool(2).unwrap();
+    let n = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut rs = Vec::new();
+    for i in 0..1000u64 {
+        let n = Arc::clone(&n);
+        rs.push(
+            pool.apply_async_with(
+                square,
+                i,
+                move |v| {
+                    n.fetch_add(v, Ordering::SeqCst);
+                },
+                |e| panic!("{e}"),
+            )
+            .unwrap(),
+        );
+    }
+    pool.close().unwrap();
+    pool.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        (0..1000u64).map(square).sum::<u64>()
+    );
+    assert!(rs.iter().all(|r| r.ready().unwrap()));
+    m.shutdown().unwrap();
+}
