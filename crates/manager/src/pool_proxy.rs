@@ -580,7 +580,7 @@ impl PoolProxy {
     /// Transport errors.
     pub fn join(&self) -> Result<()> {
         unit(self.r.call(Op::PoolJoin)?)?;
-        self.r.cbs.wait();
+        self.r.wait_callbacks();
         Ok(())
     }
 
@@ -604,7 +604,7 @@ impl<R: Decode> AsyncResultProxy<R> {
         });
         if matches!(r, Ok(_) | Err(ManagerError::Task(_) | ManagerError::Map(_))) {
             // The work is done: its callback, if any, runs before the outcome is seen.
-            self.r.cbs.wait();
+            self.r.wait_callbacks();
         }
         self.r.dec(val(r?)?)
     }
@@ -650,7 +650,7 @@ impl<R: Decode> AsyncResultProxy<R> {
             owner: 0,
         })?)?;
         if done {
-            self.r.cbs.wait();
+            self.r.wait_callbacks();
         }
         Ok(done)
     }
@@ -660,7 +660,7 @@ impl<R: Decode> AsyncResultProxy<R> {
     /// # Errors
     /// Transport errors.
     pub fn ready(&self) -> Result<bool> {
-        Ok(boolean(self.r.call(Op::PoolReady)?)? && self.r.cbs.idle())
+        Ok(boolean(self.r.call(Op::PoolReady)?)? && self.r.callbacks_idle())
     }
 
     /// Whether it finished without error; `None` while it runs (where Python's
@@ -671,7 +671,7 @@ impl<R: Decode> AsyncResultProxy<R> {
     pub fn successful(&self) -> Result<Option<bool>> {
         Ok(match int(self.r.call(Op::PoolSuccessful)?)? {
             n if n < 0 => None,
-            _ if !self.r.cbs.idle() => None,
+            _ if !self.r.callbacks_idle() => None,
             0 => Some(false),
             _ => Some(true),
         })

@@ -89,6 +89,19 @@ impl Drop for RefInner {
 }
 
 impl RefInner {
+    /// Waits until this process's callbacks for the object have run. A copy that
+    /// crossed a fork by memory has no callback threads to wait for.
+    pub(crate) fn wait_callbacks(&self) {
+        if self.session.pid == crate::client::my_pid() {
+            self.cbs.wait();
+        }
+    }
+
+    /// Whether no callback of this process for the object is left to run.
+    pub(crate) fn callbacks_idle(&self) -> bool {
+        self.session.pid != crate::client::my_pid() || self.cbs.idle()
+    }
+
     pub(crate) fn call(&self, op: Op) -> Result<Reply> {
         self.session.call(self.id, op)
     }
