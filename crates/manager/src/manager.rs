@@ -280,6 +280,7 @@ impl Manager {
             Reply::Id(id) => Ok(Arc::new(RefInner {
                 session: Arc::clone(&self.session),
                 id,
+                cbs: Default::default(),
             })),
             other => Err(unexpected(&other)),
         }
@@ -367,6 +368,7 @@ impl Manager {
             Reply::Id(id) => Ok(ArrayProxy::from_ref(Arc::new(RefInner {
                 session: Arc::clone(&self.session),
                 id,
+                cbs: Default::default(),
             }))),
             other => Err(unexpected(&other)),
         }
@@ -572,6 +574,7 @@ impl Manager {
             Reply::Id(id) => Ok(Proxy::from_ref(Arc::new(RefInner {
                 session: Arc::clone(&self.session),
                 id,
+                cbs: Default::default(),
             }))),
             other => Err(unexpected(&other)),
         }
@@ -678,6 +681,7 @@ impl PoolProxyBuilder<'_> {
             Reply::Id(id) => Ok(PoolProxy::from_ref(Arc::new(RefInner {
                 session: Arc::clone(&m.session),
                 id,
+                cbs: Default::default(),
             }))),
             other => Err(unexpected(&other)),
         }

@@ -29,7 +29,97 @@ impl PoolProxy {
             args,
             chunksize: chunksize as u64,
             wait,
+            last: true,
         })))
+    }
+
+    /// Starts an iterator over `items`: its first batch travels with the request, the
+    /// others with the requests for results.
+    fn stream<I, R>(
+        &self,
+        (tramp, func, sig): (u64, u64, Sig),
+        what: PoolWhat,
+        mut items: I,
+        chunksize: usize,
+    ) -> Result<IMapProxy<I, R>>
+    where
+        I: Iterator,
+        I::Item: Message,
+    {
+        let chunksize = chunksize.max(1);
+        let batch = batch_len(chunksize);
+        let first: Vec<I::Item> = items.by_ref().take(batch).collect();
+        let last = first.len() < batch;
+        let sent = first.len() as u64;
+        let r = self.r.call(Op::PoolRun(Box::new(PoolRun {
+            tramp,
+            func,
+            sig,
+            what,
+            args: enc(&first)?,
+            chunksize: chunksize as u64,
+            wait: false,
+            last,
+        })))?;
+        drop(first);
+        Ok(IMapProxy {
+            r: self.made(r)?,
+            input: (!last).then_some(items),
+            sent,
+            received: 0,
+            batch,
+            done: false,
+            _t: PhantomData,
+        })
+    }
+
+    /// Runs `callback` or `error_callback` (exactly one of them, once) with the
+    /// outcome of the result object that `r` made, on a thread of this process.
+    fn with_callbacks<T>(
+        &self,
+        r: Reply,
+        callback: impl FnOnce(T) + Send + 'static,
+        error_callback: impl FnOnce(ManagerError) + Send + 'static,
+    ) -> Result<AsyncResultProxy<T>>
+    where
+        T: Decode + Send + 'static,
+    {
+        let res = AsyncResultProxy::<T>::from_ref(self.made(r)?);
+        let waiter = res.clone();
+        let pool = Arc::clone(&self.r);
+        pool.cbs.start();
+        waiter.r.cbs.start();
+        /// Marks the callback done however it ends.
+        struct Done(Arc<RefInner>, Arc<RefInner>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.1.cbs.finish();
+                self.0.cbs.finish();
+            }
+        }
+        let spawned = std::thread::Builder::new()
+            .name("mproc-manager-callback".into())
+            .spawn(move || {
+                let done = Done(pool, Arc::clone(&waiter.r));
+                done.0.cbs.enter();
+                done.1.cbs.enter();
+                let got = waiter.fetch(None);
+                drop(waiter);
+                // A panicking callback is its own failure: the proxy and the pool go on
+                // (the panic hook has reported it).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match got {
+                    Ok(v) => callback(v),
+                    Err(e) => error_callback(e),
+                }));
+                drop(done);
+            });
+        if let Err(e) = spawned {
+            // The thread never ran: nothing is left to wait for.
+            res.r.cbs.finish();
+            self.r.cbs.finish();
+            return Err(ManagerError::Io(e));
+        }
+        Ok(res)
     }
 
     /// A handle on the object a submission made in the server.
@@ -38,6 +128,7 @@ impl PoolProxy {
             Reply::Id(id) => Ok(Arc::new(RefInner {
                 session: Arc::clone(&self.r.session),
                 id,
+                cbs: Default::default(),
             })),
             other => Err(unexpected(&other)),
         }
@@ -257,29 +348,11 @@ impl PoolProxy {
         Ok(AsyncResultProxy::from_ref(self.made(r)?))
     }
 
-    fn imap_inner<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-        what: PoolWhat,
-        chunksize: usize,
-    ) -> Result<IMapProxy<R>>
-    where
-        A: Message + Send + 'static,
-        R: Message + Send + 'static,
-    {
-        let refs = crate::sys::task_refs(f);
-        let r = self.run(refs, what, Self::items(items)?, chunksize.max(1), false)?;
-        Ok(IMapProxy {
-            r: self.made(r)?,
-            done: false,
-            _t: PhantomData,
-        })
-    }
-
     /// Python's `imap`: the results in input order, each fetched from the server as it
-    /// is needed (while later items still run). The items travel to the server all at
-    /// once (the pool pulls them from there lazily).
+    /// is needed (while later items still run). The input is read lazily, as the
+    /// results are: it travels to the server in batches, a batch ahead of the results
+    /// fetched, so an endless iterator works and neither side holds more than a few
+    /// batches (of `max(64, 4 × chunksize)` items).
     ///
     /// ```
     /// use mproc_manager::Manager;
@@ -288,21 +361,21 @@ impl PoolProxy {
     /// let pool = m.pool(2).unwrap();
     /// let got: Vec<u32> = pool.imap(double, 0..4u32).unwrap().map(Result::unwrap).collect();
     /// assert_eq!(got, [0, 2, 4, 6]);
+    /// // An endless input: only what `take` needs (and a batch or two ahead) runs.
+    /// let firsts: Vec<u32> = pool.imap(double, 0..).unwrap().take(3).map(Result::unwrap).collect();
+    /// assert_eq!(firsts, [0, 2, 4]);
     /// ```
     ///
     /// # Errors
     /// As [`apply_async`](Self::apply_async); a failed item is that item's
     /// [`ManagerError::Task`].
-    pub fn imap<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-    ) -> Result<IMapProxy<R>>
+    pub fn imap<I, A, R>(&self, f: fn(A) -> R, items: I) -> Result<IMapProxy<I::IntoIter, R>>
     where
+        I: IntoIterator<Item = A>,
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::Imap, 1)
+        self.imap_chunked(f, items, 1)
     }
 
     /// [`imap`](Self::imap) handing `chunksize` items to a worker at a time (Python's
@@ -310,17 +383,19 @@ impl PoolProxy {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_chunked<A, R>(
+    pub fn imap_chunked<I, A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: I,
         chunksize: usize,
-    ) -> Result<IMapProxy<R>>
+    ) -> Result<IMapProxy<I::IntoIter, R>>
     where
+        I: IntoIterator<Item = A>,
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::Imap, chunksize)
+        let refs = crate::sys::task_refs(f);
+        self.stream(refs, PoolWhat::Imap, items.into_iter(), chunksize)
     }
 
     /// Python's `imap_unordered`: as [`imap`](Self::imap), results in the order they
@@ -328,16 +403,17 @@ impl PoolProxy {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered<A, R>(
+    pub fn imap_unordered<I, A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-    ) -> Result<IMapProxy<R>>
+        items: I,
+    ) -> Result<IMapProxy<I::IntoIter, R>>
     where
+        I: IntoIterator<Item = A>,
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::ImapUnordered, 1)
+        self.imap_unordered_chunked(f, items, 1)
     }
 
     /// [`imap_unordered`](Self::imap_unordered) handing `chunksize` items to a worker
@@ -345,17 +421,136 @@ impl PoolProxy {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered_chunked<A, R>(
+    pub fn imap_unordered_chunked<I, A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: I,
         chunksize: usize,
-    ) -> Result<IMapProxy<R>>
+    ) -> Result<IMapProxy<I::IntoIter, R>>
+    where
+        I: IntoIterator<Item = A>,
+        A: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let refs = crate::sys::task_refs(f);
+        self.stream(refs, PoolWhat::ImapUnordered, items.into_iter(), chunksize)
+    }
+
+    /// Lazily applies `f` to every tuple of `items`, results in input order, `chunksize`
+    /// tuples at a time (mproc-pool's `Pool::istarmap`; Python's `imap` over
+    /// `itertools.starmap`). The input travels as [`imap`](Self::imap)'s does.
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// fn mul(a: u64, b: u64) -> u64 { a * b }
+    /// let m = Manager::start().unwrap();
+    /// let pool = m.pool(2).unwrap();
+    /// let got: Vec<u64> = pool.istarmap(mul, [(2, 3), (4, 5)], 1).unwrap().map(Result::unwrap).collect();
+    /// assert_eq!(got, [6, 20]);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`imap`](Self::imap); a closure is refused (`BadRequest`), as by
+    /// [`starmap`](Self::starmap).
+    pub fn istarmap<I, F, Args>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMapProxy<I::IntoIter, F::Output>>
+    where
+        I: IntoIterator<Item = Args>,
+        F: StarFn<Args>,
+        Args: Message + Send + 'static,
+        F::Output: Message + Send + 'static,
+    {
+        let refs = crate::sys::star_refs(f);
+        self.stream(refs, PoolWhat::Istarmap, items.into_iter(), chunksize)
+    }
+
+    /// Submits `f(args)` with Python's `callback` and `error_callback` (as mproc-pool's
+    /// `Pool::apply_async_with`): exactly one of them runs, once, in *this* process (as
+    /// Python runs them in the process that called `apply_async`), on a thread of its
+    /// own and under no lock of the proxy's: a callback may use the pool, the manager
+    /// or the result. `error_callback` gets the task's failure ([`ManagerError::Task`]),
+    /// or the transport error that kept the outcome from arriving. In this process the
+    /// result's `get`, `wait` and `ready` and the pool's [`join`](Self::join) report the
+    /// work finished only once its callback has returned, as Python's do. A callback
+    /// that panics is reported by the panic hook and goes no further.
+    ///
+    /// ```
+    /// use mproc_manager::Manager;
+    /// use std::sync::mpsc;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let m = Manager::start().unwrap();
+    /// let pool = m.pool(1).unwrap();
+    /// let (tx, rx) = mpsc::channel();
+    /// let r = pool.apply_async_with(square, 7, move |v| tx.send(v).unwrap(), |e| panic!("{e}")).unwrap();
+    /// assert_eq!(r.get().unwrap(), 49);
+    /// assert_eq!(rx.try_recv().unwrap(), 49); // the callback ran before `get` returned
+    /// ```
+    ///
+    /// # Errors
+    /// As [`apply_async`](Self::apply_async); [`ManagerError::Io`] if no thread could be
+    /// started for the callbacks (the task was submitted; neither callback runs).
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callback: impl FnOnce(R) + Send + 'static,
+        error_callback: impl FnOnce(ManagerError) + Send + 'static,
+    ) -> Result<AsyncResultProxy<R>>
     where
         A: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_inner(f, items, PoolWhat::ImapUnordered, chunksize)
+        let refs = crate::sys::task_refs(f);
+        let r = self.run(refs, PoolWhat::Apply, enc(&args)?, 0, false)?;
+        self.with_callbacks(r, callback, error_callback)
+    }
+
+    /// Submits a map with Python's `callback` (every result, in input order) and
+    /// `error_callback` (the first failure, [`ManagerError::Map`]); they run as
+    /// [`apply_async_with`](Self::apply_async_with)'s do.
+    ///
+    /// # Errors
+    /// As [`apply_async_with`](Self::apply_async_with).
+    pub fn map_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        callback: impl FnOnce(Vec<R>) + Send + 'static,
+        error_callback: impl FnOnce(ManagerError) + Send + 'static,
+    ) -> Result<AsyncResultProxy<Vec<R>>>
+    where
+        A: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let refs = crate::sys::task_refs(f);
+        let r = self.run(refs, PoolWhat::Map, Self::items(items)?, 0, false)?;
+        self.with_callbacks(r, callback, error_callback)
+    }
+
+    /// Submits a starmap with Python's `callback` and `error_callback`; see
+    /// [`map_async_with`](Self::map_async_with).
+    ///
+    /// # Errors
+    /// As [`apply_async_with`](Self::apply_async_with).
+    pub fn starmap_async_with<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+        callback: impl FnOnce(Vec<F::Output>) + Send + 'static,
+        error_callback: impl FnOnce(ManagerError) + Send + 'static,
+    ) -> Result<AsyncResultProxy<Vec<F::Output>>>
+    where
+        F: StarFn<Args>,
+        Args: Message + Send + 'static,
+        F::Output: Message + Send + 'static,
+    {
+        let refs = crate::sys::star_refs(f);
+        let r = self.run(refs, PoolWhat::Starmap, Self::items(items)?, 0, false)?;
+        self.with_callbacks(r, callback, error_callback)
     }
 
     /// No more tasks; the workers exit once the queued ones are done (Python's
@@ -378,12 +573,15 @@ impl PoolProxy {
 
     /// Waits until the workers have finished the queued work and exited (Python's
     /// `join`; it implies [`close`](Self::close), where Python raises if `close` was not
-    /// called).
+    /// called), and until this process's callbacks for the pool have run (but for a
+    /// callback's own thread).
     ///
     /// # Errors
     /// Transport errors.
     pub fn join(&self) -> Result<()> {
-        unit(self.r.call(Op::PoolJoin)?)
+        unit(self.r.call(Op::PoolJoin)?)?;
+        self.r.wait_callbacks();
+        Ok(())
     }
 
     /// The pids of the pool's current workers (processes of the server's machine; they
@@ -401,10 +599,14 @@ impl PoolProxy {
 
 impl<R: Decode> AsyncResultProxy<R> {
     fn fetch(&self, timeout: Option<Duration>) -> Result<R> {
-        let v = val(self.r.call(Op::PoolGet {
+        let r = self.r.call(Op::PoolGet {
             timeout: micros(timeout),
-        })?)?;
-        self.r.dec(v)
+        });
+        if matches!(r, Ok(_) | Err(ManagerError::Task(_) | ManagerError::Map(_))) {
+            // The work is done: its callback, if any, runs before the outcome is seen.
+            self.r.wait_callbacks();
+        }
+        self.r.dec(val(r?)?)
     }
 
     /// Waits for the result (Python's `get()`); it can be fetched again.
@@ -443,10 +645,14 @@ impl<R: Decode> AsyncResultProxy<R> {
     }
 
     fn wait_for(&self, timeout: Option<Duration>) -> Result<bool> {
-        boolean(self.r.call(Op::Wait {
+        let done = boolean(self.r.call(Op::Wait {
             timeout: micros(timeout),
             owner: 0,
-        })?)
+        })?)?;
+        if done {
+            self.r.wait_callbacks();
+        }
+        Ok(done)
     }
 
     /// Whether the work has finished (Python's `ready()`).
@@ -454,7 +660,7 @@ impl<R: Decode> AsyncResultProxy<R> {
     /// # Errors
     /// Transport errors.
     pub fn ready(&self) -> Result<bool> {
-        boolean(self.r.call(Op::PoolReady)?)
+        Ok(boolean(self.r.call(Op::PoolReady)?)? && self.r.callbacks_idle())
     }
 
     /// Whether it finished without error; `None` while it runs (where Python's
@@ -465,50 +671,111 @@ impl<R: Decode> AsyncResultProxy<R> {
     pub fn successful(&self) -> Result<Option<bool>> {
         Ok(match int(self.r.call(Op::PoolSuccessful)?)? {
             n if n < 0 => None,
+            _ if !self.r.callbacks_idle() => None,
             0 => Some(false),
             _ => Some(true),
         })
     }
 }
 
-/// The results of [`PoolProxy::imap`] / [`PoolProxy::imap_unordered`] (Python's
-/// `IMapIterator` through a manager): each `next` fetches one result from the server,
-/// waiting for it. Dropping it releases the server's iterator (items not yet started
-/// are cancelled).
+/// Items of an `imap`'s input sent per batch: at most the pool's own window over an
+/// iterator's input (`max(256, 4 × processes × chunksize)`), so that a batch is handed
+/// to the workers whole as soon as it arrives.
+fn batch_len(chunksize: usize) -> usize {
+    chunksize.saturating_mul(4).max(64)
+}
+
+/// The results of [`PoolProxy::imap`], [`PoolProxy::imap_unordered`] and
+/// [`PoolProxy::istarmap`] (Python's `IMapIterator` through a manager): each `next`
+/// fetches one result from the server, waiting for it, and sends the next batch of the
+/// input `I` along when the server holds less than a batch of it. Dropping it releases
+/// the server's iterator: its batches are dropped and the items not yet started are
+/// cancelled; the rest of the input is never read.
 ///
-/// After a transport error (the server is gone) the iterator ends.
-pub struct IMapProxy<R> {
+/// After a transport error (the server is gone), or an input batch that cannot be
+/// encoded (that error is the last item), the iterator ends.
+pub struct IMapProxy<I, R> {
     r: Arc<RefInner>,
+    /// The input not sent yet (`None` once it has all been read).
+    input: Option<I>,
+    sent: u64,
+    received: u64,
+    batch: usize,
     done: bool,
     _t: PhantomData<fn() -> R>,
 }
 
-impl<R> fmt::Debug for IMapProxy<R> {
+impl<I, R> fmt::Debug for IMapProxy<I, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IMapProxy")
             .field("id", &self.r.id)
+            .field("sent", &self.sent)
+            .field("received", &self.received)
             .field("done", &self.done)
             .finish()
     }
 }
 
-impl<R: Decode> IMapProxy<R> {
+impl<I, R> IMapProxy<I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Decode,
+{
+    /// The batch of input to send with the next request, if the server is short of one,
+    /// and whether the input ends there.
+    fn more(&mut self) -> Result<(Option<Box<Val>>, bool)> {
+        let Some(input) = self.input.as_mut() else {
+            return Ok((None, false));
+        };
+        if self.sent.saturating_sub(self.received) > self.batch as u64 {
+            return Ok((None, false));
+        }
+        let items: Vec<I::Item> = input.by_ref().take(self.batch).collect();
+        let last = items.len() < self.batch;
+        if last {
+            self.input = None;
+        }
+        self.sent += items.len() as u64;
+        if items.is_empty() {
+            return Ok((None, true));
+        }
+        Ok((Some(Box::new(enc(&items)?)), last))
+    }
+
     fn fetch(&mut self, timeout: Option<Duration>) -> Option<Result<R>> {
         if self.done {
             return None;
         }
+        let (more, last) = match self.more() {
+            Ok(m) => m,
+            Err(e) => {
+                self.done = true;
+                self.input = None;
+                return Some(Err(e));
+            }
+        };
         let r = self.r.call(Op::PoolNext {
             timeout: micros(timeout),
+            more,
+            last,
         });
         match r {
             Ok(Reply::MaybeVal(None)) => {
                 self.done = true;
                 None
             }
-            Ok(Reply::Val(v)) => Some(self.r.dec(v)),
+            Ok(Reply::Val(v)) => {
+                self.received += 1;
+                Some(self.r.dec(v))
+            }
             Ok(other) => {
                 self.done = true;
                 Some(Err(unexpected(&other)))
+            }
+            Err(e @ (ManagerError::Task(_) | ManagerError::Map(_))) => {
+                self.received += 1;
+                Some(Err(e))
             }
             Err(
                 e @ (ManagerError::ServerGone | ManagerError::Io(_) | ManagerError::NoSuchObject),
@@ -528,7 +795,12 @@ impl<R: Decode> IMapProxy<R> {
     }
 }
 
-impl<R: Decode> Iterator for IMapProxy<R> {
+impl<I, R> Iterator for IMapProxy<I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Decode,
+{
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {

@@ -8,8 +8,10 @@ use crate::client::enc;
 use crate::error::ManagerError;
 use crate::wire::{Val, WireTask};
 use mproc_core::Message;
-use mproc_pool::{AsyncResult, IMap, MapError, MapResult, ResultError, TaskError};
-use std::time::Duration;
+use mproc_pool::{AsyncResult, IMap, MapError, MapResult, Pool, ResultError, TaskError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 /// What waiting for a result gives: its encoded value, or the task's failure.
 pub(crate) type Outcome = Result<Val, WireTask>;
@@ -26,8 +28,14 @@ pub(crate) trait Pending: Send + Sync {
     fn successful(&self) -> Option<bool>;
 }
 
-/// A running `imap`/`imap_unordered`, whatever its result type.
+/// A running `imap`/`imap_unordered`/`istarmap`, whatever its result type.
 pub(crate) trait Stream: Send {
+    /// Takes the next batch of the input (an encoded `Vec` of items, if any), and
+    /// whether the input ends with it.
+    ///
+    /// # Errors
+    /// The batch is not a `Vec` of this stream's items (nothing is taken).
+    fn feed(&mut self, batch: Option<&Val>, last: bool) -> Result<(), String>;
     /// The next outcome, waiting at most `t`: `None` if none arrived by then,
     /// `Some(None)` at the end.
     fn next(&mut self, t: Duration) -> Option<Option<Outcome>>;
@@ -92,20 +100,180 @@ impl<R: Message + 'static> Pending for MapResult<R> {
     }
 }
 
-impl<A, R> Stream for IMap<std::vec::IntoIter<A>, R>
+/// Makes the pool's iterator over one batch of a stream's input.
+pub(crate) type MakeIMap<A, R> =
+    Box<dyn Fn(&Pool, Vec<A>) -> IMap<std::vec::IntoIter<A>, R> + Send>;
+
+/// The pool's iterator over one batch of the input, with the outcomes it gave while
+/// it was being started.
+struct Batch<A, R> {
+    /// `None`: a batch that reached a pool already dropped (its items failed).
+    imap: Option<IMap<std::vec::IntoIter<A>, R>>,
+    early: VecDeque<Outcome>,
+    ended: bool,
+}
+
+impl<A, R> Batch<A, R>
 where
     A: Message + Send + 'static,
     R: Message + Send + 'static,
 {
     fn next(&mut self, t: Duration) -> Option<Option<Outcome>> {
-        match self.next_timeout(t) {
+        if let Some(o) = self.early.pop_front() {
+            return Some(Some(o));
+        }
+        let Some(imap) = self.imap.as_mut().filter(|_| !self.ended) else {
+            return Some(None);
+        };
+        let r = match imap.next_timeout(t) {
             None => Some(None),
             Some(Ok(r)) => Some(Some(out(&r))),
             Some(Err(ResultError::Timeout)) => None,
             Some(Err(ResultError::Failed(e))) => Some(Some(Err(WireTask::from_task(&e, None)))),
+        };
+        self.ended = matches!(r, Some(None));
+        r
+    }
+}
+
+/// An `imap` whose input arrives from the client in batches (Python's `IteratorProxy`
+/// over a lazily consumed input): each batch is handed to the pool as it arrives, as
+/// one of the pool's own iterators, so the workers stay busy across batches while
+/// neither side holds more than a few batches. Results come from the oldest batch
+/// first (`imap`), or from whichever batch has one (`imap_unordered`). Dropping it
+/// drops the batches: their items not yet started are cancelled.
+pub(crate) struct Batches<A, R> {
+    pool: Weak<Pool>,
+    make: MakeIMap<A, R>,
+    ordered: bool,
+    live: VecDeque<Batch<A, R>>,
+    last: bool,
+}
+
+impl<A, R> Batches<A, R>
+where
+    A: Message + Send + 'static,
+    R: Message + Send + 'static,
+{
+    pub(crate) fn new(
+        pool: &Arc<Pool>,
+        make: MakeIMap<A, R>,
+        ordered: bool,
+        first: Vec<A>,
+        last: bool,
+    ) -> Self {
+        let mut b = Batches {
+            pool: Arc::downgrade(pool),
+            make,
+            ordered,
+            live: VecDeque::new(),
+            last: false,
+        };
+        b.push(first, last);
+        b
+    }
+
+    fn push(&mut self, items: Vec<A>, last: bool) {
+        self.last = last;
+        if items.is_empty() {
+            return;
+        }
+        let n = items.len();
+        let Some(pool) = self.pool.upgrade() else {
+            // The pool was dropped: its items fail as a terminated pool's do.
+            let e = WireTask::from_task(&TaskError::Terminated, None);
+            self.live.push_back(Batch {
+                imap: None,
+                early: std::iter::repeat_n(Err(e), n).collect(),
+                ended: true,
+            });
+            return;
+        };
+        let mut batch = Batch {
+            imap: Some((self.make)(&pool, items)),
+            early: VecDeque::new(),
+            ended: false,
+        };
+        // The pool pulls an iterator's items as it is read: a first read hands the
+        // whole batch (no larger than the iterator's window) to the workers now.
+        if let Some(Some(o)) = batch.next(Duration::ZERO) {
+            batch.early.push_back(o);
+        }
+        self.live.push_back(batch);
+    }
+
+    /// No batch left to read: the end, or (a client that did not send the rest of its
+    /// input) a failure rather than a wait for input that cannot come.
+    fn dry(&self) -> Option<Option<Outcome>> {
+        if self.last {
+            Some(None)
+        } else {
+            Some(Some(Err(WireTask::from_task(
+                &TaskError::Broken {
+                    reason: "the imap's client sent no more input".into(),
+                },
+                None,
+            ))))
         }
     }
 }
+
+impl<A, R> Stream for Batches<A, R>
+where
+    A: Message + Send + 'static,
+    R: Message + Send + 'static,
+{
+    fn feed(&mut self, batch: Option<&Val>, last: bool) -> Result<(), String> {
+        let items = match batch {
+            Some(v) => crate::sys::decode::<Vec<A>>(v)?,
+            None => Vec::new(),
+        };
+        self.push(items, last || self.last);
+        Ok(())
+    }
+
+    fn next(&mut self, t: Duration) -> Option<Option<Outcome>> {
+        let until = Instant::now()
+            .checked_add(t)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.ordered || self.live.len() < 2 {
+                let front = match self.live.front_mut() {
+                    Some(f) => f,
+                    None => return self.dry(),
+                };
+                match front.next(left) {
+                    Some(None) => {
+                        self.live.pop_front();
+                    }
+                    other => return other,
+                }
+                continue;
+            }
+            // Several batches run: any of them may have the next result.
+            for b in &mut self.live {
+                if let Some(Some(o)) = b.next(Duration::ZERO) {
+                    return Some(Some(o));
+                }
+            }
+            self.live.retain(|b| !(b.ended && b.early.is_empty()));
+            if self.live.len() < 2 {
+                continue;
+            }
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(Some(o)) = self.live[0].next(left.min(POLL)) {
+                return Some(Some(o));
+            }
+        }
+    }
+}
+
+/// How long an `imap_unordered` over several batches waits on the oldest before it
+/// looks at the others again.
+const POLL: Duration = Duration::from_millis(2);
 
 const PANICKED: u8 = 0;
 const WORKER_LOST: u8 = 1;

@@ -15,6 +15,68 @@ use std::time::Duration;
 pub(crate) struct RefInner {
     pub(crate) session: Arc<Session>,
     pub(crate) id: u64,
+    /// The callbacks of this process still to run for the object (a pool's, or one
+    /// result's).
+    pub(crate) cbs: Callbacks,
+}
+
+/// Counts the callbacks (of `apply_async_with` and the like) still to run in this
+/// process, and the threads running them.
+#[derive(Default)]
+pub(crate) struct Callbacks {
+    st: std::sync::Mutex<CbState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct CbState {
+    pending: usize,
+    runners: Vec<std::thread::ThreadId>,
+}
+
+impl Callbacks {
+    fn state(&self) -> std::sync::MutexGuard<'_, CbState> {
+        // User code never runs under this lock: a poisoned one holds a sound count.
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more callback to wait for.
+    pub(crate) fn start(&self) {
+        self.state().pending += 1;
+    }
+
+    /// The calling thread runs one of the callbacks.
+    pub(crate) fn enter(&self) {
+        self.state().runners.push(std::thread::current().id());
+    }
+
+    /// The calling thread's callback is done.
+    pub(crate) fn finish(&self) {
+        let me = std::thread::current().id();
+        let mut st = self.state();
+        st.pending = st.pending.saturating_sub(1);
+        if let Some(i) = st.runners.iter().position(|t| *t == me) {
+            st.runners.swap_remove(i);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Whether no callback is left to run (a callback's own thread counts as done).
+    pub(crate) fn idle(&self) -> bool {
+        let st = self.state();
+        st.pending == 0 || st.runners.contains(&std::thread::current().id())
+    }
+
+    /// Waits until every callback has run, unless the caller is a callback itself
+    /// (which would wait for itself).
+    pub(crate) fn wait(&self) {
+        let me = std::thread::current().id();
+        let mut st = self.state();
+        while st.pending > 0 && !st.runners.contains(&me) {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl Drop for RefInner {
@@ -27,6 +89,19 @@ impl Drop for RefInner {
 }
 
 impl RefInner {
+    /// Waits until this process's callbacks for the object have run. A copy that
+    /// crossed a fork by memory has no callback threads to wait for.
+    pub(crate) fn wait_callbacks(&self) {
+        if self.session.pid == crate::client::my_pid() {
+            self.cbs.wait();
+        }
+    }
+
+    /// Whether no callback of this process for the object is left to run.
+    pub(crate) fn callbacks_idle(&self) -> bool {
+        self.session.pid != crate::client::my_pid() || self.cbs.idle()
+    }
+
     pub(crate) fn call(&self, op: Op) -> Result<Reply> {
         self.session.call(self.id, op)
     }
@@ -117,7 +192,11 @@ impl RefInner {
                 Err(e) => return Err(io_err(e)),
             }
         }
-        Ok(Arc::new(RefInner { session, id }))
+        Ok(Arc::new(RefInner {
+            session,
+            id,
+            cbs: Callbacks::default(),
+        }))
     }
 }
 

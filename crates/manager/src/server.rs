@@ -891,13 +891,14 @@ impl Ctx<'_> {
                     args,
                     chunksize,
                     wait,
+                    last,
                 } = *run;
                 self.custom_ok()?;
                 let chunksize = usize::try_from(chunksize)
                     .map_err(|_| (FaultKind::BadRequest, "chunk size too large".into()))?;
                 let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     crate::sys::run_pool(
-                        self.build, tramp, func, &sig, &pool, what, &args, chunksize,
+                        self.build, tramp, func, &sig, &pool, what, &args, chunksize, last,
                     )
                 }))
                 .map_err(|p| (FaultKind::Panicked, panic_text(&*p)))??;
@@ -951,8 +952,19 @@ impl Ctx<'_> {
                 Some(false) => 0,
                 Some(true) => 1,
             })),
-            (Held::Iter(it), Op::PoolNext { timeout }) => {
+            (
+                Held::Iter(it),
+                Op::PoolNext {
+                    timeout,
+                    more,
+                    last,
+                },
+            ) => {
                 let mut it = lock(&it);
+                if more.is_some() || last {
+                    it.feed(more.as_deref(), last)
+                        .map_err(|e| (FaultKind::BadRequest, e))?;
+                }
                 match self.block(deadline(timeout), |t| it.next(t))? {
                     None => Err(fault(FaultKind::Timeout)),
                     Some(None) => Ok(Reply::MaybeVal(None)),
@@ -2259,6 +2271,71 @@ mod tests {
     }
 
     #[test]
+    fn an_imap_refuses_a_wrong_batch_and_fails_rather_than_waits_for_missing_input() {
+        use crate::wire::PoolWhat;
+        let (a, t) = serve();
+        let c = Client(&a, Some(b"key")).unwrap();
+        hello(&c, mproc_core::code::layout());
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            ..Default::default()
+        };
+        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let (tramp, func, sig) = crate::sys::task_refs(pool_square);
+        let it = match ask(
+            &c,
+            pool,
+            Op::PoolRun(Box::new(crate::wire::PoolRun {
+                tramp,
+                func,
+                sig,
+                what: PoolWhat::Imap,
+                args: crate::client::enc(&vec![2u64, 3]).unwrap(),
+                chunksize: 1,
+                wait: false,
+                last: false,
+            })),
+        ) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let next = |more: Option<Val>, last: bool| Op::PoolNext {
+            timeout: None,
+            more: more.map(Box::new),
+            last,
+        };
+        // A batch of another item type is refused; the iterator goes on.
+        let wrong = crate::client::enc(&vec![String::from("x")]).unwrap();
+        assert!(matches!(
+            ask(&c, it, next(Some(wrong), false)),
+            Reply::Fault(FaultKind::BadRequest, _)
+        ));
+        let val = |r: Reply| match r {
+            Reply::Val(v) => crate::sys::decode::<u64>(&v).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(val(ask(&c, it, next(None, false))), 4);
+        assert_eq!(val(ask(&c, it, next(None, false))), 9);
+        // The client sent no more and did not say the input ended: a failure, not a
+        // wait for input that cannot come.
+        assert!(matches!(
+            ask(&c, it, next(None, false)),
+            Reply::Task(w) if matches!(w.clone().into_error(), ManagerError::Task(mproc_pool::TaskError::Broken { .. }))
+        ));
+        let more = crate::client::enc(&vec![5u64]).unwrap();
+        assert_eq!(val(ask(&c, it, next(Some(more), true))), 25);
+        assert!(matches!(
+            ask(&c, it, next(None, false)),
+            Reply::MaybeVal(None)
+        ));
+        assert!(matches!(ask(&c, 0, Op::Shutdown), Reply::Unit));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
     fn pool_tasks_are_refused_for_another_build_or_a_forged_signature() {
         use crate::wire::PoolWhat;
         let (a, t) = serve();
@@ -2282,6 +2359,7 @@ mod tests {
                 args: crate::client::enc(&4u64).unwrap(),
                 chunksize: 0,
                 wait: true,
+                last: false,
             }))
         };
         match ask(&c, pool, run(good.clone(), PoolWhat::Apply)) {
@@ -2311,6 +2389,7 @@ mod tests {
                 args: crate::client::enc(&vec![(2u64, 3u64)]).unwrap(),
                 chunksize: 0,
                 wait: true,
+                last: false,
             }))
         };
         match ask(&c, pool, star(ssig)) {
@@ -2391,6 +2470,7 @@ mod tests {
             args: crate::client::enc(&2u64).unwrap(),
             chunksize: 0,
             wait: true,
+            last: false,
         }));
         match ask(&c2, pool, run) {
             Reply::Task(t) => assert!(matches!(
@@ -2466,9 +2546,14 @@ mod tests {
                 args: Val::default(),
                 chunksize: u64::MAX,
                 wait: true,
+                last: false,
             })),
             Op::PoolGet { timeout: None },
-            Op::PoolNext { timeout: Some(0) },
+            Op::PoolNext {
+                timeout: Some(0),
+                more: None,
+                last: false,
+            },
             Op::PoolJoin,
             Op::PoolTerminate,
         ];

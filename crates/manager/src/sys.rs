@@ -18,7 +18,7 @@
 //! forge a fingerprint, as Python trusts an authenticated peer with pickles: the auth key
 //! is what guards the server.
 use crate::client::enc;
-use crate::pooled::Submitted;
+use crate::pooled::{Batches, MakeIMap, Submitted};
 use crate::wire::{FaultKind, PoolWhat, Sig, Val};
 use mproc_core::Message;
 use mproc_core::code::{CodeError, FnSig, checked_addr, offset_of};
@@ -67,7 +67,7 @@ fn check_sig(expected: FnSig, sig: &Sig) -> Result<(), Refusal> {
 /// the encoded arguments and the chunk size (0: the pool's default). `unsafe` on the
 /// terms of [`CtorTramp`].
 pub(crate) type PoolTramp =
-    unsafe fn(usize, &Sig, &Pool, PoolWhat, &Val, usize) -> Result<Submitted, Refusal>;
+    unsafe fn(usize, &Sig, &Arc<Pool>, PoolWhat, &Val, usize, bool) -> Result<Submitted, Refusal>;
 
 /// Gives a pool builder its initializer (a function named by its address, with encoded
 /// arguments). `unsafe` on the terms of [`CtorTramp`].
@@ -114,7 +114,7 @@ fn aligned(b: &[u8]) -> AlignedVec<16> {
     a
 }
 
-fn decode<A: Decode>(v: &Val) -> Result<A, String> {
+pub(crate) fn decode<A: Decode>(v: &Val) -> Result<A, String> {
     if v.ty != crate::client::type_tag::<A>() {
         return Err(format!("a value is not a {}", std::any::type_name::<A>()));
     }
@@ -213,10 +213,11 @@ fn bad(m: String) -> Refusal {
 unsafe fn tramp_pool<A, R>(
     func: usize,
     sig: &Sig,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     what: PoolWhat,
     args: &Val,
     chunksize: usize,
+    last: bool,
 ) -> Result<Submitted, Refusal>
 where
     A: Message + Send + 'static,
@@ -236,19 +237,22 @@ where
             let items = decode::<Vec<A>>(args).map_err(bad)?;
             Submitted::Job(Arc::new(pool.map_async_chunked(f, items, chunk)))
         }
-        PoolWhat::Imap => {
-            let items = decode::<Vec<A>>(args).map_err(bad)?;
-            Submitted::Iter(Box::new(pool.imap_chunked(f, items, chunksize.max(1))))
+        PoolWhat::Imap | PoolWhat::ImapUnordered => {
+            let first = decode::<Vec<A>>(args).map_err(bad)?;
+            let chunk = chunksize.max(1);
+            let ordered = what == PoolWhat::Imap;
+            let make: MakeIMap<A, R> = Box::new(move |p, v| {
+                if ordered {
+                    p.imap_chunked(f, v, chunk)
+                } else {
+                    p.imap_unordered_chunked(f, v, chunk)
+                }
+            });
+            Submitted::Iter(Box::new(Batches::new(pool, make, ordered, first, last)))
         }
-        PoolWhat::ImapUnordered => {
-            let items = decode::<Vec<A>>(args).map_err(bad)?;
-            Submitted::Iter(Box::new(pool.imap_unordered_chunked(
-                f,
-                items,
-                chunksize.max(1),
-            )))
+        PoolWhat::Starmap | PoolWhat::Istarmap => {
+            return Err(bad("a starmap needs its own trampoline".into()));
         }
-        PoolWhat::Starmap => return Err(bad("a starmap needs its own trampoline".into())),
     })
 }
 
@@ -281,10 +285,11 @@ unsafe fn tramp_init<I: Message + Send + 'static>(
 unsafe fn tramp_star<F, Args>(
     _func: usize,
     sig: &Sig,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     what: PoolWhat,
     args: &Val,
     chunksize: usize,
+    last: bool,
 ) -> Result<Submitted, Refusal>
 where
     F: StarFn<Args>,
@@ -298,7 +303,7 @@ where
         )
     };
     check_sig(sig_star::<F, Args>(), sig)?;
-    if what != PoolWhat::Starmap {
+    if !matches!(what, PoolWhat::Starmap | PoolWhat::Istarmap) {
         return Err(bad("this trampoline only runs starmaps".into()));
     }
     if std::any::type_name::<F>().contains("{{closure}}") {
@@ -315,6 +320,13 @@ where
     // function itself; the client held a value of `F`, so `F` is inhabited. This is
     // mproc-pool's own argument for its starmap shim, which does the same in workers.
     let f: F = unsafe { std::mem::zeroed() };
+    if what == PoolWhat::Istarmap {
+        let chunk = chunksize.max(1);
+        let make: MakeIMap<Args, F::Output> = Box::new(move |p, v| p.istarmap(f, v, chunk));
+        return Ok(Submitted::Iter(Box::new(Batches::new(
+            pool, make, true, items, last,
+        ))));
+    }
     let chunk = (chunksize > 0).then_some(chunksize);
     Ok(Submitted::Job(Arc::new(
         pool.starmap_async_chunked(f, items, chunk),
@@ -448,10 +460,11 @@ pub(crate) fn run_pool(
     tramp: u64,
     func: u64,
     sig: &Sig,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     what: PoolWhat,
     args: &Val,
     chunksize: usize,
+    last: bool,
 ) -> Result<Submitted, Refusal> {
     let (t, f) = (addr(build, tramp)?, addr(build, func)?);
     // SAFETY: per the module contract, `t` (in this build's code, `checked_addr`) is a
@@ -459,7 +472,7 @@ pub(crate) fn run_pool(
     let t: PoolTramp = unsafe { fn_from_addr(t) };
     // SAFETY: the trampoline checks that `sig` is the fingerprint of the type it was
     // made for, the type of `f` by the module contract.
-    unsafe { t(f, sig, pool, what, args, chunksize) }
+    unsafe { t(f, sig, pool, what, args, chunksize, last) }
 }
 
 /// Gives `builder` the initializer named by a client of build `build` (see the module's

@@ -56,6 +56,8 @@ pub(crate) enum PoolWhat {
     Imap,
     /// `f` over a `Vec<A>`, results streamed as they finish.
     ImapUnordered,
+    /// A starmap function over a `Vec<Args>` of tuples, results streamed in order.
+    Istarmap,
 }
 
 /// The fingerprint of a function's type ([`mproc_core::code::FnSig`]) as it travels with
@@ -217,8 +219,12 @@ pub(crate) enum Op {
     /// Whether a ready pool result succeeded (`Int`: -1 not ready, 0 failed, 1 succeeded).
     PoolSuccessful,
     /// The next result of a pool iterator (`MaybeVal(None)` at the end).
+    /// With it, the next batch of the iterator's input (an encoded `Vec` of items) and
+    /// whether the input ends there.
     PoolNext {
         timeout: Micros,
+        more: Option<Box<Val>>,
+        last: bool,
     },
     PoolClose,
     PoolTerminate,
@@ -253,6 +259,9 @@ pub(crate) struct PoolRun {
     pub(crate) args: Val,
     pub(crate) chunksize: u64,
     pub(crate) wait: bool,
+    /// For an iterator: `args` is the first batch of its input, and the input ends
+    /// there (else later batches come with [`Op::PoolNext`]).
+    pub(crate) last: bool,
 }
 
 /// One request: an object id (0 for the server itself) and what to do.
