@@ -494,3 +494,83 @@ fn many_small_frames_with_fds_interleaved() {
     }
     drop(t.join().unwrap());
 }
+
+fn pattern(n: usize, salt: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 4096 + salt) as u8).collect()
+}
+
+#[test]
+fn large_bytes_messages_are_handed_over_whole_and_the_end_goes_on() {
+    let (a, b) = Pipe(true).unwrap();
+    let big = pattern(16 << 20, 1);
+    let expect = big.clone();
+    let t = thread::spawn(move || {
+        a.send_bytes(&big).unwrap();
+        a.send_bytes(b"small").unwrap();
+        a.send_bytes(&big[..(5 << 20) + 3]).unwrap();
+        a.send(&42u64).unwrap();
+        a
+    });
+    assert!(
+        b.recv_bytes().unwrap() == expect,
+        "16 MiB bytes message differs"
+    );
+    assert_eq!(b.recv_bytes().unwrap(), b"small");
+    let odd = b.recv_bytes().unwrap();
+    assert!(
+        odd[..] == expect[..(5 << 20) + 3],
+        "5 MiB + 3 message differs"
+    );
+    assert_eq!(b.recv::<u64>().unwrap(), 42);
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn a_large_frame_recv_bytes_left_half_read_is_finished_by_any_receive() {
+    let (c, raw) = raw_pair();
+    let n = 6 << 20;
+    let body = pattern(n, 3);
+    let frame = |body: &[u8]| {
+        let h = FrameHeader {
+            nfds: 0,
+            len: body.len() as u64,
+        };
+        let mut f = h.to_bytes().to_vec();
+        f.extend_from_slice(body);
+        f.resize(16 + h.padded_len() as usize, 0);
+        f
+    };
+    let f = frame(&body);
+    // recv_bytes starts the frame (into its own Vec), times out, recv_bytes_into ends it.
+    // Less than a socket holds, so this thread can write it before anyone reads.
+    write_raw(&raw, &f[..100_000]);
+    assert!(matches!(
+        c.recv_bytes_timeout(Duration::from_millis(20)),
+        Err(RecvError::Timeout)
+    ));
+    let rest = f[100_000..].to_vec();
+    let w = thread::spawn(move || {
+        write_raw(&raw, &rest);
+        raw
+    });
+    let mut buf = vec![0u8; n];
+    assert_eq!(c.recv_bytes_into(&mut buf).unwrap(), n);
+    assert!(buf == body, "finished by recv_bytes_into: differs");
+    let raw = w.join().unwrap();
+    // recv_bytes starts it, times out, and resumes it.
+    write_raw(&raw, &f[..150_005]);
+    assert!(matches!(
+        c.recv_bytes_timeout(Duration::from_millis(20)),
+        Err(RecvError::Timeout)
+    ));
+    let rest = f[150_005..].to_vec();
+    let w = thread::spawn(move || {
+        write_raw(&raw, &rest);
+        raw
+    });
+    assert!(
+        c.recv_bytes().unwrap() == body,
+        "resumed by recv_bytes: differs"
+    );
+    drop(w.join().unwrap());
+}

@@ -160,6 +160,11 @@ pub(super) struct Rx {
     fd_queue: VecDeque<OwnedFd>,
     frame_fds: Vec<OwnedFd>,
     pub(super) body: AlignedVec,
+    /// The body of a large bytes frame that `recv_bytes` hands over whole (no copy out
+    /// of `body`); `None` for every other frame.
+    big: Option<Vec<u8>>,
+    /// Set while `recv_bytes` receives: a large bytes frame may go into `big`.
+    vec_ok: bool,
     body_got: usize,
     broken: bool,
     eof: bool,
@@ -224,12 +229,51 @@ impl Rx {
             fd_queue: VecDeque::new(),
             frame_fds: Vec::new(),
             body: AlignedVec::new(),
+            big: None,
+            vec_ok: false,
             body_got: 0,
             broken: false,
             eof: false,
             cmsg: Vec::new(),
             spin: RecvSpin::new(),
         }
+    }
+
+    /// The buffer the current frame's body goes into.
+    fn body_mut(&mut self) -> &mut [u8] {
+        match &mut self.big {
+            Some(v) => v,
+            None => &mut self.body,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        self.big.as_ref().map_or(self.body.len(), Vec::len)
+    }
+
+    fn grow_body(&mut self, n: usize) {
+        match &mut self.big {
+            Some(v) => v.resize(n, 0),
+            None => self.body.resize(n, 0),
+        }
+    }
+
+    /// Moves `take` read-ahead bytes into the body at `got`.
+    fn body_from_ahead(&mut self, got: usize, take: usize) {
+        let Rx {
+            ahead,
+            start,
+            body,
+            big,
+            ..
+        } = self;
+        let dst: &mut [u8] = match big {
+            Some(v) => v,
+            None => body,
+        };
+        dst[got..got + take].copy_from_slice(&ahead[*start..*start + take]);
+        *start += take;
+        self.body_got += take;
     }
 
     /// Closes the fds that came with the current frame.
@@ -271,6 +315,7 @@ impl Rx {
     pub(super) fn finish(&mut self) {
         self.head = None;
         self.body_got = 0;
+        self.big = None;
         self.frame_fds.clear();
         if self.body.len() > RETAIN {
             self.body = AlignedVec::new();
@@ -708,6 +753,11 @@ impl Connection {
                         rx.start += HEADER_LEN;
                         rx.head = Some(h);
                         rx.kind = kind;
+                        // Larger than a body this end keeps: read straight into the
+                        // Vec that `recv_bytes` returns.
+                        if rx.vec_ok && kind == FrameKind::Bytes && h.padded_len() > RETAIN as u64 {
+                            rx.big = Some(Vec::new());
+                        }
                         h
                     }
                     Err(e) => {
@@ -726,32 +776,36 @@ impl Connection {
         }
         let padded = head.padded_len() as usize;
         while rx.body_got < padded {
-            if rx.body.len() < padded {
-                let want = padded.min(FIRST_CHUNK.max(rx.body.len() * 2));
-                if want > rx.body.len() {
-                    rx.body.resize(want, 0);
+            if rx.body_len() < padded {
+                let want = padded.min(FIRST_CHUNK.max(rx.body_len() * 2));
+                if want > rx.body_len() {
+                    rx.grow_body(want);
                 }
             }
-            let end = rx.body.len().min(padded);
+            let end = rx.body_len().min(padded);
             let got = rx.body_got;
             if rx.buffered() > 0 {
                 let take = rx.buffered().min(end - got);
-                let from = rx.start;
-                let Rx { ahead, body, .. } = &mut *rx;
-                body[got..got + take].copy_from_slice(&ahead[from..from + take]);
-                rx.start += take;
-                rx.body_got += take;
+                rx.body_from_ahead(got, take);
                 continue;
             }
             // Exactly up to this frame's end: never into the next frame, whose fds
             // must come through the read-ahead path.
-            let n = read_some(fd, &mut rx.body[got..end], None, deadline, None)?;
+            let n = read_some(fd, &mut rx.body_mut()[got..end], None, deadline, None)?;
             if n == 0 {
                 rx.eof = true;
                 rx.discard();
                 return Err(RecvError::Truncated);
             }
             rx.body_got += n;
+        }
+        if !rx.vec_ok
+            && let Some(v) = rx.big.take()
+        {
+            // `recv_bytes` started this frame and timed out; another receive finishes it:
+            // its body belongs in `body`, like any other.
+            rx.body.clear();
+            rx.body.extend_from_slice(&v);
         }
         let nfds = head.nfds as usize;
         if rx.fd_queue.len() < nfds {
@@ -871,8 +925,18 @@ impl Connection {
 
     fn recv_bytes_inner(&self, deadline: Option<Deadline>) -> Result<Vec<u8>, RecvError> {
         let mut rx = lock(&self.rx);
-        let head = self.next_frame(&mut rx, deadline, None)?;
-        let r = bytes_of(&rx, &head).map(|(start, len)| rx.body[start..start + len].to_vec());
+        rx.vec_ok = true;
+        let head = self.next_frame(&mut rx, deadline, None);
+        rx.vec_ok = false;
+        let head = head?;
+        let r = match rx.big.take() {
+            // A large bytes frame, read straight into its own Vec: handed over whole.
+            Some(mut v) => {
+                v.truncate(head.len as usize);
+                Ok(v)
+            }
+            None => bytes_of(&rx, &head).map(|(start, len)| rx.body[start..start + len].to_vec()),
+        };
         rx.finish();
         r
     }
