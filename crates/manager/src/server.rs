@@ -1806,6 +1806,18 @@ mod tests {
         assert!(matches!(c.recv::<Reply>().unwrap(), Reply::Unit));
     }
 
+    /// A pool of one worker process in the server; its object id.
+    fn create_pool(c: &Connection) -> u64 {
+        let spec = crate::wire::PoolSpec {
+            processes: Some(1),
+            ..Default::default()
+        };
+        match ask(c, 0, Op::CreatePool(Box::new(spec))) {
+            Reply::Id(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn create_list(c: &Connection) -> u64 {
         let r = Request {
             obj: 0,
@@ -2276,14 +2288,7 @@ mod tests {
         let (a, t) = serve();
         let c = Client(&a, Some(b"key")).unwrap();
         hello(&c, mproc_core::code::layout());
-        let spec = crate::wire::PoolSpec {
-            processes: Some(1),
-            ..Default::default()
-        };
-        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
-            Reply::Id(id) => id,
-            other => panic!("{other:?}"),
-        };
+        let pool = create_pool(&c);
         let (tramp, func, sig) = crate::sys::task_refs(pool_square);
         let it = match ask(
             &c,
@@ -2341,14 +2346,7 @@ mod tests {
         let (a, t) = serve();
         let c = Client(&a, Some(b"key")).unwrap();
         hello(&c, mproc_core::code::layout());
-        let spec = crate::wire::PoolSpec {
-            processes: Some(1),
-            ..Default::default()
-        };
-        let pool = match ask(&c, 0, Op::CreatePool(Box::new(spec))) {
-            Reply::Id(id) => id,
-            other => panic!("{other:?}"),
-        };
+        let pool = create_pool(&c);
         let (tramp, func, good) = crate::sys::task_refs(pool_square);
         let run = |sig: Sig, what: PoolWhat| {
             Op::PoolRun(Box::new(crate::wire::PoolRun {
